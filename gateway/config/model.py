@@ -1,0 +1,172 @@
+"""The gateway configuration as typed, frozen objects.
+
+The YAML files are validated into these models once, at load time (or reload);
+nothing reads raw dicts after that.  Unknown keys are errors (``extra="forbid"``)
+so a misspelt option never silently does nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.domains import normalise_domain
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSFiles(Strict):
+    cert: Path
+    key: Path
+
+
+class Listener(Strict):
+    address: str = "127.0.0.1"
+    port: Port
+    # Without tls on a submission listener, `serve` makes a self-signed development
+    # certificate and says so in the log: fine for trying it out, not for customers.
+    tls: TLSFiles | None = None
+    # Refuse new connections past this many at once (aiosmtpd has no cap: #282).
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+
+
+class Listeners(Strict):
+    inbound: Listener | None = None
+    submission: Listener | None = None
+    submissions: Listener | None = None
+
+    @model_validator(mode="after")
+    def _need_one(self) -> Listeners:
+        if not (self.inbound or self.submission or self.submissions):
+            raise ValueError("at least one of inbound, submission, submissions is required")
+        return self
+
+
+class Downstream(Strict):
+    """Where accepted mail goes: ``smtp://``, ``smtp+starttls://``, ``smtps://`` or ``maildir:``."""
+
+    url: str
+    # Idle connections kept open per process for reuse between messages.
+    pool_size: Annotated[int, Field(ge=0, le=100)] = 4
+    # Our own deadline for every downstream step; shorter than the client's, so the
+    # client hears 451 from us before it gives up (and later retries a duplicate).
+    timeout: Seconds = 30.0
+    # Verify the downstream's certificate for smtps / smtp+starttls.
+    tls_verify: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme == "maildir":
+            if not (parts.path or parts.netloc):
+                raise ValueError("maildir: needs a path, as in maildir:/var/mail/inbound")
+            return url
+        if parts.scheme not in ("smtp", "smtp+starttls", "smtps"):
+            raise ValueError(
+                f"scheme {parts.scheme!r} is not one of smtp, smtp+starttls, smtps, maildir"
+            )
+        if not parts.hostname:
+            raise ValueError("needs a host, as in smtp://127.0.0.1:10025")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return url
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (465 if parts.scheme == "smtps" else 25)
+
+    @property
+    def username(self) -> str | None:
+        user = urlsplit(self.url).username
+        return unquote(user) if user else None
+
+    @property
+    def password(self) -> str | None:
+        pw = urlsplit(self.url).password
+        return unquote(pw) if pw else None
+
+    @property
+    def maildir_path(self) -> str:
+        parts = urlsplit(self.url)
+        return parts.netloc + parts.path
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs and summaries."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            return self.url.replace(f":{parts.password}@", ":***@", 1)
+        return self.url
+
+
+class Downstreams(Strict):
+    inbound: Downstream | None = None
+    outbound: Downstream | None = None
+
+    @field_validator("inbound", "outbound", mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        # `inbound: smtp://host:port` is short for `inbound: {url: smtp://host:port}`.
+        return {"url": value} if isinstance(value, str) else value
+
+
+class Limits(Strict):
+    # RFC 5321 §4.5.3.1.7 says at least 64 KB; 25 MiB is what mailbox providers take.
+    max_message_size: Annotated[int, Field(ge=1024)] = 26_214_400
+    # RFC 5321 §4.5.3.1.8: servers must take at least 100 recipients.
+    max_recipients: Annotated[int, Field(ge=1)] = 100
+    # RFC 5321 §4.5.3.1.6: a line is at most 1000 octets with its CRLF.
+    max_line_length: Annotated[int, Field(ge=1000, le=1_000_000)] = 1000
+    command_timeout: Seconds = 300.0
+    data_timeout: Seconds = 600.0
+    # 5xx replies a client may collect before we say 421 and hang up.
+    max_errors: Annotated[int, Field(ge=1)] = 10
+    # On SIGTERM: time given to transactions in flight before we close them.
+    shutdown_grace: Seconds = 30.0
+
+
+class Config(Strict):
+    """The whole gateway configuration, including the customers' policies."""
+
+    hostname: str
+    listeners: Listeners
+    downstream: Downstreams
+    policy_dir: Path
+    limits: Limits = Limits()
+    # Where the config file lives: relative paths in it are relative to this.
+    base_dir: Path = Path(".")
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return normalise_domain(value)
+
+    @model_validator(mode="after")
+    def _downstream_per_direction(self) -> Config:
+        if self.listeners.inbound and not self.downstream.inbound:
+            raise ValueError("downstream.inbound is required when listeners.inbound is set")
+        if (self.listeners.submission or self.listeners.submissions) and not self.downstream.outbound:
+            raise ValueError("downstream.outbound is required when a submission listener is set")
+        return self
+
+
+Direction = Literal["inbound", "outbound"]

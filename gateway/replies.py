@@ -1,0 +1,107 @@
+"""Every SMTP reply the gateway sends, named.
+
+A reply carries its code, its RFC 3463 enhanced status code and a sentence a
+customer can act on.  The class digit of the enhanced code must match the
+first digit of the reply code (a 4xx can never carry 5.x.x), which is checked
+when the reply is made, so a wrong pairing fails at import time, not on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"SMTP reply code out of range: {self.code}")
+        if self.enhanced and self.enhanced.split(".", 1)[0] != str(self.code)[0]:
+            raise ValueError(f"enhanced code {self.enhanced} does not fit reply {self.code}")
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 300
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.enhanced, text)
+
+    def __str__(self) -> str:
+        # RFC 5321 §4.2.1: every line but the last has a hyphen after the code.
+        head = f"{self.enhanced} " if self.enhanced else ""
+        lines = self.text.splitlines() or [""]
+        return "\r\n".join(
+            f"{self.code}{'-' if i < len(lines) - 1 else ' '}{head}{line}"
+            for i, line in enumerate(lines)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer of a rule: accept or not, and the reply that goes with it."""
+
+    accept: bool
+    reply: Reply
+
+    @classmethod
+    def ok(cls, reply: Reply | None = None) -> Verdict:
+        return cls(True, reply or OK)
+
+    @classmethod
+    def refuse(cls, reply: Reply) -> Verdict:
+        return cls(False, reply)
+
+
+# --- success -----------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+
+# --- protocol ----------------------------------------------------------------
+SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error")
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 §4.5.3.1.6 allows 1000 octets)")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+BAD_PARAMETER = Reply(501, "5.5.4", "Invalid command parameter")
+UNKNOWN_PARAMETER = Reply(555, "5.5.4", "MAIL or RCPT parameter not recognised")
+BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
+BARE_NEWLINE = Reply(
+    550, "5.5.2", "Message refused: bare <CR> or <LF> in message (RFC 5321 §2.3.8 requires CRLF)"
+)
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+
+# --- limits ------------------------------------------------------------------
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the fixed maximum message size")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients for one message; send the rest in another")
+
+# --- relay and senders ---------------------------------------------------------
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_NOT_OFFERED = Reply(502, "5.5.1", "AUTH is not offered on this port; use the submission port")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognised authentication mechanism")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode the authentication response")
+SENDER_REFUSED_AT_MAIL = Reply(553, "5.7.1", "Sender address not allowed for this account")
+SENDER_REFUSED_AT_DATA = Reply(550, "5.7.1", "Sender address not allowed for this account")
+FROM_HEADER_COUNT = Reply(550, "5.6.0", "Message must have exactly one From: header")
+MALFORMED_HEADER = Reply(550, "5.6.0", "Malformed message header")
+
+# --- faults ------------------------------------------------------------------
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+DOWNSTREAM_UNAVAILABLE = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
+DOWNSTREAM_TIMEOUT = Reply(451, "4.4.2", "Downstream mail server timed out, try again later")

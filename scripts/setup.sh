@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything Portcullis and its tests need on a fresh Debian machine (run as root).
+# Idempotent: packages already installed and an existing .venv are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real peers for the tests: Postfix (downstream MTA and smtp-sink/smtp-source for
+# load), swaks (a real SMTP client), NSD (authoritative DNS on loopback), Redis,
+# Dovecot, PostgreSQL, OpenLDAP, rspamd, Perl Mail::DKIM and OpenDKIM (independent
+# DKIM verifiers), podman (builds and runs the Dockerfile).
+APT_PACKAGES=(
+  python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools
+  dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  # Postfix asks questions at install time; answer them so the install is unattended.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "postfix postfix/mailname string localhost" | debconf-set-selections
+  # The tests start their own private instances; keep the system services stopped.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test,fast]'

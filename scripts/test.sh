@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine and run the whole test suite.  Exits non-zero when a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check gateway tests bench
+exec .venv/bin/python -m pytest "$@"
