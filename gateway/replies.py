@@ -65,16 +65,19 @@ OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+# RFC 5321 §3.5.3: 252 for "cannot verify"; we never confirm or deny a mailbox.
+VRFY_NEVER = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+EXPN_REFUSED = Reply(502, "5.5.1", "EXPN is not available")
 
 # --- protocol ----------------------------------------------------------------
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error")
-LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 §4.5.3.1.6 allows 1000 octets)")
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 section 4.5.3.1.6 allows 1000 octets)")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 BAD_PARAMETER = Reply(501, "5.5.4", "Invalid command parameter")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "MAIL or RCPT parameter not recognised")
 BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
 BARE_NEWLINE = Reply(
-    550, "5.5.2", "Message refused: bare <CR> or <LF> in message (RFC 5321 §2.3.8 requires CRLF)"
+    550, "5.5.2", "Message refused: bare <CR> or <LF> in message (RFC 5321 section 2.3.8 requires CRLF)"
 )
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
@@ -84,13 +87,27 @@ TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 # --- limits ------------------------------------------------------------------
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the fixed maximum message size")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients for one message; send the rest in another")
+# Quotas (gateway/rules/quota.py fills in the limit and when to retry).
+RATE_LIMITED = Reply(451, "4.7.1", "Sending limit reached for this account; try again later")
+ACCOUNT_SUSPENDED = Reply(
+    550, "5.7.1",
+    "This account is suspended from sending mail; please contact your provider's support",
+)
+QUOTA_STORE_UNAVAILABLE = Reply(451, "4.3.0", "Sending limits cannot be checked right now; try again later")
+ACCOUNT_BUSY = Reply(454, "4.7.0", "Too many simultaneous sessions for this account; try again later")
 
 # --- relay and senders ---------------------------------------------------------
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+RECIPIENT_ROUTING_REFUSED = Reply(
+    553, "5.1.3", "Recipient address with routing characters (% ! @ in the local part) refused"
+)
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+# Brute-force lockout: the same words whether the IP, the login or both are locked,
+# and whether or not the login exists (gateway/rules/lockout.py adds when to retry).
+AUTH_LOCKED_OUT = Reply(454, "4.7.0", "Too many failed login attempts; try again later")
 AUTH_NOT_OFFERED = Reply(502, "5.5.1", "AUTH is not offered on this port; use the submission port")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognised authentication mechanism")
@@ -100,6 +117,14 @@ SENDER_REFUSED_AT_MAIL = Reply(553, "5.7.1", "Sender address not allowed for thi
 SENDER_REFUSED_AT_DATA = Reply(550, "5.7.1", "Sender address not allowed for this account")
 FROM_HEADER_COUNT = Reply(550, "5.6.0", "Message must have exactly one From: header")
 MALFORMED_HEADER = Reply(550, "5.6.0", "Malformed message header")
+
+# --- inbound authentication (SPF, DKIM, DMARC) ------------------------------------------
+# gateway/rules/inbound.py fills in the reason; codes per RFC 7372 and RFC 3463.
+SPF_FAIL_REJECTED = Reply(550, "5.7.1", "SPF check failed: the sender's domain does not authorise this server")
+DMARC_REJECTED = Reply(550, "5.7.26", "DMARC policy of the sender's domain says reject: message not authenticated")
+SPF_FAIL_TEMPFAILED = Reply(451, "4.7.1", "SPF check failed; try again later")
+DMARC_TEMPFAILED = Reply(451, "4.7.26", "DMARC check failed; try again later")
+AUTH_CHECKS_TEMPFAILED = Reply(451, "4.7.0", "Sender authentication could not be checked (DNS failure); try again later")
 
 # --- faults ------------------------------------------------------------------
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")

@@ -23,3 +23,8 @@ def test_a_4xx_reply_cannot_carry_a_5xx_enhanced_code():
 
 def test_multiline_reply_uses_hyphen_on_all_but_the_last_line():
     assert str(Reply(550, "5.7.1", "one\ntwo")) == "550-5.7.1 one\r\n550 5.7.1 two"
+
+
+@pytest.mark.parametrize("reply", all_replies(), ids=str)
+def test_every_named_reply_is_ascii_so_it_can_go_on_the_wire(reply):
+    assert str(reply).isascii()

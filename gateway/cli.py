@@ -1,0 +1,98 @@
+"""The ``portcullis`` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from gateway.config.errors import ConfigErrors
+from gateway.config.load import Loaded, load_config
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Loaded | None:
+    try:
+        return load_config(path)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    d = loaded.directory
+    listeners = [n for n in ("inbound", "submission", "submissions")
+                 if getattr(loaded.config.listeners, n) is not None]
+    print(f"{args.config}: ok: {len(d.customers)} customers, {len(d.domains)} domains, "
+          f"{len(d.accounts)} accounts; listeners: {', '.join(listeners)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import configure_logging, serve, worker_count
+
+    configure_logging(args.log_level)
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    try:
+        workers = worker_count(args.workers)
+    except ValueError:
+        print(f"--workers: {args.workers!r} is not a positive number or 'auto'", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return serve(loaded, workers)
+    except OSError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from gateway.accounts.passwords import hash_password
+
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("passwords do not match", file=sys.stderr)
+            return 1
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portcullis", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--workers", default="1", help="worker processes, or 'auto' for one per core")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate the config and every policy file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("passwd", help="hash a password for a policy file (argon2id)")
+    p.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_passwd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

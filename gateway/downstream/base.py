@@ -1,0 +1,40 @@
+"""Where accepted mail goes: the interface every downstream implements.
+
+The gateway is a before-queue proxy (as Postfix's smtpd_proxy_filter): a
+transaction is opened for each message, each recipient is relayed as the client
+sends it, and the message is handed over at end of DATA.  The client hears the
+downstream's own answer for every step, so a recipient refused downstream is
+refused at RCPT time and nothing gets a 250 that the downstream did not take.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.replies import Reply
+
+
+class Transaction(Protocol):
+    async def rcpt(self, recipient: str, options: list[str]) -> Reply:
+        """Relay one recipient; the first call also sends MAIL FROM."""
+        ...
+
+    async def data(self, message: bytes) -> Reply:
+        """Hand over the message (CRLF line endings, not dot-stuffed)."""
+        ...
+
+    async def abort(self) -> None:
+        """The client gave up (RSET, QUIT, disconnect, refusal): reset downstream."""
+        ...
+
+
+class Downstream(Protocol):
+    name: str
+
+    def begin(self, sender: str, options: list[str]) -> Transaction: ...
+
+    async def probe(self) -> str | None:
+        """None when the downstream can take mail now, else what is wrong."""
+        ...
+
+    async def close(self) -> None: ...

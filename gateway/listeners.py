@@ -1,0 +1,151 @@
+"""Our listening sockets and the SMTP servers on them.
+
+Three listeners, each optional:
+
+=============  ==========================  ==============================
+inbound        MX, port 25                 no AUTH; STARTTLS when tls is set
+submission     587, STARTTLS (RFC 6409)     TLS required before anything else
+submissions    465, TLS from the first      RFC 8314 implicit TLS
+               byte
+=============  ==========================  ==============================
+
+Sockets are opened with SO_REUSEPORT so several worker processes can each bind
+the same port and the kernel spreads connections over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import replies
+from gateway.config.model import Listener
+from gateway.runtime import Runtime
+from gateway.smtp.handler import GatewayHandler
+from gateway.smtp.protocol import GatewaySMTP
+from gateway.tls import server_context
+
+log = logging.getLogger("portcullis.listeners")
+
+# aiosmtpd warns when AUTH is required without its TLS check: that is our 465
+# set-up on purpose (TLS from the first byte; we check encryption ourselves).
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+
+# aiosmtpd has no TLS handshake timeout for its own STARTTLS (#269); for implicit
+# TLS asyncio's server takes one.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+def open_socket(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class ListenerState:
+    name: str
+    settings: Listener
+    server: asyncio.Server | None = None
+    connections: set[GatewaySMTP] = field(default_factory=set)
+
+
+class SMTPListeners:
+    """Starts the configured listeners and stops them gracefully."""
+
+    def __init__(self, runtime: Runtime, tls_files: dict[str, tuple[Path, Path]]):
+        self.runtime = runtime
+        self._tls_files = tls_files
+        self.states: list[ListenerState] = []
+
+    async def start(self) -> None:
+        cfg = self.runtime.config
+        for name in ("inbound", "submission", "submissions"):
+            settings: Listener | None = getattr(cfg.listeners, name)
+            if settings is None:
+                continue
+            state = ListenerState(name, settings)
+            context = None
+            if name in self._tls_files:
+                context = server_context(*self._tls_files[name])
+            direction = "inbound" if name == "inbound" else "outbound"
+            handler = GatewayHandler(self.runtime, direction=direction)
+            sock = open_socket(settings.address, settings.port)
+            loop = asyncio.get_running_loop()
+            state.server = await loop.create_server(
+                lambda h=handler, s=state, c=context: self._protocol(h, s, c),
+                sock=sock,
+                ssl=context if name == "submissions" else None,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None,
+            )
+            self.states.append(state)
+            log.info("listening: %s on %s port %d", name, settings.address, settings.port)
+
+    def _protocol(self, handler: GatewayHandler, state: ListenerState,
+                  context: ssl.SSLContext | None) -> GatewaySMTP:
+        cfg = self.runtime.config
+        limits = cfg.limits
+        name = state.name
+        proto = GatewaySMTP(
+            handler,
+            listener=name,
+            offers_auth=name != "inbound",
+            implicit_tls=name == "submissions",
+            max_errors=limits.max_errors,
+            data_timeout=limits.data_timeout,
+            max_line_length=limits.max_line_length,
+            on_close=state.connections.discard,
+            hostname=cfg.hostname,
+            ident="ESMTP Portcullis",
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            tls_context=context if name != "submissions" else None,
+            require_starttls=name == "submission",
+            # 587: AUTH only after STARTTLS.  465: TLS from the first byte, where
+            # aiosmtpd's check would refuse AUTH (#274), so we check it ourselves.
+            auth_require_tls=name == "submission",
+            auth_required=name != "inbound",
+            timeout=limits.command_timeout,
+            # Any one command repeated this often in one connection is abuse (#145).
+            command_call_limit=1000,
+        )
+        if len(state.connections) >= state.settings.max_connections:
+            proto.refuse_with = replies.TOO_MANY_CONNECTIONS
+        state.connections.add(proto)
+        return proto
+
+    @property
+    def active_connections(self) -> int:
+        return sum(len(s.connections) for s in self.states)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let transactions in flight finish (up to ``grace``), close the rest."""
+        for state in self.states:
+            if state.server is not None:
+                state.server.close()
+        for state in self.states:
+            for conn in list(state.connections):
+                await conn.close_gracefully()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.active_connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for state in self.states:
+            for conn in list(state.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+        for state in self.states:
+            if state.server is not None:
+                await state.server.wait_closed()

@@ -1,0 +1,91 @@
+"""Reading the header section of a message as it arrived, without rewriting it.
+
+The gateway forwards the bytes it received (plus its own headers), so it never
+re-serialises a parsed message: it only looks at header fields to decide.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.headerregistry import HeaderRegistry
+
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
+_registry = HeaderRegistry()
+
+
+class MalformedHeader(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class HeaderField:
+    name: str  # as sent
+    raw: bytes  # the whole field, folded, with its final CRLF
+
+    @property
+    def value(self) -> str:
+        """Unfolded value (RFC 5322 §2.2.3), without the name and colon."""
+        _, _, value = self.raw.partition(b":")
+        return re.sub(rb"\r\n(?=[ \t])", b"", value).strip().decode("utf-8", "surrogateescape")
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header section with its final CRLF, body after the empty line)."""
+    if message.startswith(b"\r\n"):
+        return b"", message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return message, b""
+    return message[: end + 2], message[end + 4:]
+
+
+def header_fields(message: bytes) -> list[HeaderField]:
+    """The header fields in order; raises MalformedHeader on a line that is neither
+    a field nor a continuation."""
+    head, _ = split_message(message)
+    fields: list[HeaderField] = []
+    current: list[bytes] = []
+    name = ""
+    for line in head.split(b"\r\n")[:-1] if head else []:
+        if line[:1] in (b" ", b"\t"):
+            if not current:
+                raise MalformedHeader("continuation line before any header field")
+            current.append(line)
+            continue
+        if current:
+            fields.append(HeaderField(name, b"\r\n".join(current) + b"\r\n"))
+        field_name, colon, _ = line.partition(b":")
+        if not colon or not _FIELD_NAME.match(field_name.rstrip(b" \t")):
+            raise MalformedHeader("a header line without a field name")
+        name = field_name.rstrip(b" \t").decode("ascii")
+        current = [line]
+    if current:
+        fields.append(HeaderField(name, b"\r\n".join(current) + b"\r\n"))
+    return fields
+
+
+def fields_named(fields: list[HeaderField], name: str) -> list[HeaderField]:
+    lname = name.lower()
+    return [f for f in fields if f.name.lower() == lname]
+
+
+def addresses_in(field: HeaderField) -> list[str]:
+    """The addr-specs of an address header (From, Sender, ...), as ``local@domain``.
+
+    Display names are ignored: ``"alice@ours" <bot@elsewhere>`` is bot@elsewhere.
+    Raises MalformedHeader when the field does not parse as an address list.
+    """
+    try:
+        header = _registry(field.name, field.value)
+    except (HeaderParseError, IndexError, ValueError) as exc:
+        raise MalformedHeader(f"{field.name}: cannot parse") from exc
+    out = []
+    for address in getattr(header, "addresses", ()):
+        if not address.username or not address.domain:
+            raise MalformedHeader(f"{field.name}: address without a domain")
+        out.append(address.addr_spec)
+    if header.defects or not out:
+        raise MalformedHeader(f"{field.name}: not a valid address list")
+    return out

@@ -1,0 +1,76 @@
+"""Send-as rules: which addresses an authenticated account may use.
+
+An account may use, as envelope sender and in From:/Sender:,
+- the addresses and ``*@domain`` patterns its account source lists,
+- its login, when the login is an address,
+- the customer's shared aliases that name the login as a member.
+
+The comparison is on the lower-cased address (RFC 5321 lets the receiving host
+decide local-part case; every ISP mailbox system treats it as case-insensitive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway import replies
+from gateway.accounts.source import Identity
+from gateway.addresses import NotAMailbox, parse_mailbox
+from gateway.message import HeaderField, MalformedHeader, addresses_in, fields_named
+from gateway.replies import Verdict
+
+
+def may_send_as(
+    identity: Identity, aliases: Mapping[str, tuple[str, ...]], address: str
+) -> bool:
+    try:
+        key = parse_mailbox(address).key()
+    except NotAMailbox:
+        return False
+    if key in identity.senders or f"*@{key.rpartition('@')[2]}" in identity.senders:
+        return True
+    return identity.login in aliases.get(key, ())
+
+
+def decide_envelope_sender(
+    identity: Identity, aliases: Mapping[str, tuple[str, ...]], mail_from: str
+) -> Verdict:
+    """At MAIL FROM.  The null sender is allowed: clients send MDNs with it
+    (RFC 8098 §2.1); the From: header is still checked at end of DATA."""
+    if mail_from == "":
+        return Verdict.ok(replies.SENDER_OK)
+    if may_send_as(identity, aliases, mail_from):
+        return Verdict.ok(replies.SENDER_OK)
+    return Verdict.refuse(
+        replies.SENDER_REFUSED_AT_MAIL.with_text(
+            f"Sender address <{mail_from}> not allowed for this account"
+        )
+    )
+
+
+def decide_header_senders(
+    identity: Identity, aliases: Mapping[str, tuple[str, ...]], fields: list[HeaderField]
+) -> Verdict:
+    """At end of DATA: exactly one From: field; every address in From: and Sender:
+    must be one the account may use."""
+    from_fields = fields_named(fields, "From")
+    if len(from_fields) != 1:
+        return Verdict.refuse(replies.FROM_HEADER_COUNT)
+    checked = from_fields + fields_named(fields, "Sender")
+    if len(checked) > 2:
+        return Verdict.refuse(replies.MALFORMED_HEADER.with_text("Message has more than one Sender: header"))
+    for field in checked:
+        try:
+            addresses = addresses_in(field)
+        except MalformedHeader:
+            return Verdict.refuse(
+                replies.MALFORMED_HEADER.with_text(f"Cannot read the addresses in the {field.name}: header")
+            )
+        for address in addresses:
+            if not may_send_as(identity, aliases, address):
+                return Verdict.refuse(
+                    replies.SENDER_REFUSED_AT_DATA.with_text(
+                        f"{field.name}: address <{address}> not allowed for this account"
+                    )
+                )
+    return Verdict.ok()

@@ -1,0 +1,394 @@
+"""aiosmtpd's SMTP engine, adjusted where a security gateway needs it.
+
+What changes here, and why (see ../shared/LIBRARY-NOTES.md):
+
+- Every reply carries an RFC 3463 enhanced status code (aiosmtpd sends about 50
+  bare literals); EHLO advertises PIPELINING and ENHANCEDSTATUSCODES.
+- DATA is read with our own loop: a bare CR or LF anywhere in the message makes
+  it refused whole (SMTP smuggling; Postfix's smtpd_forbid_bare_newline), the
+  size limit answers ``552 5.3.4`` and an over-long line ``500 5.5.6`` once the
+  data is read (RFC 5321 §4.2.5), and the timeout is an idle timer per line.
+- AUTH PLAIN/LOGIN are async and ask the handler, so password checks never run
+  on the event loop (the built-in authenticator is synchronous, and an async one
+  is silently accepted whatever the password).  AUTH is never offered inbound.
+- Per-connection state (the connection id, the listener) lives on this object
+  because aiosmtpd rebuilds its session after STARTTLS.
+- A client that collects too many 5xx replies hears ``421 4.7.0`` and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import secrets
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from gateway import replies
+from gateway.addresses import NotAMailbox, parse_mailbox
+from gateway.replies import Reply
+
+log = logging.getLogger("portcullis.smtp")
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_CODE = re.compile(r"^(\d{3})([ -])(.*)$", re.S)
+# The enhanced code for aiosmtpd's own bare replies, by reply code.
+_DEFAULT_ENHANCED = {
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+    530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3",
+    554: "5.7.0", 555: "5.5.4", 421: "4.4.2", 451: "4.3.0", 454: "4.7.0",
+}
+_REWRITE = {
+    "500 Command line too long": str(replies.LINE_TOO_LONG),
+    "503 Already authenticated": str(replies.ALREADY_AUTHENTICATED),
+}
+
+EMPTY = b""
+
+
+def new_connection_id() -> str:
+    """Short, unique enough to grep: 12 base32 characters (60 bits)."""
+    return base64.b32encode(secrets.token_bytes(10)).decode()[:12]
+
+
+def with_enhanced_code(status: str) -> str:
+    """Add the RFC 3463 code aiosmtpd leaves out (RFC 2034 §3: every reply but the
+    greeting, EHLO/HELO and the 334/354 intermediates carries one)."""
+    if status in _REWRITE:
+        return _REWRITE[status]
+    m = _CODE.match(status)
+    if not m or _HAS_ENHANCED.match(status):
+        return status
+    code = int(m.group(1))
+    if code in (220, 334, 354):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{m.group(1)[0]}.0.0")
+    return f"{m.group(1)}{m.group(2)}{enhanced} {m.group(3)}"
+
+
+class GatewaySMTP(SMTP):
+    """One SMTP connection on one of our listeners."""
+
+    def __init__(self, handler: Any, *, listener: str, offers_auth: bool, implicit_tls: bool,
+                 max_errors: int, data_timeout: float, max_line_length: int,
+                 on_close: Any = None, **kwargs: Any):
+        # aiosmtpd sizes its StreamReader from this class attribute in __init__.
+        self.line_length_limit = max_line_length + 1
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self.offers_auth = offers_auth
+        self.implicit_tls = implicit_tls
+        self.cid = new_connection_id()
+        self.transactions = 0
+        self.identity: Any = None  # set by a successful AUTH; cleared on STARTTLS
+        self._max_errors = max_errors
+        self._errors = 0
+        self._data_timeout = data_timeout
+        self._greeted = False
+        self._on_close = on_close
+        self._closing = False
+        self._in_data = False
+        # Set by the listener when the connection cap is reached: greet with 421, close.
+        self.refuse_with: Reply | None = None
+
+    # --- connection --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again after STARTTLS (RFC 3207 §4.2: forget what the client said).
+        self.identity = None
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._abort_transaction()
+        super().connection_lost(error)
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_data or bool(self.envelope is not None and self.envelope.mail_from)
+
+    def tls_info(self) -> tuple[str, str] | None:
+        """(version, cipher) when the connection is encrypted, by STARTTLS or from the
+        first byte (where aiosmtpd leaves session.ssl unset)."""
+        if self.transport is None:
+            return None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        cipher = ssl_object.cipher()
+        return ssl_object.version() or "TLS", cipher[0] if cipher else "unknown"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    async def close_gracefully(self, reply: Reply = replies.SHUTTING_DOWN) -> None:
+        """Say 421 and hang up, now if idle, else once the transaction ends."""
+        self._closing = True
+        if not self.in_transaction and self.transport is not None:
+            await self._hang_up(reply)
+
+    async def _hang_up(self, reply: Reply) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            await self.push(str(reply))
+        except (ConnectionError, RuntimeError, AttributeError):
+            # The peer went away first (asyncio's TLS transport raises AttributeError
+            # when written to after its protocol is gone).
+            pass
+        transport.close()
+
+    async def _handle_client(self) -> None:
+        if self.refuse_with is not None:
+            self._greeted = True
+            await self._hang_up(self.refuse_with)
+            return
+        await super()._handle_client()
+
+    # --- replies -------------------------------------------------------------------
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            if not self._greeted:
+                self._greeted = True  # the 220 greeting has no enhanced code
+            else:
+                status = with_enhanced_code(status)
+            if status[:1] == "5":
+                self._errors += 1
+        await super().push(status)
+        if self._errors >= self._max_errors and self.transport is not None:
+            self._errors = -(10**9)  # say it once
+            log.info("cid=%s too many errors, disconnecting", self.cid)
+            await self._hang_up(replies.TOO_MANY_ERRORS)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A crash in a check never lets a message through and never leaks internals:
+        # the client hears 451 with our connection id, the log has the traceback.
+        log.error("cid=%s unexpected error", self.cid, exc_info=error)
+        self._abort_transaction()
+        return str(replies.LOCAL_ERROR.with_text(
+            f"Local error in processing (id {self.cid}), try again later"))
+
+    # --- envelope life cycle -----------------------------------------------------------
+    def _set_post_data_state(self) -> None:
+        # RSET, a new EHLO, end of DATA: any downstream transaction still open is abandoned.
+        self._abort_transaction()
+        super()._set_post_data_state()
+
+    def _abort_transaction(self) -> None:
+        envelope = getattr(self, "envelope", None)
+        tx = getattr(envelope, "downstream", None) if envelope is not None else None
+        if tx is not None:
+            envelope.downstream = None
+            self.loop.create_task(tx.abort())
+
+    # --- commands ------------------------------------------------------------------
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        await SMTP.push(self, f"250 {self.hostname}")
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [self.hostname, "PIPELINING"]
+        if self.data_size_limit:
+            lines.append(f"SIZE {self.data_size_limit}")
+            self.command_size_limits["MAIL"] = 512 + 26
+        lines += ["8BITMIME", "ENHANCEDSTATUSCODES"]
+        if self.tls_context and not self._tls_protocol:
+            lines.append("STARTTLS")
+        if self.offers_auth and self.encrypted:
+            lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
+        # RFC 5321 §4.2.1: every line but the last has a hyphen after the code.
+        for i, line in enumerate(lines):
+            await SMTP.push(self, f"250{'-' if i < len(lines) - 1 else ' '}{line}")
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """``<mailbox> params`` → (mailbox as sent, params); ``<>`` → ("<>", params).
+
+        Replaces aiosmtpd's RFC 5322 parser, which accepts comments and folding
+        that RFC 5321 does not, and refuses a trailing dot on the domain that the
+        relay rule must see.  A source route is dropped (RFC 5321 §4.1.2, Appendix C).
+        """
+        arg = arg.strip()
+        if not arg.startswith("<"):
+            return None, None
+        end, quoted, escaped = -1, False, False
+        for i, c in enumerate(arg[1:], start=1):
+            if escaped:
+                escaped = False
+            elif c == "\\" and quoted:
+                escaped = True
+            elif c == '"':
+                quoted = not quoted
+            elif c == ">" and not quoted:
+                end = i
+                break
+        if end < 0:
+            return None, None
+        inner, rest = arg[1:end], arg[end + 1:]
+        if rest and not rest.startswith(" "):
+            return None, None
+        if inner == "":
+            return "<>", rest.strip()
+        if inner.startswith("@"):
+            route, colon, inner = inner.partition(":")
+            if not colon or not all(h.startswith("@") and len(h) > 1 for h in route.split(",")):
+                return None, None
+        try:
+            parse_mailbox(inner)
+        except NotAMailbox:
+            return None, None
+        return inner, rest.strip()
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        # No user enumeration: the same answer whatever the argument.
+        await self.push(str(replies.VRFY_NEVER))
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(str(replies.EXPN_REFUSED))
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.offers_auth:
+            await self.push(str(replies.AUTH_NOT_OFFERED))
+            return
+        if not self.encrypted:
+            await self.push(str(replies.ENCRYPTION_REQUIRED))
+            return
+        await super().smtp_AUTH(arg)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        """RFC 4616: authzid NUL authcid NUL passwd.  An authzid other than the login
+        would be a request to act as someone else: refused."""
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, handled=False, message=str(replies.AUTH_SYNTAX))
+        parts = blob.split(b"\x00")
+        if len(parts) != 3 or parts[0] not in (EMPTY, parts[1]):
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+        return await self._authenticate_async(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, handled=False, message=str(replies.AUTH_SYNTAX))
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False)
+        return await self._authenticate_async(login, password)
+
+    async def _authenticate_async(self, login: bytes, password: bytes) -> AuthResult:
+        try:
+            login_text = login.decode("utf-8")
+            password_text = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+        reply, identity = await self.event_handler.authenticate(self, login_text, password_text)
+        if identity is None:
+            return AuthResult(success=False, handled=False, message=str(reply))
+        self.identity = identity
+        return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=str(reply))
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self._in_data = True
+        try:
+            await self._read_and_deliver()
+        finally:
+            self._in_data = False
+            if self._closing and self.transport is not None:
+                await self._hang_up(replies.SHUTTING_DOWN)
+
+    async def _read_and_deliver(self) -> None:
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        lines: list[bytes] = []
+        size = 0
+        limit = self.data_size_limit
+        problem: Reply | None = None
+        reader = self._reader
+        partial = False  # inside an over-long line: what follows is not a line start
+        while True:
+            self._reset_timeout(self._data_timeout)
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                problem = problem or replies.LINE_TOO_LONG
+                lines.clear()
+                await reader.read(exc.consumed)
+                partial = True
+                continue
+            if partial:
+                partial = False
+                continue
+            if line == b".\r\n":
+                break
+            size += len(line)
+            if problem is not None:
+                continue  # keep reading to the end of DATA, keep nothing
+            if limit and size > limit:
+                problem = replies.MESSAGE_TOO_BIG
+                lines.clear()
+                continue
+            body = line[:-2]
+            # RFC 5321 §2.3.8: CR and LF only as a pair.  A bare one is how SMTP
+            # smuggling hides a second message from us but not from the downstream.
+            if b"\r" in body or b"\n" in body:
+                problem = replies.BARE_NEWLINE
+                lines.clear()
+                continue
+            if line[:1] == b".":
+                line = line[1:]  # RFC 5321 §4.5.2: undo dot-stuffing
+            lines.append(line)
+        self._reset_timeout()
+        if problem is not None:
+            log.info("cid=%s message refused while reading: %s", self.cid, problem)
+            self._set_post_data_state()
+            await self.push(str(problem))
+            return
+        content = EMPTY.join(lines)
+        lines.clear()
+        assert self.envelope is not None
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)

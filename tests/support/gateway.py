@@ -1,0 +1,66 @@
+"""Run a real gateway for a test: its own config files, free ports, its own event
+loop in a background thread, stopped at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config.load import load_config
+from gateway.serve import Gateway
+from tests.support.ports import free_port
+
+
+class GatewayUnderTest:
+    def __init__(self, tmp: Path, *, inbound_url: str, outbound_url: str,
+                 policies: dict[str, dict], cert: tuple[Path, Path],
+                 extra: dict[str, Any] | None = None):
+        self.tmp = tmp
+        self.ports = {n: free_port() for n in ("inbound", "submission", "submissions")}
+        policy_dir = tmp / "policy"
+        policy_dir.mkdir(exist_ok=True)
+        for name, policy in policies.items():
+            (policy_dir / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+        tls = {"cert": str(cert[0]), "key": str(cert[1])}
+        config: dict[str, Any] = {
+            "hostname": "mx.gateway.test",
+            "listeners": {
+                "inbound": {"port": self.ports["inbound"], "tls": tls},
+                "submission": {"port": self.ports["submission"], "tls": tls},
+                "submissions": {"port": self.ports["submissions"], "tls": tls},
+            },
+            "downstream": {"inbound": {"url": inbound_url, "timeout": 3},
+                           "outbound": {"url": outbound_url, "timeout": 3}},
+            "policy_dir": str(policy_dir),
+            "limits": {"command_timeout": 10, "data_timeout": 10, "shutdown_grace": 2},
+        }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        self.config_path = tmp / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.loop = asyncio.new_event_loop()
+        self.gateway: Gateway | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> GatewayUnderTest:
+        loaded = load_config(self.config_path)
+        files = {n: (Path(l.tls.cert), Path(l.tls.key))
+                 for n in ("inbound", "submission", "submissions")
+                 if (l := getattr(loaded.config.listeners, n)) is not None and l.tls}
+        self._thread.start()
+        self.gateway = Gateway(loaded, files)
+        asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
