@@ -96,6 +96,10 @@ def load_policies(policy_dir: Path, errors: list[ConfigError]) -> Directory:
     if not policy_dir.is_dir():
         errors.append(ConfigError(str(policy_dir), "", "policy directory does not exist"))
         return Directory()
+    return _load_policy_files(policy_dir, errors)
+
+
+def _load_policy_files(policy_dir: Path, errors: list[ConfigError]) -> Directory:
     files = sorted(p for p in policy_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     policies: list[CustomerPolicy] = []
     by_customer: dict[str, Path] = {}
@@ -151,6 +155,9 @@ def load_config(path: str | Path) -> Loaded:
         raise ConfigErrors(validation_errors(path, exc)) from None
     config = _with_resolved_paths(config, base)
     _check_files(path, config, errors)
+    if not config.policy_dir.is_dir():
+        errors.append(ConfigError(str(path), "policy_dir", f"{config.policy_dir} is not a directory"))
+        raise ConfigErrors(errors)
     directory = load_policies(config.policy_dir, errors)
     if errors:
         raise ConfigErrors(errors)

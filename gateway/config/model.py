@@ -46,7 +46,7 @@ class Listeners(Strict):
     @model_validator(mode="after")
     def _need_one(self) -> Listeners:
         if not (self.inbound or self.submission or self.submissions):
-            raise ValueError("at least one of inbound, submission, submissions is required")
+            raise ValueError("listeners: at least one of inbound, submission, submissions is required")
         return self
 
 
@@ -163,9 +163,9 @@ class Config(Strict):
     @model_validator(mode="after")
     def _downstream_per_direction(self) -> Config:
         if self.listeners.inbound and not self.downstream.inbound:
-            raise ValueError("downstream.inbound is required when listeners.inbound is set")
+            raise ValueError("downstream.inbound: is required when listeners.inbound is set")
         if (self.listeners.submission or self.listeners.submissions) and not self.downstream.outbound:
-            raise ValueError("downstream.outbound is required when a submission listener is set")
+            raise ValueError("downstream.outbound: is required when a submission listener is set")
         return self
 
 
