@@ -56,11 +56,14 @@ def test_sigterm_lets_the_transaction_in_flight_finish_then_exits_0(tmp_path, do
         result = {}
 
         def send():
-            with smtplib.SMTP("127.0.0.1", port, timeout=15) as c:
-                c.ehlo("x")
-                c.mail("a@other.example")
-                c.rcpt("bob@acme.example")
-                result["data"] = c.data(b"From: a@other.example\r\n\r\nin flight\r\n")
+            c = smtplib.SMTP("127.0.0.1", port, timeout=15)
+            c.ehlo("x")
+            c.mail("a@other.example")
+            c.rcpt("bob@acme.example")
+            result["data"] = c.data(b"From: a@other.example\r\n\r\nin flight\r\n")
+            # Then the gateway says goodbye: the transaction done, it hangs up.
+            result["after"] = c.sock.recv(1024)
+            c.close()
 
         t = threading.Thread(target=send)
         t.start()
@@ -68,6 +71,7 @@ def test_sigterm_lets_the_transaction_in_flight_finish_then_exits_0(tmp_path, do
         proc.send_signal(signal.SIGTERM)
         t.join(15)
         assert result["data"][0] == 250
+        assert result["after"].startswith(b"421 4.3.2")
         assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
