@@ -1,0 +1,1 @@
+"""Operations: metrics, health and autoconfig over HTTP, and the open-relay audit."""

@@ -1,0 +1,219 @@
+"""What the gateway counts, for Prometheus.
+
+One :class:`Metrics` object is made at start-up and handed to whoever counts
+(the SMTP handler, the downstream client, the account store).  Each instance
+owns its own ``CollectorRegistry``, so tests and several gateways in one
+process never share a counter.
+
+Several worker processes (SO_REUSEPORT) are aggregated with prometheus_client's
+multiprocess mode: each worker writes its values to memory-mapped files in one
+shared directory, and the single HTTP server sums them at scrape time
+(:func:`multiprocess_registry`).  :func:`prepare_multiprocess` must run in the
+parent before the workers start; see docs/operations.md.
+
+Names follow https://prometheus.io/docs/practices/naming/: a ``portcullis_``
+prefix, ``_total`` on counters, base units (seconds) in the name.  Labels take
+only values from small fixed sets (listener names, reply classes, result
+names): never an address, a login or a domain, which would grow without bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import multiprocess as prom_multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# RFC 8601 §2.7.2 (SPF), §2.7.1 (DKIM), RFC 7489 §11.2 (DMARC): the result words.
+AUTH_METHODS = ("spf", "dkim", "dmarc")
+AUTH_RESULTS = (
+    "pass", "fail", "softfail", "neutral", "none", "policy", "temperror", "permerror",
+)
+
+# Downstream answers come within milliseconds on a LAN and within the
+# configured timeout (30 s default) at worst.
+DOWNSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def reply_class(code: int) -> str:
+    """``250`` → ``"2xx"``: RFC 5321 §4.2.1, the first digit is the class."""
+    if not 200 <= code <= 599:
+        raise ValueError(f"SMTP reply code out of range: {code}")
+    return f"{code // 100}xx"
+
+
+class Metrics:
+    """The gateway's counters, in a registry of their own."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        listeners: Iterable[str] = (),
+        downstreams: Iterable[str] = (),
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections = Counter(
+            "portcullis_connections_total",
+            "SMTP connections by listener and how they ended "
+            "(accepted, refused_limit, tls_failed, ...).",
+            ["listener", "outcome"], registry=r,
+        )
+        # Compare with listeners.*.max_connections; each worker's share is summed.
+        self.connections_open = Gauge(
+            "portcullis_connections_open",
+            "SMTP connections open now, by listener.",
+            ["listener"], registry=r, multiprocess_mode="livesum",
+        )
+        self.messages = Counter(
+            "portcullis_messages_total",
+            "Messages by listener and outcome (accepted, refused, tempfailed).",
+            ["listener", "outcome"], registry=r,
+        )
+        self.replies = Counter(
+            "portcullis_smtp_replies_total",
+            "SMTP replies sent, by listener and reply class (2xx, 3xx, 4xx, 5xx).",
+            ["listener", "class"], registry=r,
+        )
+        self.auth = Counter(
+            "portcullis_auth_attempts_total",
+            "SMTP AUTH attempts by listener and result (success, failure, tempfail).",
+            ["listener", "result"], registry=r,
+        )
+        self.quota_refusals = Counter(
+            "portcullis_quota_refusals_total",
+            "Messages or recipients refused by a quota, by kind of quota.",
+            ["kind"], registry=r,
+        )
+        self.dkim_signatures = Counter(
+            "portcullis_dkim_signatures_total",
+            "DKIM signatures added to outbound messages, by algorithm.",
+            ["algorithm"], registry=r,
+        )
+        self.auth_results = Counter(
+            "portcullis_inbound_auth_results_total",
+            "Inbound SPF, DKIM and DMARC results (RFC 8601 result words).",
+            ["method", "result"], registry=r,
+        )
+        self.downstream_latency = Histogram(
+            "portcullis_downstream_seconds",
+            "Time the downstream took to take a message (connect to final reply).",
+            ["downstream"], buckets=DOWNSTREAM_BUCKETS, registry=r,
+        )
+        self.downstream_errors = Counter(
+            "portcullis_downstream_errors_total",
+            "Downstream failures by downstream and kind (connect, timeout, tempfail, refused).",
+            ["downstream", "kind"], registry=r,
+        )
+        # The store knows the number; every worker reports the same one, so
+        # multiprocess mode keeps the most recent value rather than a sum.
+        self.suspended = Gauge(
+            "portcullis_suspended_accounts",
+            "Accounts currently suspended (by quota abuse or by an operator).",
+            registry=r, multiprocess_mode="mostrecent",
+        )
+        self._known_listeners = tuple(listeners)
+        # Create the series up front so that rate() works from the first event and
+        # a dashboard shows 0 rather than "no data".
+        for listener in self._known_listeners:
+            self.connections_open.labels(listener)
+            for cls in ("2xx", "4xx", "5xx"):
+                self.replies.labels(listener, cls)
+            for result in ("success", "failure"):
+                self.auth.labels(listener, result)
+        for method in AUTH_METHODS:
+            self.auth_results.labels(method, "pass")
+        for downstream in downstreams:
+            self.downstream_latency.labels(downstream)
+
+    # --- the calls made from the message flow -------------------------------
+    def connection(self, listener: str, outcome: str) -> None:
+        self.connections.labels(listener, outcome).inc()
+
+    def opened(self, listener: str) -> None:
+        """A connection was taken; pair with :meth:`closed` (try/finally)."""
+        self.connections_open.labels(listener).inc()
+
+    def closed(self, listener: str) -> None:
+        self.connections_open.labels(listener).dec()
+
+    def message(self, listener: str, outcome: str) -> None:
+        self.messages.labels(listener, outcome).inc()
+
+    def reply(self, listener: str, code: int) -> None:
+        self.replies.labels(listener, reply_class(code)).inc()
+
+    def auth_attempt(self, listener: str, success: bool) -> None:
+        self.auth.labels(listener, "success" if success else "failure").inc()
+
+    def auth_tempfail(self, listener: str) -> None:
+        self.auth.labels(listener, "tempfail").inc()
+
+    def quota_refused(self, kind: str) -> None:
+        self.quota_refusals.labels(kind).inc()
+
+    def dkim_signed(self, algorithm: str) -> None:
+        self.dkim_signatures.labels(algorithm).inc()
+
+    def auth_result(self, method: str, result: str) -> None:
+        """One SPF, DKIM or DMARC result; DKIM counts each signature checked."""
+        if method not in AUTH_METHODS:
+            raise ValueError(f"unknown authentication method {method!r}")
+        if result not in AUTH_RESULTS:
+            raise ValueError(f"unknown {method} result {result!r}")
+        self.auth_results.labels(method, result).inc()
+
+    def downstream_took(self, downstream: str, seconds: float) -> None:
+        self.downstream_latency.labels(downstream).observe(seconds)
+
+    def downstream_error(self, downstream: str, kind: str) -> None:
+        self.downstream_errors.labels(downstream, kind).inc()
+
+    def set_suspended(self, count: int) -> None:
+        self.suspended.set(count)
+
+
+# --- several worker processes ----------------------------------------------------
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Switch this process and its future children to multiprocess metrics.
+
+    Call once in the parent, before any :class:`Metrics` is made and before the
+    workers are forked.  The directory is emptied: files left by an earlier run
+    would add its counts to this one's.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        for entry in directory.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    # prometheus_client picks its value store once, when it is first imported;
+    # pick again now that the variable is set, whatever the import order was.
+    values.ValueClass = values.get_value_class()
+
+
+def is_multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def multiprocess_registry(directory: Path | None = None) -> CollectorRegistry:
+    """A registry that sums every worker's files at scrape time (for the HTTP server)."""
+    registry = CollectorRegistry()
+    path = str(directory) if directory is not None else os.environ.get(MULTIPROC_ENV)
+    prom_multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
+
+
+def worker_exited(pid: int, directory: Path | None = None) -> None:
+    """Call from the parent when a worker process ends: drops its live gauges."""
+    path = str(directory) if directory is not None else os.environ.get(MULTIPROC_ENV)
+    prom_multiprocess.mark_process_dead(pid, path)
