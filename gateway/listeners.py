@@ -69,6 +69,7 @@ class SMTPListeners:
         self.runtime = runtime
         self._tls_files = tls_files
         self.states: list[ListenerState] = []
+        self._drained = asyncio.Event()
 
     async def start(self) -> None:
         cfg = self.runtime.config
@@ -106,7 +107,7 @@ class SMTPListeners:
             max_errors=limits.max_errors,
             data_timeout=limits.data_timeout,
             max_line_length=limits.max_line_length,
-            on_close=state.connections.discard,
+            on_close=lambda conn, s=state: self._closed(s, conn),
             hostname=cfg.hostname,
             ident="ESMTP Portcullis",
             data_size_limit=limits.max_message_size,
@@ -127,6 +128,11 @@ class SMTPListeners:
         state.connections.add(proto)
         return proto
 
+    def _closed(self, state: ListenerState, conn: GatewaySMTP) -> None:
+        state.connections.discard(conn)
+        if not self.active_connections:
+            self._drained.set()
+
     @property
     def active_connections(self) -> int:
         return sum(len(s.connections) for s in self.states)
@@ -139,9 +145,12 @@ class SMTPListeners:
         for state in self.states:
             for conn in list(state.connections):
                 await conn.close_gracefully()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.active_connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.active_connections:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except TimeoutError:
+                log.warning("grace period over: closing %d connections", self.active_connections)
         for state in self.states:
             for conn in list(state.connections):
                 if conn.transport is not None:

@@ -118,6 +118,18 @@ SENDER_REFUSED_AT_DATA = Reply(550, "5.7.1", "Sender address not allowed for thi
 FROM_HEADER_COUNT = Reply(550, "5.6.0", "Message must have exactly one From: header")
 MALFORMED_HEADER = Reply(550, "5.6.0", "Malformed message header")
 
+# --- outbound DKIM signing (gateway/rules/signing.py) ------------------------------
+# RFC 6376 signs for one author domain: the From: addresses must share it.
+FROM_SEVERAL_DOMAINS = Reply(
+    550, "5.6.0", "From: holds addresses in several domains; DKIM signs for one author domain"
+)
+FROM_DOMAIN_NOT_OWNED = Reply(
+    550, "5.7.1", "From: address is in a domain this account's customer does not own; it cannot be signed"
+)
+# No active key for a domain the customer asked us to sign: hold the mail rather than
+# let it leave unsigned (the operator gets an error line in the log).
+SIGNING_KEY_UNAVAILABLE = Reply(451, "4.7.0", "Cannot DKIM-sign for the From: domain right now; try again later")
+
 # --- inbound authentication (SPF, DKIM, DMARC) ------------------------------------------
 # gateway/rules/inbound.py fills in the reason; codes per RFC 7372 and RFC 3463.
 SPF_FAIL_REJECTED = Reply(550, "5.7.1", "SPF check failed: the sender's domain does not authorise this server")

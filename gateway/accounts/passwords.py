@@ -22,12 +22,8 @@ from passlib.hash import sha512_crypt
 
 _hasher = argon2.PasswordHasher()  # RFC 9106 second recommended profile (64 MiB, t=3)
 
-_SCHEMES = {
-    "{ARGON2ID}": "argon2id",
-    "{ARGON2I}": "argon2i",
-    "{BLF-CRYPT}": "bcrypt",
-    "{SHA512-CRYPT}": "sha512-crypt",
-}
+# Dovecot's scheme prefixes; the hash after them says which algorithm it is.
+_DOVECOT_PREFIXES = ("{ARGON2ID}", "{ARGON2I}", "{BLF-CRYPT}", "{SHA512-CRYPT}")
 
 # Verified against when a login does not exist, so a wrong login costs the same
 # time as a wrong password and the reply timing reveals nothing (no enumeration).
@@ -41,7 +37,7 @@ def hash_password(password: str) -> str:
 
 def _split(stored: str) -> tuple[str, str] | None:
     """(scheme, hash without a Dovecot {SCHEME} prefix), or None if unsupported."""
-    for prefix, scheme in _SCHEMES.items():
+    for prefix in _DOVECOT_PREFIXES:
         if stored.upper().startswith(prefix):
             stored = stored[len(prefix):]
             break

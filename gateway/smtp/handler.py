@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway import replies
@@ -129,7 +129,7 @@ class GatewayHandler:
             if not verdict.accept:
                 return self._finish(server, envelope, verdict.reply)
         stamp = received_header(self._received_facts(server, session, envelope),
-                                datetime.now(timezone.utc))
+                                datetime.now(UTC))
         tx = envelope.downstream
         envelope.downstream = None  # handed over: not to be aborted by the state reset
         reply = await tx.data(stamp + message)

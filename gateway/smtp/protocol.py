@@ -31,7 +31,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from gateway import replies
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
+from gateway.smtp import introspection
 
+introspection.install()
 log = logging.getLogger("portcullis.smtp")
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
@@ -92,6 +94,9 @@ class GatewaySMTP(SMTP):
         self._on_close = on_close
         self._closing = False
         self._in_data = False
+        # Lines read in DATA; the idle timer checks it instead of being re-armed per line.
+        self._progress = 0
+        self._progress_seen = 0
         # Set by the listener when the connection cap is reached: greet with 421, close.
         self.refuse_with: Reply | None = None
 
@@ -107,6 +112,15 @@ class GatewaySMTP(SMTP):
         if self._on_close is not None:
             self._on_close(self)
             self._on_close = None
+
+    def _timeout_cb(self) -> None:
+        # During DATA the timeout is an idle timer: if lines arrived since the
+        # timer was armed, arm it again rather than hanging up on a slow sender.
+        if self._in_data and self._progress != self._progress_seen:
+            self._progress_seen = self._progress
+            self._reset_timeout(self._data_timeout)
+            return
+        super()._timeout_cb()
 
     @property
     def in_transaction(self) -> bool:
@@ -346,10 +360,11 @@ class GatewaySMTP(SMTP):
         problem: Reply | None = None
         reader = self._reader
         partial = False  # inside an over-long line: what follows is not a line start
+        self._reset_timeout(self._data_timeout)
         while True:
-            self._reset_timeout(self._data_timeout)
             try:
                 line = await reader.readuntil(b"\r\n")
+                self._progress += 1
             except asyncio.LimitOverrunError as exc:
                 problem = problem or replies.LINE_TOO_LONG
                 lines.clear()

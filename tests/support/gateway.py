@@ -51,9 +51,9 @@ class GatewayUnderTest:
 
     def start(self) -> GatewayUnderTest:
         loaded = load_config(self.config_path)
-        files = {n: (Path(l.tls.cert), Path(l.tls.key))
+        files = {n: (Path(lst.tls.cert), Path(lst.tls.key))
                  for n in ("inbound", "submission", "submissions")
-                 if (l := getattr(loaded.config.listeners, n)) is not None and l.tls}
+                 if (lst := getattr(loaded.config.listeners, n)) is not None and lst.tls}
         self._thread.start()
         self.gateway = Gateway(loaded, files)
         asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)

@@ -1,0 +1,206 @@
+"""Inbound throughput and latency: the gateway against Postfix, in one run.
+
+    python bench/inbound.py [--messages 4000] [--sessions 20] [--size 5120]
+
+Drives N concurrent sessions with Postfix's smtp-source (a new connection per
+message, 5 KB messages) into Postfix's smtp-sink, four ways:
+
+    reference   smtp-source → smtp-sink
+    postfix     smtp-source → Postfix relay (a private instance) → smtp-sink
+    gateway/1   smtp-source → portcullis serve --workers 1 → smtp-sink
+    gateway/N   smtp-source → portcullis serve --workers auto → smtp-sink
+
+and prints messages/s with the ratio against the Postfix relay.  Then it paces
+a Python client at half the one-worker peak and prints p50/p99 transaction
+latency through the gateway and straight into smtp-sink, and their difference
+(the latency the gateway adds).  Needs root (smtp-sink drops to nobody, Postfix
+runs as postfix) and Debian's postfix package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.accounts.passwords import hash_password
+from tests.support.ports import free_port
+from tests.support.postfix import PostfixInstance
+
+FROM, TO = "sender@other.example", "bob@acme.example"
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Messages per second as smtp-source measures them from the outside."""
+    start = time.perf_counter()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+                    "-f", FROM, "-t", TO, "-M", "client.example", f"127.0.0.1:{port}"],
+                   check=True, timeout=600)
+    return messages / (time.perf_counter() - start)
+
+
+def start_gateway(tmp: Path, sink_port: int, workers: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    policy = tmp / f"policy-{workers}"
+    policy.mkdir()
+    (policy / "acme.yaml").write_text(
+        "customer: acme\ndomains: [acme.example]\naccounts:\n"
+        f"  - {{login: alice@acme.example, password: '{hash_password('x')}'}}\n")
+    config = tmp / f"gateway-{workers}.yaml"
+    config.write_text(
+        "hostname: mx.bench.example\n"
+        f"listeners: {{inbound: {{port: {port}}}}}\n"
+        f"downstream: {{inbound: {{url: 'smtp://127.0.0.1:{sink_port}', pool_size: 32}}}}\n"
+        f"policy_dir: {policy}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(config),
+                             "--workers", workers, "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def one_transaction(port: int, body: bytes) -> float:
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def expect(prefix: bytes) -> None:
+        while True:
+            line = await reader.readline()
+            if not line.startswith(prefix):
+                raise RuntimeError(f"unexpected reply {line!r}")
+            if line[3:4] == b" ":
+                return
+
+    await expect(b"220")
+    for command, reply in ((b"EHLO client.example", b"250"), (f"MAIL FROM:<{FROM}>".encode(), b"250"),
+                           (f"RCPT TO:<{TO}>".encode(), b"250"), (b"DATA", b"354")):
+        writer.write(command + b"\r\n")
+        await expect(reply)
+    writer.write(body + b".\r\n")
+    await expect(b"250")
+    elapsed = time.perf_counter() - start
+    writer.write(b"QUIT\r\n")
+    await expect(b"221")
+    writer.close()
+    return elapsed
+
+
+async def paced_latency(port: int, rate: float, duration: float, size: int) -> list[float]:
+    """Start transactions at a fixed rate (bounded: rate × duration of them)."""
+    line = b"x" * 76 + b"\r\n"
+    body = (f"From: {FROM}\r\nTo: {TO}\r\nSubject: bench\r\n\r\n".encode()
+            + line * max(1, size // len(line)))
+    count = int(rate * duration)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one_transaction(port, body)))
+    return list(await asyncio.gather(*tasks))
+
+
+def percentile(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=4000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=5120)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/inbound.py needs root (smtp-sink and Postfix drop privileges)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"])
+    rows: list[tuple[str, float]] = []
+    try:
+        wait_port(sink_port)
+        rows.append(("smtp-source → smtp-sink (reference)",
+                     smtp_source(sink_port, args.messages, args.sessions, args.size)))
+
+        postfix = PostfixInstance(free_port(), f"[127.0.0.1]:{sink_port}", relay_domains=["acme.example"])
+        postfix.start()
+        try:
+            rows.append(("smtp-source → Postfix relay → smtp-sink",
+                         smtp_source(postfix.port, args.messages, args.sessions, args.size)))
+        finally:
+            postfix.stop()
+
+        gateway_rates = {}
+        for workers in ("1", "auto"):
+            proc, port = start_gateway(tmp, sink_port, workers)
+            try:
+                rate = smtp_source(port, args.messages, args.sessions, args.size)
+                gateway_rates[workers] = (rate, port, proc)
+                rows.append((f"smtp-source → portcullis --workers {workers} → smtp-sink", rate))
+            finally:
+                if workers != "1":
+                    stop(proc)
+
+        proc1 = gateway_rates["1"][2]
+        try:
+            half = gateway_rates["1"][0] / 2
+            through = asyncio.run(paced_latency(gateway_rates["1"][1], half, args.latency_seconds, args.size))
+        finally:
+            stop(proc1)
+        direct = asyncio.run(paced_latency(sink_port, half, args.latency_seconds, args.size))
+    finally:
+        sink.terminate()
+        sink.wait(10)
+
+    postfix_rate = rows[1][1]
+    print(f"\nInbound path, {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
+          f"a new connection per message, {os.cpu_count()} cores\n")
+    print(f"{'path':<58} {'msg/s':>9} {'× Postfix relay':>16}")
+    for name, rate in rows:
+        print(f"{name:<58} {rate:>9.0f} {rate / postfix_rate:>16.2f}")
+    print(f"\nLatency per transaction (connect to end of DATA) at {half:.0f} msg/s "
+          f"(half the one-worker peak), {len(through)} transactions")
+    print(f"{'path':<58} {'p50 ms':>9} {'p99 ms':>9}")
+    for name, values in (("through portcullis --workers 1", through), ("straight into smtp-sink", direct)):
+        print(f"{name:<58} {percentile(values, 50) * 1000:>9.2f} {percentile(values, 99) * 1000:>9.2f}")
+    print(f"{'added by the gateway':<58} "
+          f"{(percentile(through, 50) - percentile(direct, 50)) * 1000:>9.2f} "
+          f"{(percentile(through, 99) - percentile(direct, 99)) * 1000:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
