@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up everything Portcullis and its tests need on a fresh Debian machine (run as root).
+# Set up Portcullis on a fresh Debian machine (run as root).
+#   scripts/setup.sh run    Python venv with the gateway (what the example needs)
+#   scripts/setup.sh test   also every real peer the tests start (default)
 # Idempotent: packages already installed and an existing .venv are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-test}
 
 # Real peers for the tests: Postfix (downstream MTA and smtp-sink/smtp-source for
 # load), swaks (a real SMTP client), NSD (authoritative DNS on loopback), Redis,
@@ -11,7 +14,10 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools
   dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
+  # bonsai (the asyncio LDAP client) is built from source against libldap/libsasl.
+  gcc python3-dev libldap2-dev libsasl2-dev
 )
+[ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,4 +37,8 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test,fast]'
+if [ "$MODE" = run ]; then
+  .venv/bin/pip install -q -e '.[fast]'
+else
+  .venv/bin/pip install -q -e '.[test,fast]'
+fi

@@ -1,0 +1,133 @@
+"""``portcullis accounts status [LOGIN]`` and ``accounts suspend|unsuspend LOGIN``.
+
+They act on the shared store named in the gateway file, so every gateway using
+that store sees a suspension at the account's next MAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+from gateway.config.directory import Directory
+from gateway.config.quota import QuotaSettings
+from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.store import StoreUnavailable, open_store
+from gateway.store.metering import AccountStatus, Metering
+
+
+def add_accounts_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("accounts", help="usage against limits; suspend or unsuspend an account")
+    p.add_argument("-c", "--config", required=True)
+    sub = p.add_subparsers(dest="accounts_command", required=True)
+    st = sub.add_parser("status", help="usage and suspension state (every account without LOGIN)")
+    st.add_argument("login", nargs="?")
+    su = sub.add_parser("suspend", help="stop an account sending, on every gateway")
+    su.add_argument("login")
+    su.add_argument("--reason", default="suspended by an operator")
+    un = sub.add_parser("unsuspend", help="let a suspended account send again")
+    un.add_argument("login")
+    p.set_defaults(func=run_accounts)
+
+
+def quota_settings(config: object) -> QuotaSettings:
+    """The four sections of the gateway file (defaults where a section is absent)."""
+    fields = {name: getattr(config, name) for name in ("quotas", "store", "lockout", "compromise")
+              if getattr(config, name, None) is not None}
+    return QuotaSettings(**fields)
+
+
+def account_for(directory: Directory, settings: QuotaSettings, login: str) -> AccountQuota:
+    found = directory.account(login)
+    if found is None:
+        return quota_for_login(login, "-", settings.quotas, None, None)
+    policy, account = found
+    return quota_for_login(login, policy.customer, settings.quotas, policy, account)
+
+
+def _limit(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def format_status(s: AccountStatus) -> str:
+    lines = [f"{s.login} (customer {s.customer}){'  [shadow mode]' if s.shadow else ''}"]
+    if s.suspension is None:
+        lines.append("  state: active")
+    else:
+        since = datetime.fromtimestamp(s.suspension.since, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        evidence = ", ".join(f"{k}={v}" for k, v in sorted(s.suspension.evidence.items()))
+        lines.append(f"  state: SUSPENDED since {since}: {s.suspension.reason}"
+                     + (f" ({evidence})" if evidence else ""))
+    lines.append(f"  {'limit':<40} {'used':>8} {'of':>8}")
+    for u in s.usage:
+        if u.name.startswith("customer ") and u.limit is None:
+            continue
+        lines.append(f"  {u.name:<40} {u.used:>8} {_limit(u.limit):>8}")
+    lines.append(f"  {'connections now':<40} {s.connections:>8}")
+    return "\n".join(lines)
+
+
+async def accounts_status(metering: Metering, directory: Directory, login: str | None,
+                          now: float, out: TextIO) -> int:
+    if login is not None:
+        logins = [login.lower()]
+    else:
+        suspended = [s.login for s in await metering.store.suspensions()]
+        logins = sorted(set(directory.accounts) | set(suspended))
+    for i, name in enumerate(logins):
+        status = await metering.status(account_for(directory, metering.settings, name), now)
+        print(("\n" if i else "") + format_status(status), file=out)
+    if not logins:
+        print("no accounts", file=out)
+    return 0
+
+
+async def accounts_suspend(metering: Metering, login: str, now: float, out: TextIO,
+                           reason: str = "suspended by an operator") -> int:
+    if await metering.suspend(login, now, reason):
+        print(f"{login.lower()}: suspended (every gateway refuses its mail from the next MAIL)", file=out)
+    else:
+        print(f"{login.lower()}: was already suspended", file=out)
+    return 0
+
+
+async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO) -> int:
+    if await metering.unsuspend(login, now):
+        print(f"{login.lower()}: unsuspended", file=out)
+        return 0
+    print(f"{login.lower()}: was not suspended", file=out)
+    return 1
+
+
+def run_accounts(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from gateway.config.errors import ConfigErrors
+    from gateway.config.load import load_config
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    settings = quota_settings(loaded.config)
+
+    async def main() -> int:
+        store = open_store(settings.store, loaded.config.base_dir)
+        metering = Metering(store, settings)
+        now = time.time()
+        try:
+            if args.accounts_command == "status":
+                return await accounts_status(metering, loaded.directory, args.login, now, out)
+            if args.accounts_command == "suspend":
+                return await accounts_suspend(metering, args.login, now, out, args.reason)
+            return await accounts_unsuspend(metering, args.login, now, out)
+        except StoreUnavailable as exc:
+            print(f"portcullis accounts: the store cannot be reached: {exc}", file=sys.stderr)
+            return 3
+        finally:
+            await store.close()
+
+    return asyncio.run(main())

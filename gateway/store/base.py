@@ -1,0 +1,186 @@
+"""The one interface to shared state: limits, lockouts, suspensions, events.
+
+Two backends implement it (``sqlite.py``, ``redis.py``); the rest of the gateway
+sees only this class.  Every method takes ``now`` (seconds since the epoch) from
+the caller: the store keeps no clock, so tests can slide windows by passing a
+later ``now``, and several gateways agree as long as their clocks do (NTP).
+
+Window semantics (docs/quotas.md, "Windows"): a limit of N per W seconds is an
+exact *sliding log*.  Every charge is recorded with its time ``t``; at time
+``now`` it counts while ``t > now - W`` and stops counting at ``t + W`` exactly.
+A charge is accepted when everything counted plus its amount is at most N.  There
+is no fixed window, so no burst of 2N across a boundary.
+
+Any failure to reach or use the backing store raises :class:`StoreUnavailable`;
+callers answer ``451 4.3.0``, never pass mail unmetered.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One limit to check and, if every limit of the request fits, to charge.
+
+    ``key`` names the counter and must always be used with the same ``window``.
+    With ``member`` set, the limit is on *distinct* members seen in the window
+    (distinct recipient domains per hour); ``amount`` is then ignored.
+    With ``hold`` set, the charge is a reservation: it counts at once, becomes
+    permanent on :meth:`Store.commit` and vanishes on :meth:`Store.release` or when
+    its lease runs out (a crashed process leaks nothing for longer than the lease).
+    ``limit=None`` counts without ever refusing (shadow mode, attempt counters).
+    """
+
+    key: str
+    window: float
+    limit: int | None
+    amount: int = 1
+    member: str | None = None
+    hold: str | None = None
+    # A name for logs and replies: "messages_per_hour", "customer recipients_per_day"...
+    name: str = ""
+
+    def unlimited(self) -> Charge:
+        return replace(self, limit=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    accepted: bool
+    # Usage of each charge's counter before this request, in request order
+    # (distinct members for a member charge).
+    used: tuple[int, ...]
+    # The first charge that did not fit, and when it would (seconds from now);
+    # None when it can never fit (amount larger than the limit).
+    refused: Charge | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    login: str
+    since: float
+    reason: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    ts: float
+    kind: str  # "suspended", "unsuspended", "lockout", "complaint", ...
+    subject: str  # the login or IP address it is about
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """Shared state.  Every method may raise StoreUnavailable."""
+
+    # --- limits --------------------------------------------------------------
+    @abc.abstractmethod
+    async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
+        """Atomically: if every charge fits its limit, record all of them; else none.
+
+        Atomic across every process sharing the store, so concurrent sessions of
+        one account can never exceed a limit together.  ``lease`` is how long
+        held charges live without a commit."""
+
+    @abc.abstractmethod
+    async def commit(self, holds: Iterable[str], now: float) -> None:
+        """Make held charges permanent (the downstream accepted them)."""
+
+    @abc.abstractmethod
+    async def release(self, holds: Iterable[str], now: float) -> None:
+        """Drop held charges (refused downstream, or the transaction ended)."""
+
+    @abc.abstractmethod
+    async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
+        """What each counter holds now (same counting as charge), without charging."""
+
+    # --- concurrent connections ---------------------------------------------
+    @abc.abstractmethod
+    async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
+        """Take one of ``limit`` slots until ``now + ttl`` (renew by calling again
+        with the same lease_id).  Expired leases free their slot by themselves."""
+
+    @abc.abstractmethod
+    async def release_slot(self, key: str, lease_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def slots_in_use(self, key: str, now: float) -> int: ...
+
+    # --- failed logins and lockouts -----------------------------------------
+    @abc.abstractmethod
+    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
+        """Record one failure under each key; return each key's failures in the window."""
+
+    @abc.abstractmethod
+    async def clear_failures(self, keys: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def lock(self, key: str, until: float, now: float) -> None:
+        """Refuse the key until ``until`` (an earlier end never shortens a lock)."""
+
+    @abc.abstractmethod
+    async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
+        """The latest lock end among the keys still locked at ``now``, or None."""
+
+    # --- suspensions ---------------------------------------------------------
+    @abc.abstractmethod
+    async def suspend(self, suspension: Suspension) -> bool:
+        """Suspend the login; False if it already was (the first evidence is kept)."""
+
+    @abc.abstractmethod
+    async def unsuspend(self, login: str) -> bool:
+        """Lift a suspension; False if there was none."""
+
+    @abc.abstractmethod
+    async def suspension(self, login: str) -> Suspension | None: ...
+
+    @abc.abstractmethod
+    async def suspensions(self) -> list[Suspension]: ...
+
+    # --- events --------------------------------------------------------------
+    @abc.abstractmethod
+    async def log_event(self, event: Event) -> None: ...
+
+    @abc.abstractmethod
+    async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
+        """Newest first."""
+
+    # --- series: coarse per-bucket counters for baselines and rates ----------
+    @abc.abstractmethod
+    async def add_to_series(
+        self, key: str, amount: int, now: float, bucket: int = 3600, retention: float = 31 * 86400
+    ) -> None:
+        """Add to the bucket holding ``now`` (buckets of ``bucket`` seconds)."""
+
+    @abc.abstractmethod
+    async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
+        """Sum of the buckets that start in [since, now]."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+def retry_after_for(entries: Sequence[tuple[float, int]], used: int, amount: int,
+                    limit: int, window: float, now: float) -> float | None:
+    """When enough of the oldest entries (ts, amount) will have slid out for
+    ``amount`` more to fit: the one rule both backends follow (Redis in Lua)."""
+    if amount > limit:
+        return None
+    need = used + amount - limit
+    dropped = 0
+    for ts, n in sorted(entries):
+        dropped += n
+        if dropped >= need:
+            return max(0.0, ts + window - now)
+    return None

@@ -1,0 +1,310 @@
+"""Metering: the few calls the submission handler makes, facts → store → rules → reply.
+
+The rules (gateway/rules/quota.py, lockout.py, compromise.py) decide; the store
+counts; this class carries the facts between them, so a hook reads as one call.
+Where each call goes in the conversation (docs/quotas.md, "Wiring"):
+
+    AUTH, before the password check   auth_allowed(ip, login, now)      → 454 4.7.0 when locked
+    AUTH failed                       auth_failed(ip, login, now)       → seconds to wait, then 535
+    AUTH succeeded                    auth_succeeded(ip, login, now); open_session(acct, cid, now)
+    MAIL                              check_mail(acct, size, now); begin(txid)
+    RCPT, before the downstream       check_recipient(acct, tx, domain, now)
+    RCPT refused by the downstream    recipient_refused(tx, now)
+    after DATA (downstream answered)  finish(acct, tx, delivered, now)
+    RSET / disconnect mid-transaction abort(tx, now);  disconnect: close_session(acct, cid)
+
+A store that cannot be reached never lets mail through unmetered: the answer is
+``451 4.3.0`` (QUOTA_STORE_UNAVAILABLE) at MAIL/RCPT and ``454 4.7.0`` at AUTH.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gateway import replies
+from gateway.config.quota import QuotaSettings
+from gateway.replies import Verdict
+from gateway.rules import compromise, lockout, quota
+from gateway.rules.quota import HOUR, RATE_LIMITS, AccountQuota, QuotaDecision
+from gateway.store.base import Charge, Event, Store, StoreUnavailable, Suspension
+
+log = logging.getLogger("portcullis.quota")
+
+# How long a held charge lives without a commit: longer than any transaction
+# (DATA timeout + downstream deadline); a crashed process frees its holds after it.
+HOLD_LEASE = 1800.0
+# A connection slot lives this long unless renewed (renew at every MAIL).
+SESSION_LEASE = 1800.0
+
+
+@dataclass(slots=True)
+class MeteredTransaction:
+    """Per-transaction metering state; keep it on the envelope."""
+
+    txid: str
+    message_hold: str = ""
+    recipient_holds: list[str] = field(default_factory=list)
+    accepted: int = 0
+    refused_downstream: int = 0
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.message_hold = f"{self.txid}:m"
+
+    @property
+    def holds(self) -> list[str]:
+        return [self.message_hold, *self.recipient_holds]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    name: str
+    used: int
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    login: str
+    customer: str
+    usage: tuple[Usage, ...]
+    connections: int
+    suspension: Suspension | None
+    shadow: bool
+
+
+def _attempts(login: str) -> Charge:
+    return Charge(f"acct:{login}:attempts_per_hour", HOUR, None, name="attempts_per_hour")
+
+
+def _downstream(login: str, what: str, amount: int = 1) -> Charge:
+    return Charge(f"acct:{login}:downstream_{what}", HOUR, None, amount=amount, name=f"downstream_{what}")
+
+
+class Metering:
+    def __init__(self, store: Store, settings: QuotaSettings):
+        self.store = store
+        self.settings = settings
+
+    # --- AUTH ----------------------------------------------------------------------
+    async def auth_allowed(self, client_ip: str, login: str, now: float) -> Verdict:
+        keys = lockout.lockout_keys(client_ip, login)
+        try:
+            until = await self.store.locked_until(keys.both, now)
+        except StoreUnavailable as exc:
+            log.error("lockout state unavailable: %s", exc)
+            return Verdict.refuse(replies.AUTH_TEMPFAIL)
+        return lockout.decide_auth_attempt(until, now)
+
+    async def auth_failed(self, client_ip: str, login: str, now: float) -> float:
+        """Count the failure, lock what crossed its threshold; return the delay before 535."""
+        s = self.settings.lockout
+        keys = lockout.lockout_keys(client_ip, login)
+        try:
+            ip_n, login_n = await self.store.note_failure(keys.both, s.window, now)
+            outcome = lockout.after_failure(keys, ip_n, login_n, s, now)
+            for key, until in outcome.locks:
+                await self.store.lock(key, until, now)
+                # The login is not logged as such: it may be a password typed in the wrong field.
+                await self.store.log_event(Event(now, "lockout", client_ip, {
+                    "key_kind": key.split(":", 1)[0], "ip": client_ip, "until": until,
+                    "ip_failures": ip_n, "login_failures": login_n}))
+                log.warning("auth lockout %s until %.0f (ip=%s)", key.split(":", 1)[0], until, client_ip)
+            return outcome.delay
+        except StoreUnavailable as exc:
+            log.error("could not count a failed login: %s", exc)
+            return s.failure_delay
+
+    async def auth_succeeded(self, client_ip: str, login: str, now: float) -> None:
+        # Only the login's count is cleared: one good password must not wipe an
+        # address's record of guessing at other logins.
+        try:
+            await self.store.clear_failures([lockout.lockout_keys(client_ip, login).login])
+        except StoreUnavailable as exc:
+            log.error("could not clear failed logins: %s", exc)
+
+    # --- sessions --------------------------------------------------------------------
+    async def open_session(self, acct: AccountQuota, lease_id: str, now: float) -> Verdict:
+        try:
+            ok = await self.store.acquire_slot(f"conn:{acct.login}", lease_id,
+                                               acct.limits.concurrent_connections, now, SESSION_LEASE)
+        except StoreUnavailable as exc:
+            log.error("connection count unavailable: %s", exc)
+            return Verdict.refuse(replies.AUTH_TEMPFAIL)
+        if ok or acct.shadow:
+            if not ok:
+                log.info("shadow: would refuse concurrent_connections login=%s", acct.login)
+            return Verdict.ok(replies.AUTH_OK)
+        return Verdict.refuse(replies.ACCOUNT_BUSY)
+
+    async def close_session(self, acct: AccountQuota, lease_id: str) -> None:
+        try:
+            await self.store.release_slot(f"conn:{acct.login}", lease_id)
+        except StoreUnavailable as exc:  # the lease runs out by itself
+            log.error("could not release a connection slot: %s", exc)
+
+    # --- MAIL ------------------------------------------------------------------------
+    def begin(self, txid: str) -> MeteredTransaction:
+        return MeteredTransaction(txid)
+
+    async def check_mail(self, acct: AccountQuota, size: int | None, now: float,
+                         lease_id: str | None = None) -> QuotaDecision:
+        """Suspended? (550 5.7.1)  Declared SIZE= over the account's limit? (552 5.3.4)"""
+        try:
+            suspension = await self.store.suspension(acct.login)
+            if lease_id is not None:
+                await self.store.acquire_slot(f"conn:{acct.login}", lease_id, None, now, SESSION_LEASE)
+        except StoreUnavailable as exc:
+            log.error("suspension state unavailable: %s", exc)
+            return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
+        verdict = quota.decide_suspended(suspension)
+        if not verdict.accept:
+            return QuotaDecision(verdict, limit="suspended")
+        return quota.decide_size(acct, size)
+
+    # --- RCPT ------------------------------------------------------------------------
+    async def check_recipient(self, acct: AccountQuota, tx: MeteredTransaction, domain: str,
+                              now: float) -> QuotaDecision:
+        count = quota.decide_recipient_count(acct, tx.accepted)
+        if not count.accept:
+            return count
+        first = tx.accepted == 0
+        hold = f"{tx.txid}:r{len(tx.recipient_holds)}"
+        charges = quota.recipient_charges(acct, domain, first, tx.message_hold, hold)
+        try:
+            result = await self.store.charge([*charges, _attempts(acct.login)], now, HOLD_LEASE)
+            decision = quota.decide_charge(acct, result)
+            if not result.accepted:
+                await self.store.charge([_attempts(acct.login)], now)
+                if decision.would_refuse is not None:  # shadow: count what we let through
+                    await self.store.charge([c.unlimited() for c in charges], now, HOLD_LEASE)
+                else:
+                    await self._assess(acct, now)
+        except StoreUnavailable as exc:
+            log.error("quota store unavailable: %s", exc)
+            return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
+        if decision.accept:
+            tx.recipient_holds.append(hold)
+            tx.accepted += 1
+        if decision.would_refuse is not None or count.would_refuse is not None:
+            return decision if decision.would_refuse is not None else count
+        return decision
+
+    async def recipient_refused(self, tx: MeteredTransaction, now: float) -> None:
+        """The downstream refused the recipient just accepted by check_recipient: it costs nothing."""
+        if not tx.recipient_holds:
+            return
+        hold = tx.recipient_holds.pop()
+        tx.accepted -= 1
+        tx.refused_downstream += 1
+        try:
+            await self.store.release([hold], now)
+        except StoreUnavailable as exc:  # the hold's lease runs out by itself
+            log.error("could not release a recipient hold: %s", exc)
+
+    # --- after DATA --------------------------------------------------------------------
+    async def finish(self, acct: AccountQuota, tx: MeteredTransaction, delivered: bool,
+                     now: float) -> Suspension | None:
+        """The downstream answered DATA: charge what it accepted, nothing if it refused.
+        Returns the suspension this message triggered, if any."""
+        if tx.finished:
+            return None
+        tx.finished = True
+        login = acct.login
+        try:
+            if delivered and tx.accepted:
+                await self.store.commit(tx.holds, now)
+                await self.store.add_to_series(f"sent:{login}", tx.accepted, now)
+                await self.store.add_to_series(f"messages:{login}", 1, now, bucket=86400)
+            else:
+                await self.store.release(tx.holds, now)
+            tried = tx.accepted + tx.refused_downstream
+            refused = tx.refused_downstream + (0 if delivered else tx.accepted)
+            if tried:
+                await self.store.charge([_downstream(login, "tried", tried),
+                                         _downstream(login, "refused", refused)], now)
+            return await self._assess(acct, now)
+        except StoreUnavailable as exc:
+            log.error("could not settle txid=%s: %s", tx.txid, exc)
+            return None
+
+    async def abort(self, tx: MeteredTransaction, now: float) -> None:
+        """RSET, disconnect or a local refusal before the downstream took the message."""
+        if tx.finished:
+            return
+        tx.finished = True
+        try:
+            await self.store.release(tx.holds, now)
+        except StoreUnavailable as exc:
+            log.error("could not release txid=%s: %s", tx.txid, exc)
+
+    # --- compromise --------------------------------------------------------------------
+    async def record_complaint(self, acct: AccountQuota, now: float, evidence: dict) -> Suspension | None:
+        """An abuse report matched to the account (ARF or forwarded message)."""
+        await self.store.add_to_series(f"complaints:{acct.login}", 1, now, bucket=86400)
+        await self.store.log_event(Event(now, "complaint", acct.login, evidence))
+        return await self._assess(acct, now)
+
+    async def signals(self, login: str, now: float) -> compromise.Signals:
+        c = self.settings.compromise
+        attempted, sent, tried, refused = await self.store.usage([
+            _attempts(login), Charge(f"acct:{login}:recipients_per_hour", HOUR, None),
+            _downstream(login, "tried"), _downstream(login, "refused")], now)
+        baseline_start = now - c.baseline_days * 86400
+        baseline = await self.store.read_series(f"sent:{login}", baseline_start, now - HOUR)
+        since = now - c.complaint_days * 86400
+        complaints = await self.store.read_series(f"complaints:{login}", since, now, bucket=86400)
+        messages = await self.store.read_series(f"messages:{login}", since, now, bucket=86400)
+        return compromise.Signals(login, attempted, sent, baseline, c.baseline_days * 24.0,
+                                  tried, refused, complaints, messages)
+
+    async def _assess(self, acct: AccountQuota, now: float) -> Suspension | None:
+        if not self.settings.compromise.enabled:
+            return None
+        suspension = compromise.assess(await self.signals(acct.login, now), self.settings.compromise, now)
+        if suspension is None:
+            return None
+        if acct.shadow:
+            await self.store.log_event(Event(now, "would-suspend", acct.login,
+                                             {"reason": suspension.reason, **suspension.evidence}))
+            log.warning("shadow: would suspend login=%s reason=%s", acct.login, suspension.reason)
+            return None
+        if await self.store.suspend(suspension):
+            await self.store.log_event(Event(now, "suspended", acct.login,
+                                             {"reason": suspension.reason, **suspension.evidence}))
+            log.warning("suspended login=%s reason=%s evidence=%s", acct.login, suspension.reason,
+                        dict(suspension.evidence))
+            return suspension
+        return None
+
+    # --- operators ----------------------------------------------------------------------
+    async def suspend(self, login: str, now: float, reason: str = "suspended by an operator") -> bool:
+        login = login.lower()
+        done = await self.store.suspend(Suspension(login, now, reason, {"by": "operator"}))
+        if done:
+            await self.store.log_event(Event(now, "suspended", login, {"reason": reason, "by": "operator"}))
+        return done
+
+    async def unsuspend(self, login: str, now: float) -> bool:
+        login = login.lower()
+        done = await self.store.unsuspend(login)
+        if done:
+            await self.store.log_event(Event(now, "unsuspended", login, {"by": "operator"}))
+        return done
+
+    async def status(self, acct: AccountQuota, now: float) -> AccountStatus:
+        rows: list[tuple[str, Charge]] = []
+        for scope, limits, label in ((f"acct:{acct.login}", acct.limits, ""),
+                                     (f"cust:{acct.customer}", acct.aggregate, "customer ")):
+            for name, (window, _unit) in RATE_LIMITS.items():
+                if hasattr(limits, name):
+                    member = "" if name == "recipient_domains_per_hour" else None
+                    rows.append((label + name, Charge(f"{scope}:{name}", window, getattr(limits, name),
+                                                      member=member)))
+        used = await self.store.usage([c for _, c in rows], now)
+        return AccountStatus(
+            acct.login, acct.customer,
+            tuple(Usage(n, u, c.limit) for (n, c), u in zip(rows, used, strict=True)),
+            await self.store.slots_in_use(f"conn:{acct.login}", now),
+            await self.store.suspension(acct.login), acct.shadow)

@@ -1,0 +1,426 @@
+"""The cluster store: one Redis shared by every gateway process on every host.
+
+Each check-and-charge is one Lua script, which Redis runs atomically: no other
+client's command runs between the script's reads and writes, so gateways on
+several hosts share exact limits.
+
+Layout (every key starts with the configured prefix):
+
+    c:<key>        sorted set of charges, score = time, member = "<id>|<amount>|<member>"
+    c:<key>:p      the held (uncommitted) ones among them, score = lease end
+    c:<key>:n      running total of the live amounts
+    c:<key>:m      live entries per member (distinct-member limits), hash
+    h:<hold>       set of "<c:key>\\n<member>" a hold placed, for commit/release
+    s:<key>        sorted set of connection leases, score = lease end
+    f:<key>        sorted set of failed logins, score = time
+    l:<key>        lock end time
+    suspensions    hash login → JSON
+    events, events:<subject>   lists of JSON, newest first, capped
+    series:<key>   hash bucket start → count
+
+The scripts touch several keys, so they need one Redis (or a primary with
+replicas and Sentinel), not Redis Cluster, whose keys of one script must share
+a hash slot.  Times come from the callers (``now``); Redis's own clock is used
+only to let idle keys expire, with margins longer than any window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.store.base import Charge, ChargeResult, Event, Store, StoreUnavailable, Suspension
+
+# Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
+# c:<key>:n (running total of live amounts, so a check reads one number).
+# The same counting as the SQLite backend: a charge is live while ts > now - window
+# and, if held, while its lease end > now.
+_MEASURE = r"""
+local function amount_of(e) return tonumber(string.match(e, '^[^|]*|(%d+)|')) end
+local function member_of(e) return string.match(e, '^[^|]*|%d+|(.*)$') end
+
+-- c:<key>:m counts live entries per member (distinct-member limits): HLEN is the
+-- number of distinct members, without reading the entries.
+local function forget_member(k, e)
+  local m = member_of(e)
+  if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
+end
+
+-- Entries that can never count again leave the set and the totals, oldest first.
+local function prune(k, kp, kn, now, window)
+  local gone = 0
+  local old = redis.call('ZRANGEBYSCORE', k, '-inf', now - window)
+  for _, e in ipairs(old) do
+    gone = gone + amount_of(e); redis.call('ZREM', kp, e); forget_member(k, e)
+  end
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window) end
+  local dead = redis.call('ZRANGEBYSCORE', kp, '-inf', now)
+  for _, e in ipairs(dead) do
+    if redis.call('ZREM', k, e) == 1 then gone = gone + amount_of(e); forget_member(k, e) end
+  end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', kp, '-inf', now) end
+  if gone > 0 then redis.call('DECRBY', kn, gone) end
+end
+
+-- Live entries, oldest first: {ts, amount, member}.  Used for distinct members
+-- and, on a refusal only, for when to retry.
+local function live_rows(k, kp, now, window)
+  local rows = redis.call('ZRANGEBYSCORE', k, '(' .. (now - window), '+inf', 'WITHSCORES')
+  local out = {}
+  for j = 1, #rows, 2 do
+    local e = rows[j]
+    local lease_end = redis.call('ZSCORE', kp, e)
+    if not lease_end or tonumber(lease_end) > now then
+      out[#out + 1] = {tonumber(rows[j + 1]), amount_of(e), member_of(e)}
+    end
+  end
+  return out
+end
+
+local function used_of(k, kp, kn, now, window, member, pruned)
+  if member ~= '' and pruned then
+    return redis.call('HLEN', k .. ':m'), nil
+  end
+  if member ~= '' then
+    local seen, distinct = {}, 0
+    for _, r in ipairs(live_rows(k, kp, now, window)) do
+      if seen[r[3]] == nil then distinct = distinct + 1 end
+      if seen[r[3]] == nil or seen[r[3]] < r[1] then seen[r[3]] = r[1] end
+    end
+    return distinct, seen
+  end
+  local total = tonumber(redis.call('GET', kn) or '0')
+  if not pruned then  -- a read-only look: take off what a prune would
+    for _, e in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', now - window)) do
+      total = total - amount_of(e)
+    end
+    for _, e in ipairs(redis.call('ZRANGEBYSCORE', kp, '-inf', now)) do
+      local ts = redis.call('ZSCORE', k, e)
+      if ts and tonumber(ts) > now - window then total = total - amount_of(e) end
+    end
+  end
+  return total, nil
+end
+
+-- used, fits, retry (-1: never)
+local function measure(k, kp, kn, now, window, limit, amount, member)
+  prune(k, kp, kn, now, window)
+  local used = used_of(k, kp, kn, now, window, member, true)
+  if limit < 0 then return used, true, -1 end
+  if member ~= '' then
+    if redis.call('HEXISTS', k .. ':m', member) == 1 or used + 1 <= limit then return used, true, -1 end
+    if limit < 1 then return used, false, -1 end
+    -- Refused: which distinct member leaves first (the one seen least recently)?
+    local _, seen = used_of(k, kp, kn, now, window, member, false)
+    local oldest = nil
+    for _, ts in pairs(seen) do if oldest == nil or ts < oldest then oldest = ts end end
+    return used, false, math.max(0, oldest + window - now)
+  end
+  if used + amount <= limit then return used, true, -1 end
+  if amount > limit then return used, false, -1 end
+  local need, dropped = used + amount - limit, 0
+  for _, r in ipairs(live_rows(k, kp, now, window)) do
+    dropped = dropped + r[2]
+    if dropped >= need then return used, false, math.max(0, r[1] + window - now) end
+  end
+  return used, false, -1
+end
+"""
+
+# KEYS: per charge c:<key>, c:<key>:p, c:<key>:n, h:<hold>.  ARGV: now, lease, id,
+# then per charge: window, limit (-1: none), amount, member ('' for none), held (0/1).
+_CHARGE = _MEASURE + r"""
+local now, lease, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local n = #KEYS / 4
+local out = {1, 0, '-1'}
+for i = 1, n do
+  local a = 3 + (i - 1) * 5
+  local used, fits, retry = measure(KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], now,
+      tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), ARGV[a+4])
+  out[#out + 1] = used
+  if not fits then
+    out[1], out[2], out[3] = 0, i, tostring(retry)
+    return out
+  end
+end
+for i = 1, n do
+  local a = 3 + (i - 1) * 5
+  local k, kp, kn, h = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local window, member = tonumber(ARGV[a+1]), ARGV[a+4]
+  local amount = member ~= '' and 1 or tonumber(ARGV[a+3])
+  local e = id .. ':' .. i .. '|' .. amount .. '|' .. member
+  local ttl = math.ceil((window + lease) * 1000)
+  redis.call('ZADD', k, now, e)
+  redis.call('INCRBY', kn, amount)
+  redis.call('PEXPIRE', k, ttl)
+  redis.call('PEXPIRE', kn, ttl)
+  if member ~= '' then
+    redis.call('HINCRBY', k .. ':m', member, 1)
+    redis.call('PEXPIRE', k .. ':m', ttl)
+  end
+  if ARGV[a+5] == '1' then
+    redis.call('ZADD', kp, now + lease, e)
+    redis.call('PEXPIRE', kp, ttl)
+    redis.call('SADD', h, k .. '\n' .. e)
+    redis.call('PEXPIRE', h, math.ceil((lease + 60) * 1000))
+  end
+end
+return out
+"""
+
+# KEYS: per charge c:<key>, c:<key>:p, c:<key>:n.  ARGV: now, windows..., members...
+_USAGE = _MEASURE + r"""
+local now = tonumber(ARGV[1])
+local n = #KEYS / 3
+local out = {}
+for i = 1, n do
+  out[i] = (used_of(KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], now, tonumber(ARGV[1 + i]), ARGV[1 + n + i], false))
+end
+return out
+"""
+
+# KEYS: h:<hold>...  ARGV: now, mode ('commit' or 'release').
+_SETTLE = r"""
+local now, mode = tonumber(ARGV[1]), ARGV[2]
+for _, h in ipairs(KEYS) do
+  for _, item in ipairs(redis.call('SMEMBERS', h)) do
+    local k, e = string.match(item, '^(.-)\n(.*)$')
+    local lease_end = redis.call('ZSCORE', k .. ':p', e)
+    redis.call('ZREM', k .. ':p', e)
+    -- A lease that already ran out stays dropped: its room may have been given away.
+    if mode == 'release' or not lease_end or tonumber(lease_end) <= now then
+      if redis.call('ZREM', k, e) == 1 then
+        redis.call('DECRBY', k .. ':n', tonumber(string.match(e, '^[^|]*|(%d+)|')))
+        local m = string.match(e, '^[^|]*|%d+|(.*)$')
+        if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then
+          redis.call('HDEL', k .. ':m', m)
+        end
+      end
+    end
+  end
+  redis.call('DEL', h)
+end
+return 1
+"""
+
+_ACQUIRE = r"""
+local now, ttl, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], lease) and limit >= 0
+    and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, lease)
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 60000)
+return 1
+"""
+
+_FAIL = r"""
+local now, window, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i, k in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
+  redis.call('ZADD', k, now, id)
+  redis.call('PEXPIRE', k, math.ceil(window * 1000) + 60000)
+  out[i] = redis.call('ZCARD', k)
+end
+return out
+"""
+
+_LOCK = r"""
+local lock_end, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if lock_end > old then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', math.ceil(math.max(lock_end - now, 0) * 1000) + 60000)
+end
+return 1
+"""
+
+# KEYS: series hash.  ARGV: bucket start, amount, oldest bucket kept, expiry ms.
+_SERIES = r"""
+redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+for _, b in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if tonumber(b) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], b) end
+end
+return 1
+"""
+
+
+def _member(c: Charge) -> str:
+    # '' selects counting by amount in the scripts; an empty member (asking only for
+    # the distinct count, as status does) becomes one no real member can equal.
+    if c.member is None:
+        return ""
+    return c.member or "\x01"
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "portcullis:", timeout: float = 2.0):
+        self._prefix = prefix
+        # No automatic retry: a charge whose reply was lost must not be charged twice.
+        self._r = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        self._charge = self._r.register_script(_CHARGE)
+        self._usage = self._r.register_script(_USAGE)
+        self._settle = self._r.register_script(_SETTLE)
+        self._acquire = self._r.register_script(_ACQUIRE)
+        self._fail = self._r.register_script(_FAIL)
+        self._lock = self._r.register_script(_LOCK)
+        self._series = self._r.register_script(_SERIES)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis store: {exc}") from exc
+
+    def _k(self, kind: str, key: str) -> str:
+        return f"{self._prefix}{kind}:{key}"
+
+    # --- limits ----------------------------------------------------------------
+    async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
+        if not charges:
+            return ChargeResult(True, ())
+        keys: list[str] = []
+        args: list[str] = [_num(now), _num(lease), uuid.uuid4().hex]
+        for c in charges:
+            k = self._k("c", c.key)
+            keys += [k, k + ":p", k + ":n", self._k("h", c.hold or "-")]
+            args += [_num(c.window), str(-1 if c.limit is None else c.limit), str(c.amount),
+                     _member(c), "1" if c.hold is not None else "0"]
+        out = await self._call(self._charge(keys=keys, args=args))
+        used = tuple(int(u) for u in out[3:])
+        if int(out[0]) == 1:
+            return ChargeResult(True, used)
+        retry = float(out[2])
+        return ChargeResult(False, used, charges[int(out[1]) - 1], None if retry < 0 else retry)
+
+    async def commit(self, holds: Iterable[str], now: float) -> None:
+        keys = [self._k("h", h) for h in holds]
+        if keys:
+            await self._call(self._settle(keys=keys, args=[_num(now), "commit"]))
+
+    async def release(self, holds: Iterable[str], now: float) -> None:
+        keys = [self._k("h", h) for h in holds]
+        if keys:
+            await self._call(self._settle(keys=keys, args=[_num(now), "release"]))
+
+    async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
+        if not charges:
+            return ()
+        keys: list[str] = []
+        for c in charges:
+            k = self._k("c", c.key)
+            keys += [k, k + ":p", k + ":n"]
+        args = [_num(now)] + [_num(c.window) for c in charges] + [_member(c) for c in charges]
+        out = await self._call(self._usage(keys=keys, args=args))
+        return tuple(int(u) for u in out)
+
+    # --- concurrent connections ------------------------------------------------
+    async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
+        got = await self._call(self._acquire(
+            keys=[self._k("s", key)],
+            args=[_num(now), _num(ttl), str(-1 if limit is None else limit), lease_id]))
+        return int(got) == 1
+
+    async def release_slot(self, key: str, lease_id: str) -> None:
+        await self._call(self._r.zrem(self._k("s", key), lease_id))
+
+    async def slots_in_use(self, key: str, now: float) -> int:
+        return int(await self._call(self._r.zcount(self._k("s", key), f"({_num(now)}", "+inf")))
+
+    # --- failed logins and lockouts ----------------------------------------------
+    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
+        out = await self._call(self._fail(
+            keys=[self._k("f", k) for k in keys], args=[_num(now), _num(window), uuid.uuid4().hex]))
+        return tuple(int(n) for n in out)
+
+    async def clear_failures(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._call(self._r.delete(*(self._k("f", k) for k in keys)))
+
+    async def lock(self, key: str, until: float, now: float) -> None:
+        await self._call(self._lock(keys=[self._k("l", key)], args=[_num(until), _num(now)]))
+
+    async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
+        if not keys:
+            return None
+        values = await self._call(self._r.mget([self._k("l", k) for k in keys]))
+        ends = [float(v) for v in values if v is not None and float(v) > now]
+        return max(ends) if ends else None
+
+    # --- suspensions ---------------------------------------------------------------
+    async def suspend(self, suspension: Suspension) -> bool:
+        s = suspension
+        body = json.dumps({"since": s.since, "reason": s.reason, "evidence": dict(s.evidence)},
+                          sort_keys=True)
+        return bool(await self._call(self._r.hsetnx(self._prefix + "suspensions", s.login, body)))
+
+    async def unsuspend(self, login: str) -> bool:
+        return int(await self._call(self._r.hdel(self._prefix + "suspensions", login))) == 1
+
+    async def suspension(self, login: str) -> Suspension | None:
+        body = await self._call(self._r.hget(self._prefix + "suspensions", login))
+        if body is None:
+            return None
+        d = json.loads(body)
+        return Suspension(login, d["since"], d["reason"], d["evidence"])
+
+    async def suspensions(self) -> list[Suspension]:
+        rows = await self._call(self._r.hgetall(self._prefix + "suspensions"))
+        out = []
+        for login in sorted(rows):
+            d = json.loads(rows[login])
+            out.append(Suspension(login, d["since"], d["reason"], d["evidence"]))
+        return out
+
+    # --- events ------------------------------------------------------------------------
+    async def log_event(self, event: Event) -> None:
+        body = json.dumps({"ts": event.ts, "kind": event.kind, "subject": event.subject,
+                           "data": dict(event.data)}, sort_keys=True)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.lpush(self._prefix + "events", body)
+        pipe.ltrim(self._prefix + "events", 0, 9999)
+        pipe.lpush(self._prefix + "events:" + event.subject, body)
+        pipe.ltrim(self._prefix + "events:" + event.subject, 0, 999)
+        await self._call(pipe.execute())
+
+    async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
+        key = self._prefix + "events" + ("" if subject is None else ":" + subject)
+        rows = await self._call(self._r.lrange(key, 0, limit - 1))
+        out = []
+        for body in rows:
+            d = json.loads(body)
+            out.append(Event(d["ts"], d["kind"], d["subject"], d["data"]))
+        return out
+
+    # --- series -------------------------------------------------------------------------
+    async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
+                            retention: float = 31 * 86400) -> None:
+        start = int(now // bucket) * bucket
+        await self._call(self._series(keys=[self._k("series", key)], args=[
+            str(start), str(amount), _num(start - retention), str(math.ceil((bucket + retention) * 1000))]))
+
+    async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
+        rows = await self._call(self._r.hgetall(self._k("series", key)))
+        return sum(int(v) for b, v in rows.items() if since <= int(b) <= now)
+
+    async def close(self) -> None:
+        try:
+            await self._r.aclose()
+        except (RedisError, OSError):
+            pass

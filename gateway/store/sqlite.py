@@ -1,0 +1,346 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+State survives a restart, and every process on this host that opens the same
+file shares exact limits: each check-and-charge is one ``BEGIN IMMEDIATE``
+transaction, which takes SQLite's write lock before reading, so two processes
+can never both read "9 of 10 used" and both charge the 10th.
+
+sqlite3 calls block, so they all run in one dedicated thread that owns the
+connection; the event loop only awaits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.store.base import (
+    Charge,
+    ChargeResult,
+    Event,
+    Store,
+    StoreUnavailable,
+    Suspension,
+    retry_after_for,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    key TEXT NOT NULL, ts REAL NOT NULL, amount INTEGER NOT NULL,
+    member TEXT, hold TEXT, lease_until REAL);
+CREATE INDEX IF NOT EXISTS charges_by_key ON charges (key, ts);
+CREATE INDEX IF NOT EXISTS charges_by_hold ON charges (hold) WHERE hold IS NOT NULL;
+CREATE INDEX IF NOT EXISTS charges_by_lease ON charges (key, lease_until) WHERE lease_until IS NOT NULL;
+CREATE INDEX IF NOT EXISTS charges_by_member ON charges (key, member) WHERE member IS NOT NULL;
+CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, total INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    key TEXT NOT NULL, member TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (key, member));
+CREATE TABLE IF NOT EXISTS slots (
+    key TEXT NOT NULL, lease_id TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (key, lease_id));
+CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_by_key ON failures (key, ts);
+CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS suspensions (
+    login TEXT PRIMARY KEY, since REAL NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+    subject TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_subject ON events (subject, id);
+CREATE TABLE IF NOT EXISTS series (
+    key TEXT NOT NULL, bucket INTEGER NOT NULL, amount INTEGER NOT NULL,
+    expires REAL NOT NULL, PRIMARY KEY (key, bucket));
+"""
+
+# A live charge at `now`: inside its window and not a reservation whose lease ran out.
+_LIVE = "key = ? AND ts > ? AND (lease_until IS NULL OR lease_until > ?)"
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, busy_timeout: float = 5.0):
+        self._path = str(path)
+        self._busy_ms = int(busy_timeout * 1000)
+        # One thread owns the connection: sqlite3 objects stay in the thread that uses them.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+
+    # --- plumbing --------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                                 timeout=self._busy_ms / 1000)
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # WAL: readers never wait for the writer; NORMAL sync is durable across a
+            # process crash (only an OS crash can lose the last transactions).
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+
+        def call() -> T:
+            db = self._connect()
+            return fn(db)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except sqlite3.DatabaseError as exc:  # locked past busy_timeout, I/O error, not a database
+            raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+        except RuntimeError as exc:  # executor shut down under us
+            raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+
+    @staticmethod
+    def _transaction(db: sqlite3.Connection, body: Callable[[], T]) -> T:
+        # BEGIN IMMEDIATE takes the write lock first: read-then-write is atomic
+        # across processes, not only across this process's coroutines.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # --- limits ----------------------------------------------------------------
+    # Counters keep a running total (table `totals`) so a check reads one row, not
+    # the whole window: rows leave the total when they slide out or their lease ends,
+    # oldest first through the (key, ts) index.  Distinct-member limits keep one row
+    # per live member (table `members`), so their count is one indexed COUNT.
+
+    @staticmethod
+    def _remove(db: sqlite3.Connection, where: str, args: tuple) -> None:
+        """Delete rows and take them off the running totals and member counts."""
+        rows = db.execute(f"SELECT key, member, SUM(amount), COUNT(*) FROM charges WHERE {where} "
+                          "GROUP BY key, member", args).fetchall()
+        if not rows:
+            return
+        db.execute(f"DELETE FROM charges WHERE {where}", args)
+        totals: dict[str, int] = {}
+        for key, member, amount, count in rows:
+            totals[key] = totals.get(key, 0) + amount
+            if member is not None:
+                db.execute("UPDATE members SET n = n - ? WHERE key = ? AND member = ?", (count, key, member))
+                db.execute("DELETE FROM members WHERE key = ? AND member = ? AND n <= 0", (key, member))
+        db.executemany("UPDATE totals SET total = total - ? WHERE key = ?",
+                       [(n, k) for k, n in totals.items()])
+
+    @classmethod
+    def _prune(cls, db: sqlite3.Connection, c: Charge, now: float) -> None:
+        """Drop the key's rows that can never count again."""
+        # Two indexed range scans: SQLite's OR optimisation does not reach a GROUP BY.
+        cls._remove(db, "key = ? AND ts <= ?", (c.key, now - c.window))
+        cls._remove(db, "key = ? AND lease_until <= ?", (c.key, now))
+
+    @staticmethod
+    def _used(db: sqlite3.Connection, c: Charge, now: float, pruned: bool = False) -> int:
+        if c.member is not None:
+            if pruned:  # one row per distinct member, kept up to date
+                return db.execute("SELECT COUNT(*) FROM members WHERE key = ?", (c.key,)).fetchone()[0]
+            return db.execute(f"SELECT COUNT(DISTINCT member) FROM charges WHERE {_LIVE}",
+                              (c.key, now - c.window, now)).fetchone()[0]
+        row = db.execute("SELECT total FROM totals WHERE key = ?", (c.key,)).fetchone()
+        # Rows not pruned yet (a read-only look) are taken off here.
+        (stale,) = db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM charges WHERE key = ? AND (ts <= ? OR lease_until <= ?)",
+            (c.key, now - c.window, now)).fetchone()
+        return (row[0] if row else 0) - stale
+
+    @classmethod
+    def _measure(cls, db: sqlite3.Connection, c: Charge, now: float) -> tuple[int, bool, float | None]:
+        """(used, fits, retry_after) for one charge against the live rows."""
+        used = cls._used(db, c, now, pruned=True)
+        if c.limit is None:
+            return used, True, None
+        if c.member is not None:
+            seen = db.execute("SELECT 1 FROM members WHERE key = ? AND member = ?",
+                              (c.key, c.member)).fetchone()
+            if seen or used + 1 <= c.limit:
+                return used, True, None
+            if c.limit < 1:
+                return used, False, None
+            # One distinct member must slide out entirely: the one seen least recently.
+            (oldest,) = db.execute(
+                f"SELECT MIN(last) FROM (SELECT MAX(ts) AS last FROM charges WHERE {_LIVE} GROUP BY member)",
+                (c.key, now - c.window, now)).fetchone()
+            return used, False, max(0.0, oldest + c.window - now)
+        if used + c.amount <= c.limit:
+            return used, True, None
+        rows = db.execute(f"SELECT ts, amount FROM charges WHERE {_LIVE} ORDER BY ts",
+                          (c.key, now - c.window, now)).fetchall()
+        return used, False, retry_after_for(rows, used, c.amount, c.limit, c.window, now)
+
+    async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
+        def body(db: sqlite3.Connection) -> ChargeResult:
+            used: list[int] = []
+            for c in charges:
+                self._prune(db, c, now)
+                n, fits, retry = self._measure(db, c, now)
+                used.append(n)
+                if not fits:
+                    return ChargeResult(False, tuple(used), c, retry)
+            for c in charges:
+                amount = 1 if c.member is not None else c.amount
+                db.execute(
+                    "INSERT INTO charges (key, ts, amount, member, hold, lease_until) VALUES (?,?,?,?,?,?)",
+                    (c.key, now, amount, c.member, c.hold, now + lease if c.hold is not None else None))
+                db.execute("INSERT INTO totals (key, total) VALUES (?, ?) "
+                           "ON CONFLICT (key) DO UPDATE SET total = total + excluded.total", (c.key, amount))
+                if c.member is not None:
+                    db.execute("INSERT INTO members (key, member, n) VALUES (?, ?, 1) "
+                               "ON CONFLICT (key, member) DO UPDATE SET n = n + 1", (c.key, c.member))
+            return ChargeResult(True, tuple(used))
+
+        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+
+    @classmethod
+    def _drop_holds(cls, db: sqlite3.Connection, holds: list[str], extra: str, args: tuple) -> None:
+        for hold in holds:
+            cls._remove(db, f"hold = ? {extra}", (hold, *args))
+
+    async def commit(self, holds: Iterable[str], now: float) -> None:
+        ids = list(holds)
+
+        def body(db: sqlite3.Connection) -> None:
+            # A lease that already ran out stays dropped: its room may have been given away.
+            self._drop_holds(db, ids, "AND lease_until <= ?", (now,))
+            db.executemany("UPDATE charges SET lease_until = NULL, hold = NULL WHERE hold = ?",
+                           [(h,) for h in ids])
+
+        await self._run(lambda db: self._transaction(db, lambda: body(db)))
+
+    async def release(self, holds: Iterable[str], now: float) -> None:
+        ids = list(holds)
+        await self._run(lambda db: self._transaction(db, lambda: self._drop_holds(db, ids, "", ())))
+
+    async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
+        return await self._run(lambda db: tuple(self._used(db, c, now) for c in charges))
+
+    # --- concurrent connections --------------------------------------------------
+    async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (key, now))
+            mine = db.execute("SELECT 1 FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)).fetchone()
+            if not mine and limit is not None:
+                (count,) = db.execute("SELECT COUNT(*) FROM slots WHERE key = ?", (key,)).fetchone()
+                if count >= limit:
+                    return False
+            db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
+                       (key, lease_id, now + ttl))
+            return True
+
+        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+
+    async def release_slot(self, key: str, lease_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)))
+
+    async def slots_in_use(self, key: str, now: float) -> int:
+        return await self._run(lambda db: db.execute(
+            "SELECT COUNT(*) FROM slots WHERE key = ? AND until > ?", (key, now)).fetchone()[0])
+
+    # --- failed logins and lockouts -------------------------------------------
+    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
+        def body(db: sqlite3.Connection) -> tuple[int, ...]:
+            counts = []
+            for key in keys:
+                db.execute("DELETE FROM failures WHERE key = ? AND ts <= ?", (key, now - window))
+                db.execute("INSERT INTO failures (key, ts) VALUES (?, ?)", (key, now))
+                counts.append(db.execute("SELECT COUNT(*) FROM failures WHERE key = ?", (key,)).fetchone()[0])
+            return tuple(counts)
+
+        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+
+    async def clear_failures(self, keys: Sequence[str]) -> None:
+        await self._run(lambda db: db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
+
+    async def lock(self, key: str, until: float, now: float) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO locks (key, until) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET until = MAX(until, excluded.until)", (key, until)))
+
+    async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
+        if not keys:
+            return None
+        marks = ",".join("?" * len(keys))
+        return await self._run(lambda db: db.execute(
+            f"SELECT MAX(until) FROM locks WHERE key IN ({marks}) AND until > ?", (*keys, now)).fetchone()[0])
+
+    # --- suspensions -------------------------------------------------------------
+    async def suspend(self, suspension: Suspension) -> bool:
+        s = suspension
+        return await self._run(lambda db: db.execute(
+            "INSERT OR IGNORE INTO suspensions (login, since, reason, evidence) VALUES (?,?,?,?)",
+            (s.login, s.since, s.reason, json.dumps(dict(s.evidence), sort_keys=True))).rowcount == 1)
+
+    async def unsuspend(self, login: str) -> bool:
+        return await self._run(lambda db: db.execute(
+            "DELETE FROM suspensions WHERE login = ?", (login,)).rowcount == 1)
+
+    async def suspension(self, login: str) -> Suspension | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT login, since, reason, evidence FROM suspensions WHERE login = ?", (login,)).fetchone())
+        return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
+
+    async def suspensions(self) -> list[Suspension]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT login, since, reason, evidence FROM suspensions ORDER BY login").fetchall())
+        return [Suspension(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # --- events --------------------------------------------------------------------
+    async def log_event(self, event: Event) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO events (ts, kind, subject, data) VALUES (?,?,?,?)",
+            (event.ts, event.kind, event.subject, json.dumps(dict(event.data), sort_keys=True))))
+
+    async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
+        if subject is None:
+            sql, args = "SELECT ts, kind, subject, data FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        else:
+            sql = "SELECT ts, kind, subject, data FROM events WHERE subject = ? ORDER BY id DESC LIMIT ?"
+            args = (subject, limit)
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # --- series ----------------------------------------------------------------------
+    async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
+                            retention: float = 31 * 86400) -> None:
+        start = int(now // bucket) * bucket
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM series WHERE key = ? AND expires <= ?", (key, now))
+            db.execute(
+                "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
+                "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount",
+                (key, start, amount, start + bucket + retention))
+
+        await self._run(lambda db: self._transaction(db, lambda: body(db)))
+
+    async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
+        return await self._run(lambda db: db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM series WHERE key = ? AND bucket >= ? AND bucket <= ?",
+            (key, since, now)).fetchone()[0])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
+        self._thread.shutdown(wait=True)
