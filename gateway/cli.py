@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passwd", help="hash a password for a policy file (argon2id)")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=cmd_passwd)
+
+    from gateway.accounts_commands import add_accounts_parser
+    from gateway.ops.relay_audit import add_audit_parser
+
+    add_accounts_parser(sub)
+    add_audit_parser(sub)
     return parser
 
 
