@@ -1,0 +1,96 @@
+"""ARC (RFC 8617) chain validation with dkimpy, keys fetched through our resolver.
+
+dkimpy's ``arc_verify`` answers a chain whose newest seal says ``cv=fail`` with
+``None`` instead of ``fail``; RFC 8617 §5.2 says such a chain has failed, so
+``None`` becomes ``fail`` here.  Key look-ups go through the same
+pre-fetched :class:`~gateway.checks.dkim_verify.KeyTable` as DKIM, so a DNS
+failure is ``temperror``, not ``fail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import dkim
+
+from gateway.checks.dkim_verify import (
+    MIN_RSA_BITS,
+    KeyTable,
+    _quiet,
+    fetch_keys,
+    header_values,
+    key_name,
+)
+from gateway.checks.dns import DnsTempError, Resolver
+
+ARC_HEADERS = (b"arc-seal", b"arc-message-signature")
+
+
+@dataclass(frozen=True, slots=True)
+class ArcResult:
+    result: str  # none, pass, fail, temperror (RFC 8617 §4.4 cv values + temperror)
+    instances: int = 0  # number of ARC sets
+    sealer: str = ""  # d= of the newest ARC-Seal: who vouches for the chain
+    sealer_selector: str = ""
+    sealers: tuple[str, ...] = ()  # d= of every ARC-Seal, newest first
+    newest_aar: str = ""  # the newest ARC-Authentication-Results value (what the sealer saw)
+    reason: str = ""
+
+
+async def verify_arc(
+    resolver: Resolver, message: bytes, *, executor: Executor | None = None
+) -> ArcResult:
+    if not header_values(message, b"arc-seal"):
+        return ArcResult("none")
+    names = []
+    for value in header_values(message, *ARC_HEADERS):
+        tags = _tags(value)
+        if b"s" in tags and b"d" in tags:
+            names.append(key_name(tags[b"s"], tags[b"d"]))
+    keys = await fetch_keys(resolver, names)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, _verify_chain, message, keys)
+
+
+def _tags(value: bytes) -> dict[bytes, bytes]:
+    try:
+        return dkim.util.parse_tag_value(value)
+    except dkim.util.InvalidTagValueList:
+        return {}
+
+
+def _verify_chain(message: bytes, keys: KeyTable) -> ArcResult:
+    try:
+        cv, sets, reason = dkim.arc_verify(
+            message, logger=_quiet, dnsfunc=keys.dnsfunc, minkey=MIN_RSA_BITS
+        )
+    except DnsTempError as e:
+        return ArcResult("temperror", reason=f"key lookup failed: {e}")
+    # dkimpy lists the sets newest first.
+    sealers = tuple(_text(s.get("as-domain", b"")) for s in sets)
+    newest = sets[0] if sets else {}
+    common = dict(
+        instances=len(sets) or _count_seals(message),
+        sealer=sealers[0] if sealers else "",
+        sealer_selector=_text(newest.get("as-selector", b"")),
+        sealers=sealers,
+        newest_aar=_text(newest.get("aar-value", b"")).strip(),
+        reason=reason,
+    )
+    if cv == dkim.CV_Pass:
+        return ArcResult("pass", **common)
+    if cv == dkim.CV_None:
+        return ArcResult("none", **common)
+    # CV_Fail, and None for "a seal said cv=fail": both are arc=fail (RFC 8617 §5.2).
+    return ArcResult("fail", **common)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _count_seals(message: bytes) -> int:
+    head = message.split(b"\r\n\r\n", 1)[0].lower()
+    return head.count(b"\r\narc-seal:") + head.startswith(b"arc-seal:")

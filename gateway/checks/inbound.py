@@ -1,0 +1,79 @@
+"""All inbound authentication evidence for one message, gathered concurrently.
+
+Call after DATA has been received and before the message is forwarded:
+
+    evidence = await authenticate_inbound(resolver, message=content, mail_from=...,
+                                          helo=..., client_ip=...)
+
+SPF, DKIM, ARC and the DMARC record discovery run at the same time; DMARC is
+then evaluated from their results.  DNS trouble never raises: it shows as
+``temperror`` in the results.  Anything else raising is a bug and should be
+answered with 451 4.3.0 by the caller, never with acceptance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from publicsuffixlist import PublicSuffixList
+
+from gateway.checks import dmarc as dmarc_check
+from gateway.checks.arc import ArcResult, verify_arc
+from gateway.checks.dkim_verify import DkimResult, verify_dkim
+from gateway.checks.dmarc import DmarcResult, RecordLookup
+from gateway.checks.dns import Resolver
+from gateway.checks.spf import SpfResult, check_spf
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvidence:
+    spf: SpfResult
+    dkim: tuple[DkimResult, ...]  # one per DKIM-Signature, top first; () when unsigned
+    dmarc: DmarcResult
+    arc: ArcResult
+    header_from: str | None  # the RFC5322.From domain, None when not exactly one
+
+    @property
+    def has_temperror(self) -> bool:
+        return "temperror" in (self.spf.result, self.dmarc.result, self.arc.result) or any(
+            d.result == "temperror" for d in self.dkim
+        )
+
+
+async def authenticate_inbound(
+    resolver: Resolver,
+    *,
+    message: bytes,
+    mail_from: str,
+    helo: str,
+    client_ip: str,
+    receiver: str | None = None,
+    psl: PublicSuffixList | None = None,
+    rand: Callable[[], float] = random.random,
+    executor: Executor | None = None,
+) -> InboundEvidence:
+    """SPF (MAIL FROM, or HELO for "<>"), every DKIM signature, ARC and DMARC.
+
+    ``message`` is the raw content with CRLF line ends, as received (before we
+    add any header).  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
+    """
+    header_from = dmarc_check.from_domain(message)
+
+    async def record() -> RecordLookup | None:
+        if header_from is None:
+            return None
+        return await dmarc_check.find_record(resolver, header_from, psl)
+
+    spf, dkim, arc, lookup = await asyncio.gather(
+        check_spf(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
+                  receiver=receiver, executor=executor),
+        verify_dkim(resolver, message, executor=executor),
+        verify_arc(resolver, message, executor=executor),
+        record(),
+    )
+    dmarc = dmarc_check.evaluate(lookup, header_from, spf, dkim, psl=psl, rand=rand)
+    return InboundEvidence(spf, tuple(dkim), dmarc, arc, header_from)

@@ -1,0 +1,173 @@
+"""DKIM verification of every signature, keys served by a real NSD."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dkim
+import pytest
+
+from gateway.checks.dkim_verify import header_values, rsa_verify_openssl, verify_dkim
+from gateway.checks.dns import Resolver
+from tests.support.authdns import txt_record
+from tests.support.dkim_keys import ed25519_key, rsa_key, short_rsa_key
+
+MESSAGE = (
+    b"From: Alice <alice@dkim.test>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Subject: hello\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
+    b"Message-ID: <1@dkim.test>\r\n"
+    b"\r\n"
+    b"Hello Bob.\r\n"
+)
+
+pytest_plugins = ("tests.support.authdns",)  # NSD fixtures: authdns_factory, silent_dns, ...
+
+
+@pytest.fixture(scope="module")
+def server(authdns_module_factory):
+    zone = "\n".join([
+        f"rsa._domainkey     TXT {txt_record(rsa_key().record)}",
+        f"other._domainkey   TXT {txt_record(rsa_key(2048, 1).record)}",
+        f"ed._domainkey      TXT {txt_record(ed25519_key().record)}",
+        f"short._domainkey   TXT {txt_record(short_rsa_key().record)}",
+        'broken._domainkey   TXT "v=DKIM1; k=rsa; p=notbase64!!"',
+        'revoked._domainkey  TXT "v=DKIM1; k=rsa; p="',
+    ])
+    return authdns_module_factory({"dkim.test": zone})
+
+
+def verify(server, message, port=None, timeout=2.0):
+    async def go():
+        resolver = Resolver(["127.0.0.1"], port=port or server.port, timeout=timeout)
+        return await verify_dkim(resolver, message)
+
+    return asyncio.run(go())
+
+
+def results(server, message):
+    return [r.result for r in verify(server, message)]
+
+
+def test_valid_rsa_signature_passes_with_its_properties(server):
+    signed = rsa_key().sign(MESSAGE, b"rsa", b"dkim.test")
+    [r] = verify(server, signed)
+    assert (r.result, r.domain, r.selector, r.algorithm) == ("pass", "dkim.test", "rsa", "rsa-sha256")
+    b = dkim.util.parse_tag_value(signed.split(b"\r\n\r\n")[0].split(b"DKIM-Signature:")[1]
+                                  .replace(b"\r\n", b""))[b"b"]
+    assert r.b_prefix == b"".join(b.split())[:8].decode()
+
+
+def test_changed_body_fails(server):
+    signed = rsa_key().sign(MESSAGE, b"rsa", b"dkim.test")
+    [r] = verify(server, signed.replace(b"Hello Bob.", b"Hello Eve."))
+    assert r.result == "fail" and "body hash" in r.reason
+
+
+def test_changed_signed_header_fails(server):
+    signed = rsa_key().sign(MESSAGE, b"rsa", b"dkim.test")
+    assert results(server, signed.replace(b"Subject: hello", b"Subject: HELLO!")) == ["fail"]
+
+
+def test_missing_key_is_permerror(server):
+    signed = rsa_key().sign(MESSAGE, b"nokey", b"dkim.test")
+    [r] = verify(server, signed)
+    assert (r.result, r.reason) == ("permerror", "no key for signature")
+
+
+def test_unparsable_key_is_permerror(server):
+    assert results(server, rsa_key().sign(MESSAGE, b"broken", b"dkim.test")) == ["permerror"]
+
+
+def test_revoked_key_does_not_pass(server):
+    assert results(server, rsa_key().sign(MESSAGE, b"revoked", b"dkim.test")) != ["pass"]
+
+
+def test_wrong_key_fails(server):
+    # Signed with one key, DNS publishes another under that selector.
+    assert results(server, rsa_key(2048, 1).sign(MESSAGE, b"rsa", b"dkim.test")) == ["fail"]
+
+
+def test_rsa_key_under_1024_bits_fails(server):
+    [r] = verify(server, short_rsa_key().sign(MESSAGE, b"short", b"dkim.test"))
+    assert r.result == "fail" and "1024" in r.reason
+
+
+def test_rsa_sha1_fails(server):
+    [r] = verify(server, rsa_key().sign(MESSAGE, b"rsa", b"dkim.test", algorithm=b"rsa-sha1"))
+    assert r.result == "fail" and "rsa-sha1" in r.reason
+
+
+def test_ed25519_signature_passes(server):
+    [r] = verify(server, ed25519_key().sign(MESSAGE, b"ed", b"dkim.test"))
+    assert (r.result, r.algorithm) == ("pass", "ed25519-sha256")
+
+
+def test_ed25519_signature_over_changed_header_fails(server):
+    signed = ed25519_key().sign(MESSAGE, b"ed", b"dkim.test")
+    assert results(server, signed.replace(b"To: bob", b"To: eve")) == ["fail"]
+
+
+def test_every_signature_gets_its_own_result(server):
+    # Outer signature made with a wrong key, inner one good: both reported, in order.
+    inner = ed25519_key().sign(MESSAGE, b"ed", b"dkim.test")
+    both = rsa_key(2048, 1).sign(inner, b"rsa", b"dkim.test")
+    assert [(r.selector, r.result) for r in verify(server, both)] == [("rsa", "fail"), ("ed", "pass")]
+    good_then_missing = rsa_key().sign(rsa_key().sign(MESSAGE, b"nokey", b"dkim.test"), b"rsa", b"dkim.test")
+    assert results(server, good_then_missing) == ["pass", "permerror"]
+
+
+def test_unsigned_message_has_no_results(server):
+    assert verify(server, MESSAGE) == []
+
+
+def test_malformed_signature_header_is_permerror(server):
+    bad = b"DKIM-Signature: v=1; a=rsa-sha256; this is not tag=value\r\n" + MESSAGE
+    assert results(server, bad) == ["permerror"]
+
+
+def test_signature_missing_required_tag_is_permerror(server):
+    bad = b"DKIM-Signature: v=1; a=rsa-sha256; d=dkim.test; s=rsa; h=from; b=AAAA\r\n" + MESSAGE
+    assert results(server, bad) == ["permerror"]
+
+
+def test_unresponsive_dns_is_temperror_not_fail(server, silent_dns):
+    signed = rsa_key().sign(MESSAGE, b"rsa", b"dkim.test")
+    [r] = verify(server, signed, port=silent_dns.port, timeout=0.3)
+    assert r.result == "temperror"
+
+
+def test_openssl_rsa_agrees_with_dkimpy_pure_python(server):
+    import base64
+    import hashlib
+
+    from dkim import HashThrough
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key, parse_public_key
+
+    key = rsa_key()
+    priv = parse_pem_private_key(key.private)
+    pub = parse_public_key(base64.b64decode(key.record.split("p=")[1]))
+    for data in (b"one", b"two"):
+        sig = RSASSA_PKCS1_v1_5_sign(HashThrough(hashlib.sha256(data)), priv)
+        assert rsa_verify_openssl(HashThrough(hashlib.sha256(data)), sig, pub)
+        assert not rsa_verify_openssl(HashThrough(hashlib.sha256(data + b"x")), sig, pub)
+        assert not rsa_verify_openssl(HashThrough(hashlib.sha256(data)), sig[:-1] + b"\0", pub)
+
+
+def test_dkimpy_verifies_rsa_through_openssl():
+    # The replacement is installed when gateway.checks.dkim_verify is imported.
+    assert dkim.RSASSA_PKCS1_v1_5_verify is rsa_verify_openssl
+
+
+def test_header_values_unfold_and_ignore_the_body():
+    msg = (b"DKIM-Signature: v=1;\r\n\ta=rsa-sha256\r\nX: y\r\ndkim-signature:  second\r\n"
+           b"\r\nDKIM-Signature: in the body\r\n")
+    assert header_values(msg, b"dkim-signature") == [b" v=1;\ta=rsa-sha256", b"  second"]
+    assert header_values(b"X: y\r\n\r\n", b"dkim-signature") == []
+
+
+@pytest.mark.parametrize("tags", [b"d=a..b; s=x", b"d=dkim.test; s=" + b"x" * 70, b"d=\xff\xfe.test; s=x"])
+def test_signature_naming_an_impossible_key_is_permerror_not_a_crash(server, tags):
+    bad = b"DKIM-Signature: v=1; a=rsa-sha256; " + tags + b"; h=from; bh=AAAA; b=AAAA\r\n" + MESSAGE
+    assert results(server, bad) == ["permerror"]
