@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.accounts.source import AccountSource
+from gateway.checks.dns import Resolver
 from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.downstream.base import Downstream
@@ -20,3 +21,5 @@ class Runtime:
     accounts: AccountSource
     inbound: Downstream | None
     outbound: Downstream | None
+    # The one asynchronous resolver for the inbound checks (None without an MX listener).
+    resolver: Resolver | None = None

@@ -49,6 +49,7 @@ def build_runtime(loaded: Loaded) -> Runtime:
         accounts=YamlAccounts(loaded.directory),
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=make_downstream(config.downstream.outbound, config, "outbound"),
+        resolver=config.dns.make_resolver() if config.listeners.inbound else None,
     )
 
 

@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.domains import normalise_domain
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -152,6 +153,10 @@ class Config(Strict):
     downstream: Downstreams
     policy_dir: Path
     limits: Limits = Limits()
+    # The resolver every inbound check uses (SPF, DKIM, DMARC, ARC).
+    dns: DnsSettings = DnsSettings()
+    # RFC 8601 authserv-id of our Authentication-Results header; default: hostname.
+    authserv_id: str | None = None
     # Where the config file lives: relative paths in it are relative to this.
     base_dir: Path = Path(".")
 
@@ -159,6 +164,15 @@ class Config(Strict):
     @classmethod
     def _hostname(cls, value: str) -> str:
         return normalise_domain(value)
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv_id(cls, value: str | None) -> str | None:
+        return normalise_authserv_id(value) if value is not None else None
+
+    @property
+    def our_authserv_id(self) -> str:
+        return self.authserv_id or self.hostname
 
     @model_validator(mode="after")
     def _downstream_per_direction(self) -> Config:

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.config.domains import normalise_domain
+from gateway.config.inbound import InboundPolicy
 
 
 class Strict(BaseModel):
@@ -71,6 +72,8 @@ class CustomerPolicy(Strict):
     # Shared addresses and the logins allowed to send as them:
     #   aliases: {"info@acme.example": ["alice@acme.example", "bob@acme.example"]}
     aliases: dict[str, tuple[str, ...]] = {}
+    # What to do with inbound mail failing SPF/DMARC, per recipient domain (docs/inbound.md).
+    inbound: InboundPolicy | None = None
 
     @field_validator("domains", mode="before")
     @classmethod
@@ -106,6 +109,10 @@ class CustomerPolicy(Strict):
                     raise ValueError(
                         f"accounts[{i}].senders[{j}]: {sender} is not in this customer's domains"
                     )
+        if self.inbound is not None:
+            for domain in self.inbound.domains:
+                if domain not in owned:
+                    raise ValueError(f"inbound.domains: {domain} is not in this customer's domains")
         for alias, members in self.aliases.items():
             if alias.rpartition("@")[2] not in owned:
                 raise ValueError(f"aliases: {alias} is not in this customer's domains")

@@ -28,6 +28,7 @@ from gateway.replies import Reply
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
 from gateway.runtime import Runtime
+from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.stamps.received import ReceivedFacts, received_header
 
@@ -128,6 +129,14 @@ class GatewayHandler:
                 server.identity, self._aliases(server.identity), fields)
             if not verdict.accept:
                 return self._finish(server, envelope, verdict.reply)
+        else:
+            outcome = await check_inbound(
+                self.runtime, message=message, sender=envelope.sender, helo=session.host_name,
+                client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
+            envelope.checks = outcome.summary
+            if outcome.refusal is not None:
+                return self._finish(server, envelope, outcome.refusal)
+            message = outcome.message
         stamp = received_header(self._received_facts(server, session, envelope),
                                 datetime.now(UTC))
         tx = envelope.downstream
@@ -158,11 +167,12 @@ class GatewayHandler:
         """One log line per transaction, then the reply for the client."""
         identity = server.identity
         txlog.info(
-            "txid=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d "
+            "txid=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d %s"
             "result=%s ms=%d",
             envelope.txid, server.listener, _client_ip(server),
             identity.login if identity else "-", envelope.sender, len(envelope.rcpt_tos),
-            size, f"{reply.code} {reply.enhanced}",
+            size, f"{envelope.checks} " if getattr(envelope, "checks", None) else "",
+            f"{reply.code} {reply.enhanced}",
             int((time.monotonic() - envelope.started) * 1000),
         )
         return str(reply)

@@ -37,6 +37,9 @@ class GatewayUnderTest:
                            "outbound": {"url": outbound_url, "timeout": 3}},
             "policy_dir": str(policy_dir),
             "limits": {"command_timeout": 10, "data_timeout": 10, "shutdown_grace": 2},
+            # Nothing listens there: inbound checks see DNS temperror at once, unless a
+            # test points this at its own NSD (tests/support/authdns.py).
+            "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
         }
         for key, value in (extra or {}).items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):
