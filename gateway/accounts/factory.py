@@ -1,0 +1,120 @@
+"""Build the configured account source, and probe it for check-config.
+
+What the submission handler gets is always::
+
+    Deadline(CachedSource(<yaml | dovecot | sql | ldap>))   # CachedSource if cache.enabled
+
+``Deadline`` is the fault boundary: whatever the source does (hangs, raises, loses
+its connection), ``authenticate`` returns within ``auth_timeout`` and turns every
+fault into TEMPFAIL (``454 4.7.0``, RFC 4954 §6): never OK, and never INVALID,
+which would make mail clients throw away a saved password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+from gateway.accounts.cache import CachedSource, Clock
+from gateway.accounts.customers import CustomerMap
+from gateway.accounts.source import AccountSource, AuthAnswer, Outcome
+from gateway.config.accounts import AccountsConfig
+from gateway.config.directory import Directory
+
+log = logging.getLogger(__name__)
+
+
+class Deadline:
+    """Any source, answering within ``timeout`` and never raising."""
+
+    def __init__(self, source: AccountSource, timeout: float):
+        self.source = source
+        self.name = source.name
+        self._timeout = timeout
+
+    async def authenticate(self, login: str, password: str) -> AuthAnswer:
+        try:
+            answer = await asyncio.wait_for(self.source.authenticate(login, password), self._timeout)
+        except TimeoutError:
+            log.warning("account source %s did not answer within %.1f s: temporary failure",
+                        self.name, self._timeout)
+            return AuthAnswer.tempfail()
+        except Exception as exc:  # a crash is a fault of ours, not a wrong password
+            log.error("account source %s failed: %s: %s", self.name, type(exc).__name__, exc)
+            return AuthAnswer.tempfail()
+        if answer.outcome is Outcome.OK and answer.identity is None:
+            log.error("account source %s said OK without an identity", self.name)
+            return AuthAnswer.tempfail()
+        return answer
+
+    def replace_directory(self, directory: Directory) -> None:
+        replace = getattr(self.source, "replace_directory", None)
+        if replace is not None:
+            replace(directory)
+
+    async def close(self) -> None:
+        await self.source.close()
+
+
+def build_backend(config: AccountsConfig, directory: Directory,
+                  executor: Executor | None = None) -> AccountSource:
+    """The bare source named by ``config.source`` (no cache, no deadline)."""
+    customers = CustomerMap(directory, config.default_customer)
+    if config.source == "dovecot":
+        from gateway.accounts.dovecot import DovecotAuth
+
+        assert config.dovecot is not None
+        return DovecotAuth(config.dovecot, customers)
+    if config.source == "sql":
+        from gateway.accounts.sql import SqlAccounts
+
+        assert config.sql is not None
+        return SqlAccounts(config.sql, customers, executor)
+    if config.source == "ldap":
+        from gateway.accounts.ldap import ldap_source
+
+        assert config.ldap is not None
+        return ldap_source(config.ldap, customers, executor)
+    from gateway.accounts.yaml_source import YamlAccounts
+
+    return YamlAccounts(directory, executor)
+
+
+def build_source(config: AccountsConfig, directory: Directory, *,
+                 executor: Executor | None = None, clock: Clock = time.monotonic) -> Deadline:
+    """The source the submission handler calls: cached (if enabled) and time-bounded.
+
+    Call ``replace_directory(new)`` on it at hot reload; ``await close()`` at shutdown.
+    """
+    source = build_backend(config, directory, executor)
+    if config.cache.enabled:
+        source = CachedSource(source, ttl=config.cache.ttl, negative_ttl=config.cache.negative_ttl,
+                              max_entries=config.cache.max_entries, clock=clock)
+    return Deadline(source, config.auth_timeout)
+
+
+async def probe(config: AccountsConfig, directory: Directory | None = None) -> list[str]:
+    """check-config: connect to the configured source (and look up ``probe_login``).
+
+    Returns one line per problem, empty when the source answers.  Never raises.
+    """
+    if config.source == "yaml":
+        return []
+    backend = build_backend(config, directory or Directory())
+    field = f"accounts.{config.source}"
+    try:
+        await asyncio.wait_for(backend.probe(config.probe_login), config.auth_timeout)  # type: ignore[attr-defined]
+    except TimeoutError:
+        return [f"{field}: no answer within auth_timeout ({config.auth_timeout:g} s): "
+                "is the server up and reachable from here?"]
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return [f"{field}: {reason}"]
+    finally:
+        try:
+            await backend.close()
+        except Exception:  # noqa: S110 - closing a broken source must not hide the report
+            pass
+    return []
