@@ -39,6 +39,8 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 # aiosmtpd has no TLS handshake timeout for its own STARTTLS (#269); for implicit
 # TLS asyncio's server takes one.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+# Seconds a balancer has to send the PROXY header after connecting.
+PROXY_HEADER_TIMEOUT = 10.0
 
 
 def open_socket(address: str, port: int) -> socket.socket:
@@ -122,6 +124,7 @@ class SMTPListeners:
             timeout=limits.command_timeout,
             # Any one command repeated this often in one connection is abuse (#145).
             command_call_limit=1000,
+            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if state.settings.proxy_protocol else None,
         )
         if len(state.connections) >= state.settings.max_connections:
             proto.refuse_with = replies.TOO_MANY_CONNECTIONS

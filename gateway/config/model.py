@@ -37,6 +37,9 @@ class Listener(Strict):
     tls: TLSFiles | None = None
     # Refuse new connections past this many at once (aiosmtpd has no cap: #282).
     max_connections: Annotated[int, Field(ge=1)] = 1000
+    # Expect a PROXY protocol header (v1 or v2, HAProxy and cloud balancers) before
+    # SMTP: every check, limit and log then uses the client address it carries.
+    proxy_protocol: bool = False
 
 
 class Listeners(Strict):
@@ -48,6 +51,11 @@ class Listeners(Strict):
     def _need_one(self) -> Listeners:
         if not (self.inbound or self.submission or self.submissions):
             raise ValueError("listeners: at least one of inbound, submission, submissions is required")
+        if self.submissions is not None and self.submissions.proxy_protocol:
+            # The TLS handshake would come before the PROXY header (aiosmtpd reads it
+            # after): terminate 465 at the balancer, or use 587 behind it.
+            raise ValueError("listeners.submissions.proxy_protocol: not possible with TLS from "
+                             "the first byte; terminate TLS at the balancer or use submission (587)")
         return self
 
 

@@ -179,5 +179,5 @@ class GatewayHandler:
 
 
 def _client_ip(server: GatewaySMTP) -> str:
-    peer = server.session.peer if server.session is not None else None
-    return peer[0] if isinstance(peer, tuple) else "unknown"
+    # The real client, also behind a balancer speaking the PROXY protocol.
+    return server.client_ip

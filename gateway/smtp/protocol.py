@@ -99,6 +99,11 @@ class GatewaySMTP(SMTP):
         self._progress_seen = 0
         # Set by the listener when the connection cap is reached: greet with 421, close.
         self.refuse_with: Reply | None = None
+        # The client's address from a PROXY header (None: the socket peer is the client).
+        self.proxied_client: str | None = None
+        # aiosmtpd asks a handle_PROXY hook to accept the header; without one it
+        # refuses every connection.  The hook is ours: it belongs to the connection.
+        self._handle_hooks["PROXY"] = self._accept_proxy_header
 
     # --- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,6 +126,27 @@ class GatewaySMTP(SMTP):
             self._reset_timeout(self._data_timeout)
             return
         super()._timeout_cb()
+
+    async def _accept_proxy_header(self, server: Any, session: Any, envelope: Any,
+                                   proxy_data: Any) -> bool:
+        if not proxy_data.valid or not proxy_data.src_addr:
+            log.warning("cid=%s PROXY header without a client address: %s", self.cid,
+                        proxy_data.error or "no source")
+            return False
+        self.proxied_client = str(proxy_data.src_addr)
+        log.info("cid=%s PROXY from %s for client %s", self.cid,
+                 self._peer_ip(), self.proxied_client)
+        return True
+
+    def _peer_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: from the PROXY header when the listener expects one
+        (the socket peer is then the balancer), else the socket peer."""
+        return self.proxied_client or self._peer_ip()
 
     @property
     def in_transaction(self) -> bool:

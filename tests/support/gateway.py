@@ -41,11 +41,7 @@ class GatewayUnderTest:
             # test points this at its own NSD (tests/support/authdns.py).
             "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
         }
-        for key, value in (extra or {}).items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = {**config[key], **value}
-            else:
-                config[key] = value
+        _merge(config, extra or {})
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.loop = asyncio.new_event_loop()
@@ -67,3 +63,12 @@ class GatewayUnderTest:
             asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Deep-merge ``extra`` into ``base``: nested sections are merged key by key."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,85 @@
+"""Behind a balancer: the PROXY header (v1 and v2) gives the client address that
+checks, limits and logs use, not the balancer's."""
+
+import ipaddress
+import logging
+import socket
+import struct
+
+import pytest
+
+from tests.conftest import customer_policies
+from tests.support.gateway import GatewayUnderTest
+
+pytest_plugins = ("tests.support.authdns",)
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(src: str, dst: str = "127.0.0.1") -> bytes:
+    return f"PROXY TCP4 {src} {dst} 40000 25\r\n".encode()
+
+
+def proxy_v2(src: str, dst: str = "127.0.0.1") -> bytes:
+    addresses = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+                 + struct.pack("!HH", 40000, 25))
+    # version 2, command PROXY; AF_INET + STREAM
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
+@pytest.fixture
+def proxied(tmp_path, authdns_factory, downstream, cert_files, password_hash):
+    # SPF authorises only 198.51.100.7: a pass proves the check saw the PROXY address.
+    dns = authdns_factory({"sender.test": '@ TXT "v=spf1 ip4:198.51.100.7 -all"'})
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"listeners": {"inbound": {"proxy_protocol": True}},
+               "dns": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 2}})
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def converse(port: int, header: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(header + b"EHLO client.example\r\nMAIL FROM:<a@sender.test>\r\n"
+                  b"RCPT TO:<bob@acme.example>\r\nDATA\r\nFrom: a@sender.test\r\n\r\nhi\r\n.\r\n"
+                  b"QUIT\r\n")
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize("make_header", [proxy_v1, proxy_v2], ids=["v1", "v2"])
+def test_proxy_header_sets_the_client_address_for_checks_received_and_log(
+        proxied, downstream, make_header, caplog):
+    caplog.set_level(logging.INFO, logger="portcullis.transaction")
+    out = converse(proxied.ports["inbound"], make_header("198.51.100.7"))
+    assert b"250 2.0.0 queued" in out, out
+    content = downstream.messages[0].content
+    assert b"([198.51.100.7])" in content.split(b"\r\n")[0]
+    assert b"spf=pass" in content
+    assert "client=198.51.100.7" in caplog.text
+
+
+def test_without_a_proxy_header_the_connection_is_refused(proxied, downstream):
+    with socket.create_connection(("127.0.0.1", proxied.ports["inbound"]), timeout=15) as s:
+        s.sendall(b"EHLO client.example\r\n")
+        assert s.recv(1024) == b""  # closed, no greeting: nobody skips the balancer
+    assert downstream.messages == []
+
+
+def test_proxy_protocol_on_implicit_tls_is_a_config_error(tmp_path, capsys):
+    from gateway.cli import main
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "a.yaml").write_text("customer: a\ndomains: [a.example]\n")
+    (tmp_path / "g.yaml").write_text(
+        "hostname: mx.test\nlisteners: {submissions: {port: 2465, proxy_protocol: true}}\n"
+        "downstream: {outbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n")
+    assert main(["check-config", "-c", str(tmp_path / "g.yaml")]) == 2
+    assert "listeners.submissions.proxy_protocol: not possible" in capsys.readouterr().err
