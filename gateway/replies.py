@@ -138,6 +138,30 @@ SPF_FAIL_TEMPFAILED = Reply(451, "4.7.1", "SPF check failed; try again later")
 DMARC_TEMPFAILED = Reply(451, "4.7.26", "DMARC check failed; try again later")
 AUTH_CHECKS_TEMPFAILED = Reply(451, "4.7.0", "Sender authentication could not be checked (DNS failure); try again later")
 
+# --- content scanning (gateway/rules/content.py) -------------------------------------
+# Never rspamd's symbol names: they tell a spammer what to change and an honest
+# customer nothing.  The rule appends a reference (the transaction id) for support.
+CONTENT_REJECTED = Reply(
+    550, "5.7.1",
+    "Message refused: our content filter classifies it as spam. If you did not write it, "
+    "your account may be compromised: change your password and contact your provider's support",
+)
+# Inbound: the sender is not our customer; tell them how a false positive gets fixed.
+INBOUND_CONTENT_REJECTED = Reply(
+    550, "5.7.1",
+    "Message refused: our content filter classifies it as spam. If this is a mistake, "
+    "ask the recipient to forward this reply to their provider's support",
+)
+CONTENT_TEMPFAILED = Reply(451, "4.7.1", "Message deferred by our content filter; try again later")
+# As Postfix's milter_default_action = tempfail: no verdict, no delivery, the client retries.
+SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Message cannot be scanned right now; try again later")
+SCANNER_UNAVAILABLE_REJECTED = Reply(
+    550, "5.7.1", "Message cannot be scanned, and this service does not accept unscanned mail; "
+    "try again later or contact your provider's support",
+)
+# The client hears success: the message is stored and waits for the provider's review.
+HELD_FOR_REVIEW = Reply(250, "2.0.0", "Message accepted and held for review by your provider")
+
 # --- faults ------------------------------------------------------------------
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 DOWNSTREAM_UNAVAILABLE = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
