@@ -1,0 +1,196 @@
+"""DKIM signing configuration: the gateway's key store, the customers' signing policy.
+
+Three schemas live here, all frozen and strict like the rest of the configuration:
+
+* :class:`DkimSettings`, the ``dkim:`` section of the gateway file (where the keys are);
+* :class:`DkimPolicy`, the ``dkim:`` section of a customer's policy file (what is signed);
+* :class:`SelectorMeta`, the small ``<selector>.yaml`` written next to each private key.
+
+:func:`check_signing_keys` is the ``check-config`` rule "signing asked for without a
+usable key": it compares the policies with what the key store holds now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.domains import normalise_domain
+from gateway.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.dkim.keystore import KeyStore
+
+Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
+MissingKey = Literal["tempfail", "send-unsigned"]
+# x= : at least an hour (mail sits in queues), at most a year.
+ExpireAfter = Annotated[int, Field(ge=3600, le=366 * 86400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DkimSettings(Strict):
+    """The gateway file's ``dkim:`` section.
+
+    ``keys_dir`` holds ``<domain>/<selector>.key`` + ``<selector>.yaml`` (docs/dkim.md);
+    a relative path is relative to the gateway file.
+    """
+
+    keys_dir: Path = Path("keys")
+    # After not_after a selector stops signing but its public key must stay in DNS
+    # until every message it signed has been delivered and checked (queues retry for
+    # up to 5 days in Postfix's default): the selector is "retiring" for this long.
+    publish_grace_days: Annotated[int, Field(ge=0, le=365)] = 7
+
+
+class DomainSigning(Strict):
+    """Per-domain overrides of the customer-wide defaults below."""
+
+    missing_key: MissingKey | None = None
+    expire_after: ExpireAfter | None = None
+    # Some relays refuse messages carrying several DKIM-Signature fields (Amazon SES:
+    # stalwartlabs #77); false means one signature, from the newest active RSA key.
+    multiple_signatures: bool | None = None
+
+
+class SigningSettings(Strict):
+    """The effective settings for one domain, once overrides are applied."""
+
+    domain: str
+    missing_key: MissingKey
+    expire_after: int | None
+    multiple_signatures: bool
+
+
+class DkimPolicy(Strict):
+    """A customer's ``dkim:`` section::
+
+        dkim:
+          sign: all                 # or a list of this customer's domains
+          missing_key: tempfail     # or send-unsigned
+          expire_after: 1209600     # x= seconds after t=; omitted: no x=
+          domains:
+            shop.acme.example: {multiple_signatures: false}
+    """
+
+    sign: Literal["all"] | tuple[str, ...] = "all"
+    missing_key: MissingKey = "tempfail"
+    expire_after: ExpireAfter | None = None
+    multiple_signatures: bool = True
+    domains: dict[str, DomainSigning] = {}
+
+    @field_validator("sign", mode="before")
+    @classmethod
+    def _sign(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple(normalise_domain(str(v)) for v in value)
+        return value
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domains(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {normalise_domain(str(k)): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_signed(self) -> DkimPolicy:
+        if self.sign != "all":
+            if len(set(self.sign)) != len(self.sign):
+                raise ValueError("sign: a domain is listed twice")
+            for domain in self.domains:
+                if domain not in self.sign:
+                    raise ValueError(f"domains: {domain} has settings but is not in sign")
+        return self
+
+    def signed_domains(self, owned: Iterable[str]) -> tuple[str, ...]:
+        return tuple(owned) if self.sign == "all" else self.sign
+
+    def settings_for(self, domain: str, owned: Iterable[str]) -> SigningSettings | None:
+        """The settings for ``domain``, or None when its mail is not to be signed."""
+        if domain not in self.signed_domains(owned):
+            return None
+        o = self.domains.get(domain, DomainSigning())
+        return SigningSettings(
+            domain=domain,
+            missing_key=o.missing_key or self.missing_key,
+            expire_after=o.expire_after if o.expire_after is not None else self.expire_after,
+            multiple_signatures=(
+                o.multiple_signatures if o.multiple_signatures is not None
+                else self.multiple_signatures
+            ),
+        )
+
+
+def _utc(value: object) -> object:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError("give a time zone, as in 2026-12-01T00:00:00Z")
+    return value
+
+
+class SelectorMeta(Strict):
+    """``<keys_dir>/<domain>/<selector>.yaml``: what the key file alone does not say."""
+
+    algorithm: Algorithm
+    # The activity window (RFC 6376 has none: this is our rotation schedule).
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    created: datetime | None = None
+
+    @field_validator("not_before", "not_after", "created", mode="before")
+    @classmethod
+    def _aware(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return _utc(value)
+
+    @model_validator(mode="after")
+    def _window(self) -> SelectorMeta:
+        if self.not_before and self.not_after and self.not_after <= self.not_before:
+            raise ValueError("not_after: must be later than not_before")
+        return self
+
+    def to_yaml_dict(self) -> dict[str, str]:
+        out = {"algorithm": self.algorithm}
+        for name in ("not_before", "not_after", "created"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return out
+
+
+def check_signing_keys(
+    store: KeyStore,
+    customers: Iterable[tuple[str, tuple[str, ...], DkimPolicy]],
+    now: float,
+) -> list[ConfigError]:
+    """``check-config``: every domain a policy signs has a usable key right now.
+
+    ``customers`` is ``(policy file, owned domains, dkim policy)`` per customer.
+    """
+    errors = list(store.errors)
+    for file, owned, policy in customers:
+        for i, domain in enumerate(policy.signed_domains(owned)):
+            field = "dkim.sign" if policy.sign == "all" else f"dkim.sign[{i}]"
+            if domain not in owned:
+                errors.append(ConfigError(file, field, f"{domain} is not one of this customer's domains"))
+                continue
+            selectors = store.selectors(domain)
+            if not selectors:
+                errors.append(ConfigError(
+                    file, field,
+                    f"{domain} is signed but {store.keys_dir / domain} holds no key; "
+                    f"make one with `portcullis keys generate {domain} --selector NAME`",
+                ))
+            elif not store.active(domain, now):
+                states = ", ".join(f"{s.selector} {s.state(now, store.grace)}" for s in selectors)
+                errors.append(ConfigError(
+                    file, field, f"{domain} is signed but has no active key now ({states})",
+                ))
+    return errors
