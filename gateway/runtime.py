@@ -1,17 +1,22 @@
 """What a running gateway works with: the loaded configuration and the objects
 built from it once at start-up (account source, downstreams), passed to the
-handlers.  A reload builds a new Runtime's config and swaps it in one assignment;
-sessions keep the one they started with."""
+handlers.  A reload builds a new Runtime (new config and directory, the same
+long-lived objects) and makes it current in one assignment (``reloaded``); a
+transaction captures ``current()`` at MAIL and keeps it until it ends."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from gateway.accounts.source import AccountSource
 from gateway.checks.dns import Resolver
 from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.downstream.base import Downstream
+from gateway.stamps.sender_id import SenderIds
+from gateway.store.metering import Metering
 
 
 @dataclass(frozen=True)
@@ -23,3 +28,32 @@ class Runtime:
     outbound: Downstream | None
     # The one asynchronous resolver for the inbound checks (None without an MX listener).
     resolver: Resolver | None = None
+    # Quotas, lockout and suspension over the shared store (None: quotas off).
+    metering: Metering | None = None
+    # Makes and opens the X-Portcullis-Sender-Id tokens (docs/abuse.md).
+    sender_ids: SenderIds | None = None
+    # Seconds since the epoch; every quota decision takes `now` from here, so a
+    # test can move time to slide the windows.
+    clock: Callable[[], float] = time.time
+    # Shared by every Runtime of this process: points at the newest one.
+    live: Live = field(default_factory=lambda: Live(), compare=False, repr=False)
+
+    def current(self) -> Runtime:
+        """The runtime new transactions start with (the newest after a reload)."""
+        return self.live.runtime or self
+
+    def reloaded(self, **changes: object) -> Runtime:
+        """A new Runtime with ``changes``, made the current one in one assignment;
+        transactions that captured this one keep it until they end."""
+        new = replace(self, **changes)
+        self.live.runtime = new
+        return new
+
+
+class Live:
+    """The one mutable cell: which Runtime is in force now."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None

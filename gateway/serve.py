@@ -7,6 +7,11 @@ across them (quota counters, lockouts, suspensions) lives in the store.
 
 SIGTERM/SIGINT: stop accepting, let transactions in flight finish within
 ``limits.shutdown_grace``, exit 0.
+
+SIGHUP: re-read the config and the policy directory (the supervisor passes it on
+to every worker).  Anything invalid: the old configuration stays, each error is
+logged on one line.  Transactions in flight finish under the config they began
+with (gateway/reload.py says which sections need a restart instead).
 """
 
 from __future__ import annotations
@@ -18,15 +23,22 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.accounts.yaml_source import YamlAccounts
-from gateway.config.load import Loaded
+from gateway.config.errors import ConfigErrors
+from gateway.config.load import Loaded, load_config
 from gateway.config.model import Config, Downstream
+from gateway.config.quota import QuotaSettings
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
+from gateway.reload import split_reload
 from gateway.runtime import Runtime
+from gateway.stamps.sender_id import SenderIds, load_secrets
+from gateway.store import open_store
+from gateway.store.metering import Metering
 from gateway.tls import make_dev_certificate
 
 log = logging.getLogger("portcullis")
@@ -41,8 +53,23 @@ def make_downstream(settings: Downstream | None, config: Config, direction: str)
     return SmtpDownstream(settings, config.hostname, direction)
 
 
-def build_runtime(loaded: Loaded) -> Runtime:
+def quota_settings(config: Config) -> QuotaSettings:
+    return QuotaSettings(quotas=config.quotas, store=config.store, lockout=config.lockout,
+                         compromise=config.compromise)
+
+
+def make_sender_ids(config: Config, create: bool = False) -> SenderIds:
+    a = config.abuse
+    return SenderIds(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, create))
+
+
+def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
+                  quotas: bool = True) -> Runtime:
+    """``quotas=False`` runs submission unmetered (benchmarks only: a gateway started
+    by ``serve`` always meters)."""
     config = loaded.config
+    settings = quota_settings(config)
+    metering = Metering(open_store(settings.store, config.base_dir), settings) if quotas else None
     return Runtime(
         config=config,
         directory=loaded.directory,
@@ -50,6 +77,9 @@ def build_runtime(loaded: Loaded) -> Runtime:
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=make_downstream(config.downstream.outbound, config, "outbound"),
         resolver=config.dns.make_resolver() if config.listeners.inbound else None,
+        metering=metering,
+        sender_ids=make_sender_ids(config, create=True),
+        clock=clock,
     )
 
 
@@ -84,12 +114,45 @@ def install_event_loop_policy() -> None:
 class Gateway:
     """The listeners and what they work with, in one process."""
 
-    def __init__(self, loaded: Loaded, files: dict[str, tuple[Path, Path]]):
-        self.runtime = build_runtime(loaded)
+    def __init__(self, loaded: Loaded, files: dict[str, tuple[Path, Path]], *,
+                 clock: Callable[[], float] = time.time, quotas: bool = True):
+        self.path = loaded.path
+        self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
 
     async def start(self) -> None:
         await self.listeners.start()
+
+    async def reload(self) -> bool:
+        """Re-read the config and policy directory; keep the old ones if anything is wrong."""
+        try:
+            loaded = await asyncio.to_thread(load_config, self.path)
+            old = self.runtime.current()
+            config, waiting = split_reload(old.config, loaded.config)
+            sender_ids = make_sender_ids(config)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                log.error("reload: %s", error)
+            log.error("reload refused (%d errors): the configuration in force is unchanged",
+                      len(exc.errors))
+            return False
+        except (OSError, ValueError) as exc:
+            log.error("reload refused: %s: the configuration in force is unchanged", exc)
+            return False
+        for section in waiting:
+            log.warning("reload: %s changed: takes effect at the next restart", section)
+        metering = None
+        if old.metering is not None:  # the same store; new limits and thresholds
+            metering = Metering(old.metering.store, quota_settings(config))
+        if isinstance(old.accounts, YamlAccounts):
+            old.accounts.replace_directory(loaded.directory)
+        new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
+                           sender_ids=sender_ids)
+        self.listeners.runtime = new  # limits for new connections
+        d = loaded.directory
+        log.info("reloaded %s: %d customers, %d domains, %d accounts", self.path,
+                 len(d.customers), len(d.domains), len(d.accounts))
+        return True
 
     async def stop(self) -> None:
         grace = self.runtime.config.limits.shutdown_grace
@@ -100,6 +163,8 @@ class Gateway:
             if ds is not None:
                 await ds.close()
         await self.runtime.accounts.close()
+        if self.runtime.metering is not None:
+            await self.runtime.metering.store.close()
         log.info("stopped")
 
 
@@ -110,8 +175,28 @@ async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]]) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def hangup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    if _early_hangup["seen"]:  # a SIGHUP came while this worker was starting
+        _early_hangup["seen"] = False
+        hangup()
     await stop.wait()
     await gateway.stop()
+
+
+# A SIGHUP that arrives before the worker's event loop handles it is kept here and
+# acted on once the loop is up (else a reload sent right after start-up is lost).
+_early_hangup = {"seen": False}
+
+
+def _remember_hangup(_signum: int, _frame: object) -> None:
+    _early_hangup["seen"] = True
 
 
 def announce(config: Config) -> None:
@@ -131,6 +216,10 @@ def announce(config: Config) -> None:
 def serve(loaded: Loaded, workers: int) -> int:
     files = tls_files(loaded.config)
     announce(loaded.config)
+    # Made once, before the workers fork, so they all read the same secret.
+    make_sender_ids(loaded.config, create=True)
+    # Until the worker's loop listens for it, a SIGHUP must not kill the process.
+    signal.signal(signal.SIGHUP, _remember_hangup)
     if workers <= 1:
         install_event_loop_policy()
         asyncio.run(run_worker(loaded, files))
@@ -139,7 +228,7 @@ def serve(loaded: Loaded, workers: int) -> int:
 
 
 def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int) -> int:
-    """Fork the workers, restart one that dies, pass SIGTERM/SIGINT on and wait."""
+    """Fork the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on and wait."""
     children: dict[int, int] = {}
     stopping = False
 
@@ -148,6 +237,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, _remember_hangup)  # until run_worker handles it
             try:
                 install_event_loop_policy()
                 asyncio.run(run_worker(loaded, files))
@@ -167,8 +257,24 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
             except ProcessLookupError:
                 pass
 
+    def hangup(signum: int, _frame: object) -> None:
+        # A worker started later (to replace one that died) starts with the new
+        # config too; the workers log the errors when it is invalid.
+        nonlocal loaded
+        try:
+            new = load_config(loaded.path)
+            loaded = Loaded(split_reload(loaded.config, new.config)[0], new.directory, new.path)
+        except ConfigErrors:
+            log.error("reload: invalid configuration: workers started from now on keep the old one")
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hangup)
     for slot in range(workers):
         spawn(slot)
     log.info("started %d workers", workers)

@@ -182,6 +182,11 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
 def _check_files(path: Path, config: Config, errors: list[ConfigError]) -> None:
     import ssl
 
+    secret_file = config.abuse.secret_file
+    if secret_file is not None and not _resolve(config.base_dir, secret_file).is_file():
+        errors.append(ConfigError(str(path), "abuse.secret_file",
+                                  f"{_resolve(config.base_dir, secret_file)} does not exist"))
+
     for name in ("inbound", "submission", "submissions"):
         listener = getattr(config.listeners, name)
         if listener is None or listener.tls is None:

@@ -13,8 +13,16 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.abuse import AbuseSettings
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.domains import normalise_domain
+from gateway.config.quota import (
+    CompromiseSettings,
+    LockoutSettings,
+    QuotaLimits,
+    SQLiteStoreSettings,
+    StoreSettings,
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
@@ -161,6 +169,14 @@ class Config(Strict):
     downstream: Downstreams
     policy_dir: Path
     limits: Limits = Limits()
+    # Per-account sending limits, the shared store, brute-force lockout and automatic
+    # suspension (gateway/config/quota.py, docs/quotas.md).
+    quotas: QuotaLimits = QuotaLimits()
+    store: StoreSettings = SQLiteStoreSettings()
+    lockout: LockoutSettings = LockoutSettings()
+    compromise: CompromiseSettings = CompromiseSettings()
+    # abuse@/postmaster@ and the sender identifier on outgoing mail (docs/abuse.md).
+    abuse: AbuseSettings = AbuseSettings()
     # The resolver every inbound check uses (SPF, DKIM, DMARC, ARC).
     dns: DnsSettings = DnsSettings()
     # RFC 8601 authserv-id of our Authentication-Results header; default: hostname.

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.config.domains import normalise_domain
 from gateway.config.inbound import InboundPolicy
+from gateway.config.quota import CustomerQuotas, QuotaLimits
 
 
 class Strict(BaseModel):
@@ -37,6 +38,8 @@ class Account(Strict):
     # Addresses this account may use as envelope sender and in From:/Sender:.
     # Exact addresses or *@domain; the login itself is allowed when it is an address.
     senders: tuple[str, ...] = ()
+    # Overrides the customer's quotas field by field (docs/quotas.md, "Inheritance").
+    quotas: QuotaLimits | None = None
 
     @field_validator("login")
     @classmethod
@@ -74,6 +77,11 @@ class CustomerPolicy(Strict):
     aliases: dict[str, tuple[str, ...]] = {}
     # What to do with inbound mail failing SPF/DMARC, per recipient domain (docs/inbound.md).
     inbound: InboundPolicy | None = None
+    # Defaults for this customer's accounts, and a `customer:` aggregate over all of them.
+    quotas: CustomerQuotas | None = None
+    # Shadow mode: limits are evaluated and logged, never enforced (a manual
+    # suspension still applies).
+    shadow: bool = False
 
     @field_validator("domains", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, fields
 
 from gateway import replies
+from gateway.config.policy import Account, CustomerPolicy
 from gateway.config.quota import DEFAULT_QUOTAS, AggregateLimits, CustomerQuotas, QuotaLimits
 from gateway.replies import Reply, Verdict
 from gateway.store.base import Charge, ChargeResult, Suspension
@@ -199,14 +200,14 @@ def decide_charge(acct: AccountQuota, result: ChargeResult) -> QuotaDecision:
 
 
 def quota_for_login(login: str, customer_id: str, gateway: QuotaLimits | None,
-                    customer_policy: object | None, account: object | None) -> AccountQuota:
+                    customer_policy: CustomerPolicy | None, account: Account | None) -> AccountQuota:
     """From the loaded config objects: CustomerPolicy.quotas / .shadow and Account.quotas.
 
     An account known only to an external source (Dovecot, LDAP) has no Account
     entry: it gets its customer's quotas, or the gateway's when the customer is unknown.
     """
-    # getattr: the policy models gain these fields when quotas are wired into them.
     return account_quota(
         login, customer_id, gateway,
-        getattr(customer_policy, "quotas", None), getattr(account, "quotas", None),
-        bool(getattr(customer_policy, "shadow", False)))
+        customer_policy.quotas if customer_policy is not None else None,
+        account.quotas if account is not None else None,
+        customer_policy.shadow if customer_policy is not None else False)

@@ -2,14 +2,21 @@
 
 The conversation, in the order the code runs (docs/flow.md says the same):
 
-AUTH (submission only)  → account source (off the loop) → 235 / 535 / 454
-MAIL                    → null sender normalised; on submission: may this
-                          account use this sender? (rules.senders)
-RCPT                    → recipient limit; inbound: is it ours? (rules.relay);
-                          then relayed downstream at once, its answer passed back
+AUTH (submission only)  → locked out? (454) → account source (off the loop) →
+                          235 / 535 after the failure delay / 454; a session slot
+                          per account (454 when over concurrent_connections)
+MAIL                    → null sender normalised; the config in force captured for
+                          the transaction; on submission: may this account use this
+                          sender? (rules.senders); suspended? SIZE= too big? (quotas)
+RCPT                    → recipient limit; inbound: is it ours, or abuse@/postmaster@
+                          (rules.abuse)? (rules.relay); submission: rate limits,
+                          held atomically (quotas); then relayed downstream at once,
+                          its answer passed back (a refused recipient costs nothing)
 DATA (read by protocol) → bare CR/LF and size already refused while reading;
-                          on submission: From:/Sender: checked (rules.senders);
-                          Received: added; handed downstream; its answer passed back
+                          on submission: real size (quotas), From:/Sender: checked
+                          (rules.senders); Received: and the sender id added; handed
+                          downstream; its answer passed back; quota holds committed
+                          if it took the message; inbound: abuse reports attributed
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ from gateway.accounts.source import Identity, Outcome
 from gateway.downstream.base import Downstream
 from gateway.message import MalformedHeader, header_fields
 from gateway.replies import Reply
+from gateway.rules.abuse import is_role_recipient
+from gateway.rules.quota import AccountQuota, QuotaDecision, decide_size, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
 from gateway.runtime import Runtime
+from gateway.smtp.abuse_reports import take_abuse_report
 from gateway.smtp.inbound_checks import check_inbound
+from gateway.smtp.metered import MeteredDownstream, MeteredSession, in_background, on_disconnect
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.stamps.received import ReceivedFacts, received_header
+from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 
 log = logging.getLogger("portcullis.smtp")
 txlog = logging.getLogger("portcullis.transaction")
@@ -60,9 +72,19 @@ class GatewayHandler:
     # --- AUTH --------------------------------------------------------------------------
     async def authenticate(self, server: GatewaySMTP, login: str, password: str
                            ) -> tuple[Reply, Identity | None]:
+        rt = self.runtime.current()
+        metering = rt.metering if self.direction == "outbound" else None
+        client_ip = _client_ip(server)
+        if metering is not None:
+            # Locked out: the same 454 for a locked address or login, real or not,
+            # and the password is not even checked.
+            allowed = await metering.auth_allowed(client_ip, login, rt.clock())
+            if not allowed.accept:
+                log.info("cid=%s auth refused: locked out client=%s", server.cid, client_ip)
+                return allowed.reply, None
         try:
             async with asyncio.timeout(self.authentication_timeout):
-                answer = await self.runtime.accounts.authenticate(login, password)
+                answer = await rt.accounts.authenticate(login, password)
         except TimeoutError:
             log.warning("cid=%s auth source timed out", server.cid)
             return replies.AUTH_TEMPFAIL, None
@@ -70,13 +92,36 @@ class GatewayHandler:
             log.exception("cid=%s auth source failed", server.cid)
             return replies.AUTH_TEMPFAIL, None
         if answer.outcome is Outcome.OK and answer.identity is not None:
+            if metering is not None:
+                busy = await self._open_session(server, rt, answer.identity, client_ip)
+                if busy is not None:
+                    return busy, None
             log.info("cid=%s auth ok login=%s", server.cid, answer.identity.login)
             return replies.AUTH_OK, answer.identity
         if answer.outcome is Outcome.TEMPFAIL:
             log.warning("cid=%s auth tempfail", server.cid)
             return replies.AUTH_TEMPFAIL, None
-        log.info("cid=%s auth failed client=%s", server.cid, _client_ip(server))
+        log.info("cid=%s auth failed client=%s", server.cid, client_ip)
+        if metering is not None:
+            # Only failures wait: a right password is never slowed down.
+            await asyncio.sleep(await metering.auth_failed(client_ip, login, rt.clock()))
         return replies.AUTH_INVALID, None
+
+    async def _open_session(self, server: GatewaySMTP, rt: Runtime, identity: Identity,
+                            client_ip: str) -> Reply | None:
+        """Take one of the account's connection slots until the client disconnects."""
+        assert rt.metering is not None
+        now = rt.clock()
+        await rt.metering.auth_succeeded(client_ip, identity.login, now)
+        acct = _account_quota(rt, identity)
+        verdict = await rt.metering.open_session(acct, server.cid, now)
+        if not verdict.accept:
+            log.info("cid=%s auth refused: too many sessions login=%s", server.cid, acct.login)
+            return verdict.reply
+        metering, cid = rt.metering, server.cid
+        server.metered = MeteredSession(acct, metering)
+        on_disconnect(server, lambda: in_background(metering.close_session(acct, cid)))
+        return None
 
     # --- MAIL --------------------------------------------------------------------------
     async def handle_MAIL(self, server: GatewaySMTP, session: Any, envelope: Any,
@@ -84,16 +129,31 @@ class GatewayHandler:
         # aiosmtpd hands the null sender over as "<>" (and needs mail_from truthy);
         # the rules and the downstream see "".
         sender = "" if address == "<>" else address
+        # Hot reload: the transaction runs to its end under the config in force now.
+        rt = envelope.runtime = self.runtime.current()
+        acct: AccountQuota | None = None
         if self.direction == "outbound":
-            verdict = decide_envelope_sender(server.identity, self._aliases(server.identity), sender)
+            verdict = decide_envelope_sender(server.identity, self._aliases(server.identity, rt), sender)
             if not verdict.accept:
                 return str(verdict.reply)
+            if rt.metering is not None:
+                acct = _account_quota(rt, server.identity)
+                decision = await rt.metering.check_mail(
+                    acct, _declared_size(mail_options), rt.clock(), lease_id=server.cid)
+                if not self._quota_verdict(server, f"{server.cid}.{server.transactions + 1}", decision):
+                    return str(decision.verdict.reply)
         server.transactions += 1
         envelope.txid = f"{server.cid}.{server.transactions}"
         envelope.sender = sender
         envelope.started = time.monotonic()
         envelope.downstream = self.downstream.begin(
             sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)])
+        envelope.metered = None
+        envelope.role_recipients = []
+        if acct is not None and rt.metering is not None:
+            # Its abort (RSET, disconnect, local refusal) releases the quota holds.
+            envelope.downstream = envelope.metered = MeteredDownstream(
+                envelope.downstream, rt.metering, acct, rt.metering.begin(envelope.txid), rt.clock)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
@@ -101,60 +161,113 @@ class GatewayHandler:
     # --- RCPT --------------------------------------------------------------------------
     async def handle_RCPT(self, server: GatewaySMTP, session: Any, envelope: Any,
                           address: str, rcpt_options: list[str]) -> str:
-        limits = self.runtime.config.limits
+        rt: Runtime = envelope.runtime
+        limits = rt.config.limits
         if len(envelope.rcpt_tos) >= limits.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
+        role = False
         if self.direction == "inbound":
-            verdict, mailbox = decide_inbound_recipient(
-                address, self.runtime.directory.customer_for_domain)
+            # RFC 2142 / RFC 5321 §4.5.1: abuse@ and postmaster@ of every domain we
+            # serve are ours, the ISP's own domains included.
+            role = is_role_recipient(address, lambda d: _serves(rt, d))
+            owner = (lambda d: "role mailbox") if role else rt.directory.customer_for_domain
+            verdict, mailbox = decide_inbound_recipient(address, owner)
         else:
             verdict, mailbox = decide_outbound_recipient(address)
         if not verdict.accept or mailbox is None:
             return str(verdict.reply)
+        metered: MeteredDownstream | None = envelope.metered
+        if metered is not None:
+            decision = await metered.metering.check_recipient(
+                metered.acct, metered.tx, mailbox.domain, rt.clock())
+            if not self._quota_verdict(server, envelope.txid, decision):
+                return str(decision.verdict.reply)
         reply = await envelope.downstream.rcpt(str(mailbox), [])
         if reply.is_success:
             envelope.rcpt_tos.append(str(mailbox))
+            if role:
+                envelope.role_recipients.append(str(mailbox))
+        elif metered is not None:
+            # Refused downstream: its hold is released (and the refusal counted
+            # toward the compromise signal at the end of the transaction).
+            await metered.metering.recipient_refused(metered.tx, rt.clock())
         return str(reply)
 
     # --- DATA --------------------------------------------------------------------------
     async def handle_DATA(self, server: GatewaySMTP, session: Any, envelope: Any) -> str:
         message: bytes = envelope.content
+        rt: Runtime = envelope.runtime
+        metered: MeteredDownstream | None = envelope.metered
         try:
             fields = header_fields(message)
         except MalformedHeader as exc:
             return self._finish(server, envelope, replies.MALFORMED_HEADER.with_text(
                 f"Malformed message header: {exc}"))
         if self.direction == "outbound":
+            if metered is not None:
+                # The real size against the account's own limit (RFC 1870 §6.3).
+                size = decide_size(metered.acct, len(message))
+                if not self._quota_verdict(server, envelope.txid, size):
+                    return self._finish(server, envelope, size.verdict.reply)
             verdict = decide_header_senders(
-                server.identity, self._aliases(server.identity), fields)
+                server.identity, self._aliases(server.identity, rt), fields)
             if not verdict.accept:
                 return self._finish(server, envelope, verdict.reply)
         else:
             outcome = await check_inbound(
-                self.runtime, message=message, sender=envelope.sender, helo=session.host_name,
+                rt, message=message, sender=envelope.sender, helo=session.host_name,
                 client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
             envelope.checks = outcome.summary
             if outcome.refusal is not None:
-                return self._finish(server, envelope, outcome.refusal)
+                if len(envelope.role_recipients) < len(envelope.rcpt_tos):
+                    return self._finish(server, envelope, outcome.refusal)
+                # Only abuse@/postmaster@: always accepted, whatever the policy.
+                log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
+                         envelope.txid, outcome.refusal)
             message = outcome.message
         stamp = received_header(self._received_facts(server, session, envelope),
                                 datetime.now(UTC))
+        if self.direction == "outbound" and rt.sender_ids is not None:
+            # Identifies the account to us alone (docs/abuse.md); the client's own is removed.
+            message = strip_sender_id_headers(message)
+            stamp += sender_id_header(rt.sender_ids.make(
+                server.identity.login, envelope.txid, rt.clock()))
         tx = envelope.downstream
         envelope.downstream = None  # handed over: not to be aborted by the state reset
-        reply = await tx.data(stamp + message)
+        try:
+            reply = await tx.data(stamp + message)
+        except Exception:
+            await tx.abort()
+            raise
+        if metered is not None:
+            suspension = await metered.metering.finish(
+                metered.acct, metered.tx, reply.is_success, rt.clock())
+            if suspension is not None:
+                log.warning("txid=%s login=%s suspended: %s evidence=%s", envelope.txid,
+                            suspension.login, suspension.reason, dict(suspension.evidence))
+        if reply.is_success and envelope.role_recipients:
+            await take_abuse_report(rt, envelope.txid, message, envelope.role_recipients)
         return self._finish(server, envelope, reply, size=len(message))
 
     # --- helpers -------------------------------------------------------------------
-    def _aliases(self, identity: Identity) -> Any:
-        customer = self.runtime.directory.customers.get(identity.customer)
+    def _aliases(self, identity: Identity, rt: Runtime) -> Any:
+        customer = rt.directory.customers.get(identity.customer)
         return customer.aliases if customer is not None else {}
+
+    def _quota_verdict(self, server: GatewaySMTP, txid: str, decision: QuotaDecision) -> bool:
+        """Log a refusal, or in shadow mode the refusal not sent; True when accepted."""
+        text = decision.log_text()
+        if text:
+            login = server.identity.login if server.identity else "-"
+            log.info("txid=%s login=%s %s", txid, login, text)
+        return decision.accept
 
     def _received_facts(self, server: GatewaySMTP, session: Any, envelope: Any) -> ReceivedFacts:
         tls = server.tls_info()
         return ReceivedFacts(
             helo=session.host_name,
             client_ip=_client_ip(server),
-            hostname=self.runtime.config.hostname,
+            hostname=envelope.runtime.config.hostname,
             txid=envelope.txid,
             extended=bool(session.extended_smtp),
             tls_version=tls[0] if tls else None,
@@ -176,6 +289,29 @@ class GatewayHandler:
             int((time.monotonic() - envelope.started) * 1000),
         )
         return str(reply)
+
+
+def _account_quota(rt: Runtime, identity: Identity) -> AccountQuota:
+    found = rt.directory.account(identity.login)
+    return quota_for_login(identity.login, identity.customer, rt.config.quotas,
+                           rt.directory.customers.get(identity.customer),
+                           found[1] if found is not None else None)
+
+
+def _declared_size(mail_options: list[str]) -> int | None:
+    """RFC 1870 §3: MAIL FROM:<...> SIZE=n."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _serves(rt: Runtime, domain: str) -> bool:
+    """A domain whose role mailboxes we accept: a customer's, our own host name, or
+    one the ISP listed under abuse.domains."""
+    return (domain in rt.directory.domains or domain == rt.config.hostname
+            or domain in rt.config.abuse.domains)
 
 
 def _client_ip(server: GatewaySMTP) -> str:

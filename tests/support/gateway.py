@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,15 @@ from tests.support.ports import free_port
 class GatewayUnderTest:
     def __init__(self, tmp: Path, *, inbound_url: str, outbound_url: str,
                  policies: dict[str, dict], cert: tuple[Path, Path],
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None,
+                 clock: Callable[[], float] | None = None, quotas: bool = True):
         self.tmp = tmp
+        self.clock = clock
+        self.quotas = quotas
         self.ports = {n: free_port() for n in ("inbound", "submission", "submissions")}
-        policy_dir = tmp / "policy"
+        policy_dir = self.policy_dir = tmp / "policy"
         policy_dir.mkdir(exist_ok=True)
-        for name, policy in policies.items():
-            (policy_dir / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+        self.write_policies(policies)
         tls = {"cert": str(cert[0]), "key": str(cert[1])}
         config: dict[str, Any] = {
             "hostname": "mx.gateway.test",
@@ -37,6 +40,8 @@ class GatewayUnderTest:
                            "outbound": {"url": outbound_url, "timeout": 3}},
             "policy_dir": str(policy_dir),
             "limits": {"command_timeout": 10, "data_timeout": 10, "shutdown_grace": 2},
+            # A failed AUTH is answered at once in tests (the lockout tests set a delay).
+            "lockout": {"failure_delay": 0},
             # Nothing listens there: inbound checks see DNS temperror at once, unless a
             # test points this at its own NSD (tests/support/authdns.py).
             "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
@@ -54,9 +59,30 @@ class GatewayUnderTest:
                  for n in ("inbound", "submission", "submissions")
                  if (lst := getattr(loaded.config.listeners, n)) is not None and lst.tls}
         self._thread.start()
-        self.gateway = Gateway(loaded, files)
+        kwargs: dict[str, Any] = {"quotas": self.quotas}
+        if self.clock is not None:
+            kwargs["clock"] = self.clock
+        self.gateway = Gateway(loaded, files, **kwargs)
         asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)
         return self
+
+    def write_policies(self, policies: dict[str, dict]) -> None:
+        for name, policy in policies.items():
+            (self.policy_dir / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+
+    def reload(self) -> bool:
+        """What SIGHUP does in a worker, run on the gateway's own loop."""
+        assert self.gateway is not None
+        return asyncio.run_coroutine_threadsafe(self.gateway.reload(), self.loop).result(30)
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the gateway's loop (e.g. to read its store)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def runtime(self) -> Any:
+        assert self.gateway is not None
+        return self.gateway.runtime.current()
 
     def stop(self) -> None:
         if self.gateway is not None:

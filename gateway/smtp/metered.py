@@ -1,0 +1,89 @@
+"""Quota state tied to a connection and a transaction's life cycle.
+
+The protocol object (gateway/smtp/protocol.py) aborts the downstream transaction
+it finds on ``envelope.downstream`` on RSET, a new EHLO, a local refusal after
+DATA and at disconnect.  Wrapping that transaction is how a quota hold is
+released at exactly those moments, without the protocol knowing about quotas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.downstream.base import Transaction
+from gateway.replies import Reply
+from gateway.rules.quota import AccountQuota
+from gateway.store.metering import MeteredTransaction, Metering
+
+log = logging.getLogger("portcullis.quota")
+
+# Tasks started from synchronous callbacks: kept referenced until they end.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def in_background(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+@dataclass(slots=True)
+class MeteredSession:
+    """Set at a successful AUTH on the submission listener: whose connection slot it holds."""
+
+    acct: AccountQuota
+    metering: Metering
+
+
+class MeteredDownstream:
+    """A downstream transaction whose abort also releases the transaction's quota holds."""
+
+    def __init__(self, inner: Transaction, metering: Metering, acct: AccountQuota,
+                 tx: MeteredTransaction, clock: Callable[[], float]):
+        self.inner = inner
+        self.metering = metering
+        self.acct = acct
+        self.tx = tx
+        self.clock = clock
+
+    async def rcpt(self, recipient: str, options: list[str]) -> Reply:
+        return await self.inner.rcpt(recipient, options)
+
+    async def data(self, message: bytes) -> Reply:
+        return await self.inner.data(message)
+
+    async def abort(self) -> None:
+        try:
+            if self.tx.refused_downstream and not self.tx.finished:
+                # Recipients the downstream refused feed the compromise signal even
+                # when the client never gets to DATA (a run at dead addresses):
+                # settle as "nothing delivered", which releases every hold.
+                self.tx.accepted = 0
+                await self.metering.finish(self.acct, self.tx, False, self.clock())
+            else:
+                await self.metering.abort(self.tx, self.clock())
+        finally:
+            await self.inner.abort()
+
+
+def on_disconnect(server: Any, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the connection closes.
+
+    GatewaySMTP has no public hook for this yet: it calls the listener's
+    ``_on_close`` once from connection_lost, so we chain onto it.  (Proposed for
+    protocol.py: ``add_close_callback(fn)``; then this becomes one call.)
+    """
+    previous = getattr(server, "_on_close", None)
+
+    def both(conn: Any) -> None:
+        try:
+            callback()
+        finally:
+            if previous is not None:
+                previous(conn)
+
+    server._on_close = both
