@@ -52,28 +52,32 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+def smtp_source(port: int, messages: int, sessions: int, size: int,
+                message_file: Path | None = None, sender: str = FROM) -> float:
     """Messages per second as smtp-source measures them from the outside."""
+    body = ["-F", str(message_file)] if message_file else ["-l", str(size)]
     start = time.perf_counter()
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-                    "-f", FROM, "-t", TO, "-M", "client.example", f"127.0.0.1:{port}"],
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), *body,
+                    "-f", sender, "-t", TO, "-M", "client.example", f"127.0.0.1:{port}"],
                    check=True, timeout=600)
     return messages / (time.perf_counter() - start)
 
 
-def start_gateway(tmp: Path, sink_port: int, workers: str) -> tuple[subprocess.Popen, int]:
+def start_gateway(tmp: Path, sink_port: int, workers: str, extra: str = "",
+                  name: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
-    policy = tmp / f"policy-{workers}"
+    name = name or workers
+    policy = tmp / f"policy-{name}"
     policy.mkdir()
     (policy / "acme.yaml").write_text(
         "customer: acme\ndomains: [acme.example]\naccounts:\n"
         f"  - {{login: alice@acme.example, password: '{hash_password('x')}'}}\n")
-    config = tmp / f"gateway-{workers}.yaml"
+    config = tmp / f"gateway-{name}.yaml"
     config.write_text(
         "hostname: mx.bench.example\n"
         f"listeners: {{inbound: {{port: {port}}}}}\n"
         f"downstream: {{inbound: {{url: 'smtp://127.0.0.1:{sink_port}', pool_size: 32}}}}\n"
-        f"policy_dir: {policy}\n")
+        f"policy_dir: {policy}\n" + extra)
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(config),
                              "--workers", workers, "--log-level", "WARNING"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

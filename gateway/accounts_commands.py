@@ -103,7 +103,8 @@ async def accounts_unsuspend(metering: Metering, login: str, now: float, out: Te
     return 1
 
 
-def run_accounts(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     from gateway.config.errors import ConfigErrors
     from gateway.config.load import load_config
 

@@ -22,14 +22,25 @@ def _load(path: str) -> Loaded | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.accounts.factory import probe
+
     loaded = _load(args.config)
     if loaded is None:
+        return EXIT_CONFIG
+    # An external account source (Dovecot, SQL, LDAP) is tested for real.
+    problems = asyncio.run(probe(loaded.config.accounts, loaded.directory))
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if problems:
         return EXIT_CONFIG
     d = loaded.directory
     listeners = [n for n in ("inbound", "submission", "submissions")
                  if getattr(loaded.config.listeners, n) is not None]
     print(f"{args.config}: ok: {len(d.customers)} customers, {len(d.domains)} domains, "
-          f"{len(d.accounts)} accounts; listeners: {', '.join(listeners)}")
+          f"{len(d.accounts)} accounts ({loaded.config.accounts.source}); "
+          f"listeners: {', '.join(listeners)}")
     return 0
 
 

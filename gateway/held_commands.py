@@ -156,7 +156,8 @@ async def _close(downstreams: dict) -> None:
             await ds.close()
 
 
-def run_held(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     from gateway.config.errors import ConfigErrors
     from gateway.config.load import load_config
 

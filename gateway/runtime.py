@@ -14,6 +14,7 @@ from gateway.accounts.source import AccountSource
 from gateway.checks.dns import Resolver
 from gateway.config.directory import Directory
 from gateway.config.model import Config
+from gateway.dkim.keystore import KeyStore
 from gateway.downstream.base import Downstream
 from gateway.stamps.sender_id import SenderIds
 from gateway.store.metering import Metering
@@ -26,6 +27,8 @@ class Runtime:
     accounts: AccountSource
     inbound: Downstream | None
     outbound: Downstream | None
+    # The DKIM key store (None without a submission listener).
+    keystore: KeyStore | None = None
     # The one asynchronous resolver for the inbound checks (None without an MX listener).
     resolver: Resolver | None = None
     # Quotas, lockout and suspension over the shared store (None: quotas off).

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.accounts.yaml_source import YamlAccounts
+from gateway.accounts.factory import build_source
 from gateway.config.errors import ConfigErrors
 from gateway.config.load import Loaded, load_config
 from gateway.config.model import Config, Downstream
@@ -73,10 +73,12 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     return Runtime(
         config=config,
         directory=loaded.directory,
-        accounts=YamlAccounts(loaded.directory),
+        accounts=build_source(config.accounts, loaded.directory),
+        keystore=loaded.keystore,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=make_downstream(config.downstream.outbound, config, "outbound"),
-        resolver=config.dns.make_resolver() if config.listeners.inbound else None,
+        resolver=(config.dns.make_resolver()
+                  if config.listeners.inbound and config.inbound_checks else None),
         metering=metering,
         sender_ids=make_sender_ids(config, create=True),
         clock=clock,
@@ -144,10 +146,9 @@ class Gateway:
         metering = None
         if old.metering is not None:  # the same store; new limits and thresholds
             metering = Metering(old.metering.store, quota_settings(config))
-        if isinstance(old.accounts, YamlAccounts):
-            old.accounts.replace_directory(loaded.directory)
+        old.accounts.replace_directory(loaded.directory)  # and forgets its cache
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
-                           sender_ids=sender_ids)
+                           sender_ids=sender_ids, keystore=loaded.keystore)
         self.listeners.runtime = new  # limits for new connections
         d = loaded.directory
         log.info("reloaded %s: %d customers, %d domains, %d accounts", self.path,

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh run
+# Outbound mail is DKIM-signed: make the example customer's keys once.
+for domain in acme.example mail.acme.example; do
+  [ -d "keys/$domain" ] || .venv/bin/portcullis keys --keys-dir keys generate "$domain" --selector example
+done
 cat <<'TXT'
 Example account: alice@acme.example, password "correct horse battery staple".
 In another terminal:

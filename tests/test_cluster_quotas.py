@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
+from gateway.dkim.keystore import generate_selector
 from tests.conftest import customer_policies
 from tests.support import redis_server as _redis
 from tests.support.ports import free_port
@@ -34,6 +35,7 @@ def start_gateway(tmp_path, name, downstream_url, redis_url, cert_files):
                                                             "key": str(cert_files[1])}}},
         "downstream": {"outbound": downstream_url},
         "policy_dir": "policy",
+        "dkim": {"keys_dir": "keys"},
         "store": {"backend": "redis", "url": redis_url, "prefix": "cluster:"},
         "limits": {"shutdown_grace": 2},
     }
@@ -65,6 +67,8 @@ def test_two_gateways_sharing_redis_accept_exactly_the_limit(tmp_path, downstrea
     (tmp_path / "policy").mkdir()
     for name, p in policies.items():
         (tmp_path / "policy" / f"{name}.yaml").write_text(yaml.safe_dump(p))
+        for domain in p["domains"]:  # outbound mail is DKIM-signed: both gateways share keys
+            generate_selector(tmp_path / "keys", domain, "test", "ed25519-sha256")
     procs = [start_gateway(tmp_path, n, downstream.url, redis_server.url, cert_files)
              for n in ("a", "b")]
     lock = threading.Lock()

@@ -45,7 +45,34 @@ def test_all_errors_are_reported_not_only_the_first(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 2  # b.yaml is fine once a.yaml is out
 
 
-def test_example_config_is_valid(capsys):
+def test_example_config_is_valid_once_its_keys_are_made(tmp_path, capsys):
+    # As scripts/run-example.sh does it, in a copy (keys/ is git-ignored).
+    import shutil
+
     root = Path(__file__).parent.parent
-    assert main(["check-config", "-c", str(root / "examples" / "gateway.yaml")]) == 0
+    shutil.copytree(root / "examples", tmp_path / "examples")
+    shutil.copytree(root / "policy", tmp_path / "policy")
+    config = str(tmp_path / "examples" / "gateway.yaml")
+    assert main(["check-config", "-c", config]) == 2  # no keys yet: signing would fail
+    assert "holds no key" in capsys.readouterr().err
+    for domain in ("acme.example", "mail.acme.example"):
+        assert main(["keys", "--keys-dir", str(tmp_path / "keys"), "generate", domain,
+                     "--selector", "example", "--algorithm", "ed25519"]) == 0
+    capsys.readouterr()
+    assert main(["check-config", "-c", config]) == 0
     assert "ok:" in capsys.readouterr().out
+
+
+def test_check_config_reports_an_unreachable_account_source_on_one_line(tmp_path, capsys):
+    from tests.support.ports import free_port
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "a.yaml").write_text("customer: a\ndomains: [a.example]\n")
+    (tmp_path / "gateway.yaml").write_text(
+        "hostname: mx.test\nlisteners: {inbound: {port: 2525}}\n"
+        "downstream: {inbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n"
+        "accounts:\n  source: dovecot\n  auth_timeout: 2\n"
+        f"  dovecot: {{address: 'inet:127.0.0.1:{free_port()}'}}\n")
+    assert main(["check-config", "-c", str(tmp_path / "gateway.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "accounts.dovecot:" in err[0], err

@@ -287,6 +287,7 @@ def write_config(tmp_path, mta: RecordingMTA):
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "acme.yaml").write_text(yaml.safe_dump({
         "customer": "acme", "domains": ["acme.example"],
+        "dkim": {"sign": []},  # no keys in this test: nothing signed
         "accounts": [{"login": "alice@acme.example", "password": hash_password("pw")}]}))
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
         "hostname": "gw.isp.example", "policy_dir": "policy",

@@ -16,15 +16,19 @@ class Directory:
     domains: Mapping[str, str] = field(default_factory=dict)
     # login (lower-case) → (customer id, account)
     accounts: Mapping[str, tuple[str, Account]] = field(default_factory=dict)
+    # customer id → the policy file it came from (for error messages)
+    files: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, policies: list[CustomerPolicy]) -> Directory:
+    def build(cls, policies: list[CustomerPolicy], files: Mapping[str, str] | None = None
+              ) -> Directory:
         """Index policies that the loader has already checked for clashes."""
         customers = {p.customer: p for p in policies}
         domains = {d: p.customer for p in policies for d in p.domains}
         accounts = {a.login: (p.customer, a) for p in policies for a in p.accounts}
         return cls(
-            MappingProxyType(customers), MappingProxyType(domains), MappingProxyType(accounts)
+            MappingProxyType(customers), MappingProxyType(domains), MappingProxyType(accounts),
+            MappingProxyType(dict(files or {})),
         )
 
     def customer_for_domain(self, domain: str) -> str | None:

@@ -174,13 +174,18 @@ def check_signing_keys(
 
     ``customers`` is ``(policy file, owned domains, dkim policy)`` per customer.
     """
-    errors = list(store.errors)
+    errors: list[ConfigError] = []
+    keys_needed = False
     for file, owned, policy in customers:
         for i, domain in enumerate(policy.signed_domains(owned)):
             field = "dkim.sign" if policy.sign == "all" else f"dkim.sign[{i}]"
             if domain not in owned:
                 errors.append(ConfigError(file, field, f"{domain} is not one of this customer's domains"))
                 continue
+            settings = policy.settings_for(domain, owned)
+            if settings is not None and settings.missing_key == "send-unsigned":
+                continue  # the customer chose unsigned mail over deferred mail for this domain
+            keys_needed = True
             selectors = store.selectors(domain)
             if not selectors:
                 errors.append(ConfigError(
@@ -193,4 +198,7 @@ def check_signing_keys(
                 errors.append(ConfigError(
                     file, field, f"{domain} is signed but has no active key now ({states})",
                 ))
-    return errors
+    # A broken key file is always worth a line; a missing key directory only once
+    # some domain depends on it.
+    report_store = keys_needed or store.keys_dir.exists()
+    return (list(store.errors) if report_store else []) + errors

@@ -7,13 +7,19 @@ reach the operator.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
 
 from gateway.config.directory import Directory
+from gateway.config.dkim import check_signing_keys
+
+if TYPE_CHECKING:
+    from gateway.dkim.keystore import KeyStore
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.model import Config
 from gateway.config.policy import CustomerPolicy
@@ -28,6 +34,8 @@ class Loaded:
     config: Config
     directory: Directory
     path: Path
+    # The DKIM key store, when a submission listener signs outbound mail.
+    keystore: KeyStore | None = None
 
 
 def _read_yaml(path: Path, errors: list[ConfigError]) -> object:
@@ -132,7 +140,7 @@ def _load_policy_files(policy_dir: Path, errors: list[ConfigError]) -> Directory
         by_domain.update(dict.fromkeys(policy.domains, path))
         by_login.update(dict.fromkeys((a.login for a in policy.accounts), path))
         policies.append(policy)
-    return Directory.build(policies)
+    return Directory.build(policies, {c: str(p) for c, p in by_customer.items()})
 
 
 def _resolve(base: Path, value: Path) -> Path:
@@ -159,9 +167,25 @@ def load_config(path: str | Path) -> Loaded:
         errors.append(ConfigError(str(path), "policy_dir", f"{config.policy_dir} is not a directory"))
         raise ConfigErrors(errors)
     directory = load_policies(config.policy_dir, errors)
+    keystore = None
+    if config.listeners.submission or config.listeners.submissions:
+        keystore = _load_keys(config, directory, errors)
     if errors:
         raise ConfigErrors(errors)
-    return Loaded(config, directory, path)
+    return Loaded(config, directory, path, keystore)
+
+
+def _load_keys(config: Config, directory: Directory, errors: list[ConfigError]) -> KeyStore:
+    """The key store, and an error for every domain signed by policy without a usable key
+    (unsigned mail must never leave by accident)."""
+    from gateway.dkim.keystore import KeyStore  # it reports its errors with this module's helpers
+
+    store = KeyStore.load(config.dkim.keys_dir, config.dkim.publish_grace_days)
+    customers = [(directory.files.get(c, c), p.domains, p.dkim)
+                 for c, p in directory.customers.items()]
+    if any(dkim.signed_domains(domains) for _, domains, dkim in customers):
+        errors.extend(check_signing_keys(store, customers, time.time()))
+    return store
 
 
 def _with_resolved_paths(config: Config, base: Path) -> Config:
@@ -175,6 +199,7 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
         listeners[name] = listener
     return config.model_copy(update={
         "policy_dir": _resolve(base, config.policy_dir),
+        "dkim": config.dkim.model_copy(update={"keys_dir": _resolve(base, config.dkim.keys_dir)}),
         "listeners": config.listeners.model_copy(update=listeners),
     })
 

@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.config.abuse import AbuseSettings
+from gateway.config.accounts import AccountsConfig
+from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
+from gateway.config.dkim import DkimSettings
 from gateway.config.domains import normalise_domain
+from gateway.config.ops import HTTP
+from gateway.config.publish import PublishSettings
 from gateway.config.quota import (
     CompromiseSettings,
     LockoutSettings,
@@ -23,18 +28,6 @@ from gateway.config.quota import (
     SQLiteStoreSettings,
     StoreSettings,
 )
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=86400)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSFiles(Strict):
-    cert: Path
-    key: Path
 
 
 class Listener(Strict):
@@ -177,6 +170,19 @@ class Config(Strict):
     compromise: CompromiseSettings = CompromiseSettings()
     # abuse@/postmaster@ and the sender identifier on outgoing mail (docs/abuse.md).
     abuse: AbuseSettings = AbuseSettings()
+    # Who may log in: the customers' YAML files, or the ISP's Dovecot, SQL or LDAP
+    # (gateway/config/accounts.py, docs/accounts.md).
+    accounts: AccountsConfig = AccountsConfig()
+    # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
+    dkim: DkimSettings = DkimSettings()
+    # The operations HTTP port: /metrics, /healthz, /readyz, mail-client autoconfig
+    # (docs/operations.md).  Off when absent.
+    http: HTTP | None = None
+    # What `portcullis dns records` tells customers to publish (docs/dns.md).
+    publish: PublishSettings = PublishSettings()
+    # SPF, DKIM, DMARC and ARC on the MX listener; off only where the downstream
+    # already does them (or to measure the plain path).
+    inbound_checks: bool = True
     # The resolver every inbound check uses (SPF, DKIM, DMARC, ARC).
     dns: DnsSettings = DnsSettings()
     # RFC 8601 authserv-id of our Authentication-Results header; default: hostname.

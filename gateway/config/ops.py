@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from gateway.config.base import Port, Strict, TLSFiles
 from gateway.config.domains import normalise_domain
-from gateway.config.model import Port, Strict, TLSFiles
 
 
 class MailboxServer(Strict):

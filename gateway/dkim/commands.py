@@ -96,7 +96,9 @@ def _store_location(args: argparse.Namespace) -> tuple[Path, int]:
 
 
 # --- generate ----------------------------------------------------------------------
-def cmd_generate(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def cmd_generate(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     try:
         keys_dir, _ = _store_location(args)
     except ConfigErrors as exc:
@@ -123,8 +125,10 @@ def cmd_generate(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO
 
 
 # --- list --------------------------------------------------------------------------
-def cmd_list(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+def cmd_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
              now: float | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     try:
         keys_dir, grace = _store_location(args)
     except ConfigErrors as exc:
@@ -235,9 +239,11 @@ async def check_domain(store: KeyStore, domain: str, resolver: dns.asyncresolver
     ))
 
 
-def cmd_check(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def cmd_check(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Exit 0 when every selector that signs or will sign (pending, active, retiring)
     has its key published; 1 otherwise.  Expired selectors are shown but not required."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     from gateway.config.domains import normalise_domain
 
     try:

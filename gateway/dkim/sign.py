@@ -47,6 +47,9 @@ SIGNED_FIELDS = (
     "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id",
     "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe",
     "list-post", "list-owner", "list-archive",
+    # Our token naming the sending account to us (docs/abuse.md): signed, so an abuse
+    # report can be trusted to carry the token we stamped.
+    "x-portcullis-sender-id",
 )
 # RFC 6376 §8.15: listing a field once more than it occurs signs its absence, so
 # another instance cannot be added.  These are listed once more even when absent
@@ -57,7 +60,7 @@ OVERSIGN_ALWAYS = frozenset({"from", "reply-to", "subject"})
 OVERSIGN_PRESENT = frozenset({
     "sender", "date", "message-id", "to", "cc", "mime-version", "content-type",
     "content-transfer-encoding", "in-reply-to", "references", "list-unsubscribe",
-    "list-unsubscribe-post",
+    "list-unsubscribe-post", "x-portcullis-sender-id",
 })
 _FTEXT = bytes(range(0x21, 0x3A)) + bytes(range(0x3B, 0x7F))  # RFC 5322 §3.6.8
 _ORDER = {name.encode("ascii"): i for i, name in enumerate(SIGNED_FIELDS)}

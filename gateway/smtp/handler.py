@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway import replies
 from gateway.accounts.source import Identity, Outcome
+from gateway.config.dkim import DkimPolicy
 from gateway.downstream.base import Downstream
 from gateway.message import MalformedHeader, header_fields
 from gateway.replies import Reply
@@ -40,6 +41,7 @@ from gateway.runtime import Runtime
 from gateway.smtp.abuse_reports import take_abuse_report
 from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.metered import MeteredDownstream, MeteredSession, in_background, on_disconnect
+from gateway.smtp.outbound_signing import sign_outbound
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
@@ -213,7 +215,7 @@ class GatewayHandler:
                 server.identity, self._aliases(server.identity, rt), fields)
             if not verdict.accept:
                 return self._finish(server, envelope, verdict.reply)
-        else:
+        elif rt.resolver is not None:  # inbound, checks on
             outcome = await check_inbound(
                 rt, message=message, sender=envelope.sender, helo=session.host_name,
                 client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
@@ -232,10 +234,18 @@ class GatewayHandler:
             message = strip_sender_id_headers(message)
             stamp += sender_id_header(rt.sender_ids.make(
                 server.identity.login, envelope.txid, rt.clock()))
+        outgoing = stamp + message
+        if self.direction == "outbound" and rt.keystore is not None:
+            # Last change before forwarding: the signature covers what leaves.
+            signed = await sign_outbound(rt.keystore, server.identity, *self._signing_policy(
+                server.identity, rt), outgoing, rt.clock(), envelope.txid)
+            if signed.refusal is not None:
+                return self._finish(server, envelope, signed.refusal)
+            outgoing = signed.message
         tx = envelope.downstream
         envelope.downstream = None  # handed over: not to be aborted by the state reset
         try:
-            reply = await tx.data(stamp + message)
+            reply = await tx.data(outgoing)
         except Exception:
             await tx.abort()
             raise
@@ -250,6 +260,15 @@ class GatewayHandler:
         return self._finish(server, envelope, reply, size=len(message))
 
     # --- helpers -------------------------------------------------------------------
+    def _signing_policy(self, identity: Identity, rt: Runtime) -> tuple[tuple[str, ...], DkimPolicy]:
+        customer = rt.directory.customers.get(identity.customer)
+        if customer is None:
+            # A customer without a policy file (an account from Dovecot/SQL/LDAP): the
+            # gateway's defaults, for the domains its account source vouches for.
+            domains = {a.rpartition("@")[2] for a in identity.senders | {identity.login} if "@" in a}
+            return tuple(sorted(domains)), DkimPolicy()
+        return customer.domains, customer.dkim
+
     def _aliases(self, identity: Identity, rt: Runtime) -> Any:
         customer = rt.directory.customers.get(identity.customer)
         return customer.aliases if customer is not None else {}

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from gateway.config.load import load_config
+from gateway.dkim.keystore import generate_selector
 from gateway.serve import Gateway
 from tests.support.ports import free_port
 
@@ -28,6 +29,13 @@ class GatewayUnderTest:
         policy_dir = self.policy_dir = tmp / "policy"
         policy_dir.mkdir(exist_ok=True)
         self.write_policies(policies)
+        # Every customer domain gets an Ed25519 key (quick to make), so outbound mail
+        # is DKIM-signed as in production; tests of signing itself make their own.
+        self.keys_dir = tmp / "keys"
+        for policy in policies.values():
+            for domain in policy.get("domains", ()):
+                if not (self.keys_dir / domain.lower().rstrip(".")).exists():
+                    generate_selector(self.keys_dir, domain, "test", "ed25519-sha256")
         tls = {"cert": str(cert[0]), "key": str(cert[1])}
         config: dict[str, Any] = {
             "hostname": "mx.gateway.test",
@@ -39,6 +47,7 @@ class GatewayUnderTest:
             "downstream": {"inbound": {"url": inbound_url, "timeout": 3},
                            "outbound": {"url": outbound_url, "timeout": 3}},
             "policy_dir": str(policy_dir),
+            "dkim": {"keys_dir": str(self.keys_dir)},
             "limits": {"command_timeout": 10, "data_timeout": 10, "shutdown_grace": 2},
             # A failed AUTH is answered at once in tests (the lockout tests set a delay).
             "lockout": {"failure_delay": 0},

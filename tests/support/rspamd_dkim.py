@@ -106,7 +106,10 @@ class RspamdVerifier:
             self._log = None
 
     def _rspamc(self, message: bytes, timeout: float = 30) -> str:
-        run = subprocess.run([RSPAMC, "-h", f"127.0.0.1:{self.port}", "-t", "10", "symbols"],
+        # A remote client address (TEST-NET, never contacted): rspamd's DKIM module skips
+        # mail from local addresses, and our Received header names 127.0.0.1.
+        run = subprocess.run([RSPAMC, "-h", f"127.0.0.1:{self.port}", "-t", "10",
+                              "-i", "192.0.2.10", "symbols"],
                              input=message, capture_output=True, timeout=timeout)
         return run.stdout.decode(errors="replace")
 
