@@ -47,7 +47,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import configure_logging, serve, worker_count
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     loaded = _load(args.config)
     if loaded is None:
         return EXIT_CONFIG
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--workers", default="1", help="worker processes, or 'auto' for one per core")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="one line per event; json for log shippers")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate the config and every policy file")

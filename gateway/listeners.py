@@ -136,6 +136,11 @@ class SMTPListeners:
         if not self.active_connections:
             self._drained.set()
 
+    def unbound(self) -> list[str]:
+        """Listeners that are not accepting connections (for /readyz)."""
+        return [f"listener {s.name}: not serving" for s in self.states
+                if s.server is None or not s.server.is_serving()]
+
     @property
     def active_connections(self) -> int:
         return sum(len(s.connections) for s in self.states)

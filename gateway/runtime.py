@@ -16,6 +16,7 @@ from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.dkim.keystore import KeyStore
 from gateway.downstream.base import Downstream
+from gateway.ops.metrics import Metrics
 from gateway.stamps.sender_id import SenderIds
 from gateway.store.metering import Metering
 
@@ -27,6 +28,8 @@ class Runtime:
     accounts: AccountSource
     inbound: Downstream | None
     outbound: Downstream | None
+    # Prometheus counters of this worker (gateway/ops/metrics.py).
+    metrics: Metrics | None = None
     # The DKIM key store (None without a submission listener).
     keystore: KeyStore | None = None
     # The one asynchronous resolver for the inbound checks (None without an MX listener).

@@ -17,6 +17,7 @@ with (gateway/reload.py says which sections need a restart instead).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -34,6 +35,10 @@ from gateway.config.quota import QuotaSettings
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
+from gateway.ops import metrics as metrics_module
+from gateway.ops.endpoint import autoconfig_site, make_endpoint
+from gateway.ops.http import OpsHTTPServer
+from gateway.ops.metrics import Metrics
 from gateway.reload import split_reload
 from gateway.runtime import Runtime
 from gateway.stamps.sender_id import SenderIds, load_secrets
@@ -81,6 +86,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                   if config.listeners.inbound and config.inbound_checks else None),
         metering=metering,
         sender_ids=make_sender_ids(config, create=True),
+        metrics=Metrics(listeners=[n for n in ("inbound", "submission", "submissions")
+                                   if getattr(config.listeners, n) is not None]),
         clock=clock,
     )
 
@@ -121,9 +128,18 @@ class Gateway:
         self.path = loaded.path
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
+        self.endpoint: OpsHTTPServer | None = None
 
     async def start(self) -> None:
         await self.listeners.start()
+        assert self.runtime.metrics is not None
+        self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
+                                      self.listeners.unbound)
+        if self.endpoint is not None:
+            await self.endpoint.start()
+            http = self.runtime.config.http
+            assert http is not None
+            log.info("operations HTTP on %s port %d", http.address, self.endpoint.bound_port)
 
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong."""
@@ -150,6 +166,8 @@ class Gateway:
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
                            sender_ids=sender_ids, keystore=loaded.keystore)
         self.listeners.runtime = new  # limits for new connections
+        if self.endpoint is not None:
+            self.endpoint.set_autoconfig(autoconfig_site(new))
         d = loaded.directory
         log.info("reloaded %s: %d customers, %d domains, %d accounts", self.path,
                  len(d.customers), len(d.domains), len(d.accounts))
@@ -160,6 +178,8 @@ class Gateway:
         log.info("shutting down: %d connections, up to %.0fs to finish",
                  self.listeners.active_connections, grace)
         await self.listeners.stop(grace)
+        if self.endpoint is not None:
+            await self.endpoint.stop()
         for ds in (self.runtime.inbound, self.runtime.outbound):
             if ds is not None:
                 await ds.close()
@@ -225,7 +245,25 @@ def serve(loaded: Loaded, workers: int) -> int:
         install_event_loop_policy()
         asyncio.run(run_worker(loaded, files))
         return 0
+    http = loaded.config.http
+    if http is not None:
+        # Workers write their metrics to files there; any worker's /metrics sums them.
+        metrics_module.prepare_multiprocess(
+            http.metrics_dir or Path(tempfile.mkdtemp(prefix="portcullis-metrics-")))
     return _supervise(loaded, files, workers)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the supervisor dies, even by SIGKILL, so no
+    orphan keeps serving the port with a stale config."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int) -> int:
@@ -236,6 +274,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
+            _die_with_parent()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, _remember_hangup)  # until run_worker handles it
@@ -264,7 +303,8 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
         nonlocal loaded
         try:
             new = load_config(loaded.path)
-            loaded = Loaded(split_reload(loaded.config, new.config)[0], new.directory, new.path)
+            loaded = Loaded(split_reload(loaded.config, new.config)[0], new.directory, new.path,
+                            new.keystore)
         except ConfigErrors:
             log.error("reload: invalid configuration: workers started from now on keep the old one")
         for pid in children:
@@ -288,6 +328,8 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
         slot = children.pop(pid, None)
         if slot is None:
             continue
+        if metrics_module.is_multiprocess():
+            metrics_module.worker_exited(pid)
         if not stopping:
             log.error("worker %d (pid %d) exited with %d; restarting", slot, pid, code)
             time.sleep(0.5)
@@ -306,11 +348,26 @@ def worker_count(value: str) -> int:
     return count
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; transaction lines carry their fields as keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(), "pid": record.process,
+            "logger": record.name, "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # aiosmtpd logs every command line at INFO, and warns about its own
     # deprecated login_data, which it sets itself.
     logging.getLogger("mail.log").setLevel(logging.ERROR)

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.dkim.keystore import generate_selector
 from tests.conftest import PASSWORD
 from tests.support.ports import free_port
 from tests.support.recorder import RecordingMTA
@@ -134,6 +135,12 @@ class Deployment:
             "accounts": [{"login": "alice@acme.example", "password": password_hash}],
         }
         self.write(self.policy / "acme.yaml", policy)
+        # Outbound mail is DKIM-signed: the key lives in the state volume, owned by the
+        # container's user (the key store refuses keys others can read).
+        keys = self.state / "keys"
+        generate_selector(keys, "acme.example", "container", "ed25519-sha256")
+        for path in [keys, *keys.rglob("*")]:
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
         self.config = {
             "hostname": "mx.gateway.test",
             "listeners": {
@@ -148,6 +155,7 @@ class Deployment:
             "policy_dir": "policy",
             # The config folder is read-only: what the gateway writes goes to the state volume.
             "store": {"backend": "sqlite", "path": "/var/lib/portcullis/state.db"},
+            "dkim": {"keys_dir": "/var/lib/portcullis/keys"},
             "abuse": {"secret_file": "sender-id.key"},
             "limits": {"shutdown_grace": 2},
         }

@@ -123,7 +123,10 @@ class OpsHTTPServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.address, self.port, ssl_context=self._ssl_context).start()
+            # reuse_port: every worker process serves the port (metrics are aggregated
+            # across workers in multiprocess mode, so any of them can answer).
+            await web.TCPSite(runner, self.address, self.port, ssl_context=self._ssl_context,
+                              reuse_port=True).start()
         except OSError:
             await runner.cleanup()
             raise

@@ -220,6 +220,9 @@ class GatewayHandler:
                 rt, message=message, sender=envelope.sender, helo=session.host_name,
                 client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
             envelope.checks = outcome.summary
+            if rt.metrics is not None:
+                for method, result in outcome.results:
+                    rt.metrics.auth_result(method, result)
             if outcome.refusal is not None:
                 if len(envelope.role_recipients) < len(envelope.rcpt_tos):
                     return self._finish(server, envelope, outcome.refusal)
@@ -242,13 +245,18 @@ class GatewayHandler:
             if signed.refusal is not None:
                 return self._finish(server, envelope, signed.refusal)
             outgoing = signed.message
+            if rt.metrics is not None:
+                for signature in signed.signatures:
+                    rt.metrics.dkim_signed(signature.rpartition("a=")[2])
         tx = envelope.downstream
         envelope.downstream = None  # handed over: not to be aborted by the state reset
+        started = time.monotonic()
         try:
             reply = await tx.data(outgoing)
         except Exception:
             await tx.abort()
             raise
+        self._count_downstream(rt, time.monotonic() - started, reply)
         if metered is not None:
             suspension = await metered.metering.finish(
                 metered.acct, metered.tx, reply.is_success, rt.clock())
@@ -260,6 +268,20 @@ class GatewayHandler:
         return self._finish(server, envelope, reply, size=len(message))
 
     # --- helpers -------------------------------------------------------------------
+    def _count_downstream(self, rt: Runtime, seconds: float, reply: Reply) -> None:
+        if rt.metrics is None:
+            return
+        name = self.direction
+        rt.metrics.downstream_took(name, seconds)
+        if reply == replies.DOWNSTREAM_TIMEOUT:
+            rt.metrics.downstream_error(name, "timeout")
+        elif reply == replies.DOWNSTREAM_UNAVAILABLE:
+            rt.metrics.downstream_error(name, "connect")
+        elif reply.is_temporary:
+            rt.metrics.downstream_error(name, "tempfail")
+        elif not reply.is_success:
+            rt.metrics.downstream_error(name, "refused")
+
     def _signing_policy(self, identity: Identity, rt: Runtime) -> tuple[tuple[str, ...], DkimPolicy]:
         customer = rt.directory.customers.get(identity.customer)
         if customer is None:
@@ -279,6 +301,9 @@ class GatewayHandler:
         if text:
             login = server.identity.login if server.identity else "-"
             log.info("txid=%s login=%s %s", txid, login, text)
+        metrics = self.runtime.metrics
+        if not decision.accept and metrics is not None:
+            metrics.quota_refused(decision.limit or "unknown")
         return decision.accept
 
     def _received_facts(self, server: GatewaySMTP, session: Any, envelope: Any) -> ReceivedFacts:
@@ -298,15 +323,28 @@ class GatewayHandler:
     def _finish(self, server: GatewaySMTP, envelope: Any, reply: Reply, size: int = 0) -> str:
         """One log line per transaction, then the reply for the client."""
         identity = server.identity
+        fields = {
+            "txid": envelope.txid, "listener": server.listener, "client": _client_ip(server),
+            "login": identity.login if identity else "-", "from": envelope.sender,
+            "rcpts": len(envelope.rcpt_tos), "size": size,
+            "checks": getattr(envelope, "checks", None) or "",
+            "result": f"{reply.code} {reply.enhanced}",
+            "downstream_reply": reply.text.splitlines()[0][:200] if reply.text else "",
+            "ms": int((time.monotonic() - envelope.started) * 1000),
+        }
         txlog.info(
             "txid=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d %s"
-            "result=%s ms=%d",
-            envelope.txid, server.listener, _client_ip(server),
-            identity.login if identity else "-", envelope.sender, len(envelope.rcpt_tos),
-            size, f"{envelope.checks} " if getattr(envelope, "checks", None) else "",
-            f"{reply.code} {reply.enhanced}",
-            int((time.monotonic() - envelope.started) * 1000),
+            "result=%s ms=%d reply=%r",
+            fields["txid"], fields["listener"], fields["client"], fields["login"],
+            fields["from"], fields["rcpts"], size,
+            f"{fields['checks']} " if fields["checks"] else "", fields["result"], fields["ms"],
+            fields["downstream_reply"], extra={"fields": fields},
         )
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            outcome = ("accepted" if reply.is_success else
+                       "tempfailed" if reply.is_temporary else "refused")
+            metrics.message(server.listener, outcome)
         return str(reply)
 
 

@@ -22,6 +22,7 @@ class InboundOutcome:
     refusal: Reply | None
     message: bytes
     summary: str  # for the transaction log line
+    results: tuple[tuple[str, str], ...] = ()  # (spf|dkim|dmarc, RFC 8601 result) for metrics
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> list[InboundDomainPolicy]:
@@ -46,11 +47,13 @@ async def check_inbound(runtime: Runtime, *, message: bytes, sender: str, helo: 
                f"{','.join(d.result for d in evidence.dkim) or 'none'} "
                f"dmarc={evidence.dmarc.result} arc={evidence.arc.result} "
                f"action={decision.action.value}")
+    results = (("spf", evidence.spf.result), *(("dkim", d.result) for d in evidence.dkim),
+               ("dmarc", evidence.dmarc.result))
     if not decision.verdict.accept:
-        return InboundOutcome(decision.verdict.reply, message, summary)
+        return InboundOutcome(decision.verdict.reply, message, summary, results)
     # Headers that only we may set (a quarantine flag) are removed if a sender forged them.
     lowered = {h.lower().encode() for h in OUR_HEADERS}
     message = remove_fields(message, lambda name, _field: name in lowered)
     message = stamp_authentication_results(message, runtime.config.our_authserv_id, evidence)
     extra = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers)
-    return InboundOutcome(None, extra + message, summary)
+    return InboundOutcome(None, extra + message, summary, results)

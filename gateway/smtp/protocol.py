@@ -104,16 +104,27 @@ class GatewaySMTP(SMTP):
         # aiosmtpd asks a handle_PROXY hook to accept the header; without one it
         # refuses every connection.  The hook is ours: it belongs to the connection.
         self._handle_hooks["PROXY"] = self._accept_proxy_header
+        runtime = getattr(handler, "runtime", None)
+        self.metrics = getattr(runtime, "metrics", None)
+        self._counted = False
 
     # --- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS (RFC 3207 §4.2: forget what the client said).
         self.identity = None
+        if self.metrics is not None and not self._counted:
+            self._counted = True
+            self.metrics.opened(self.listener)
+            self.metrics.connection(self.listener,
+                                    "refused_limit" if self.refuse_with else "accepted")
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._abort_transaction()
         super().connection_lost(error)
+        if self.metrics is not None and self._counted:
+            self._counted = False
+            self.metrics.closed(self.listener)
         if self._on_close is not None:
             self._on_close(self)
             self._on_close = None
@@ -201,6 +212,8 @@ class GatewaySMTP(SMTP):
                 status = with_enhanced_code(status)
             if status[:1] == "5":
                 self._errors += 1
+            if self.metrics is not None and status[:3].isdigit():
+                self.metrics.reply(self.listener, int(status[:3]))
         await super().push(status)
         if self._errors >= self._max_errors and self.transport is not None:
             self._errors = -(10**9)  # say it once
@@ -353,6 +366,11 @@ class GatewaySMTP(SMTP):
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
         reply, identity = await self.event_handler.authenticate(self, login_text, password_text)
+        if self.metrics is not None:
+            if reply.code == 454:
+                self.metrics.auth_tempfail(self.listener)
+            else:
+                self.metrics.auth_attempt(self.listener, identity is not None)
         if identity is None:
             return AuthResult(success=False, handled=False, message=str(reply))
         self.identity = identity

@@ -70,9 +70,9 @@ class RecordingHandler:
 
 
 class RecordingMTA:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.handler = RecordingHandler()
-        self.port = free_port()
+        self.port = port or free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
                                      decode_data=False, ready_timeout=10)
 
@@ -90,7 +90,11 @@ class RecordingMTA:
 
     def start(self) -> RecordingMTA:
         self.controller.start()
+        self._running = True
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        """Stop (a second call does nothing: a test may have stopped it already)."""
+        if getattr(self, "_running", False):
+            self._running = False
+            self.controller.stop()

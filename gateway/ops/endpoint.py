@@ -1,0 +1,57 @@
+"""The operations HTTP endpoint of one worker: metrics, health, readiness, autoconfig.
+
+Built from the running gateway at start-up when the config has an ``http:``
+section.  Readiness is "can this worker take mail now": its listeners are
+bound, its downstreams answer, its store answers (and the number of suspended
+accounts it reports feeds the gauge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.ops import metrics as metrics_module
+from gateway.ops.autoconfig import client_settings_from_config
+from gateway.ops.http import AutoconfigSite, OpsHTTPServer
+from gateway.ops.metrics import Metrics
+from gateway.runtime import Runtime
+from gateway.tls import server_context
+
+
+def autoconfig_site(runtime: Runtime) -> AutoconfigSite | None:
+    http = runtime.config.http
+    settings = client_settings_from_config(runtime.config, http) if http else None
+    if settings is None:
+        return None
+    # Looked up on every request: a policy reload is seen at once.
+    return AutoconfigSite(
+        settings, lambda domain: runtime.current().directory.customer_for_domain(domain) is not None)
+
+
+def make_endpoint(runtime: Runtime, metrics: Metrics,
+                  listeners_bound: Callable[[], list[str]]) -> OpsHTTPServer | None:
+    http = runtime.config.http
+    if http is None:
+        return None
+
+    async def readiness() -> list[str]:
+        rt = runtime.current()
+        problems = listeners_bound()
+        for downstream in (rt.inbound, rt.outbound):
+            if downstream is not None:
+                problem = await downstream.probe()
+                if problem:
+                    problems.append(problem)
+        if rt.metering is not None:
+            try:
+                metrics.set_suspended(len(await rt.metering.store.suspensions()))
+            except Exception as exc:  # the store is down: not ready, say why
+                problems.append(f"store: {type(exc).__name__}: {exc}")
+        return problems
+
+    registry = (metrics_module.multiprocess_registry() if metrics_module.is_multiprocess()
+                else metrics.registry)
+    ssl_context = server_context(http.tls.cert, http.tls.key) if http.tls else None
+    return OpsHTTPServer(http.address, http.port, registry=registry, readiness=readiness,
+                         autoconfig_site=autoconfig_site(runtime),
+                         readiness_timeout=http.readiness_timeout, ssl_context=ssl_context)
