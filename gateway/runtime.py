@@ -12,12 +12,15 @@ from dataclasses import dataclass, field, replace
 
 from gateway.accounts.source import AccountSource
 from gateway.checks.dns import Resolver
+from gateway.checks.rspamd import RspamdClient
 from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.dkim.keystore import KeyStore
 from gateway.downstream.base import Downstream
 from gateway.ops.metrics import Metrics
+from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
+from gateway.store.held import HeldStore
 from gateway.store.metering import Metering
 
 
@@ -28,6 +31,10 @@ class Runtime:
     accounts: AccountSource
     inbound: Downstream | None
     outbound: Downstream | None
+    # rspamd, the hold store and the notifier (None when not configured).
+    scanner: RspamdClient | None = None
+    held: HeldStore | None = None
+    notifier: Notifier | None = None
     # Prometheus counters of this worker (gateway/ops/metrics.py).
     metrics: Metrics | None = None
     # The DKIM key store (None without a submission listener).

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
+from gateway.checks.rspamd import RspamdClient
 from gateway.config.errors import ConfigErrors
 from gateway.config.load import Loaded, load_config
 from gateway.config.model import Config, Downstream
@@ -39,10 +40,12 @@ from gateway.ops import metrics as metrics_module
 from gateway.ops.endpoint import autoconfig_site, make_endpoint
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
+from gateway.ops.notify import Notifier
 from gateway.reload import split_reload
 from gateway.runtime import Runtime
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
+from gateway.store.held import HeldStore
 from gateway.store.metering import Metering
 from gateway.tls import make_dev_certificate
 
@@ -75,13 +78,24 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     config = loaded.config
     settings = quota_settings(config)
     metering = Metering(open_store(settings.store, config.base_dir), settings) if quotas else None
+    outbound = make_downstream(config.downstream.outbound, config, "outbound")
+    notifier = None
+    if config.notify is not None and outbound is not None and metering is not None:
+        # Notices are plain operator mail: not counted against any quota, not signed
+        # with a customer's key; rate-limited through the shared store.
+        notifier = Notifier(config.notify, outbound, metering.store, config.hostname)
+    hold_path = config.hold.path
     return Runtime(
         config=config,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
         keystore=loaded.keystore,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
-        outbound=make_downstream(config.downstream.outbound, config, "outbound"),
+        outbound=outbound,
+        scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
+                 if config.scanner is not None else None),
+        held=HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path),
+        notifier=notifier,
         resolver=(config.dns.make_resolver()
                   if config.listeners.inbound and config.inbound_checks else None),
         metering=metering,
@@ -129,9 +143,11 @@ class Gateway:
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
         self.endpoint: OpsHTTPServer | None = None
+        self._expiry: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.listeners.start()
+        self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
         self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
                                       self.listeners.unbound)
@@ -140,6 +156,20 @@ class Gateway:
             http = self.runtime.config.http
             assert http is not None
             log.info("operations HTTP on %s port %d", http.address, self.endpoint.bound_port)
+
+    async def _expire_held(self) -> None:
+        """Held mail never expires silently: every minute, what is past hold.max_age is
+        released or deleted by policy, each decision logged (gateway/store/held.py)."""
+        while True:
+            await asyncio.sleep(60)
+            rt = self.runtime.current()
+            if rt.held is None:
+                continue
+            try:
+                await rt.held.expire(rt.clock(), rt.config.hold.max_age, rt.config.hold.at_max_age,
+                                     {"inbound": rt.inbound, "outbound": rt.outbound})
+            except Exception:
+                log.exception("held mail expiry failed; retrying in a minute")
 
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong."""
@@ -178,6 +208,13 @@ class Gateway:
         log.info("shutting down: %d connections, up to %.0fs to finish",
                  self.listeners.active_connections, grace)
         await self.listeners.stop(grace)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        rt = self.runtime.current()
+        if rt.scanner is not None:
+            await rt.scanner.close()
+        if rt.notifier is not None:
+            await rt.notifier.aclose()
         if self.endpoint is not None:
             await self.endpoint.stop()
         for ds in (self.runtime.inbound, self.runtime.outbound):

@@ -78,3 +78,22 @@ def test_authenticated_submission_refuses_hidden_routes(gateway, client_tls, dow
             code, msg = c.rcpt(trick)
             assert (code, msg[:5]) == (553, b"5.1.3"), trick
     assert downstream.handler.mail_commands == 0
+
+
+def test_unqualified_postmaster_is_accepted_as_rfc_5321_requires(gateway, downstream):
+    with inbound(gateway) as c:
+        c.ehlo("client.example")
+        c.mail("someone@other.example")
+        assert c.rcpt("Postmaster")[0] == 250
+        assert c.data(b"From: someone@other.example\r\n\r\nfor the postmaster\r\n")[0] == 250
+    assert downstream.messages[0].rcpt_tos == ["postmaster@mx.gateway.test"]
+
+
+def test_unqualified_addresses_other_than_postmaster_are_refused(gateway):
+    with inbound(gateway) as c:
+        c.ehlo("client.example")
+        c.mail("someone@other.example")
+        assert c.rcpt("root")[0] == 553
+    with inbound(gateway) as c:
+        c.ehlo("client.example")
+        assert c.docmd("MAIL FROM:<postmaster>")[0] == 553  # only RCPT takes it unqualified

@@ -17,6 +17,7 @@ from gateway.config.abuse import AbuseSettings
 from gateway.config.accounts import AccountsConfig
 from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
+from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
 from gateway.config.dkim import DkimSettings
 from gateway.config.domains import normalise_domain
 from gateway.config.ops import HTTP
@@ -175,6 +176,12 @@ class Config(Strict):
     accounts: AccountsConfig = AccountsConfig()
     # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
     dkim: DkimSettings = DkimSettings()
+    # Content scanning with rspamd (docs/content.md): off unless configured.
+    scanner: ScannerSettings | None = None
+    # Where mail held for review waits, and what happens to it at max_age.
+    hold: HoldSettings = HoldSettings()
+    # Notices to the account holder and the abuse desk (off unless configured).
+    notify: NotifySettings | None = None
     # The operations HTTP port: /metrics, /healthz, /readyz, mail-client autoconfig
     # (docs/operations.md).  Off when absent.
     http: HTTP | None = None

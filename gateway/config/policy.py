@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.content import CustomerContent
 from gateway.config.dkim import DkimPolicy
 from gateway.config.domains import normalise_domain
 from gateway.config.inbound import InboundPolicy
@@ -79,6 +80,8 @@ class CustomerPolicy(Strict):
     # Which of its domains are DKIM-signed, and what happens without a key (docs/dkim.md).
     # Default: every domain signed, mail deferred (451 4.7.0) when no key is active.
     dkim: DkimPolicy = DkimPolicy()
+    # Content-scanning thresholds and actions per direction (docs/content.md).
+    content: CustomerContent | None = None
     # What to do with inbound mail failing SPF/DMARC, per recipient domain (docs/inbound.md).
     inbound: InboundPolicy | None = None
     # Defaults for this customer's accounts, and a `customer:` aggregate over all of them.

@@ -30,24 +30,36 @@ from typing import Any
 from gateway import replies
 from gateway.accounts.source import Identity, Outcome
 from gateway.config.dkim import DkimPolicy
+from gateway.config.policy import CustomerPolicy
 from gateway.downstream.base import Downstream
 from gateway.message import MalformedHeader, header_fields
+from gateway.ops.notify import Incident
 from gateway.replies import Reply
 from gateway.rules.abuse import is_role_recipient
+from gateway.rules.content import SPAM_HEADERS, ContentDecision
 from gateway.rules.quota import AccountQuota, QuotaDecision, decide_size, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
 from gateway.runtime import Runtime
 from gateway.smtp.abuse_reports import take_abuse_report
+from gateway.smtp.content_scan import scan
 from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.metered import MeteredDownstream, MeteredSession, in_background, on_disconnect
 from gateway.smtp.outbound_signing import sign_outbound
 from gateway.smtp.protocol import GatewaySMTP
+from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 
 log = logging.getLogger("portcullis.smtp")
 txlog = logging.getLogger("portcullis.transaction")
+
+# What the account holder and the abuse desk are told, in one plain sentence.
+_NOTICE_REASONS = {
+    "held": "our content filter classified a message as spam and held it for review",
+    "rejected": "our content filter classified a message as spam and refused it",
+    "suspended": "the account sent far more than usual or than its limits allow, and was suspended",
+}
 
 # MAIL parameters we pass on when the downstream supports them (RFC 1870, RFC 6152).
 _PASSED_MAIL_PARAMS = ("SIZE=", "BODY=")
@@ -169,9 +181,15 @@ class GatewayHandler:
             return str(replies.TOO_MANY_RECIPIENTS)
         role = False
         if self.direction == "inbound":
-            # RFC 2142 / RFC 5321 §4.5.1: abuse@ and postmaster@ of every domain we
-            # serve are ours, the ISP's own domains included.
-            role = is_role_recipient(address, lambda d: _serves(rt, d))
+            if address.lower() == "postmaster":
+                # RFC 5321 §4.5.1: the unqualified <Postmaster> is the ISP's own postmaster.
+                domains = rt.config.abuse.domains
+                address = f"postmaster@{domains[0] if domains else rt.config.hostname}"
+                role = True
+            else:
+                # RFC 2142 / RFC 5321 §4.5.1: abuse@ and postmaster@ of every domain we
+                # serve are ours, the ISP's own domains included.
+                role = is_role_recipient(address, lambda d: _serves(rt, d))
             owner = (lambda d: "role mailbox") if role else rt.directory.customer_for_domain
             verdict, mailbox = decide_inbound_recipient(address, owner)
         else:
@@ -230,6 +248,24 @@ class GatewayHandler:
                 log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                          envelope.txid, outcome.refusal)
             message = outcome.message
+        content = None
+        if rt.scanner is not None and rt.config.scanner is not None and (
+                self.direction == "outbound" or rt.config.scanner.inbound.enabled):
+            content = await scan(
+                rt.scanner, rt.config.scanner, self.direction, self._customer(server, envelope, rt),
+                message, sender=envelope.sender, recipients=envelope.rcpt_tos,
+                client_ip=_client_ip(server), helo=session.host_name,
+                login=server.identity.login if server.identity else None, txid=envelope.txid)
+            envelope.checks = " ".join(filter(None, (getattr(envelope, "checks", None),
+                                                     f"content={content.action}")))
+            if not content.verdict.accept:
+                self._notify(server, envelope, rt, content.incident, content.facts, envelope.txid)
+                return self._finish(server, envelope, content.verdict.reply)
+            if self.direction == "inbound":
+                # Only our scanner's verdict may reach the recipient's filters.
+                names = {h.lower().encode() for h in SPAM_HEADERS}
+                message = remove_fields(message, lambda name, _field: name in names)
+            message = b"".join(f"{n}: {v}\r\n".encode() for n, v in content.headers) + message
         stamp = received_header(self._received_facts(server, session, envelope),
                                 datetime.now(UTC))
         if self.direction == "outbound" and rt.sender_ids is not None:
@@ -248,6 +284,8 @@ class GatewayHandler:
             if rt.metrics is not None:
                 for signature in signed.signatures:
                     rt.metrics.dkim_signed(signature.rpartition("a=")[2])
+        if content is not None and content.hold and rt.held is not None:
+            return await self._hold(server, envelope, rt, content, outgoing)
         tx = envelope.downstream
         envelope.downstream = None  # handed over: not to be aborted by the state reset
         started = time.monotonic()
@@ -263,11 +301,52 @@ class GatewayHandler:
             if suspension is not None:
                 log.warning("txid=%s login=%s suspended: %s evidence=%s", envelope.txid,
                             suspension.login, suspension.reason, dict(suspension.evidence))
+                self._notify(server, envelope, rt, "suspended",
+                             {"reason": suspension.reason, **dict(suspension.evidence)},
+                             envelope.txid)
         if reply.is_success and envelope.role_recipients:
             await take_abuse_report(rt, envelope.txid, message, envelope.role_recipients)
         return self._finish(server, envelope, reply, size=len(message))
 
     # --- helpers -------------------------------------------------------------------
+    async def _hold(self, server: GatewaySMTP, envelope: Any, rt: Runtime,
+                    content: ContentDecision, outgoing: bytes) -> str:
+        """Store the message exactly as it would have gone (fsynced) instead of forwarding
+        it; the client hears 250 only once it is safe.  Nothing goes downstream."""
+        assert rt.held is not None
+        held = await rt.held.hold(
+            message=outgoing, sender=envelope.sender, recipients=list(envelope.rcpt_tos),
+            direction=self.direction, reason="content", reply=str(content.verdict.reply),
+            now=rt.clock(), evidence=dict(content.facts),
+            login=server.identity.login if server.identity else None, txid=envelope.txid,
+            mail_options=[o for o in envelope.mail_options if o.startswith(("SIZE=", "BODY="))])
+        log.warning("txid=%s held for review as %s: %s", envelope.txid, held.id, dict(content.facts))
+        self._notify(server, envelope, rt, "held", content.facts, held.id)
+        # The downstream transaction (recipients already relayed) is reset, not used.
+        return self._finish(server, envelope, content.verdict.reply)
+
+    def _notify(self, server: GatewaySMTP, envelope: Any, rt: Runtime, kind: str | None,
+                facts: Any, reference: str) -> None:
+        identity = server.identity
+        if rt.notifier is None or kind is None or identity is None:
+            return
+        rt.notifier.submit(Incident(
+            kind, identity.login, rt.clock(),
+            account_address=identity.login if "@" in identity.login else None,
+            customer=identity.customer, reason=_NOTICE_REASONS.get(kind, kind),
+            reference=reference, evidence=dict(facts), direction=self.direction))
+
+    def _customer(self, server: GatewaySMTP, envelope: Any, rt: Runtime) -> CustomerPolicy | None:
+        """Whose content rules apply: the sender's customer on submission, the first
+        recipient's on the MX."""
+        if self.direction == "outbound":
+            return rt.directory.customers.get(server.identity.customer) if server.identity else None
+        for rcpt in envelope.rcpt_tos:
+            owner = rt.directory.customer_for_domain(rcpt.rpartition("@")[2])
+            if owner is not None:
+                return rt.directory.customers.get(owner)
+        return None
+
     def _count_downstream(self, rt: Runtime, seconds: float, reply: Reply) -> None:
         if rt.metrics is None:
             return

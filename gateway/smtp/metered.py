@@ -71,19 +71,5 @@ class MeteredDownstream:
 
 
 def on_disconnect(server: Any, callback: Callable[[], None]) -> None:
-    """Run ``callback`` when the connection closes.
-
-    GatewaySMTP has no public hook for this yet: it calls the listener's
-    ``_on_close`` once from connection_lost, so we chain onto it.  (Proposed for
-    protocol.py: ``add_close_callback(fn)``; then this becomes one call.)
-    """
-    previous = getattr(server, "_on_close", None)
-
-    def both(conn: Any) -> None:
-        try:
-            callback()
-        finally:
-            if previous is not None:
-                previous(conn)
-
-    server._on_close = both
+    """Run ``callback`` when the connection closes."""
+    server.add_close_callback(lambda _conn: callback())

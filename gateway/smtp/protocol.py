@@ -91,9 +91,10 @@ class GatewaySMTP(SMTP):
         self._errors = 0
         self._data_timeout = data_timeout
         self._greeted = False
-        self._on_close = on_close
+        self._close_callbacks: list[Any] = [on_close] if on_close is not None else []
         self._closing = False
         self._in_data = False
+        self._in_rcpt = False
         # Lines read in DATA; the idle timer checks it instead of being re-armed per line.
         self._progress = 0
         self._progress_seen = 0
@@ -125,9 +126,12 @@ class GatewaySMTP(SMTP):
         if self.metrics is not None and self._counted:
             self._counted = False
             self.metrics.closed(self.listener)
-        if self._on_close is not None:
-            self._on_close(self)
-            self._on_close = None
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in reversed(callbacks):  # the listener's bookkeeping last
+            try:
+                callback(self)
+            except Exception:
+                log.exception("cid=%s close callback failed", self.cid)
 
     def _timeout_cb(self) -> None:
         # During DATA the timeout is an idle timer: if lines arrived since the
@@ -158,6 +162,10 @@ class GatewaySMTP(SMTP):
         """The client's address: from the PROXY header when the listener expects one
         (the socket peer is then the balancer), else the socket peer."""
         return self.proxied_client or self._peer_ip()
+
+    def add_close_callback(self, callback: Any) -> None:
+        """Run ``callback(connection)`` once when the connection closes."""
+        self._close_callbacks.append(callback)
 
     @property
     def in_transaction(self) -> bool:
@@ -305,11 +313,21 @@ class GatewaySMTP(SMTP):
             route, colon, inner = inner.partition(":")
             if not colon or not all(h.startswith("@") and len(h) > 1 for h in route.split(",")):
                 return None, None
+        if self._in_rcpt and inner.lower() == "postmaster":
+            # RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> needs no domain and must be accepted.
+            return inner, rest.strip()
         try:
             parse_mailbox(inner)
         except NotAMailbox:
             return None, None
         return inner, rest.strip()
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._in_rcpt = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._in_rcpt = False
 
     async def smtp_VRFY(self, arg: str) -> None:
         # No user enumeration: the same answer whatever the argument.
