@@ -17,6 +17,7 @@ with (gateway/reload.py says which sections need a restart instead).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -94,7 +95,9 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
                  if config.scanner is not None else None),
-        held=HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path),
+        # Holding is what content scanning does: no scanner, no hold directory to make.
+        held=(HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path)
+              if config.scanner is not None else None),
         notifier=notifier,
         resolver=(config.dns.make_resolver()
                   if config.listeners.inbound and config.inbound_checks else None),
@@ -306,6 +309,8 @@ def _die_with_parent() -> None:
 def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int) -> int:
     """Fork the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on and wait."""
     children: dict[int, int] = {}
+    started_at: dict[int, float] = {}
+    quick_deaths = 0
     stopping = False
 
     def spawn(slot: int) -> None:
@@ -324,6 +329,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
                 code = 1
             os._exit(code)
         children[pid] = slot
+        started_at[pid] = time.monotonic()
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -368,6 +374,18 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
         if metrics_module.is_multiprocess():
             metrics_module.worker_exited(pid)
         if not stopping:
+            if time.monotonic() - started_at.pop(pid, 0.0) < 5:
+                quick_deaths += 1
+            if quick_deaths >= 2 * workers:
+                # Workers die as soon as they start: restarting them forever helps
+                # nobody (a container orchestrator should see the failure).
+                log.error("workers keep dying at start-up; stopping (see the errors above)")
+                stopping = True
+                for other in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(other, signal.SIGTERM)
+                status = 1
+                continue
             log.error("worker %d (pid %d) exited with %d; restarting", slot, pid, code)
             time.sleep(0.5)
             spawn(slot)

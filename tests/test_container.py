@@ -156,6 +156,7 @@ class Deployment:
             # The config folder is read-only: what the gateway writes goes to the state volume.
             "store": {"backend": "sqlite", "path": "/var/lib/portcullis/state.db"},
             "dkim": {"keys_dir": "/var/lib/portcullis/keys"},
+            "hold": {"path": "/var/lib/portcullis/held"},
             "abuse": {"secret_file": "sender-id.key"},
             "limits": {"shutdown_grace": 2},
         }
