@@ -143,6 +143,8 @@ class Gateway:
     def __init__(self, loaded: Loaded, files: dict[str, tuple[Path, Path]], *,
                  clock: Callable[[], float] = time.time, quotas: bool = True):
         self.path = loaded.path
+        # Reloads re-parse only the policy files changed since (gateway/config/policy_cache.py).
+        self._policy_cache = loaded.policy_cache
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
         self.endpoint: OpsHTTPServer | None = None
@@ -177,7 +179,8 @@ class Gateway:
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong."""
         try:
-            loaded = await asyncio.to_thread(load_config, self.path)
+            loaded = await asyncio.to_thread(load_config, self.path, policy_cache=self._policy_cache)
+            self._policy_cache = loaded.policy_cache
             old = self.runtime.current()
             config, waiting = split_reload(old.config, loaded.config)
             sender_ids = make_sender_ids(config)
