@@ -1,8 +1,10 @@
 """Behind a balancer: the PROXY header (v1 and v2) gives the client address that
 checks, limits and logs use, not the balancer's."""
 
+import base64
 import ipaddress
 import logging
+import smtplib
 import socket
 import struct
 
@@ -83,3 +85,49 @@ def test_proxy_protocol_on_implicit_tls_is_a_config_error(tmp_path, capsys):
         "downstream: {outbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n")
     assert main(["check-config", "-c", str(tmp_path / "g.yaml")]) == 2
     assert "listeners.submissions.proxy_protocol: not possible" in capsys.readouterr().err
+
+
+class ProxiedSMTP(smtplib.SMTP):
+    """smtplib through a balancer: the PROXY v1 header goes first on the socket."""
+
+    def __init__(self, client_ip: str, *args, **kwargs):
+        self.client_ip = client_ip
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        sock.sendall(proxy_v1(self.client_ip))
+        return sock
+
+
+@pytest.fixture
+def proxied_submission(tmp_path, downstream, cert_files, password_hash):
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"listeners": {"submission": {"proxy_protocol": True}},
+               "lockout": {"ip_failures": 3, "login_failures": 100, "failure_delay": 0}})
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def failed_login(gw, client_tls, client_ip, password="wrong"):
+    with ProxiedSMTP(client_ip, "127.0.0.1", gw.ports["submission"], timeout=15) as c:
+        c.starttls(context=client_tls)
+        c.ehlo("client.example")
+        # One AUTH PLAIN: smtplib's login() would try LOGIN too, a second failure.
+        c.user, c.password = "alice@acme.example", password
+        return c.docmd("AUTH", "PLAIN " + base64.b64encode(c.auth_plain().encode()).decode())
+
+
+def test_per_ip_lockout_counts_the_address_from_the_proxy_header(proxied_submission, client_tls):
+    gw = proxied_submission
+    for _ in range(3):
+        assert failed_login(gw, client_tls, "198.51.100.7")[0] == 535
+    # The real client behind the balancer is locked out ...
+    assert failed_login(gw, client_tls, "198.51.100.7")[0] == 454
+    # ... not everyone behind the same balancer (the socket peer is 127.0.0.1 for all).
+    assert failed_login(gw, client_tls, "203.0.113.9", password="correct horse battery staple")[0] == 235
