@@ -272,7 +272,7 @@ def announce(config: Config) -> None:
     print("Portcullis listening: " + ", ".join(parts), flush=True)
     sub = config.listeners.submission
     if sub is not None:
-        print(f"Try it: swaks --server {sub.address}:{sub.port} --tls --tls-verify=no "
+        print(f"Try it: swaks --server {sub.address}:{sub.port} --tls "
               "--auth-user LOGIN --auth-password PASSWORD --from LOGIN --to someone@example.org",
               flush=True)
 
