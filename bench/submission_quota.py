@@ -129,7 +129,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def run_row(backend: str, quotas: bool, messages: int, connections: int) -> float:
+def run_row(backend: str, quotas: bool, messages: int, connections: int,
+            extra: dict | None = None) -> float:
+    """One row: smtp-sink, a store, one gateway process (``extra`` added to its config)."""
     procs: list[subprocess.Popen] = []
     redis = None
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp:
@@ -146,6 +148,8 @@ def run_row(backend: str, quotas: bool, messages: int, connections: int) -> floa
             else:
                 store = {"backend": "sqlite", "path": "state.db"}
             config, port = write_config(Path(tmp), sink_port, store)
+            if extra:
+                config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **extra}))
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.submission_quota", "--serve", str(config)]
                 + ([] if quotas else ["--no-quotas"])))

@@ -12,50 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from bench.submission_quota import LOGIN, SMTP_SINK, load, wait_port, write_config
+from bench.submission_quota import LOGIN, run_row
 from gateway.checks.rspamd import RspamdClient
-from tests.support.ports import free_port
 from tests.support.rspamd_server import RspamdServer
 
 BODY = (f"From: {LOGIN}\r\nTo: x@elsewhere.example\r\nSubject: bench\r\n\r\n"
         + ("y" * 76 + "\r\n") * 13).encode()
-
-
-def run_row(scanner_url: str | None, messages: int, connections: int) -> float:
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp:
-        try:
-            sink_port = free_port()
-            sink = [SMTP_SINK, f"127.0.0.1:{sink_port}", "256"]
-            if os.geteuid() == 0:
-                sink[1:1] = ["-u", "nobody"]
-            procs.append(subprocess.Popen(sink, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_port(sink_port, procs[-1])
-            config, port = write_config(Path(tmp), sink_port, {"backend": "sqlite", "path": "state.db"})
-            if scanner_url:
-                data = yaml.safe_load(config.read_text())
-                data["scanner"] = {"url": scanner_url, "timeout": 10}
-                config.write_text(yaml.safe_dump(data))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.submission_quota", "--serve", str(config)]))
-            wait_port(port, procs[-1])
-            return asyncio.run(load(port, messages, connections))
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 async def rspamd_direct(url: str, messages: int, connections: int) -> float:
@@ -84,8 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     rspamd = RspamdServer().start()
     try:
-        off = run_row(None, args.messages, args.connections)
-        on = run_row(rspamd.url, args.messages, args.connections)
+        off = run_row("sqlite", True, args.messages, args.connections)
+        on = run_row("sqlite", True, args.messages, args.connections,
+                     extra={"scanner": {"url": rspamd.url, "timeout": 10}})
         direct = asyncio.run(rspamd_direct(rspamd.url, args.messages, args.connections))
     finally:
         rspamd.stop()

@@ -57,6 +57,6 @@ def decide_outbound_recipient(address: str) -> tuple[Verdict, Mailbox | None]:
         mailbox = parse_mailbox(address)
     except NotAMailbox:
         return Verdict.refuse(replies.BAD_ADDRESS), None
-    if any(c in mailbox.unquoted_local for c in "%!@"):
+    if any(c in mailbox.unquoted_local for c in _ROUTING_CHARACTERS):
         return Verdict.refuse(replies.RECIPIENT_ROUTING_REFUSED), None
     return Verdict.ok(replies.RECIPIENT_OK), mailbox

@@ -13,7 +13,7 @@ import yaml
 
 from gateway.config.load import load_config
 from gateway.dkim.keystore import generate_selector
-from gateway.serve import Gateway
+from gateway.serve import Gateway, tls_files
 from tests.support.ports import free_port
 
 
@@ -64,9 +64,7 @@ class GatewayUnderTest:
 
     def start(self) -> GatewayUnderTest:
         loaded = load_config(self.config_path)
-        files = {n: (Path(lst.tls.cert), Path(lst.tls.key))
-                 for n in ("inbound", "submission", "submissions")
-                 if (lst := getattr(loaded.config.listeners, n)) is not None and lst.tls}
+        files = tls_files(loaded.config)
         self._thread.start()
         kwargs: dict[str, Any] = {"quotas": self.quotas}
         if self.clock is not None:
