@@ -125,6 +125,8 @@ class SMTPListeners:
             # Any one command repeated this often in one connection is abuse (#145).
             command_call_limit=1000,
             proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if state.settings.proxy_protocol else None,
+            # Without it aiosmtpd looks the loop up per connection, warnings filter and all.
+            loop=asyncio.get_running_loop(),
         )
         if len(state.connections) >= state.settings.max_connections:
             proto.refuse_with = replies.TOO_MANY_CONNECTIONS

@@ -23,7 +23,13 @@ def test_cached_getmembers_matches_inspect_for_auth_members_including_instance_a
     assert introspection._getmembers(other)[0][1].__self__ is other
 
 
-def test_cached_dir_matches_dir():
+def test_cached_dir_lists_every_hook_and_command_name_dir_would():
+    # aiosmtpd keeps only the handle_* and smtp_* names of dir(); those must match.
     h = Handler()
     h.handle_EXTRA = lambda: None
-    assert introspection._names(h) == dir(h)
+    h.smtp_XCMD = lambda: None
+    h.other = 1
+    wanted = [n for n in dir(h) if n.startswith(("handle_", "smtp_"))]
+    assert introspection._names(h) == wanted
+    assert "handle_EXTRA" in wanted and "smtp_XCMD" in wanted
+    assert introspection._names(Handler()) == ["handle_DATA"]

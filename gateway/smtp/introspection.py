@@ -23,14 +23,20 @@ _names_by_class: dict[type, list[str]] = {}
 _auth_names_by_class: dict[type, list[str]] = {}
 
 
+# aiosmtpd calls ``dir()`` only to pick out these names, so only these are listed.
+_HOOK_PREFIXES = ("handle_", "smtp_")
+
+
 def _names(obj: Any) -> list[str]:
     cls = type(obj)
     names = _names_by_class.get(cls)
     if names is None:
-        names = _names_by_class[cls] = dir(cls)
+        names = _names_by_class[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
     instance = getattr(obj, "__dict__", None)
     if instance:
-        return sorted(set(names).union(instance))
+        extra = [n for n in instance if n.startswith(_HOOK_PREFIXES)]
+        if extra:
+            return sorted(set(names).union(extra))
     return names
 
 
