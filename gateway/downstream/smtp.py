@@ -3,7 +3,9 @@
 Every step has our own deadline (the downstream's ``timeout``), shorter than the
 client's, so a slow downstream turns into ``451 4.4.2`` that the client retries,
 not a dropped connection.  A connection whose state is unknown after an error or
-a timeout is closed, never returned to the pool.
+a timeout is closed, never returned to the pool.  aiosmtplib opens each
+connection; the transactions run over gateway/downstream/connection.py
+(pipelined MAIL and first RCPT, BDAT when offered).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import aiosmtplib
 
 from gateway import replies
 from gateway.config.model import Downstream as DownstreamSettings
-from gateway.downstream.replies import relay_reply
+from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
 from gateway.replies import Reply
 
 log = logging.getLogger("portcullis.downstream")
@@ -28,7 +30,7 @@ class SmtpDownstream:
         self.settings = settings
         self.name = f"{direction}:{settings.redacted()}"
         self._local_hostname = local_hostname
-        self._idle: deque[aiosmtplib.SMTP] = deque()
+        self._idle: deque[DownstreamConnection] = deque()
         self._tls_context = ssl.create_default_context()
         if not settings.tls_verify:
             self._tls_context.check_hostname = False
@@ -37,7 +39,7 @@ class SmtpDownstream:
     def begin(self, sender: str, options: list[str]) -> SmtpTransaction:
         return SmtpTransaction(self, sender, options)
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> DownstreamConnection:
         s = self.settings
         client = aiosmtplib.SMTP(
             hostname=s.host,
@@ -53,30 +55,35 @@ class SmtpDownstream:
         await client.connect()
         if client.last_ehlo_response is None:
             await client.ehlo()
-        return client
+        # Opened, secured and logged in by aiosmtplib; the transactions are ours.
+        return DownstreamConnection(client)
 
-    async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+    async def acquire(self) -> tuple[DownstreamConnection, bool]:
         """A connection, and whether it came from the pool (and may be stale)."""
         while self._idle:
-            client = self._idle.pop()
-            if client.is_connected:
-                return client, True
+            conn = self._idle.pop()
+            if conn.usable:
+                return conn, True
+            conn.close()
         return await self._connect(), False
 
-    def release(self, client: aiosmtplib.SMTP) -> None:
-        if client.is_connected and len(self._idle) < self.settings.pool_size:
-            self._idle.append(client)
+    def release(self, conn: DownstreamConnection) -> None:
+        if conn.usable and len(self._idle) < self.settings.pool_size:
+            self._idle.append(conn)
         else:
-            client.close()
+            conn.close()
 
     async def probe(self) -> str | None:
         try:
             async with asyncio.timeout(self.settings.timeout):
-                client, _ = await self.acquire()
-                await client.noop()
+                conn, _ = await self.acquire()
+                reply = await conn.command(b"NOOP")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             return f"{self.name}: {type(exc).__name__}: {exc}"
-        self.release(client)
+        if not reply.is_success:
+            conn.close()
+            return f"{self.name}: NOOP answered {reply}"
+        self.release(conn)
         return None
 
     async def close(self) -> None:
@@ -89,52 +96,60 @@ class SmtpTransaction:
         self._downstream = downstream
         self._sender = sender
         self._options = options
-        self._client: aiosmtplib.SMTP | None = None
+        self._conn: DownstreamConnection | None = None
         self._broken: Reply | None = None
         self._accepted = 0
 
-    async def _command(self, client: aiosmtplib.SMTP, verb: bytes, arg: bytes) -> Reply:
-        response = await client.execute_command(verb, arg)
-        return relay_reply(response.code, response.message)
+    def _mail_command(self) -> bytes:
+        return f"MAIL FROM:<{self._sender}>".encode() + b"".join(
+            b" " + o.encode("ascii") for o in self._options) + b"\r\n"
 
-    async def _start(self) -> Reply:
-        """Connect (or reuse) and send MAIL FROM.  A pooled connection may have been
-        closed by the downstream while idle: that one is retried once, fresh."""
-        mail_arg = f"FROM:<{self._sender}>".encode() + b"".join(
-            b" " + o.encode("ascii") for o in self._options
-        )
+    async def _start(self, rcpt_command: bytes) -> tuple[Reply, Reply | None]:
+        """Connect (or reuse) and send MAIL FROM, with the first RCPT TO in the same
+        write when the downstream pipelines (RFC 2920).  (MAIL reply, RCPT reply or
+        None when it was not sent.)  A pooled connection may have been closed by the
+        downstream while idle: that one is retried once, fresh."""
         for attempt in (1, 2):
-            client, pooled = await self._downstream.acquire()
+            conn, pooled = await self._downstream.acquire()
             try:
-                reply = await self._command(client, b"MAIL", mail_arg)
-            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
-                client.close()
+                if conn.pipelining:
+                    mail, rcpt = conn.send(self._mail_command() + rcpt_command, 2)
+                    mail_reply = await mail
+                    # Read even when MAIL was refused: the RCPT's answer is on its way.
+                    rcpt_reply: Reply | None = await rcpt
+                else:
+                    mail_reply = await conn.command(self._mail_command()[:-2])
+                    rcpt_reply = None
+            except DownstreamClosed:
+                conn.close()
                 if pooled and attempt == 1:
                     continue
                 raise
-            if reply.is_success:
-                self._client = client
+            if mail_reply.is_success:
+                self._conn = conn
             else:
-                await self._reset(client)
-            return reply
+                await self._reset(conn)
+            return mail_reply, rcpt_reply
         raise AssertionError("unreachable")
 
     async def rcpt(self, recipient: str, options: list[str]) -> Reply:
         if self._broken is not None:
             return self._broken
+        command = f"RCPT TO:<{recipient}>".encode() + b"".join(
+            b" " + o.encode("ascii") for o in options) + b"\r\n"
         try:
             async with asyncio.timeout(self._downstream.settings.timeout):
-                if self._client is None:
-                    mail_reply = await self._start()
+                if self._conn is None:
+                    mail_reply, reply = await self._start(command)
                     if not mail_reply.is_success:
                         # The downstream refused the sender: every recipient hears why.
                         self._broken = mail_reply
                         return mail_reply
-                assert self._client is not None
-                arg = f"TO:<{recipient}>".encode() + b"".join(
-                    b" " + o.encode("ascii") for o in options
-                )
-                reply = await self._command(self._client, b"RCPT", arg)
+                    if reply is None:
+                        assert self._conn is not None
+                        reply = await self._conn.command(command[:-2])
+                else:
+                    reply = await self._conn.command(command[:-2])
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -147,43 +162,46 @@ class SmtpTransaction:
     async def data(self, message: bytes) -> Reply:
         if self._broken is not None:
             return self._broken
-        client = self._client
-        if client is None or not self._accepted:
+        conn = self._conn
+        if conn is None or not self._accepted:
             return replies.BAD_SEQUENCE.with_text("No recipient was accepted")
         try:
             async with asyncio.timeout(self._downstream.settings.timeout):
-                response = await client.data(message)
+                reply = await conn.message(message)
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
-        except aiosmtplib.SMTPResponseException as exc:
-            # DATA refused (or its 354 never came): the connection is still usable.
-            self._client = None
-            await self._reset(client)
-            return relay_reply(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except OSError as exc:
             log.warning("downstream %s: %s", self._downstream.name, exc)
             return self._fail(replies.DOWNSTREAM_UNAVAILABLE)
-        self._client = None
-        self._downstream.release(client)
-        return relay_reply(response.code, response.message)
+        self._conn = None
+        if reply.is_success:
+            self._downstream.release(conn)
+        else:
+            # Refused (or DATA's 354 never came): the connection is still usable
+            # once reset (RFC 3030 §2: after a refused BDAT LAST, RSET all the same).
+            await self._reset(conn)
+        return reply
 
     def _fail(self, reply: Reply) -> Reply:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self._broken = reply
         return reply
 
-    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+    async def _reset(self, conn: DownstreamConnection) -> None:
         try:
             async with asyncio.timeout(self._downstream.settings.timeout):
-                await client.rset()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            client.close()
+                reply = await conn.command(b"RSET")
+        except (OSError, TimeoutError):
+            conn.close()
             return
-        self._downstream.release(client)
+        if reply.is_success:
+            self._downstream.release(conn)
+        else:
+            conn.close()
 
     async def abort(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await self._reset(client)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._reset(conn)
