@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -204,6 +205,7 @@ class Gateway:
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
+        settle_heap()
         d = loaded.directory
         log.info("reloaded %s: %d customers, %d domains, %d accounts", self.path,
                  len(d.customers), len(d.domains), len(d.accounts))
@@ -235,6 +237,7 @@ class Gateway:
 async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]]) -> None:
     gateway = Gateway(loaded, files)
     await gateway.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -252,6 +255,20 @@ async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]]) -> Non
         hangup()
     await stop.wait()
     await gateway.stop()
+
+
+def settle_heap() -> None:
+    """Move what start-up (or a reload) built out of the collector's way.
+
+    The configuration, every customer's policy and the imported modules live as
+    long as the process (or until the next reload).  Left in the oldest
+    generation, every full collection walks them all again (millions of objects
+    with 100,000 customers) while connections wait: a pause of tens of
+    milliseconds in the middle of transactions.  gc.freeze() puts them in the
+    permanent generation, so collections only look at what transactions make.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 # A SIGHUP that arrives before the worker's event loop handles it is kept here and

@@ -80,6 +80,7 @@ class Metrics:
             "SMTP replies sent, by listener and reply class (2xx, 3xx, 4xx, 5xx).",
             ["listener", "class"], registry=r,
         )
+        self._reply_children: dict[tuple[str, int], Counter] = {}
         self.auth = Counter(
             "portcullis_auth_attempts_total",
             "SMTP AUTH attempts by listener and result (success, failure, tempfail).",
@@ -146,7 +147,13 @@ class Metrics:
         self.messages.labels(listener, outcome).inc()
 
     def reply(self, listener: str, code: int) -> None:
-        self.replies.labels(listener, reply_class(code)).inc()
+        # Several replies per message: the labelled child is looked up once per
+        # (listener, code); prometheus_client's labels() validates on every call.
+        child = self._reply_children.get((listener, code))
+        if child is None:
+            child = self._reply_children[listener, code] = self.replies.labels(
+                listener, reply_class(code))
+        child.inc()
 
     def auth_attempt(self, listener: str, success: bool) -> None:
         self.auth.labels(listener, "success" if success else "failure").inc()
