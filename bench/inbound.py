@@ -3,10 +3,11 @@
     python bench/inbound.py [--messages 4000] [--sessions 20] [--size 5120]
 
 Drives N concurrent sessions with Postfix's smtp-source (a new connection per
-message, 5 KB messages) into Postfix's smtp-sink, four ways:
+message, 5 KB messages) into Postfix's smtp-sink, five ways:
 
     reference   smtp-source → smtp-sink
     postfix     smtp-source → Postfix relay (a private instance) → smtp-sink
+    floor       smtp-source → bench/bare_proxy.py (aiosmtpd + aiosmtplib, nothing else) → smtp-sink
     gateway/1   smtp-source → portcullis serve --workers 1 → smtp-sink
     gateway/N   smtp-source → portcullis serve --workers auto → smtp-sink
 
@@ -166,6 +167,17 @@ def main() -> int:
                          smtp_source(postfix.port, args.messages, args.sessions, args.size)))
         finally:
             postfix.stop()
+
+        # The floor for aiosmtpd + aiosmtplib here: a bare proxy, no product in it.
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_proxy.py")),
+                                 str(bare_port), str(sink_port)])
+        try:
+            wait_port(bare_port)
+            rows.append(("smtp-source → bare aiosmtpd proxy (floor) → smtp-sink",
+                         smtp_source(bare_port, args.messages, args.sessions, args.size)))
+        finally:
+            stop(bare)
 
         gateway_rates = {}
         for workers in ("1", "auto"):
