@@ -15,6 +15,8 @@ What changes here, and why (see ../shared/LIBRARY-NOTES.md):
 - Per-connection state (the connection id, the listener) lives on this object
   because aiosmtpd rebuilds its session after STARTTLS.
 - A client that collects too many 5xx replies hears ``421 4.7.0`` and is dropped.
+- Replies to pipelined MAIL/RCPT/RSET leave together with the next reply, in one
+  write (RFC 2920 §3.2), as a real MTA's pipelined transaction expects.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ class GatewaySMTP(SMTP):
         self._closing = False
         self._in_data = False
         self._in_rcpt = False
+        # Replies kept to go out with the next one (pipelining, see _send).
+        self._deferrable = False
+        self._pending_replies = EMPTY
         # Chunks read in DATA; the idle timer checks it instead of being re-armed per chunk.
         self._progress = 0
         self._progress_seen = 0
@@ -197,6 +202,7 @@ class GatewaySMTP(SMTP):
             await self._hang_up(reply)
 
     async def _hang_up(self, reply: Reply) -> None:
+        self._deferrable = False  # what waits goes out with this, before the close
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -226,11 +232,29 @@ class GatewaySMTP(SMTP):
                 self._errors += 1
             if self.metrics is not None and status[:3].isdigit():
                 self.metrics.reply(self.listener, int(status[:3]))
-        await super().push(status)
+            # A downstream's reply text relayed may hold 8-bit bytes: never a crash here.
+            status = status.encode("ascii", "replace")
+        await self._send(status + b"\r\n")
         if self._errors >= self._max_errors and self.transport is not None:
             self._errors = -(10**9)  # say it once
             log.info("cid=%s too many errors, disconnecting", self.cid)
             await self._hang_up(replies.TOO_MANY_ERRORS)
+
+    async def _send(self, reply: bytes) -> None:
+        """Write a reply, or keep it to go with the next one.
+
+        RFC 2920 §3.2: a client that pipelines sends MAIL, RCPT and RSET without
+        waiting, so their replies may wait for the next one and leave in one
+        write (as Postfix does).  Only those, and only while the client's next
+        command is already here; every other reply writes out what waits first.
+        """
+        if self._deferrable and b"\n" in self._reader._buffer:
+            self._pending_replies += reply
+            return
+        if self._pending_replies:
+            reply, self._pending_replies = self._pending_replies + reply, EMPTY
+        self._writer.write(reply)
+        await self._writer.drain()
 
     async def handle_exception(self, error: Exception) -> str:
         # A crash in a check never lets a message through and never leaks internals:
@@ -262,7 +286,7 @@ class GatewaySMTP(SMTP):
         assert self.session is not None
         self.session.extended_smtp = False
         self.session.host_name = hostname
-        await SMTP.push(self, f"250 {self.hostname}")
+        await self._send(f"250 {self.hostname}\r\n".encode())
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
@@ -284,8 +308,8 @@ class GatewaySMTP(SMTP):
         # RFC 5321 §4.2.1: every line but the last has a hyphen after the code.
         # One write for the whole reply: a write per line costs a syscall each.
         last = len(lines) - 1
-        await SMTP.push(self, "\r\n".join(
-            f"250{'-' if i < last else ' '}{line}" for i, line in enumerate(lines)))
+        await self._send("".join(
+            f"250{'-' if i < last else ' '}{line}\r\n" for i, line in enumerate(lines)).encode())
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """``<mailbox> params`` → (mailbox as sent, params); ``<>`` → ("<>", params).
@@ -328,12 +352,26 @@ class GatewaySMTP(SMTP):
             return None, None
         return inner, rest.strip()
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._deferrable = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._deferrable = False
+
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self._in_rcpt = True
+        self._in_rcpt = self._deferrable = True
         try:
             await super().smtp_RCPT(arg)
         finally:
-            self._in_rcpt = False
+            self._in_rcpt = self._deferrable = False
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        self._deferrable = True
+        try:
+            await super().smtp_RSET(arg)
+        finally:
+            self._deferrable = False
 
     async def smtp_VRFY(self, arg: str) -> None:
         # No user enumeration: the same answer whatever the argument.
