@@ -171,3 +171,36 @@ def test_header_values_unfold_and_ignore_the_body():
 def test_signature_naming_an_impossible_key_is_permerror_not_a_crash(server, tags):
     bad = b"DKIM-Signature: v=1; a=rsa-sha256; " + tags + b"; h=from; bh=AAAA; b=AAAA\r\n" + MESSAGE
     assert results(server, bad) == ["permerror"]
+
+
+def test_a_large_message_is_verified_off_the_loop_and_a_small_one_inline(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.checks.dkim_verify import INLINE_MAX_BYTES, INLINE_MAX_SIGNATURES
+
+    class CountingExecutor(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            CountingExecutor.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    body = b"".join(b"line %d of a long message\r\n" % i for i in range(INLINE_MAX_BYTES // 20))
+    big = rsa_key().sign(MESSAGE + body, b"rsa", b"dkim.test")
+    assert len(big) > INLINE_MAX_BYTES
+
+    async def go(message):
+        resolver = Resolver(["127.0.0.1"], port=server.port, timeout=2.0)
+        with CountingExecutor(1) as executor:
+            return [r.result for r in await verify_dkim(resolver, message, executor=executor)]
+
+    assert asyncio.run(go(rsa_key().sign(MESSAGE, b"rsa", b"dkim.test"))) == ["pass"]
+    assert CountingExecutor.submitted == 0  # small: inline, no thread hop
+    assert asyncio.run(go(big)) == ["pass"]
+    assert asyncio.run(go(big.replace(b"line 7 ", b"line 8 "))) == ["fail"]
+    assert CountingExecutor.submitted == 2
+    many = MESSAGE
+    for _ in range(INLINE_MAX_SIGNATURES + 1):  # many signatures: off the loop too
+        many = rsa_key().sign(many, b"rsa", b"dkim.test")
+    assert asyncio.run(go(many)) == ["pass"] * (INLINE_MAX_SIGNATURES + 1)
+    assert CountingExecutor.submitted == 3

@@ -230,3 +230,23 @@ def test_impossible_names_are_nxdomain_without_a_query(authdns_factory, name):
     resolver = make(server)
     assert run(resolver.lookup(name, "TXT")).nxdomain
     assert resolver.queries_sent == 0
+
+
+def test_remembered_values_last_until_their_expiry_and_no_longer():
+    clock = FakeClock()
+    resolver = Resolver(["127.0.0.1"], clock=clock, cache_size=2)
+    resolver.remember("a", "value a", expires=clock.now + 10)
+    resolver.remember("gone", "already expired", expires=clock.now)
+    assert resolver.recall("a") == "value a" and resolver.recall("gone") is None
+    clock.now += 10
+    assert resolver.recall("a") is None
+
+
+def test_remembered_values_are_bounded_and_capped_at_a_day():
+    clock = FakeClock()
+    resolver = Resolver(["127.0.0.1"], clock=clock, cache_size=2)
+    for key in ("a", "b", "c"):
+        resolver.remember(key, key, expires=float("inf"))
+    assert [resolver.recall(k) for k in ("a", "b", "c")] == [None, "b", "c"]  # LRU bound
+    clock.now += 86400
+    assert resolver.recall("c") is None  # an answer-less result still expires

@@ -116,3 +116,17 @@ def test_dns_down_is_temperror_and_mail_is_tagged_not_lost(gateway, downstream):
     code, _ = send(gateway, "x@sender.test", "bob@acme.example", b"From: x@sender.test\r\n\r\nhi\r\n")
     assert code == 250
     assert b"spf=temperror" in downstream.messages[0].content
+
+
+@pytest.mark.parametrize("forged", [
+    b"X-Portcullis-Quarantine: yes\r\n",  # only we may set it, and no A-R field is present
+    b"x-portcullis-quarantine:yes\r\n",
+    b"authentication-results : MX.Gateway.Test; dkim=pass\r\n",  # odd case and spacing
+])
+def test_fields_only_we_may_set_are_removed_whatever_their_spelling(mx, downstream, forged):
+    code, _ = send(mx, "x@nodmarc.test", "bob@acme.example",
+                   forged + b"From: x@nodmarc.test\r\n\r\nhi\r\n")
+    assert code == 250
+    content = downstream.messages[0].content
+    assert forged not in content
+    assert content.lower().count(b"authentication-results") == 1  # ours

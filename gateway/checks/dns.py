@@ -13,6 +13,11 @@ Positive and negative answers are cached for their TTL (RFC 2308 §5: the
 negative TTL is the smaller of the SOA record's TTL and its MINIMUM field),
 in a bounded least-recently-used cache.  Temporary failures are not cached.
 Concurrent look-ups of the same name and type share one query.
+
+Results computed from cached answers (an SPF verdict, say) can be kept next to
+them with :meth:`Resolver.remember`, until the earliest of those answers
+expires: a warm cache then spares the computation too, and clearing the cache
+forgets them with it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -100,6 +105,7 @@ class Resolver:
         self._clock = clock
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+        self._derived: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
         self.queries_sent = 0  # for tests and metrics: cache hits send nothing
 
     # -- public -----------------------------------------------------------------
@@ -145,8 +151,37 @@ class Resolver:
             return None
         return hit[1]
 
+    def peek_entry(self, name: str, rdtype: str) -> tuple[float, Answer] | None:
+        """Like :meth:`peek`, with the clock time at which the answer expires."""
+        hit = self._cache.get((normalise_name(name), rdtype.upper()))
+        if hit is None or hit[0] <= self._clock():
+            return None
+        return hit
+
+    def remember(self, key: Hashable, value: object, expires: float) -> None:
+        """Keep ``value``, computed from cached answers, until ``expires`` (clock time:
+        the earliest expiry among those answers, from :meth:`peek_entry`)."""
+        now = self._clock()
+        if self.cache_size <= 0 or expires <= now:
+            return
+        self._derived[key] = (min(expires, now + MAX_POSITIVE_TTL), value)
+        self._derived.move_to_end(key)
+        while len(self._derived) > self.cache_size:
+            self._derived.popitem(last=False)
+
+    def recall(self, key: Hashable) -> object | None:
+        """A value kept by :meth:`remember` that has not expired, else None."""
+        hit = self._derived.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= self._clock():
+            self._derived.pop(key, None)
+            return None
+        return hit[1]
+
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._derived.clear()
 
     def __len__(self) -> int:
         return len(self._cache)

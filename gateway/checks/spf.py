@@ -15,6 +15,14 @@ with a look-up that only reads the cache (``evaluate_from_cache``, ~60 us);
 at the first miss that attempt is dropped and the thread path runs instead.
 The RFC 7208 suite checks that both paths give the same answers.
 
+A result computed from the cache is also remembered in the resolver
+(:meth:`~gateway.checks.dns.Resolver.remember`) until the earliest answer it
+used expires: the next message from the same address for the same domain costs
+a dictionary look-up.  When no record consulted holds a macro (``%``, RFC 7208
+§7), the result depends only on the client address and the domain, so it is
+kept under that key and serves every local part (VERP senders); otherwise
+under the whole (address, sender, HELO, receiver).
+
 pyspf calls the module-level function ``spf.DNSLookup``; we replace it once
 with a dispatcher that finds the resolver of the *current thread*
 (``threading.local``), so several resolvers (tests, reloads) never mix.
@@ -72,29 +80,65 @@ async def check_spf(
     executor: Executor | None = None,
 ) -> SpfResult:
     """The SPF result for this client and envelope (never raises for DNS trouble)."""
+    spf = check_spf_cached(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
+                           receiver=receiver)
+    if spf is not None:
+        return spf
+    identity, sender, helo, domain = _identity(mail_from, helo)
+    query = pyspf.query(
+        i=client_ip, s=sender, h=helo, receiver=receiver, querytime=SPF_TOTAL_TIME
+    )
+    # Something was not cached: the full path, in a thread.
+    result, explanation = await run_query(resolver, query, executor=executor)
+    return _made(result, identity, sender, domain, explanation)
+
+
+def check_spf_cached(
+    resolver: Resolver,
+    *,
+    client_ip: str,
+    mail_from: str,
+    helo: str,
+    receiver: str | None = None,
+) -> SpfResult | None:
+    """:func:`check_spf` on the calling thread from cached answers; None at a cache miss.
+
+    A remembered result first; else pyspf on cached answers, remembered for next time.
+    """
+    identity, sender, helo, domain = _identity(mail_from, helo)
+    if not domain:
+        return SpfResult("none", identity, sender, domain, "no domain to check")
+    by_domain = ("spf", client_ip, identity, domain.lower())
+    exact = ("spf", client_ip, identity, sender, helo, receiver)
+    outcome = resolver.recall(by_domain) or resolver.recall(exact)
+    if outcome is None:
+        try:
+            query = pyspf.query(
+                i=client_ip, s=sender, h=helo, receiver=receiver, querytime=SPF_TOTAL_TIME
+            )
+        except pyspf.PermError as e:  # an unparsable client address
+            return SpfResult("permerror", identity, sender, domain.lower(), str(e))
+        cached = _evaluate_cached(resolver, query)
+        if cached is None:
+            return None
+        outcome, expires, uses_macros = cached
+        if outcome[0] != "temperror":
+            resolver.remember(exact if uses_macros else by_domain, outcome, expires)
+    result, explanation = outcome  # type: ignore[misc]
+    return _made(result, identity, sender, domain, explanation)
+
+
+def _identity(mail_from: str, helo: str) -> tuple[str, str, str, str]:
+    """(identity, sender, HELO name, domain) to check."""
     sender = normalise_mail_from(mail_from)
     helo = (helo or "").strip().rstrip(".")
     if sender:
-        identity, domain = "mailfrom", sender.rpartition("@")[2] or helo
-    else:
-        # RFC 7208 §2.4: for the null sender, check postmaster@<HELO domain>.
-        identity, domain, sender = "helo", helo, f"postmaster@{helo}" if helo else ""
-    if not domain:
-        return SpfResult("none", identity, sender, domain, "no domain to check")
+        return "mailfrom", sender, helo, sender.rpartition("@")[2] or helo
+    # RFC 7208 §2.4: for the null sender, check postmaster@<HELO domain>.
+    return "helo", f"postmaster@{helo}" if helo else "", helo, helo
 
-    def make_query() -> pyspf.query:
-        return pyspf.query(
-            i=client_ip, s=sender, h=helo, receiver=receiver, querytime=SPF_TOTAL_TIME
-        )
 
-    try:
-        query = make_query()
-    except pyspf.PermError as e:  # an unparsable client address
-        return SpfResult("permerror", identity, sender, domain.lower(), str(e))
-    outcome = evaluate_from_cache(resolver, query)
-    if outcome is None:  # something was not cached: the full path, in a thread
-        outcome = await run_query(resolver, make_query(), executor=executor)
-    result, explanation = outcome
+def _made(result: str, identity: str, sender: str, domain: str, explanation: str) -> SpfResult:
     if result not in RESULTS:  # 'ambiguous' only exists in pyspf's harsh mode
         result = "permerror"
     return SpfResult(result, identity, sender, domain.lower(), explanation)
@@ -135,14 +179,28 @@ def evaluate_from_cache(resolver: Resolver, query: pyspf.query) -> tuple[str, st
     than a trip to a worker thread (which also contends for the GIL).  Any miss
     abandons the attempt (the query object is then spent: make a new one).
     """
+    cached = _evaluate_cached(resolver, query)
+    return None if cached is None else cached[0]
+
+
+def _evaluate_cached(
+    resolver: Resolver, query: pyspf.query
+) -> tuple[tuple[str, str], float, bool] | None:
+    """(outcome, when the earliest answer used expires, whether a TXT record had a macro)."""
     missed = False
+    expires = float("inf")
+    uses_macros = False
 
     def lookup(name: str, qtype: str) -> list:
-        nonlocal missed
-        answer = resolver.peek(name, qtype)
-        if answer is None:
+        nonlocal missed, expires, uses_macros
+        entry = resolver.peek_entry(name, qtype)
+        if entry is None:
             missed = True  # pyspf swallows some exceptions (exp=): remember the miss
             raise _CacheMiss(name)
+        until, answer = entry
+        expires = min(expires, until)
+        if qtype in ("TXT", "SPF") and not uses_macros:
+            uses_macros = any(b"%" in b"".join(r.strings) for r in answer.records)
         return [((name, qtype), _pyspf_value(qtype, r)) for r in answer.records]
 
     previous, _local.lookup = getattr(_local, "lookup", None), lookup
@@ -152,7 +210,9 @@ def evaluate_from_cache(resolver: Resolver, query: pyspf.query) -> tuple[str, st
         return None
     finally:
         _local.lookup = previous
-    return None if missed else (result, explanation)
+    if missed:
+        return None
+    return (result, explanation), expires, uses_macros
 
 
 def _bridge(resolver: Resolver, loop: asyncio.AbstractEventLoop):

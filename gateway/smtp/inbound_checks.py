@@ -14,7 +14,17 @@ from gateway.config.inbound import InboundDomainPolicy
 from gateway.replies import Reply
 from gateway.rules.inbound import OUR_HEADERS, decide_inbound
 from gateway.runtime import Runtime
-from gateway.stamps.authresults import remove_fields, stamp_authentication_results
+from gateway.stamps.authresults import (
+    FIELD_NAME,
+    authentication_results,
+    authserv_id_of,
+    remove_fields,
+)
+
+_OUR_FIELDS = frozenset(h.lower().encode() for h in OUR_HEADERS)
+_AR_NAME = FIELD_NAME.lower()
+_SUSPECT_NAMES = (_AR_NAME, *_OUR_FIELDS)
+_DEFAULT_POLICY = InboundDomainPolicy()  # frozen: one shared instance, not one per message
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,7 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> list[InboundDoma
         customer_id = runtime.directory.customer_for_domain(domain)
         customer = runtime.directory.customers.get(customer_id) if customer_id else None
         inbound = customer.inbound if customer is not None else None
-        policies.append(inbound.for_domain(domain) if inbound else InboundDomainPolicy())
+        policies.append(inbound.for_domain(domain) if inbound else _DEFAULT_POLICY)
     return policies
 
 
@@ -51,9 +61,18 @@ async def check_inbound(runtime: Runtime, *, message: bytes, sender: str, helo: 
                ("dmarc", evidence.dmarc.result))
     if not decision.verdict.accept:
         return InboundOutcome(decision.verdict.reply, message, summary, results)
-    # Headers that only we may set (a quarantine flag) are removed if a sender forged them.
-    lowered = {h.lower().encode() for h in OUR_HEADERS}
-    message = remove_fields(message, lambda name, _field: name in lowered)
-    message = stamp_authentication_results(message, runtime.config.our_authserv_id, evidence)
+    # One pass over the header removes what a sender may not set: fields only we add
+    # (a quarantine flag), and A-R fields claiming our authserv-id (RFC 8601 §5).
+    ours = runtime.config.our_authserv_id.strip().lower()
+
+    def is_forged(name: bytes, field: bytes) -> bool:
+        return name in _OUR_FIELDS or (name == _AR_NAME and authserv_id_of(field) == ours)
+
+    end = message.find(b"\r\n\r\n")
+    head = message[: end if end >= 0 else None].lower()
+    # The pass splits every field; skip it when no such name appears anywhere at all.
+    if any(name in head for name in _SUSPECT_NAMES):
+        message = remove_fields(message, is_forged)
+    stamp = authentication_results(runtime.config.our_authserv_id, evidence)
     extra = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers)
-    return InboundOutcome(None, extra + message, summary, results)
+    return InboundOutcome(None, extra + stamp + message, summary, results)
