@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
+from gateway.checks.dmarc import default_suffix_list
 from gateway.checks.rspamd import RspamdClient
 from gateway.config.errors import ConfigErrors
 from gateway.config.load import Loaded, load_config
@@ -299,6 +300,10 @@ def serve(loaded: Loaded, workers: int) -> int:
     announce(loaded.config)
     # Made once, before the workers fork, so they all read the same secret.
     make_sender_ids(loaded.config, create=True)
+    if loaded.config.inbound_checks:
+        # The Public Suffix List (DMARC's organisational domain): loaded once here and
+        # shared by the forked workers, not by each worker on its first message.
+        default_suffix_list()
     # Until the worker's loop listens for it, a SIGHUP must not kill the process.
     signal.signal(signal.SIGHUP, _remember_hangup)
     if workers <= 1:
