@@ -134,10 +134,11 @@ def main() -> None:
     for alg, key in keys.items():
         for shape, msg in msgs.items():
             measures[(alg, shape)] = (lambda m=msg, k=key: rate(lambda: sign_message(m, [k], now), s))
-    best: dict[tuple[str, str], float] = {}
+    samples: dict[tuple[str, str], list[float]] = {name: [] for name in measures}
     for _ in range(args.rounds):
         for name, measure in measures.items():
-            best[name] = max(best.get(name, 0.0), measure())
+            samples[name].append(measure())
+    best = {name: max(figures) for name, figures in samples.items()}
     # dkimpy is slow and steady: one round.
     best[("RSA-2048", "dkimpy")] = rate(lambda: dkim.sign(
         msgs["plain"], b"rsa", b"example.com", pem_r, canonicalize=(b"relaxed", b"relaxed")), s)
@@ -169,6 +170,19 @@ def main() -> None:
           f"{best[('dual', 'plain')]:.0f} messages/s")
     print("raw op = the bare signature call through cryptography (its bundled OpenSSL), "
           "the ceiling for any signer built on it")
+    # Other load on the machine lowers figures unevenly: show how far rounds spread.
+    print()
+    print(f"spread over the {args.rounds} rounds (worst .. best, per CPU second):")
+    for (alg, what), figures in samples.items():
+        print(f"  {alg:<9}{what:<8}{min(figures):>9.0f} .. {max(figures):<9.0f}"
+              f"({(max(figures) - min(figures)) / max(figures):.0%})")
+    library = backend.openssl_version_text().split()[1]
+    command = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.split()[1]
+    if library != command:
+        # Not the same code: "ours/openssl" compares against the `openssl` command's
+        # OpenSSL; "ours/raw op" is the like-for-like figure (same library, same run).
+        print(f"note: cryptography's OpenSSL {library} is not the `openssl` command's {command}: "
+              f"read ours/openssl with ours/raw op beside it")
 
 
 def base64_raw_ed25519(key: ed25519.Ed25519PrivateKey) -> bytes:
