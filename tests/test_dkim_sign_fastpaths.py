@@ -12,6 +12,7 @@ hypothesis-generated shapes.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 
@@ -238,3 +239,15 @@ def test_any_head_gives_the_reference_fields_and_verifies(fields, body):
         if body and not body.endswith(b"\r\n"):
             msg += b"\r\n"
         assert verifies(msg, [ED_KEY]) == [True]
+
+
+def test_libsodium_signs_the_same_bytes_as_openssl_for_every_key():
+    # Ed25519 is deterministic (RFC 8032 §5.1.6): the signer may use either library.
+    from nacl.bindings import crypto_sign
+
+    from gateway.dkim.sign import _sodium_secret
+
+    for _ in range(20):
+        key = ed25519.Ed25519PrivateKey.generate()
+        for digest in (b"\x00" * 32, hashlib.sha256(b"dkim").digest(), os.urandom(32)):
+            assert crypto_sign(digest, _sodium_secret(key))[:64] == key.sign(digest)
