@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load
+from gateway.config.errors import ConfigError
 from gateway.config.load import load_policies
 from gateway.config.policy_cache import RACY_NS, PolicyCache
 from tests.conftest import customer_policies
@@ -47,7 +48,7 @@ def parses(monkeypatch):
     real = load.load_policy_file
 
     def counting(path, errors):
-        seen.append(path.name)
+        seen.append(os.path.basename(path))
         return real(path, errors)
 
     monkeypatch.setattr(load, "load_policy_file", counting)
@@ -189,3 +190,88 @@ def test_a_gateway_reload_uses_the_cache_and_keeps_the_old_config_on_a_new_error
         assert gw.gateway.runtime.current().directory.customer_for_domain("acme.example") == "acme"
     finally:
         gw.stop()
+
+
+def many_files(d: Path, n: int, password_hash: str) -> list[str]:
+    d.mkdir()
+    for i in range(n):
+        write(d / f"c{i:02}.yaml", policy_text(i, password_hash))
+    return [str(d / f"c{i:02}.yaml") for i in range(n)]
+
+
+@pytest.fixture
+def small_pool(monkeypatch):
+    """The process pool for a handful of files, on two cores at least."""
+    monkeypatch.setattr(load, "PARALLEL_THRESHOLD", 3)
+    monkeypatch.setattr(load, "_CHUNK", 5)
+    monkeypatch.setattr(load.threading, "active_count", lambda: 1)  # pytest may run threads
+    monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
+
+
+def test_this_process_and_the_workers_share_the_files_and_keep_their_order(
+        tmp_path, password_hash, monkeypatch, small_pool):
+    paths = many_files(tmp_path / "many", 60, password_hash)
+    real = load.load_policy_file
+
+    def tagged(path, errors):  # which process parsed each file, as an extra "error"
+        time.sleep(0.003)
+        policy = real(path, errors)
+        errors.append(ConfigError(str(path), "pid", str(os.getpid())))
+        return policy
+
+    monkeypatch.setattr(load, "load_policy_file", tagged)
+    errors: list[ConfigError] = []
+    directory = load_policies(tmp_path / "many", errors)
+    assert [e.file for e in errors] == paths
+    parsers = {e.problem for e in errors}
+    assert str(os.getpid()) in parsers and len(parsers) >= 2
+    assert sorted(directory.customers) == sorted(f"c{i}" for i in range(60))
+    assert directory.customer_for_domain("c59.example") == "c59"
+    assert directory.account("u@c0.example") is not None
+
+
+def test_a_crash_in_a_worker_reaches_the_caller(tmp_path, password_hash, monkeypatch, small_pool):
+    many_files(tmp_path / "many", 40, password_hash)
+    real = load.load_policy_file
+    parent = os.getpid()
+
+    def crashing(path, errors):
+        if os.getpid() != parent:
+            raise RuntimeError(f"bug while parsing {path}")
+        time.sleep(0.003)
+        return real(path, errors)
+
+    monkeypatch.setattr(load, "load_policy_file", crashing)
+    with pytest.raises(RuntimeError, match="bug while parsing"):
+        load_policies(tmp_path / "many", [])
+
+
+def test_a_first_load_in_the_pool_records_keys_that_a_reload_trusts(tmp_path, password_hash, small_pool):
+    many_files(tmp_path / "many", 30, password_hash)
+    cache = PolicyCache()
+    first, errors = reload(tmp_path / "many", cache)
+    assert errors == [] and len(first.customers) == 30 and cache.parsed == 30
+    again, errors = reload(tmp_path / "many", cache)
+    assert errors == [] and cache.parsed == 30 and cache.reused == 30
+    assert again.customers == first.customers
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["first load", "reload"])
+def test_links_are_followed_and_what_is_not_a_file_is_skipped(tmp_path, password_hash, cached):
+    d = tmp_path / "policy"
+    d.mkdir()
+    elsewhere = tmp_path / "elsewhere.yaml"
+    write(elsewhere, policy_text(1, password_hash))
+    write(d / "c0.yaml", policy_text(0, password_hash))
+    (d / "c1.yaml").symlink_to(elsewhere)
+    (d / "broken.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    (d / "dir.yaml").mkdir()
+    (d / "notes.txt").write_text("not a policy")
+    cache = PolicyCache()
+    if cached:
+        reload(d, cache)
+        write(d / "c2.yaml", policy_text(2, password_hash))
+    directory, errors = reload(d, cache)
+    assert errors == []
+    assert sorted(directory.customers) == (["c0", "c1", "c2"] if cached else ["c0", "c1"])
+    assert directory.files["c1"] == f"{d}/c1.yaml"

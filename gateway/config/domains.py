@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+# The common case, checked at C speed: ASCII labels of letters, digits, '-' and '_',
+# 1-63 long, not starting or ending with '-'.  A name this does not match goes
+# through the full checks below, which decide (and word the error).
+_PLAIN_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+
 
 def normalise_domain(domain: str) -> str:
     """Lower-case, without a trailing dot, IDNA (punycode) for non-ASCII labels.
@@ -10,6 +19,8 @@ def normalise_domain(domain: str) -> str:
     are case-insensitive; a trailing dot only makes a name absolute).
     """
     name = domain.strip().rstrip(".").lower()
+    if len(name) <= 253 and _PLAIN_NAME.fullmatch(name):
+        return name
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")

@@ -7,10 +7,12 @@ are errors so a section that does nothing yet cannot be written by mistake.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.accounts.passwords import is_supported_hash
 from gateway.config.content import CustomerContent
 from gateway.config.dkim import DkimPolicy
 from gateway.config.domains import normalise_domain
@@ -22,12 +24,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What str.isspace() calls white space (re's \s in a str pattern is the same set).
+_WHITE_SPACE = re.compile(r"\s")
+# A local part in a sender pattern is plain: none of these (or a lone "*").
+_NOT_IN_LOCAL_PART = re.compile(r'[* "<>()\[\]\\,;:@]')
+
+# One shared default: pydantic deep-copies a model default for every file that
+# omits the section; the models are frozen, so one object serves them all.
+_DEFAULT_DKIM = DkimPolicy()
+
+
 def normalise_sender_pattern(pattern: str) -> str:
     """``Alice@Example.com`` → ``alice@example.com``; ``*@Example.com.`` → ``*@example.com``."""
     local, at, domain = pattern.strip().rpartition("@")
     if not at or not local or not domain:
         raise ValueError(f"{pattern!r} is not an address or *@domain pattern")
-    if local != "*" and ("*" in local or any(c in local for c in ' "<>()[]\\,;:@')):
+    if local != "*" and _NOT_IN_LOCAL_PART.search(local):
         raise ValueError(f"{pattern!r}: only plain local parts or a lone * are allowed")
     return f"{local.lower()}@{normalise_domain(domain)}"
 
@@ -46,15 +58,13 @@ class Account(Strict):
     @field_validator("login")
     @classmethod
     def _login(cls, value: str) -> str:
-        if any(c.isspace() for c in value):
+        if _WHITE_SPACE.search(value):
             raise ValueError("a login cannot contain white space")
         return value.lower()
 
     @field_validator("password")
     @classmethod
     def _password(cls, value: str) -> str:
-        from gateway.accounts.passwords import is_supported_hash
-
         if not is_supported_hash(value):
             raise ValueError(
                 "not a supported password hash (make one with `portcullis passwd`); "
@@ -79,7 +89,7 @@ class CustomerPolicy(Strict):
     aliases: dict[str, tuple[str, ...]] = {}
     # Which of its domains are DKIM-signed, and what happens without a key (docs/dkim.md).
     # Default: every domain signed, mail deferred (451 4.7.0) when no key is active.
-    dkim: DkimPolicy = DkimPolicy()
+    dkim: DkimPolicy = Field(default_factory=lambda: _DEFAULT_DKIM)
     # Content-scanning thresholds and actions per direction (docs/content.md).
     content: CustomerContent | None = None
     # What to do with inbound mail failing SPF/DMARC, per recipient domain (docs/inbound.md).
