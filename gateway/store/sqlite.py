@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,11 +80,32 @@ class SQLiteStore(Store):
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             # WAL: readers never wait for the writer; NORMAL sync is durable across a
             # process crash (only an OS crash can lose the last transactions).
-            db.execute("PRAGMA journal_mode = WAL")
+            self._retry_locked(db, "PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
+            self._retry_locked(db, _SCHEMA)
             self._db = db
         return self._db
+
+    def _retry_locked(self, db: sqlite3.Connection, sql: str) -> None:
+        """Run set-up SQL that two processes opening a new file at once can collide on.
+
+        SQLite answers "database is locked" at once, without waiting in the busy
+        handler, when waiting could deadlock (two connections each holding a lock
+        the other needs, as when both switch a new file to WAL and create the
+        schema).  The failed statement drops its locks, so trying again after a
+        pause succeeds; up to busy_timeout, as for any other lock.
+        """
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                db.executescript(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # in the store's own thread, never on the event loop
+            pause = min(pause * 2, 0.1)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
