@@ -166,12 +166,9 @@ async def verify_dkim(
         keys = await fetch_keys(resolver, _key_names(tags))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, verify_signatures, message, keys, when)
-    try:
-        parsed = parse_message(message)
-    except MalformedHeader as e:
-        return [_made(parse_tags(v) or {}, "permerror", str(e))
-                for v in header_values(message, b"dkim-signature")]
-    signatures = [(f, parse_tags(f.value)) for f in parsed.fields if f.key == b"dkim-signature"]
+    parsed, signatures = _signatures(message)
+    if parsed is None:
+        return signatures  # the header does not parse: each signature a permerror
     keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
     if len(signatures) <= INLINE_MAX_SIGNATURES:
         return verify_parsed(parsed, signatures, keys, when)  # cheaper than a thread hop
@@ -229,13 +226,22 @@ def parse_tags(value: bytes) -> dict[bytes, bytes] | None:
 
 def verify_signatures(message: bytes, keys: KeyTable, now: float) -> list[DkimResult]:
     """Every DKIM-Signature of ``message``, top first, against the fetched ``keys``."""
+    parsed, signatures = _signatures(message)
+    if parsed is None:
+        return signatures
+    return verify_parsed(parsed, signatures, keys, now)
+
+
+def _signatures(message: bytes) -> tuple[ParsedMessage | None, list]:
+    """(the parsed message, its DKIM-Signature fields with their tags), or (None, a
+    permerror result per signature) when the header section does not parse."""
     try:
         parsed = parse_message(message)
     except MalformedHeader as e:
-        return [_made(parse_tags(v) or {}, "permerror", str(e))
-                for v in header_values(message, b"dkim-signature")]
-    signatures = [(f, parse_tags(f.value)) for f in parsed.fields if f.key == b"dkim-signature"]
-    return verify_parsed(parsed, signatures, keys, now)
+        return None, [_made(parse_tags(v) or {}, "permerror", str(e))
+                      for v in header_values(message, b"dkim-signature")]
+    return parsed, [(f, parse_tags(f.value)) for f in parsed.fields
+                    if f.key == b"dkim-signature"]
 
 
 def verify_parsed(parsed: ParsedMessage, signatures: list[tuple[Field, dict | None]],
