@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.config.domains import DomainNames
 
 # RFC 2142 §2 and RFC 5321 §4.5.1: mailboxes every domain must accept mail for.
 ROLE_MAILBOXES = ("abuse", "postmaster")
@@ -35,16 +35,9 @@ class AbuseSettings(Strict):
     previous_secrets: tuple[Annotated[str, Field(min_length=32)], ...] = ()
     # Domains whose abuse@/postmaster@ are accepted besides every customer domain and
     # the gateway's own hostname (the ISP's own domains).
-    domains: tuple[str, ...] = ()
+    domains: DomainNames = ()
     # Parse reports sent to abuse@ (ARF or forwarded messages) and count complaints.
     attribute_reports: bool = True
-
-    @field_validator("domains", mode="before")
-    @classmethod
-    def _domains(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return tuple(normalise_domain(str(v)) for v in value)
-        return value
 
     @model_validator(mode="after")
     def _one_secret(self) -> AbuseSettings:

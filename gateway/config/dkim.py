@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.config.domains import normalise_domain, normalise_domains
 from gateway.config.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,9 +88,7 @@ class DkimPolicy(Strict):
     @field_validator("sign", mode="before")
     @classmethod
     def _sign(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return tuple(normalise_domain(str(v)) for v in value)
-        return value
+        return normalise_domains(value)  # "all" passes through to the Literal
 
     @field_validator("domains", mode="before")
     @classmethod

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 # The common case, checked at C speed: ASCII labels of letters, digits, '-' and '_',
 # 1-63 long, not starting or ending with '-'.  A name this does not match goes
@@ -34,3 +37,15 @@ def normalise_domain(domain: str) -> str:
         if not all(c.isalnum() or c in "-_" for c in label):
             raise ValueError(f"not a valid domain name: {domain!r}")
     return name
+
+
+def normalise_domains(value: object) -> object:
+    """A list of names from a config file, each normalised; anything else is left for
+    the field's type to refuse."""
+    if isinstance(value, list | tuple):
+        return tuple(normalise_domain(str(v)) for v in value)
+    return value
+
+
+# A config field holding domain names, compared as normalise_domain makes them.
+DomainNames = Annotated[tuple[str, ...], BeforeValidator(normalise_domains)]

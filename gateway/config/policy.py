@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.accounts.passwords import is_supported_hash
 from gateway.config.content import CustomerContent
 from gateway.config.dkim import DkimPolicy
-from gateway.config.domains import normalise_domain
+from gateway.config.domains import DomainNames, normalise_domain
 from gateway.config.inbound import InboundPolicy
 from gateway.config.quota import CustomerQuotas, QuotaLimits
 
@@ -82,7 +82,7 @@ class Account(Strict):
 
 class CustomerPolicy(Strict):
     customer: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
-    domains: tuple[str, ...]
+    domains: DomainNames
     accounts: tuple[Account, ...] = ()
     # Shared addresses and the logins allowed to send as them:
     #   aliases: {"info@acme.example": ["alice@acme.example", "bob@acme.example"]}
@@ -99,13 +99,6 @@ class CustomerPolicy(Strict):
     # Shadow mode: limits are evaluated and logged, never enforced (a manual
     # suspension still applies).
     shadow: bool = False
-
-    @field_validator("domains", mode="before")
-    @classmethod
-    def _domains(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return tuple(normalise_domain(str(v)) for v in value)
-        return value
 
     @field_validator("aliases", mode="before")
     @classmethod
