@@ -64,6 +64,27 @@ def smtp_source(port: int, messages: int, sessions: int, size: int,
     return messages / (time.perf_counter() - start)
 
 
+def add_load_options(parser: argparse.ArgumentParser, messages: int) -> None:
+    """The smtp-source load every inbound bench drives: how much, how wide, how big."""
+    parser.add_argument("--messages", type=int, default=messages)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=5120)
+    parser.add_argument("--warmup", type=int, default=500,
+                        help="untimed messages sent through each path before its timed run")
+
+
+def warm_up(port: int, args: argparse.Namespace, at_least: int = 0, **source) -> None:  # type: ignore[no-untyped-def]
+    """The same untimed load through every path before it is timed: Postfix spawns its
+    smtpd processes, the gateway fills its downstream pool (and DNS cache)."""
+    count = max(args.warmup, at_least)
+    if count:
+        smtp_source(port, count, args.sessions, args.size, **source)
+
+
+def timed_run(port: int, args: argparse.Namespace, **source) -> float:  # type: ignore[no-untyped-def]
+    return smtp_source(port, args.messages, args.sessions, args.size, **source)
+
+
 def start_gateway(tmp: Path, sink_port: int, workers: str, extra: str = "",
                   name: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
@@ -152,12 +173,8 @@ def percentile(values: list[float], p: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=4000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--size", type=int, default=5120)
+    add_load_options(parser, messages=4000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=int, default=500,
-                        help="untimed messages sent through each path before its timed run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/inbound.py needs root (smtp-sink and Postfix drop privileges)", file=sys.stderr)
@@ -169,11 +186,8 @@ def main() -> int:
     rows: list[tuple[str, float]] = []
 
     def timed(port: int) -> float:
-        # Every path gets the same untimed warm-up first (Postfix spawns its smtpd
-        # processes, the gateway fills its downstream pool): steady state is measured.
-        if args.warmup:
-            smtp_source(port, args.warmup, args.sessions, args.size)
-        return smtp_source(port, args.messages, args.sessions, args.size)
+        warm_up(port, args)
+        return timed_run(port, args)
 
     try:
         wait_port(sink_port)

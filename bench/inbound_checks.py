@@ -30,7 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dkim
 
-from bench.inbound import smtp_source, start_gateway, stop, wait_port
+from bench.inbound import (
+    add_load_options,
+    start_gateway,
+    stop,
+    timed_run,
+    wait_port,
+    warm_up,
+)
 from tests.support.authdns import AuthDNS, txt_record
 from tests.support.dkim_keys import rsa_key
 from tests.support.ports import free_port
@@ -77,11 +84,7 @@ def process_tree_cpu(pid: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--size", type=int, default=5120)
-    parser.add_argument("--warmup", type=int, default=500,
-                        help="untimed messages sent through each path before its timed run")
+    add_load_options(parser, messages=3000)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/inbound_checks.py needs root (smtp-sink and Postfix drop privileges)", file=sys.stderr)
@@ -102,19 +105,12 @@ def main() -> int:
     dns = AuthDNS(zones, tmp).start()
     try:
         wait_port(sink_port)
-        def run(port: int) -> float:
-            # The same untimed warm-up for every path (as bench/inbound.py): Postfix
-            # spawns its smtpd processes, the gateway fills its pool and DNS cache.
-            if args.warmup:
-                smtp_source(port, args.warmup, args.sessions, args.size,
-                            message_file=message, sender=SENDER)
-            return smtp_source(port, args.messages, args.sessions, args.size,
-                               message_file=message, sender=SENDER)
-
+        source = {"message_file": message, "sender": SENDER}
         postfix = PostfixInstance(free_port(), f"[127.0.0.1]:{sink_port}", relay_domains=["acme.example"])
         postfix.start()
         try:
-            rows.append(("smtp-source → Postfix relay → smtp-sink", run(postfix.port)))
+            warm_up(postfix.port, args, **source)
+            rows.append(("smtp-source → Postfix relay → smtp-sink", timed_run(postfix.port, args, **source)))
         finally:
             postfix.stop()
         checks = f"dns: {{nameservers: ['127.0.0.1'], port: {dns.port}, timeout: 2}}\n"
@@ -125,12 +121,9 @@ def main() -> int:
         ):
             proc, port = start_gateway(tmp, sink_port, workers, extra, name=f"{workers}-{len(rows)}")
             try:
-                # At least 50: the DNS cache must be warm, as the issue asks.
-                smtp_source(port, max(args.warmup, 50), args.sessions, args.size,
-                            message_file=message, sender=SENDER)
+                warm_up(port, args, at_least=50, **source)  # the DNS cache warm, as the issue asks
                 cpu = process_tree_cpu(proc.pid)
-                rows.append((label, smtp_source(port, args.messages, args.sessions, args.size,
-                                                message_file=message, sender=SENDER)))
+                rows.append((label, timed_run(port, args, **source)))
                 cpu_per_message[label] = (process_tree_cpu(proc.pid) - cpu) / args.messages
             finally:
                 stop(proc)
