@@ -120,3 +120,15 @@ def test_unknown_and_bad_commands_get_enhanced_codes(gateway):
         assert code == 252 and msg.startswith(b"2.5.0")  # never confirms a user
         assert c.docmd("VRFY", "<nobody@acme.example>") == (code, msg)
         assert c.docmd("EXPN", "list")[1].startswith(b"5.5.1")
+
+
+def test_help_names_every_command_with_its_syntax_and_auth_only_where_offered(gateway):
+    # Our overrides of aiosmtpd's commands keep their HELP texts.
+    with smtplib.SMTP("127.0.0.1", gateway.ports["inbound"], timeout=15) as c:
+        c.ehlo("client.example")
+        code, text = c.docmd("HELP")
+        assert code == 250
+        for command in (b"DATA", b"EHLO", b"HELO", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET"):
+            assert command in text.split(), text
+        assert b"AUTH" not in text.split()
+        assert c.docmd("HELP", "MAIL") == (250, b"2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")

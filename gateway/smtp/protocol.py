@@ -352,26 +352,26 @@ class GatewaySMTP(SMTP):
             return None, None
         return inner, rest.strip()
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
+    async def _in_group(self, command: Any, arg: str | None) -> None:
+        """Run MAIL, RCPT or RSET, whose reply may wait for the next (see _send)."""
         self._deferrable = True
         try:
-            await super().smtp_MAIL(arg)
+            await command(arg)
         finally:
             self._deferrable = False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await self._in_group(super().smtp_MAIL, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self._in_rcpt = self._deferrable = True
+        self._in_rcpt = True
         try:
-            await super().smtp_RCPT(arg)
+            await self._in_group(super().smtp_RCPT, arg)
         finally:
-            self._in_rcpt = self._deferrable = False
+            self._in_rcpt = False
 
     async def smtp_RSET(self, arg: str | None) -> None:
-        self._deferrable = True
-        try:
-            await super().smtp_RSET(arg)
-        finally:
-            self._deferrable = False
+        await self._in_group(super().smtp_RSET, arg)
 
     async def smtp_VRFY(self, arg: str) -> None:
         # No user enumeration: the same answer whatever the argument.
@@ -522,6 +522,22 @@ class GatewaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+
+def _keep_help_texts(cls: type) -> None:
+    """aiosmtpd's HELP reads the syntax its @syntax decorator put on each smtp_*
+    method; an override has none, and its command dropped out of HELP.  Each of
+    ours takes the syntax of the method it overrides."""
+    for name, method in vars(cls).items():
+        parent = getattr(SMTP, name, None)
+        if name.startswith("smtp_") and hasattr(parent, "__smtp_syntax__"):
+            for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+                setattr(method, attr, getattr(parent, attr))
+
+
+_keep_help_texts(GatewaySMTP)
+# HELP names AUTH only where it is offered (never on the MX).
+GatewaySMTP.smtp_AUTH.__smtp_syntax_when__ = "offers_auth"  # type: ignore[attr-defined]
 
 
 def _checked_content(raw: bytes, max_line_length: int) -> tuple[Reply | None, bytes]:
