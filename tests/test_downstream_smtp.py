@@ -259,3 +259,20 @@ async def test_a_certificate_the_downstream_cannot_prove_is_refused(tls_mta, mon
     finally:
         await ds.close()
     assert (reply.code, reply.enhanced) == (451, "4.4.1")
+
+
+async def test_a_control_character_never_reaches_the_downstream_inside_a_command():
+    mta = ScriptedMTA(["PIPELINING"])
+    port = await mta.start()
+    ds = downstream(f"smtp://127.0.0.1:{port}")
+    try:
+        for sender, rcpt, options in (("a@other.example\r\nRSET", "bob@acme.example", []),
+                                      ("a@other.example", "bob@acme.example\x00", []),
+                                      ("a@other.example", "bob@acme.example", ["BODY=8BITMIME\rX"])):
+            tx = ds.begin(sender, [])
+            with pytest.raises(ValueError, match="control character"):
+                await tx.rcpt(rcpt, options)
+    finally:
+        await ds.close()
+        await mta.stop()
+    assert b"RSET" not in mta.received and b"\x00" not in mta.received

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import deque
 
@@ -23,6 +24,7 @@ from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
 from gateway.replies import Reply
 
 log = logging.getLogger("portcullis.downstream")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class SmtpDownstream:
@@ -100,25 +102,23 @@ class SmtpTransaction:
         self._broken: Reply | None = None
         self._accepted = 0
 
-    def _mail_command(self) -> bytes:
-        return f"MAIL FROM:<{self._sender}>".encode() + b"".join(
-            b" " + o.encode("ascii") for o in self._options) + b"\r\n"
 
     async def _start(self, rcpt_command: bytes) -> tuple[Reply, Reply | None]:
         """Connect (or reuse) and send MAIL FROM, with the first RCPT TO in the same
         write when the downstream pipelines (RFC 2920).  (MAIL reply, RCPT reply or
         None when it was not sent.)  A pooled connection may have been closed by the
         downstream while idle: that one is retried once, fresh."""
+        mail_command = _command(f"MAIL FROM:<{self._sender}>", self._options)
         for attempt in (1, 2):
             conn, pooled = await self._downstream.acquire()
             try:
                 if conn.pipelining:
-                    mail, rcpt = conn.send(self._mail_command() + rcpt_command, 2)
+                    mail, rcpt = conn.send(mail_command + b"\r\n" + rcpt_command + b"\r\n", 2)
                     mail_reply = await mail
                     # Read even when MAIL was refused: the RCPT's answer is on its way.
                     rcpt_reply: Reply | None = await rcpt
                 else:
-                    mail_reply = await conn.command(self._mail_command()[:-2])
+                    mail_reply = await conn.command(mail_command)
                     rcpt_reply = None
             except DownstreamClosed:
                 conn.close()
@@ -135,8 +135,7 @@ class SmtpTransaction:
     async def rcpt(self, recipient: str, options: list[str]) -> Reply:
         if self._broken is not None:
             return self._broken
-        command = f"RCPT TO:<{recipient}>".encode() + b"".join(
-            b" " + o.encode("ascii") for o in options) + b"\r\n"
+        command = _command(f"RCPT TO:<{recipient}>", options)
         try:
             async with asyncio.timeout(self._downstream.settings.timeout):
                 if self._conn is None:
@@ -147,9 +146,9 @@ class SmtpTransaction:
                         return mail_reply
                     if reply is None:
                         assert self._conn is not None
-                        reply = await self._conn.command(command[:-2])
+                        reply = await self._conn.command(command)
                 else:
-                    reply = await self._conn.command(command[:-2])
+                    reply = await self._conn.command(command)
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -205,3 +204,16 @@ class SmtpTransaction:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._reset(conn)
+
+
+def _command(verb_and_path: str, options: list[str]) -> bytes:
+    """``MAIL FROM:<a> SIZE=1`` and the like, without its CRLF.
+
+    Our address parser and aiosmtpd's parameter checks already keep control
+    characters out; this guard (aiosmtplib has the same) makes sure no CR, LF or NUL
+    can ever end a command early and start one we did not check.
+    """
+    command = verb_and_path.encode() + b"".join(b" " + o.encode("ascii") for o in options)
+    if _CONTROL.search(command):
+        raise ValueError(f"control character in a downstream command: {command!r}")
+    return command
