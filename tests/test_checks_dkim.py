@@ -152,7 +152,9 @@ def test_openssl_rsa_agrees_with_dkimpy_pure_python(server):
         sig = RSASSA_PKCS1_v1_5_sign(HashThrough(hashlib.sha256(data)), priv)
         assert rsa_verify_openssl(HashThrough(hashlib.sha256(data)), sig, pub)
         assert not rsa_verify_openssl(HashThrough(hashlib.sha256(data + b"x")), sig, pub)
-        assert not rsa_verify_openssl(HashThrough(hashlib.sha256(data)), sig[:-1] + b"\0", pub)
+        # One bit flipped (a fixed replacement byte would equal the original 1 time in 256).
+        tampered = sig[:-1] + bytes([sig[-1] ^ 1])
+        assert not rsa_verify_openssl(HashThrough(hashlib.sha256(data)), tampered, pub)
 
 
 def test_dkimpy_verifies_rsa_through_openssl():

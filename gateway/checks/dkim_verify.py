@@ -150,11 +150,13 @@ def _key_name(name: bytes | str) -> str:
 # --- the check -------------------------------------------------------------------------
 async def verify_dkim(
     resolver: Resolver, message: bytes, *, executor: Executor | None = None,
-    now: float | None = None,
+    now: float | None = None, crlf_checked: bool = False,
 ) -> list[DkimResult]:
     """One result per DKIM-Signature, top to bottom; [] when the message has none.
 
     ``now`` (Unix time) is the verification time for t= and x=; the clock by default.
+    ``crlf_checked``: every LF in ``message`` is known to end a CRLF (see
+    :func:`gateway.checks.dkim_canon.parse_message`).
     """
     end = message.find(b"\r\n\r\n")
     if b"dkim-signature" not in message[: end if end >= 0 else None].lower():
@@ -166,7 +168,7 @@ async def verify_dkim(
         keys = await fetch_keys(resolver, _key_names(tags))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, verify_signatures, message, keys, when)
-    parsed, signatures = _signatures(message)
+    parsed, signatures = _signatures(message, crlf_checked)
     if parsed is None:
         return signatures  # the header does not parse: each signature a permerror
     keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
@@ -232,11 +234,11 @@ def verify_signatures(message: bytes, keys: KeyTable, now: float) -> list[DkimRe
     return verify_parsed(parsed, signatures, keys, now)
 
 
-def _signatures(message: bytes) -> tuple[ParsedMessage | None, list]:
+def _signatures(message: bytes, crlf_checked: bool = False) -> tuple[ParsedMessage | None, list]:
     """(the parsed message, its DKIM-Signature fields with their tags), or (None, a
     permerror result per signature) when the header section does not parse."""
     try:
-        parsed = parse_message(message)
+        parsed = parse_message(message, crlf_checked)
     except MalformedHeader as e:
         return None, [_made(parse_tags(v) or {}, "permerror", str(e))
                       for v in header_values(message, b"dkim-signature")]
@@ -286,42 +288,29 @@ _BASE64_AND_WSP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _WSP_AND_PAD = b"= \t\r\n\x0b\x0c"
 _DOMAIN_SPECIALS = re.compile(rb"[()<>\[\]:;@\\,]")
 _DIGITS = re.compile(rb"\d{1,76}\Z")
+# Checks on tag values are remembered only for values of ordinary size: the values
+# come from senders, and the memo must not become a place to park megabytes.
+_MEMO_MAX_OCTETS = 512
 
 
 def _check_tags(tags: dict[bytes, bytes], now: float) -> str:
-    """RFC 6376 §6.1.1: is this signature acceptable at all?  The key type it needs."""
-    # RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures valid.
-    if tags.get(b"a", b"").lower() == b"rsa-sha1":
-        raise _Refused("fail", "rsa-sha1 is not accepted (RFC 8301)")
-    for tag in _REQUIRED:
-        if tag not in tags:
-            raise _Refused("permerror", f"missing {tag.decode()}=")
-    if tags[b"v"] != b"1":
-        raise _Refused("permerror", "v= is not 1")
-    kind = _ALGORITHMS.get(tags[b"a"])
-    if kind is None:
+    """RFC 6376 §6.1.1: is this signature acceptable at all?  The key type it needs.
+
+    The checks run in a fixed order (the first failing one gives the result).  Those
+    on tags a sender repeats from message to message (a=, d=, h=, c= ...) are
+    remembered by value; b=, bh=, t= and x= change with every message."""
+    g = tags.get
+    a = g(b"a")
+    if a is not None and len(a) > _MEMO_MAX_OCTETS:
         raise _Refused("permerror", "unknown signature algorithm")
+    _raise_if_refused(_early_refusal(a, g(b"v"), *(tag in tags for tag in _REQUIRED)))
     for tag in (b"b", b"bh"):
         value = tags[tag]
         # Base64 with FWS anywhere, "=" padding only at the end (RFC 6376 §2.4).
         data = value.rstrip(_WSP_AND_PAD)
         if not data or data.translate(None, _BASE64_AND_WSP) or len(b"".join(value.split())) % 4:
             raise _Refused("permerror", f"{tag.decode()}= is not valid base64")
-    d = tags[b"d"]
-    if not d or _DOMAIN_SPECIALS.search(d):
-        raise _Refused("permerror", "d= is not a domain")
-    i = tags.get(b"i")
-    # §3.5 i=: the domain part must be d= or a subdomain of it.
-    if i is not None:
-        domain = i.rpartition(b"@")[2].lower()
-        if b"@" not in i or not (domain == d.lower() or domain.endswith(b"." + d.lower())):
-            raise _Refused("permerror", "i= is not within d=")
-    if b"l" in tags and not _DIGITS.match(tags[b"l"]):
-        raise _Refused("permerror", "l= is not a decimal number")
-    if b"q" in tags and tags[b"q"] != b"dns/txt":
-        raise _Refused("permerror", "q= is not dns/txt")
-    if b"from" not in signed_names(tags[b"h"]):
-        raise _Refused("permerror", "From is not signed (RFC 6376 §6.1.1)")
+    _raise_if_refused(_middle_refusal(tags[b"d"], g(b"i"), g(b"l"), g(b"q"), tags[b"h"]))
     t = _number(tags, b"t")
     x = _number(tags, b"x")
     if t is not None and t > now + CLOCK_SLACK:
@@ -330,10 +319,67 @@ def _check_tags(tags: dict[bytes, bytes], now: float) -> str:
         raise _Refused("fail", "signature expired (x=)")
     if t is not None and x is not None and x < t:
         raise _Refused("permerror", "x= is before t=")
-    canon = tags.get(b"c", b"simple/simple").split(b"/")
-    if len(canon) > 2 or any(c not in BODY_CANONICALISERS for c in canon):
+    c = g(b"c", b"simple/simple")
+    if len(c) > _MEMO_MAX_OCTETS:
         raise _Refused("permerror", "invalid c=")
-    return kind
+    _raise_if_refused(_canon_refusal(c))
+    return _ALGORITHMS[tags[b"a"]]
+
+
+def _raise_if_refused(refusal: tuple[str, str] | None) -> None:
+    if refusal is not None:
+        raise _Refused(*refusal)
+
+
+@functools.lru_cache(maxsize=1024)
+def _early_refusal(a: bytes | None, v: bytes | None, *present: bool) -> tuple[str, str] | None:
+    # RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures valid.
+    if a is not None and a.lower() == b"rsa-sha1":
+        return "fail", "rsa-sha1 is not accepted (RFC 8301)"
+    for tag, here in zip(_REQUIRED, present, strict=True):
+        if not here:
+            return "permerror", f"missing {tag.decode()}="
+    if v != b"1":
+        return "permerror", "v= is not 1"
+    if a not in _ALGORITHMS:
+        return "permerror", "unknown signature algorithm"
+    return None
+
+
+def _middle_refusal(d: bytes, i: bytes | None, length: bytes | None, q: bytes | None,
+                    h: bytes) -> tuple[str, str] | None:
+    if len(d) + len(h) + len(i or b"") + len(length or b"") + len(q or b"") > _MEMO_MAX_OCTETS:
+        return _middle_refusal_of(d, i, length, q, h)  # too big to keep: sender-controlled
+    return _middle_refusal_memo(d, i, length, q, h)
+
+
+def _middle_refusal_of(d: bytes, i: bytes | None, length: bytes | None, q: bytes | None,
+                       h: bytes) -> tuple[str, str] | None:
+    if not d or _DOMAIN_SPECIALS.search(d):
+        return "permerror", "d= is not a domain"
+    # §3.5 i=: the domain part must be d= or a subdomain of it.
+    if i is not None:
+        domain = i.rpartition(b"@")[2].lower()
+        if b"@" not in i or not (domain == d.lower() or domain.endswith(b"." + d.lower())):
+            return "permerror", "i= is not within d="
+    if length is not None and not _DIGITS.match(length):
+        return "permerror", "l= is not a decimal number"
+    if q is not None and q != b"dns/txt":
+        return "permerror", "q= is not dns/txt"
+    if b"from" not in signed_names(h):
+        return "permerror", "From is not signed (RFC 6376 §6.1.1)"
+    return None
+
+
+_middle_refusal_memo = functools.lru_cache(maxsize=4096)(_middle_refusal_of)
+
+
+@functools.lru_cache(maxsize=64)
+def _canon_refusal(c: bytes) -> tuple[str, str] | None:
+    canon = c.split(b"/")
+    if len(canon) > 2 or any(part not in BODY_CANONICALISERS for part in canon):
+        return "permerror", "invalid c="
+    return None
 
 
 def _number(tags: dict[bytes, bytes], tag: bytes) -> int | None:
@@ -377,10 +423,9 @@ def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, byt
     if digest != _b64(tags[b"bh"]):
         raise _Refused("fail", "body hash mismatch")
 
-    names = signed_names(tags[b"h"])
     # As dkimpy does (its bug #644046): a second From above the signed one is hashed
     # too, so an added From breaks the signature instead of hiding behind it.
-    names.append(b"from")
+    names = [*signed_names(tags[b"h"]), b"from"]
     data = header_data(parsed.fields, names, field, header_canon)
     if not key.verifies(_b64(tags[b"b"]), hashlib.sha256(data).digest()):
         raise _Refused("fail", "signature did not verify")

@@ -58,11 +58,14 @@ async def authenticate_inbound(
     psl: PublicSuffixList | None = None,
     rand: Callable[[], float] = random.random,
     executor: Executor | None = None,
+    crlf_checked: bool = False,
 ) -> InboundEvidence:
     """SPF (MAIL FROM, or HELO for "<>"), every DKIM signature, ARC and DMARC.
 
     ``message`` is the raw content with CRLF line ends, as received (before we
     add any header).  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
+    ``crlf_checked``: the caller has made sure no LF stands without its CR (the
+    DATA reader refuses such messages), so DKIM need not look again.
     """
     header_from = dmarc_check.from_domain(message)
     spf = check_spf_cached(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
@@ -72,7 +75,7 @@ async def authenticate_inbound(
         lookup = dmarc_check.find_record_cached(resolver, header_from, psl)
     if spf is not None and (lookup is not None or header_from is None):
         # Warm: only DKIM (and ARC) keys may still need DNS; await them in turn.
-        dkim = await verify_dkim(resolver, message, executor=executor)
+        dkim = await verify_dkim(resolver, message, executor=executor, crlf_checked=crlf_checked)
         arc = await verify_arc(resolver, message, executor=executor)
     else:
         async def spf_result() -> SpfResult:
@@ -90,7 +93,7 @@ async def authenticate_inbound(
 
         spf, dkim, arc, lookup = await asyncio.gather(
             spf_result(),
-            verify_dkim(resolver, message, executor=executor),
+            verify_dkim(resolver, message, executor=executor, crlf_checked=crlf_checked),
             verify_arc(resolver, message, executor=executor),
             record(),
         )

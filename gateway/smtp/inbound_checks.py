@@ -49,9 +49,10 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> list[InboundDoma
 async def check_inbound(runtime: Runtime, *, message: bytes, sender: str, helo: str | None,
                         client_ip: str, recipients: list[str]) -> InboundOutcome:
     assert runtime.resolver is not None
+    # The DATA reader refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8).
     evidence = await authenticate_inbound(
         runtime.resolver, message=message, mail_from=sender, helo=helo or "",
-        client_ip=client_ip, receiver=runtime.config.hostname)
+        client_ip=client_ip, receiver=runtime.config.hostname, crlf_checked=True)
     decision = decide_inbound(evidence, domain_policies(runtime, recipients))
     summary = (f"spf={evidence.spf.result} dkim="
                f"{','.join(d.result for d in evidence.dkim) or 'none'} "

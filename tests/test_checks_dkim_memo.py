@@ -1,0 +1,57 @@
+"""The DKIM verifier remembers checks on tags a sender repeats (h=, d=, c= ...):
+the memo changes no answer, and values too big to keep are checked every time
+without being kept (they come from senders)."""
+
+from __future__ import annotations
+
+import time
+
+import dkim
+
+from gateway.checks import dkim_canon, dkim_verify
+from gateway.checks.dkim_verify import KeyTable, verify_signatures
+from tests.support.dkim_keys import rsa_key
+
+RECORDS = {"r._domainkey.memo.example": rsa_key().record.encode()}
+HEAD = (b"From: a@memo.example\r\nTo: b@isp.example\r\nSubject: memo\r\n"
+        b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n")
+
+
+def signed(headers: list[bytes], body: bytes = b"Hello.\r\n") -> bytes:
+    msg = HEAD + b"\r\n" + body
+    return dkim.sign(msg, b"r", b"memo.example", rsa_key().private, include_headers=headers) + msg
+
+
+def results(msg: bytes) -> list[tuple[str, str]]:
+    return [(r.result, r.reason) for r in verify_signatures(msg, KeyTable(RECORDS), time.time())]
+
+
+def test_a_repeated_signature_shape_gets_the_same_answers_from_the_memo():
+    good = signed([b"from", b"to", b"subject"])
+    bad_body = good.replace(b"Hello.", b"Hullo.")
+    first = [results(good), results(bad_body)]
+    assert first == [[("pass", "")], [("fail", "body hash mismatch")]]
+    assert [results(good), results(bad_body)] == first  # now from the memo
+
+
+def test_a_tag_refusal_is_remembered_as_a_refusal_not_as_a_pass():
+    # dkimpy will not sign without From: take it out of h= afterwards.
+    unsigned_from = signed([b"from", b"to", b"subject"]).replace(b"h=from : ", b"h=", 1)
+    assert b"h=to : subject" in unsigned_from
+    assert results(unsigned_from) == [("permerror", "From is not signed (RFC 6376 §6.1.1)")]
+    assert results(unsigned_from) == [("permerror", "From is not signed (RFC 6376 §6.1.1)")]
+
+
+def test_an_oversized_h_tag_is_checked_but_not_kept():
+    # h= may name a field more often than it occurs (RFC 6376 §5.4.2): 80 names of
+    # "subject" make an h= of well over 512 octets that still verifies.
+    headers = [b"from", b"to"] + [b"subject"] * 80
+    msg = signed(headers)
+    h_value = dkim_verify.parse_tags(dkim_verify.header_values(msg, b"dkim-signature")[0])[b"h"]
+    assert len(h_value) > 512
+    assert results(msg) == [("pass", "")]
+    kept_names = dkim_canon._signed_names_memo.cache_info().currsize
+    kept_tags = dkim_verify._middle_refusal_memo.cache_info().currsize
+    assert results(msg) == [("pass", "")]
+    assert dkim_canon._signed_names_memo.cache_info().currsize == kept_names
+    assert dkim_verify._middle_refusal_memo.cache_info().currsize == kept_tags
