@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from gateway.ops.metrics import Metrics, reply_class
 
@@ -117,6 +118,45 @@ def test_auth_results_outside_rfc_8601_words_are_refused(method, result):
     with pytest.raises(ValueError):
         Metrics().auth_result(method, result)
 
+
+
+def test_remembered_auth_result_series_still_count_one_per_call():
+    # auth_result keeps the labelled child of each valid pair: every call must still count.
+    m = Metrics()
+    name = "portcullis_inbound_auth_results_total"
+    for n in range(1, 4):
+        m.auth_result("dkim", "pass")
+        m.auth_result("spf", "temperror")
+        assert value(m, name, method="dkim", result="pass") == n
+        assert value(m, name, method="spf", result="temperror") == n
+    exposed = generate_latest(m.registry).decode()
+    assert f'{name}{{method="dkim",result="pass"}} 3.0' in exposed
+    assert f'{name}{{method="spf",result="temperror"}} 3.0' in exposed
+
+
+@pytest.mark.parametrize(("method", "result"), [("arc", "pass"), ("dkim", "PASS"), ("spf", "ok")])
+def test_unknown_auth_result_pairs_are_refused_every_time_and_never_exposed(method, result):
+    m = Metrics()
+    m.auth_result("dkim", "pass")
+    for _ in range(2):  # refused again on the second call: nothing was remembered
+        with pytest.raises(ValueError):
+            m.auth_result(method, result)
+    exposed = generate_latest(m.registry).decode()
+    assert f'method="{method}",result="{result}"' not in exposed
+    assert value(m, "portcullis_inbound_auth_results_total", method=method, result=result) is None
+    m.auth_result("dkim", "pass")
+    assert value(m, "portcullis_inbound_auth_results_total", method="dkim", result="pass") == 2
+
+
+def test_remembered_downstream_series_count_each_message_apart():
+    m = Metrics(downstreams=["inbound"])
+    for n in range(1, 4):
+        m.downstream_took("inbound", 0.01)
+        assert value(m, "portcullis_downstream_seconds_count", downstream="inbound") == n
+    m.downstream_took("outbound", 2.0)
+    assert value(m, "portcullis_downstream_seconds_count", downstream="outbound") == 1
+    assert value(m, "portcullis_downstream_seconds_sum", downstream="inbound") == pytest.approx(0.03)
+    assert value(m, "portcullis_downstream_seconds_bucket", downstream="outbound", le="1.0") == 0
 
 # A parent that prepares the directory, forks two workers that count, and sums
 # their files, in a separate interpreter: multiprocess mode is process-wide, so it

@@ -101,11 +101,13 @@ class Metrics:
             "Inbound SPF, DKIM and DMARC results (RFC 8601 result words).",
             ["method", "result"], registry=r,
         )
+        self._auth_result_children: dict[tuple[str, str], Counter] = {}
         self.downstream_latency = Histogram(
             "portcullis_downstream_seconds",
             "Time the downstream took to take a message (connect to final reply).",
             ["downstream"], buckets=DOWNSTREAM_BUCKETS, registry=r,
         )
+        self._downstream_children: dict[str, Histogram] = {}
         self.downstream_errors = Counter(
             "portcullis_downstream_errors_total",
             "Downstream failures by downstream and kind (connect, timeout, tempfail, refused).",
@@ -169,14 +171,26 @@ class Metrics:
 
     def auth_result(self, method: str, result: str) -> None:
         """One SPF, DKIM or DMARC result; DKIM counts each signature checked."""
-        if method not in AUTH_METHODS:
-            raise ValueError(f"unknown authentication method {method!r}")
-        if result not in AUTH_RESULTS:
-            raise ValueError(f"unknown {method} result {result!r}")
-        self.auth_results.labels(method, result).inc()
+        # Several per message: the child is looked up once per pair, as in reply().
+        # Only a pair that passed the checks below is ever remembered, so the
+        # dictionary holds at most len(AUTH_METHODS) * len(AUTH_RESULTS) entries.
+        child = self._auth_result_children.get((method, result))
+        if child is None:
+            if method not in AUTH_METHODS:
+                raise ValueError(f"unknown authentication method {method!r}")
+            if result not in AUTH_RESULTS:
+                raise ValueError(f"unknown {method} result {result!r}")
+            child = self._auth_result_children[method, result] = self.auth_results.labels(
+                method, result)
+        child.inc()
 
     def downstream_took(self, downstream: str, seconds: float) -> None:
-        self.downstream_latency.labels(downstream).observe(seconds)
+        # Once per message; downstream names come from the configuration (few).
+        child = self._downstream_children.get(downstream)
+        if child is None:
+            child = self._downstream_children[downstream] = self.downstream_latency.labels(
+                downstream)
+        child.observe(seconds)
 
     def downstream_error(self, downstream: str, kind: str) -> None:
         self.downstream_errors.labels(downstream, kind).inc()

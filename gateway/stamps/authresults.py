@@ -6,10 +6,16 @@ that claims our authserv-id, so a sender cannot hand the downstream a forged
 with its own small scanner: a field that authres cannot parse (forgers do not
 follow the grammar) is still recognised and removed.  Fields of other
 authserv-ids are kept byte for byte, folding included.
+
+Our own field is written by authres, one result per folded line.  Everything
+in it but DKIM's header.b (RFC 6008) repeats from message to message of one
+sender, so the text authres makes of each result is remembered in bounded
+caches and only header.b is formatted per message, by authres's quoting rules.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -92,47 +98,85 @@ def strip_our_authentication_results(message: bytes, authserv_id: str) -> bytes:
 
 
 # --- our header -------------------------------------------------------------------------
+# authres builds and quotes every result (a few object constructions and regular
+# expressions each: tens of microseconds a message), yet all but DKIM's header.b
+# repeats from message to message of one sender.  So the text authres makes of
+# each result is remembered, keyed by the plain values that decide it, and only
+# header.b is formatted per message.  The caches are bounded: their keys come
+# from senders (MAIL FROM, d=, s=, From: domain).
+_CACHED_RESULTS = 4096
+# QuotableValue.quote_if_needed's own test for a value left unquoted (RFC 2045 token).
+_TOKEN_RE = re.compile(rf"^{authres.core.RFC2045_TOKEN_PATTERN}$")
+
+
 def authentication_results(authserv_id: str, evidence: InboundEvidence) -> bytes:
     """The A-R field, one result per folded line, ending in CRLF."""
-    results = [str(r) for r in _results(evidence)]
-    value = ";\r\n\t".join([authserv_id, *results])
-    return FIELD_NAME + b": " + value.encode("utf-8") + b"\r\n"
-
-
-def _results(ev: InboundEvidence) -> list[authres.core.AuthenticationResult]:
+    ev = evidence
     spf_prop, spf_value = ev.spf.property
-    out: list = [
-        authres.SPFAuthenticationResult(
-            result=ev.spf.result,
-            smtp_mailfrom=spf_value if spf_prop == "smtp.mailfrom" and spf_value else None,
-            smtp_helo=spf_value if spf_prop == "smtp.helo" and spf_value else None,
-        )
-    ]
+    results = [authserv_id, _spf_text(ev.spf.result, spf_prop, spf_value)]
     if not ev.dkim:
-        out.append(authres.DKIMAuthenticationResult(result="none"))
+        results.append(_dkim_text("none", "", "", "", ""))
     for d in ev.dkim:
-        r = authres.DKIMAuthenticationResult(
-            result=d.result, reason=d.reason or None, header_d=d.domain or None,
-            header_s=d.selector or None, header_a=d.algorithm or None,
-        )
+        text = _dkim_text(d.result, d.reason, d.domain, d.selector, d.algorithm)
         if d.b_prefix:  # RFC 6008 §4: tells apart two signatures of one domain
-            r.properties.append(authres.core.AuthenticationResultProperty("header", "b", d.b_prefix))
-        out.append(r)
+            text += _header_b(d.b_prefix)
+        results.append(text)
     if ev.arc.result != "none":
-        out.append(authres.arc.ARCAuthenticationResult(
-            result=ev.arc.result,
-            result_comment=f"i={ev.arc.instances} as.d={ev.arc.sealer}" if ev.arc.sealer else None,
-        ))
+        comment = f"i={ev.arc.instances} as.d={ev.arc.sealer}" if ev.arc.sealer else None
+        results.append(_arc_text(ev.arc.result, comment))
     dm = ev.dmarc
-    comment = None
-    if dm.result in ("pass", "fail"):
-        # The published policy and our applied disposition, as in RFC 7489 §7.2 reports.
-        comment = f"p={dm.policy.upper()} dis={dm.disposition.upper()}"
-    out.append(authres.dmarc.DMARCAuthenticationResult(
-        result=dm.result, result_comment=comment, header_from=dm.header_from or None,
-        policy=dm.policy if dm.result in ("pass", "fail") else None,
+    results.append(_dmarc_text(dm.result, dm.header_from, dm.policy, dm.disposition))
+    return FIELD_NAME + b": " + ";\r\n\t".join(results).encode("utf-8") + b"\r\n"
+
+
+@functools.lru_cache(maxsize=_CACHED_RESULTS)
+def _spf_text(result: str, prop: str, value: str) -> str:
+    return str(authres.SPFAuthenticationResult(
+        result=result,
+        smtp_mailfrom=value if prop == "smtp.mailfrom" and value else None,
+        smtp_helo=value if prop == "smtp.helo" and value else None,
     ))
-    return out
+
+
+@functools.lru_cache(maxsize=_CACHED_RESULTS)
+def _dkim_text(result: str, reason: str, domain: str, selector: str, algorithm: str) -> str:
+    """The DKIM result without header.b, which authres would append last."""
+    return str(authres.DKIMAuthenticationResult(
+        result=result, reason=reason or None, header_d=domain or None,
+        header_s=selector or None, header_a=algorithm or None,
+    ))
+
+
+def _header_b(b_prefix: str) -> str:
+    """' header.b=<value>', as authres's AuthenticationResult.__str__ appends it.
+
+    The same decisions as authres's QuotableValue.quote_if_needed, without
+    building objects for the two usual cases: a value with '@' or a whole RFC
+    2045 token stays as it is; one without '"' or '\\' (base64's '/' and '='
+    are not token characters) is quoted with nothing to escape.  Anything else
+    goes through authres itself.
+    """
+    if "@" in b_prefix or _TOKEN_RE.match(b_prefix):
+        return " header.b=" + b_prefix
+    if '"' not in b_prefix and "\\" not in b_prefix:
+        return ' header.b="' + b_prefix + '"'
+    return " header.b=" + authres.core.QuotableValue(b_prefix).quote_if_needed()
+
+
+@functools.lru_cache(maxsize=1024)  # only mail that went through a forwarder has ARC
+def _arc_text(result: str, comment: str | None) -> str:
+    return str(authres.arc.ARCAuthenticationResult(result=result, result_comment=comment))
+
+
+@functools.lru_cache(maxsize=_CACHED_RESULTS)
+def _dmarc_text(result: str, header_from: str, policy: str, disposition: str) -> str:
+    applied = result in ("pass", "fail")
+    # The published policy and our applied disposition, as in RFC 7489 §7.2 reports.
+    comment = f"p={policy.upper()} dis={disposition.upper()}" if applied else None
+    return str(authres.dmarc.DMARCAuthenticationResult(
+        result=result, result_comment=comment, header_from=header_from or None,
+        policy=policy if applied else None,
+    ))
 
 
 def stamp_authentication_results(
