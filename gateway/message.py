@@ -7,11 +7,12 @@ re-serialises a parsed message: it only looks at header fields to decide.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.headerregistry import HeaderRegistry
+from typing import NamedTuple
 
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line end not followed by a fold
 _registry = HeaderRegistry()
 
 
@@ -19,8 +20,7 @@ class MalformedHeader(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class HeaderField:
+class HeaderField(NamedTuple):  # a tuple: every message has a dozen, and tuples are cheap
     name: str  # as sent
     raw: bytes  # the whole field, folded, with its final CRLF
 
@@ -45,24 +45,22 @@ def header_fields(message: bytes) -> list[HeaderField]:
     """The header fields in order; raises MalformedHeader on a line that is neither
     a field nor a continuation."""
     head, _ = split_message(message)
-    fields: list[HeaderField] = []
-    current: list[bytes] = []
-    name = ""
-    for line in head.split(b"\r\n")[:-1] if head else []:
-        if line[:1] in (b" ", b"\t"):
-            if not current:
-                raise MalformedHeader("continuation line before any header field")
-            current.append(line)
-            continue
-        if current:
-            fields.append(HeaderField(name, b"\r\n".join(current) + b"\r\n"))
-        field_name, colon, _ = line.partition(b":")
-        if not colon or not _FIELD_NAME.match(field_name.rstrip(b" \t")):
+    if not head.endswith(b"\r\n"):  # a last line without its CRLF is not read
+        cut = head.rfind(b"\r\n")
+        head = head[: cut + 2] if cut >= 0 else b""
+    if not head:
+        return []
+    if head[:1] in (b" ", b"\t"):
+        raise MalformedHeader("continuation line before any header field")
+    pieces = _FIELD_START.split(head)  # one piece per field, its folds included
+    pieces.pop()  # the head ends in CRLF: nothing after it
+    fields = []
+    for piece in pieces:
+        field_name, colon, _ = piece.partition(b":")
+        name = field_name.rstrip(b" \t")
+        if not colon or not _FIELD_NAME.match(name):
             raise MalformedHeader("a header line without a field name")
-        name = field_name.rstrip(b" \t").decode("ascii")
-        current = [line]
-    if current:
-        fields.append(HeaderField(name, b"\r\n".join(current) + b"\r\n"))
+        fields.append(HeaderField(name.decode("ascii"), piece + b"\r\n"))
     return fields
 
 
