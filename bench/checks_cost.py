@@ -90,7 +90,7 @@ async def measure(resolver, msg, seconds: float, concurrency: int) -> tuple[floa
 
 
 # --- the previous DKIM path, for comparison: dkimpy in a worker thread ---------------------
-async def verify_dkim_with_dkimpy(resolver, message, *, executor=None, now=None, crlf_checked=False):
+async def verify_dkim_with_dkimpy(resolver, message, *, executor=None, now=None, header=None):
     values = dkim_verify.header_values(message, b"dkim-signature")
     tags = [dkim_verify.parse_tags(v) for v in values]
     keys = await fetch_keys(resolver, [key_name(t[b"s"], t[b"d"]) for t in tags if t])

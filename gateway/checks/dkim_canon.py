@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from gateway.message import HeaderField
 
 # RFC 6376 §3.7: the b= tag's value is removed from the signature field before it is
 # hashed.  dkimpy's expression for it (RE_BTAG) backtracks over every base64 character
@@ -45,13 +48,9 @@ class ParsedMessage:
     body: bytes  # after the empty line, CRLF line ends
 
 
-def parse_message(message: bytes, crlf_checked: bool = False) -> ParsedMessage:
-    """Header fields and body.  Raises MalformedHeader for a line that is not a field.
-
-    ``crlf_checked``: the caller knows every LF in ``message`` ends a CRLF (the
-    gateway's DATA reader refuses anything else), so the two whole-message counts
-    that look for a bare LF are skipped."""
-    if not crlf_checked and message.count(b"\n") != message.count(b"\r\n"):
+def parse_message(message: bytes) -> ParsedMessage:
+    """Header fields and body.  Raises MalformedHeader for a line that is not a field."""
+    if message.count(b"\n") != message.count(b"\r\n"):
         # Bare LF: dkimpy reads either line end; make them CRLF so we agree.
         message = re.sub(rb"\r?\n", b"\r\n", message)
     if message.startswith(b"\r\n"):
@@ -73,6 +72,29 @@ def parse_message(message: bytes, crlf_checked: bool = False) -> ParsedMessage:
             raise MalformedHeader("a header line is neither a field nor a continuation")
         fields.append(Field(name, key.lower(), rest + b"\r\n"))
     return ParsedMessage(tuple(fields), body)
+
+
+def fields_from_header(header: Sequence[HeaderField]) -> tuple[Field, ...]:
+    """DKIM's view of a header already read by :func:`gateway.message.header_fields`
+    (which refuses any line that is not a field): the fields :func:`parse_message`
+    would give, without reading the message a second time.  The message must have
+    CRLF line ends only, as the gateway's DATA reader makes sure."""
+    fields = []
+    for field in header:
+        raw = field.raw
+        if raw.startswith(b"From "):  # an mbox separator: skipped, as parse_message does
+            continue
+        name, _, value = raw.partition(b":")
+        fields.append(Field(name, name.rstrip(b" \t").lower(), value))
+    return tuple(fields)
+
+
+def body_of(message: bytes) -> bytes:
+    """The body as :func:`parse_message` reads it: after the empty line, if any."""
+    if message.startswith(b"\r\n"):
+        return message[2:]
+    end = message.find(b"\r\n\r\n")
+    return b"" if end < 0 else message[end + 4 :]
 
 
 # --- body (RFC 6376 §3.4.3, §3.4.4) ------------------------------------------------------

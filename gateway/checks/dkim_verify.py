@@ -38,7 +38,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -53,11 +53,14 @@ from gateway.checks.dkim_canon import (
     Field,
     MalformedHeader,
     ParsedMessage,
+    body_of,
+    fields_from_header,
     header_data,
     parse_message,
     signed_names,
 )
 from gateway.checks.dns import DnsTempError, Resolver
+from gateway.message import HeaderField
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
 # dkimpy's leeway for signers' clocks (RFC 6376 §3.5 x=: verifiers MAY allow for drift).
@@ -150,25 +153,37 @@ def _key_name(name: bytes | str) -> str:
 # --- the check -------------------------------------------------------------------------
 async def verify_dkim(
     resolver: Resolver, message: bytes, *, executor: Executor | None = None,
-    now: float | None = None, crlf_checked: bool = False,
+    now: float | None = None, header: Sequence[HeaderField] | None = None,
 ) -> list[DkimResult]:
     """One result per DKIM-Signature, top to bottom; [] when the message has none.
 
     ``now`` (Unix time) is the verification time for t= and x=; the clock by default.
-    ``crlf_checked``: every LF in ``message`` is known to end a CRLF (see
-    :func:`gateway.checks.dkim_canon.parse_message`).
+    ``header``: the message's header as :func:`gateway.message.header_fields` read
+    it, from a message with CRLF line ends only (the gateway's DATA reader makes
+    sure); given, the header is not read a second time.
     """
+    when = time.time() if now is None else now
+    if header is not None:
+        fields = fields_from_header(header)
+        signatures = [(f, parse_tags(f.value)) for f in fields if f.key == b"dkim-signature"]
+        if not signatures:
+            return []  # RFC 8601 §2.7.1: dkim=none, decided by the caller
+        keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
+        if len(message) <= INLINE_MAX_BYTES and len(signatures) <= INLINE_MAX_SIGNATURES:
+            return verify_parsed(ParsedMessage(fields, body_of(message)), signatures, keys, when)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            executor, _verify_fields, message, fields, signatures, keys, when)
     end = message.find(b"\r\n\r\n")
     if b"dkim-signature" not in message[: end if end >= 0 else None].lower():
         return []  # RFC 8601 §2.7.1: dkim=none, decided by the caller
-    when = time.time() if now is None else now
     if len(message) > INLINE_MAX_BYTES:
         # Large: only the header is read here (for the key names); the rest in a thread.
         tags = [parse_tags(v) for v in header_values(message, b"dkim-signature")]
         keys = await fetch_keys(resolver, _key_names(tags))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, verify_signatures, message, keys, when)
-    parsed, signatures = _signatures(message, crlf_checked)
+    parsed, signatures = _signatures(message)
     if parsed is None:
         return signatures  # the header does not parse: each signature a permerror
     keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
@@ -176,6 +191,12 @@ async def verify_dkim(
         return verify_parsed(parsed, signatures, keys, when)  # cheaper than a thread hop
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, verify_parsed, parsed, signatures, keys, when)
+
+
+def _verify_fields(message: bytes, fields: tuple[Field, ...], signatures: list,
+                   keys: KeyTable, now: float) -> list[DkimResult]:
+    # In a worker thread: the body of a large message is cut out (copied) here.
+    return verify_parsed(ParsedMessage(fields, body_of(message)), signatures, keys, now)
 
 
 def _key_names(tags: list[dict[bytes, bytes] | None]) -> list[str]:
@@ -234,11 +255,11 @@ def verify_signatures(message: bytes, keys: KeyTable, now: float) -> list[DkimRe
     return verify_parsed(parsed, signatures, keys, now)
 
 
-def _signatures(message: bytes, crlf_checked: bool = False) -> tuple[ParsedMessage | None, list]:
+def _signatures(message: bytes) -> tuple[ParsedMessage | None, list]:
     """(the parsed message, its DKIM-Signature fields with their tags), or (None, a
     permerror result per signature) when the header section does not parse."""
     try:
-        parsed = parse_message(message, crlf_checked)
+        parsed = parse_message(message)
     except MalformedHeader as e:
         return None, [_made(parse_tags(v) or {}, "permerror", str(e))
                       for v in header_values(message, b"dkim-signature")]

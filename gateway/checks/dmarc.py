@@ -25,6 +25,7 @@ from publicsuffixlist import PublicSuffixList
 from gateway.checks.dkim_verify import DkimResult
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.spf import SpfResult
+from gateway.message import HeaderField
 
 POLICIES = ("none", "quarantine", "reject")
 
@@ -62,7 +63,17 @@ def from_domain(message: bytes) -> str | None:
     """The RFC5322.From domain, or None when there is not exactly one (RFC 7489 §6.6.1)."""
     end = message.find(b"\r\n\r\n")
     head = message if end < 0 else message[:end]
-    fields = _FROM_RE.findall(head)
+    return _domain_of(_FROM_RE.findall(head))
+
+
+def from_domain_in(header: Sequence[HeaderField]) -> str | None:
+    """:func:`from_domain` of a header already read by :func:`gateway.message.header_fields`."""
+    # Each value as _FROM_RE captures it: after the colon, folds kept, up to the final LF.
+    return _domain_of([f.raw[f.raw.index(b":") + 1 : -1] for f in header
+                       if f.name.lower() == "from"])
+
+
+def _domain_of(fields: list[bytes]) -> str | None:
     if len(fields) != 1:
         return None
     value = fields[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ from gateway.checks.dkim_verify import DkimResult, verify_dkim
 from gateway.checks.dmarc import DmarcResult, RecordLookup
 from gateway.checks.dns import Resolver
 from gateway.checks.spf import SpfResult, check_spf, check_spf_cached
+from gateway.message import HeaderField
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +59,19 @@ async def authenticate_inbound(
     psl: PublicSuffixList | None = None,
     rand: Callable[[], float] = random.random,
     executor: Executor | None = None,
-    crlf_checked: bool = False,
+    header: Sequence[HeaderField] | None = None,
 ) -> InboundEvidence:
     """SPF (MAIL FROM, or HELO for "<>"), every DKIM signature, ARC and DMARC.
 
     ``message`` is the raw content with CRLF line ends, as received (before we
     add any header).  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
-    ``crlf_checked``: the caller has made sure no LF stands without its CR (the
-    DATA reader refuses such messages), so DKIM need not look again.
+    ``header``: the message's header as :func:`gateway.message.header_fields` read
+    it (the handler does, for every message), from a message with CRLF line ends
+    only; given, DMARC and DKIM take the fields from it instead of reading the
+    header again.
     """
-    header_from = dmarc_check.from_domain(message)
+    header_from = (dmarc_check.from_domain(message) if header is None
+                   else dmarc_check.from_domain_in(header))
     spf = check_spf_cached(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
                            receiver=receiver)
     lookup = None
@@ -75,7 +79,7 @@ async def authenticate_inbound(
         lookup = dmarc_check.find_record_cached(resolver, header_from, psl)
     if spf is not None and (lookup is not None or header_from is None):
         # Warm: only DKIM (and ARC) keys may still need DNS; await them in turn.
-        dkim = await verify_dkim(resolver, message, executor=executor, crlf_checked=crlf_checked)
+        dkim = await verify_dkim(resolver, message, executor=executor, header=header)
         arc = await verify_arc(resolver, message, executor=executor)
     else:
         async def spf_result() -> SpfResult:
@@ -93,7 +97,7 @@ async def authenticate_inbound(
 
         spf, dkim, arc, lookup = await asyncio.gather(
             spf_result(),
-            verify_dkim(resolver, message, executor=executor, crlf_checked=crlf_checked),
+            verify_dkim(resolver, message, executor=executor, header=header),
             verify_arc(resolver, message, executor=executor),
             record(),
         )

@@ -235,7 +235,7 @@ class GatewayHandler:
                 return self._finish(server, envelope, verdict.reply)
         elif rt.resolver is not None:  # inbound, checks on
             outcome = await check_inbound(
-                rt, message=message, sender=envelope.sender, helo=session.host_name,
+                rt, message=message, header=fields, sender=envelope.sender, helo=session.host_name,
                 client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
             envelope.checks = outcome.summary
             if rt.metrics is not None:

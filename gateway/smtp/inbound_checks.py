@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from gateway.checks.inbound import authenticate_inbound
 from gateway.config.inbound import InboundDomainPolicy
+from gateway.message import HeaderField
 from gateway.replies import Reply
 from gateway.rules.inbound import OUR_HEADERS, decide_inbound
 from gateway.runtime import Runtime
@@ -46,13 +47,15 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> list[InboundDoma
     return policies
 
 
-async def check_inbound(runtime: Runtime, *, message: bytes, sender: str, helo: str | None,
-                        client_ip: str, recipients: list[str]) -> InboundOutcome:
+async def check_inbound(runtime: Runtime, *, message: bytes, header: list[HeaderField],
+                        sender: str, helo: str | None, client_ip: str,
+                        recipients: list[str]) -> InboundOutcome:
+    """``header``: the message's header fields, as the handler read them; the DATA
+    reader has refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8)."""
     assert runtime.resolver is not None
-    # The DATA reader refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8).
     evidence = await authenticate_inbound(
         runtime.resolver, message=message, mail_from=sender, helo=helo or "",
-        client_ip=client_ip, receiver=runtime.config.hostname, crlf_checked=True)
+        client_ip=client_ip, receiver=runtime.config.hostname, header=header)
     decision = decide_inbound(evidence, domain_policies(runtime, recipients))
     summary = (f"spf={evidence.spf.result} dkim="
                f"{','.join(d.result for d in evidence.dkim) or 'none'} "
