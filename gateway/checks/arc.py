@@ -39,11 +39,14 @@ class ArcResult:
     reason: str = ""
 
 
+_NO_CHAIN = ArcResult("none")  # frozen: one for all the mail without ARC
+
+
 async def verify_arc(
     resolver: Resolver, message: bytes, *, executor: Executor | None = None
 ) -> ArcResult:
     if not header_values(message, b"arc-seal"):
-        return ArcResult("none")
+        return _NO_CHAIN
     names = []
     for value in header_values(message, *ARC_HEADERS):
         tags = _tags(value)

@@ -42,6 +42,10 @@ class Field(NamedTuple):  # a tuple: a message has many fields, and tuples are c
     value: bytes  # everything after the colon, folds and the final CRLF included
 
 
+# Field((name, key, value)) without NamedTuple's Python-level __new__: one per field.
+_field = functools.partial(tuple.__new__, Field)
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedMessage:
     fields: tuple[Field, ...]  # top to bottom
@@ -70,7 +74,7 @@ def parse_message(message: bytes) -> ParsedMessage:
         key = name.rstrip(b" \t")  # RFC 5322 §4.5.8 (obsolete): WSP before the colon
         if not colon or not key or key.translate(None, _FTEXT):
             raise MalformedHeader("a header line is neither a field nor a continuation")
-        fields.append(Field(name, key.lower(), rest + b"\r\n"))
+        fields.append(_field((name, key.lower(), rest + b"\r\n")))
     return ParsedMessage(tuple(fields), body)
 
 
@@ -85,7 +89,7 @@ def fields_from_header(header: Sequence[HeaderField]) -> tuple[Field, ...]:
         if raw.startswith(b"From "):  # an mbox separator: skipped, as parse_message does
             continue
         name, _, value = raw.partition(b":")
-        fields.append(Field(name, name.rstrip(b" \t").lower(), value))
+        fields.append(_field((name, name.rstrip(b" \t").lower(), value)))
     return tuple(fields)
 
 

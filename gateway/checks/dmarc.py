@@ -161,15 +161,27 @@ async def find_record(
 def find_record_cached(
     resolver: Resolver, domain: str, psl: PublicSuffixList | None = None
 ) -> RecordLookup | None:
-    """:func:`find_record` from cached answers alone; None when one it needs is not cached."""
+    """:func:`find_record` from cached answers alone; None when one it needs is not cached.
+
+    The outcome is remembered until the earliest of the answers it read expires:
+    the next message from the same From: domain costs one dictionary look-up."""
+    key = ("dmarc", domain, psl)
+    remembered = resolver.recall(key)
+    if remembered is not None:
+        return remembered  # type: ignore[return-value]
+    expires = float("inf")
+    found: RecordLookup | None = None
     for candidate in _candidates(domain, psl):
-        answer = resolver.cached(f"_dmarc.{candidate}", "TXT")
-        if answer is None:
+        entry = resolver.peek_entry(f"_dmarc.{candidate}", "TXT")
+        if entry is None:
             return None
-        found = _lookup_at(candidate, answer.texts())
+        expires = min(expires, entry[0])
+        found = _lookup_at(candidate, entry[1].texts())
         if found is not None:
-            return found
-    return RecordLookup(None)
+            break
+    outcome = found or RecordLookup(None)
+    resolver.remember(key, outcome, expires)
+    return outcome
 
 
 def _candidates(domain: str, psl: PublicSuffixList | None) -> list[str]:
@@ -206,12 +218,22 @@ def is_aligned(
     domain: str, from_dom: str, mode: str, psl: PublicSuffixList | None = None
 ) -> bool:
     """RFC 7489 §3.1: strict = same name, relaxed = same organisational domain."""
+    if len(domain) + len(from_dom) > 510:  # no such domain names: nothing to remember
+        return _is_aligned(domain, from_dom, mode, psl)
+    return _is_aligned_memo(domain, from_dom, mode, psl)
+
+
+def _is_aligned(domain: str, from_dom: str, mode: str, psl: PublicSuffixList | None) -> bool:
     domain, from_dom = domain.rstrip(".").lower(), from_dom.rstrip(".").lower()
     if not domain:
         return False
     if mode == "s":
         return domain == from_dom
     return organisational_domain(domain, psl) == organisational_domain(from_dom, psl)
+
+
+# Asked twice a message (SPF and DKIM alignment) for the same few pairs of domains.
+_is_aligned_memo = functools.lru_cache(maxsize=16384)(_is_aligned)
 
 
 def evaluate(
