@@ -112,8 +112,16 @@ def _without_trailing_crlfs(body: bytes) -> bytes:
     return stripped + tail[: match.start()]
 
 
+def _ends_in_one_line_end(body: bytes) -> bool:
+    # The usual body: its last line ends in CRLF and no empty line follows it, so
+    # canonicalisation leaves the end as it is (and need not copy 5 KB twice).
+    return body.endswith(b"\r\n") and not body.endswith(b"\r\n\r\n")
+
+
 def simple_body(body: bytes) -> bytes:
     """§3.4.3: empty lines at the end removed; a body always ends with one CRLF."""
+    if _ends_in_one_line_end(body):
+        return body
     return _without_trailing_crlfs(body) + b"\r\n"
 
 
@@ -126,6 +134,8 @@ def relaxed_body(body: bytes) -> bytes:
         body = body.replace(b"  ", b" ")
     if b" \r\n" in body:  # runs are single spaces now
         body = body.replace(b" \r\n", b"\r\n")
+    if _ends_in_one_line_end(body) and body != b"\r\n":
+        return body
     body = _without_trailing_crlfs(body)
     return body + b"\r\n" if body else b""
 
