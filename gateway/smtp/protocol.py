@@ -361,7 +361,33 @@ class GatewaySMTP(SMTP):
             self._deferrable = False
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None and self.offers_auth:
+            arg = self._without_auth_parameter(arg)
         await self._in_group(super().smtp_MAIL, arg)
+
+    def _without_auth_parameter(self, arg: str) -> str:
+        """MAIL FROM without a well-formed AUTH= parameter (RFC 4954 §5).
+
+        Where AUTH is offered, a client (an MTA relaying mail through us) may
+        name the original submitter in MAIL FROM; aiosmtpd knows no AUTH=, and
+        answered 555.  We do not pass on identities we cannot vouch for (§5: the
+        server then uses AUTH=<> or none), so it is dropped, never forwarded.  A
+        malformed one stays, for the 555 of an unrecognised parameter."""
+        body = self._strip_command_keyword("FROM:", arg)
+        if not body:
+            return arg
+        try:
+            address, rest = self._getaddr(body)
+        except Exception:  # the parser's own errors: leave the command to aiosmtpd
+            return arg
+        if address is None or not rest:
+            return arg
+        params = rest.split()
+        kept = [p for p in params if not _AUTH_PARAMETER.fullmatch(p)]
+        command = arg.rstrip()
+        if len(kept) == len(params) or not command.endswith(rest):
+            return arg
+        return command[: len(command) - len(rest)] + "".join(" " + p for p in kept)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self._in_rcpt = True
@@ -522,6 +548,10 @@ class GatewaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+
+# RFC 4954 §5: AUTH=<> or an xtext (RFC 3461 §4: "!" to "~" but "+" and "=", or +HH).
+_AUTH_PARAMETER = re.compile(r"AUTH=(?:<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+)", re.IGNORECASE)
 
 
 def _keep_help_texts(cls: type) -> None:
