@@ -124,3 +124,31 @@ def test_policy_section_parses_with_per_domain_overrides():
 def test_bad_policy_sections_are_refused(data, problem):
     with pytest.raises(ValidationError, match=problem):
         InboundPolicy.model_validate(data)
+
+
+def _policies_that_must_not_be_read():
+    raise AssertionError("the recipients' policies were looked up")
+    yield DEFAULT  # pragma: no cover - makes this a generator
+
+
+@pytest.mark.parametrize("spf", ["pass", "softfail", "neutral", "none", "permerror"])
+@pytest.mark.parametrize("dmarc, disposition", [
+    ("pass", "none"), ("none", "none"), ("permerror", "none"), ("fail", "none"),
+])
+@pytest.mark.parametrize("arc", ["none", "pass", "fail"])
+def test_mail_no_policy_acts_on_is_accepted_without_looking_policies_up(spf, dmarc, disposition, arc):
+    ev = evidence(spf=spf, dmarc=dmarc, disposition=disposition, arc=arc, sealer="lists.example.org")
+    decision = decide_inbound(ev, _policies_that_must_not_be_read())
+    assert (decision.action, decision.verdict.accept, decision.headers, decision.reasons,
+            decision.arc_override) == (T, True, (), (), False)
+    for policy in (DEFAULT, STRICT, LENIENT, TRUSTING, TEMPFAILING, QUARANTINING):
+        assert decide_inbound(ev, [policy]) == decision
+
+
+@pytest.mark.parametrize("ev", [
+    evidence(spf="fail"), evidence(spf="temperror"), evidence(dmarc="temperror"),
+    evidence(dmarc="fail", disposition="reject"), evidence(dmarc="fail", disposition="quarantine"),
+])
+def test_mail_a_policy_may_act_on_reads_the_policies(ev):
+    with pytest.raises(AssertionError, match="looked up"):
+        decide_inbound(ev, _policies_that_must_not_be_read())

@@ -55,11 +55,21 @@ class InboundDecision:
 def decide_inbound(
     evidence: InboundEvidence, policies: Iterable[InboundDomainPolicy]
 ) -> InboundDecision:
-    """The strictest decision over the recipient domains' policies."""
+    """The strictest decision over the recipient domains' policies.
+
+    ``policies`` is read only when the evidence holds something a policy acts on
+    (most mail: DMARC pass, no SPF fail, no DNS trouble), so it may be a generator
+    that looks the recipients' customers up."""
+    if not _actionable(evidence):
+        return _NOTHING_TO_ACT_ON
     decisions = [_decide_one(evidence, p) for p in policies] or [
         _decide_one(evidence, InboundDomainPolicy())
     ]
     return max(decisions, key=lambda d: _SEVERITY[d.action])
+
+
+# Frozen: one for all the mail no policy acts on.
+_NOTHING_TO_ACT_ON = InboundDecision(Verdict.ok(), InboundAction.TAG)
 
 
 def _decide_one(ev: InboundEvidence, policy: InboundDomainPolicy) -> InboundDecision:
@@ -83,9 +93,18 @@ def _decide_one(ev: InboundEvidence, policy: InboundDomainPolicy) -> InboundDeci
     return InboundDecision(Verdict.ok(), worst.action, headers, reasons, arc_override)
 
 
+def _actionable(ev: InboundEvidence) -> bool:
+    """Could any policy find something to act on here?  The conditions of _findings."""
+    dm = ev.dmarc
+    return ((dm.result == "fail" and dm.disposition in ("reject", "quarantine"))
+            or ev.spf.result in ("fail", "temperror") or dm.result == "temperror")
+
+
 def _findings(ev: InboundEvidence, policy: InboundDomainPolicy) -> tuple[list[Finding], bool]:
     findings: list[Finding] = []
     arc_override = False
+    if not _actionable(ev):
+        return findings, arc_override
     dm = ev.dmarc
     if dm.result == "fail" and dm.disposition in ("reject", "quarantine"):
         if ev.arc.result == "pass" and ev.arc.sealer in policy.trusted_arc_sealers:
