@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 import dkim
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.checks import dkim_canon, dkim_verify
 from gateway.checks.dkim_verify import KeyTable, verify_signatures
@@ -55,3 +57,31 @@ def test_an_oversized_h_tag_is_checked_but_not_kept():
     assert results(msg) == [("pass", "")]
     assert dkim_canon._signed_names_memo.cache_info().currsize == kept_names
     assert dkim_verify._middle_refusal_memo.cache_info().currsize == kept_tags
+
+
+def made_before(tags: dict[bytes, bytes], result: str, reason: str = "") -> dkim_verify.DkimResult:
+    """The result as it was built before its texts were remembered (the oracle)."""
+    def text(tag: bytes) -> str:
+        return tags.get(tag, b"").decode("ascii", "replace")
+    b = "".join(text(b"b").split())
+    return dkim_verify.DkimResult(result, domain=text(b"d").lower(), selector=text(b"s"),
+                                  algorithm=text(b"a").lower(), b_prefix=b[:8],
+                                  identity=text(b"i"), reason=reason)
+
+
+tag_value = st.binary(max_size=40) | st.lists(
+    st.sampled_from([b" ", b"\t", b"\r\n ", b"\x1c", b"\x85", b"abc", b"Z9+/", b"=", b"\xff"]),
+    max_size=80).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from([b"d", b"s", b"a", b"i", b"b"]), tag_value))
+def test_results_are_built_as_before_from_any_tag_values(tags):
+    assert dkim_verify._made(tags, "fail", "why") == made_before(tags, "fail", "why")
+
+
+def test_oversized_tag_texts_are_not_kept():
+    tags = {b"d": b"x" * 600 + b".example", b"s": b"s", b"a": b"rsa-sha256", b"b": b"  abc def ghi"}
+    kept = dkim_verify._texts_memo.cache_info().currsize
+    assert dkim_verify._made(tags, "pass") == made_before(tags, "pass")
+    assert dkim_verify._texts_memo.cache_info().currsize == kept

@@ -160,7 +160,7 @@ def simple_field(field: Field) -> bytes:
     return field.name + b":" + field.value
 
 
-def select_fields(fields: tuple[Field, ...], names: list[bytes]) -> list[Field]:
+def select_fields(fields: tuple[Field, ...], names: Sequence[bytes]) -> list[Field]:
     """RFC 6376 §5.4.2: each name in h= takes the next instance from the bottom up; a
     name listed more often than it occurs selects nothing (it signs the absence)."""
     wanted = set(names)
@@ -222,7 +222,7 @@ def signature_field_data(field: Field, canon: bytes) -> bytes:
     return (field.name + b":" + value).rstrip()
 
 
-def header_data(fields: tuple[Field, ...], names: list[bytes], signature: Field,
+def header_data(fields: tuple[Field, ...], names: Sequence[bytes], signature: Field,
                 canon: bytes) -> bytes:
     """What the header hash covers: the selected fields, then the signature field."""
     chosen = select_fields(fields, names)

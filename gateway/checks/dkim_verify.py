@@ -273,15 +273,32 @@ def verify_parsed(parsed: ParsedMessage, signatures: list[tuple[Field, dict | No
     return [_verify_one(parsed, f, tags, keys, now, body_hashes) for f, tags in signatures]
 
 
-def _text(tags: dict[bytes, bytes], tag: bytes) -> str:
-    return tags.get(tag, b"").decode("ascii", "replace")
-
-
 def _made(tags: dict[bytes, bytes], result: str, reason: str = "") -> DkimResult:
-    b = "".join(_text(tags, b"b").split())
-    return DkimResult(result, domain=_text(tags, b"d").lower(), selector=_text(tags, b"s"),
-                      algorithm=_text(tags, b"a").lower(), b_prefix=b[:8],
-                      identity=_text(tags, b"i"), reason=reason)
+    g = tags.get
+    d, s, a, i = g(b"d", b""), g(b"s", b""), g(b"a", b""), g(b"i", b"")
+    domain, selector, algorithm, identity = (
+        _texts_of if len(d) + len(s) + len(a) + len(i) > _MEMO_MAX_OCTETS else _texts_memo
+    )(d, s, a, i)
+    return DkimResult(result, domain, selector, algorithm, _b_prefix(g(b"b", b"")), identity,
+                      reason)
+
+
+def _texts_of(d: bytes, s: bytes, a: bytes, i: bytes) -> tuple[str, str, str, str]:
+    """header.d, .s, .a and .i (RFC 8601 §2.7.1) of a signature's tags."""
+    return (d.decode("ascii", "replace").lower(), s.decode("ascii", "replace"),
+            a.decode("ascii", "replace").lower(), i.decode("ascii", "replace"))
+
+
+# A sender's d=, s=, a= and i= repeat: decode them once.
+_texts_memo = functools.lru_cache(maxsize=4096)(_texts_of)
+
+
+def _b_prefix(b: bytes) -> str:
+    """The first 8 characters of b= without its folding white space (RFC 6008 §4)."""
+    head = "".join(b[:64].decode("ascii", "replace").split())
+    if len(head) < 8:  # mostly white space at the start: read all of it
+        head = "".join(b.decode("ascii", "replace").split())
+    return head[:8]
 
 
 class _Refused(Exception):
@@ -418,10 +435,9 @@ def _number(tags: dict[bytes, bytes], tag: bytes) -> int | None:
 def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, bytes],
                       keys: KeyTable, now: float, body_hashes: dict) -> None:
     """Returns for a good signature; raises _Refused with the result otherwise."""
-    kind = _check_tags(tags, now)
-    name = key_name(tags[b"s"], tags[b"d"])
+    kind = _check_tags(tags, now)  # below, every tag used is there and of sane size
     try:
-        record = keys.answer(name)
+        record = keys.answer(_signature_key_name(tags[b"s"], tags[b"d"]))
     except DnsTempError as e:
         raise _Refused("temperror", f"key lookup failed: {e}") from None
     if record is None:
@@ -434,8 +450,7 @@ def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, byt
     if key.kind == "rsa" and key.bits < MIN_RSA_BITS:
         raise _Refused("fail", f"RSA key under {MIN_RSA_BITS} bits (RFC 8301)")
 
-    header_canon, _, body_canon = tags.get(b"c", b"simple/simple").partition(b"/")
-    body_canon = body_canon or b"simple"
+    header_canon, body_canon = _canonicalisations(tags.get(b"c", b"simple/simple"))
     length = int(tags[b"l"]) if b"l" in tags else None
     memo = (body_canon, length)
     digest = body_hashes.get(memo)
@@ -447,12 +462,34 @@ def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, byt
     if digest != _b64(tags[b"bh"]):
         raise _Refused("fail", "body hash mismatch")
 
-    # As dkimpy does (its bug #644046): a second From above the signed one is hashed
-    # too, so an added From breaks the signature instead of hiding behind it.
-    names = [*signed_names(tags[b"h"]), b"from"]
-    data = header_data(parsed.fields, names, field, header_canon)
+    data = header_data(parsed.fields, _hashed_names(tags[b"h"]), field, header_canon)
     if not key.verifies(_b64(tags[b"b"]), hashlib.sha256(data).digest()):
         raise _Refused("fail", "signature did not verify")
+
+
+def _signature_key_name(selector: bytes, domain: bytes) -> str:
+    if len(selector) + len(domain) > _MEMO_MAX_OCTETS:
+        return _normalised_key_name(selector, domain)
+    return _key_name_memo(selector, domain)
+
+
+def _normalised_key_name(selector: bytes, domain: bytes) -> str:
+    return _key_name(key_name(selector, domain))
+
+
+_key_name_memo = functools.lru_cache(maxsize=4096)(_normalised_key_name)
+
+
+@functools.lru_cache(maxsize=64)  # c= passed _check_tags: one of six values
+def _canonicalisations(c: bytes) -> tuple[bytes, bytes]:
+    header_canon, _, body_canon = c.partition(b"/")
+    return header_canon, body_canon or b"simple"
+
+
+def _hashed_names(h: bytes) -> tuple[bytes, ...]:
+    # As dkimpy does (its bug #644046): a second From above the signed one is hashed
+    # too, so an added From breaks the signature instead of hiding behind it.
+    return (*signed_names(h), b"from")
 
 
 def _b64(value: bytes) -> bytes:
