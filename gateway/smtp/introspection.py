@@ -47,8 +47,9 @@ def _getmembers(obj: Any, predicate: Any = None) -> list[tuple[str, Any]]:
     if names is None:
         names = _auth_names_by_class[cls] = [n for n in dir(cls) if n.startswith("auth_")]
     instance = getattr(obj, "__dict__", None)
-    if instance:
-        names = sorted(set(names).union(n for n in instance if n.startswith("auth_")))
+    extra = [n for n in instance if n.startswith("auth_")] if instance else None
+    if extra:
+        names = sorted(set(names).union(extra))
     out = []
     for name in names:
         value = getattr(obj, name)

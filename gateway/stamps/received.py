@@ -8,9 +8,10 @@ by default for the same reason), nor anything about the password.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import format_datetime
 
 
@@ -34,10 +35,20 @@ def protocol(extended: bool, tls: bool, authenticated: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
 def _clean(text: str) -> str:
     # The HELO argument is the client's word: keep it to printable atoms so it
     # cannot fold, inject a header or break the comment.
-    return re.sub(r"[^A-Za-z0-9.\-_:\[\]]", "?", text)[:255] or "unknown"
+    return _UNSAFE.sub("?", text)[:255] or "unknown"
+
+
+@functools.lru_cache(maxsize=4)  # every message in the same second shares the text
+def _date_time(second: datetime, offset: timedelta | None) -> str:
+    # RFC 5322 §3.3 date-time.  ``offset`` is part of the key: equal instants in
+    # two zones compare equal but are written with their own offsets.
+    return format_datetime(second)
 
 
 def received_header(facts: ReceivedFacts, now: datetime) -> bytes:
@@ -50,5 +61,5 @@ def received_header(facts: ReceivedFacts, now: datetime) -> bytes:
     if facts.recipient:
         lines.append(f"\tfor <{facts.recipient}>")
     lines[-1] += ";"
-    lines.append(f"\t{format_datetime(now)}")
+    lines.append(f"\t{_date_time(now.replace(microsecond=0), now.utcoffset())}")
     return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
