@@ -25,7 +25,7 @@ from gateway.stamps.authresults import (
 
 _OUR_FIELDS = frozenset(h.lower().encode() for h in OUR_HEADERS)
 _AR_NAME = FIELD_NAME.lower()
-_SUSPECT_NAMES = (_AR_NAME, *_OUR_FIELDS)
+_SUSPECT_NAMES = frozenset(name.decode() for name in (_AR_NAME, *_OUR_FIELDS))
 _DEFAULT_POLICY = InboundDomainPolicy()  # frozen: one shared instance, not one per message
 
 
@@ -72,10 +72,8 @@ async def check_inbound(runtime: Runtime, *, message: bytes, header: list[Header
     def is_forged(name: bytes, field: bytes) -> bool:
         return name in _OUR_FIELDS or (name == _AR_NAME and authserv_id_of(field) == ours)
 
-    end = message.find(b"\r\n\r\n")
-    head = message[: end if end >= 0 else None].lower()
-    # The pass splits every field; skip it when no such name appears anywhere at all.
-    if any(name in head for name in _SUSPECT_NAMES):
+    # The pass splits every field; skip it when the header has no field of those names.
+    if any(field.name.lower() in _SUSPECT_NAMES for field in header):
         message = remove_fields(message, is_forged)
     stamp = authentication_results(runtime.config.our_authserv_id, evidence)
     if decision.headers:
