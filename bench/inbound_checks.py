@@ -1,6 +1,6 @@
 """Inbound throughput with every check on (SPF, DKIM, DMARC, ARC), against Postfix.
 
-    python bench/inbound_checks.py [--messages 3000] [--sessions 20] [--rounds 3]
+    python bench/inbound_checks.py [--messages 3000] [--sessions 20] [--rounds 5]
 
 A private NSD serves sender.test (SPF for 127.0.0.1, DMARC p=reject, an
 RSA-2048 DKIM key); smtp-source sends one 5 KB message signed with that key
@@ -98,7 +98,7 @@ def process_tree_cpu(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_options(parser, messages=3000)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="timed runs of every path, interleaved; the median is reported")
     args = parser.parse_args()
     if os.geteuid() != 0:
