@@ -85,3 +85,14 @@ def test_oversized_tag_texts_are_not_kept():
     kept = dkim_verify._texts_memo.cache_info().currsize
     assert dkim_verify._made(tags, "pass") == made_before(tags, "pass")
     assert dkim_verify._texts_memo.cache_info().currsize == kept
+
+
+def test_key_records_of_ordinary_size_are_kept_and_huge_ones_are_not():
+    record = RECORDS["r._domainkey.memo.example"]
+    first = dkim_verify.public_key(record)
+    assert dkim_verify.public_key(record) is first  # parsed once
+    huge = record + b"; n=" + b"x" * 5000  # n= is notes (RFC 6376 §3.6.1): still a key
+    kept = dkim_verify._public_key_memo.cache_info().currsize
+    parsed = dkim_verify.public_key(huge)
+    assert isinstance(parsed, dkim_verify.PublicKey) and parsed.bits == first.bits
+    assert dkim_verify._public_key_memo.cache_info().currsize == kept

@@ -528,9 +528,21 @@ class PublicKey:
         return True
 
 
-@functools.lru_cache(maxsize=4096)  # records repeat; parsing DER per message is waste
 def public_key(record: bytes) -> PublicKey | str:
-    """The key a DKIM key record publishes, or the reason it is unusable."""
+    """The key a DKIM key record publishes, or the reason it is unusable.
+
+    Records repeat and parsing DER per message is waste, so parsed keys are kept;
+    a record over 4 KB (an RSA-4096 record is about 750 octets) is parsed each
+    time instead: whoever runs a sending domain chooses its records' size."""
+    if len(record) > _KEY_RECORD_MEMO_MAX:
+        return _public_key_of(record)
+    return _public_key_memo(record)
+
+
+_KEY_RECORD_MEMO_MAX = 4096
+
+
+def _public_key_of(record: bytes) -> PublicKey | str:
     tags = parse_tags(record)
     if tags is None:
         return "key record unparsable"
@@ -561,6 +573,9 @@ def public_key(record: bytes) -> PublicKey | str:
     except (ValueError, UnsupportedAlgorithm) as e:
         return f"key record p= unusable: {e}"
     return "key record k= unknown"
+
+
+_public_key_memo = functools.lru_cache(maxsize=4096)(_public_key_of)
 
 
 # --- RSA through OpenSSL -------------------------------------------------------------
