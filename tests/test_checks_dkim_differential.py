@@ -301,3 +301,15 @@ def test_field_selection_matches_dkimpy(field_names, h_names):
     fields = tuple(Field(n, n, b"%d" % i) for i, n in enumerate(field_names))
     theirs = dkim.select_headers([(f.name, f.value) for f in fields], h_names)
     assert [(f.name, f.value) for f in select_fields(fields, h_names)] == theirs
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n ", b"\r\n\t", b"  ", b"\r", b"\n",
+                                 b"x y", b"\r\n"]), max_size=30).map(b"".join))
+def test_relaxed_header_canonicalisation_matches_dkimpy(value):
+    from dkim.canonicalization import Relaxed
+
+    from gateway.checks.dkim_canon import relaxed_field
+
+    [(name, canonical)] = Relaxed.canonicalize_headers([(b"Subject", value)])
+    assert relaxed_field(b"subject", value) == name + b":" + canonical

@@ -146,7 +146,9 @@ BODY_CANONICALISERS = {b"simple": simple_body, b"relaxed": relaxed_body}
 # --- header (RFC 6376 §3.4.1, §3.4.2) ------------------------------------------------------
 def relaxed_field(key: bytes, value: bytes) -> bytes:
     """§3.4.2: lower-case name, unfolded, WSP runs to one SP, none around the colon."""
-    if b"\n" in value:
+    if value.endswith(b"\r\n"):  # the field's own line end: unfolding would drop it
+        value = value[:-2]
+    if b"\n" in value:  # folds (and any bare LF) inside the value
         value = value.replace(b"\r\n", b"").replace(b"\n", b"")
     if b"\t" in value:
         value = value.replace(b"\t", b" ")
