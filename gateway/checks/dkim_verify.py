@@ -110,26 +110,26 @@ class KeyTable:
 
 
 async def fetch_keys(resolver: Resolver, names: Iterable[str]) -> KeyTable:
-    unique = sorted({_key_name(n) for n in names})
     answers: dict[str, bytes | None | DnsTempError] = {}
     missing = []
-    for name in unique:  # warm cache: no tasks needed
+    for name in {_key_name(n) for n in names}:  # warm cache: no tasks needed
         cached = resolver.cached(name, "TXT")
         if cached is None:
             missing.append(name)
         else:
             answers[name] = _first(cached.texts())
-
-    async def one(name: str) -> bytes | None | DnsTempError:
-        try:
-            return _first(await resolver.txt(name))
-        except DnsTempError as e:
-            return e
-
     if missing:
-        results = await asyncio.gather(*(one(n) for n in missing))
+        missing.sort()  # the queries go out in a fixed order
+        results = await asyncio.gather(*(_fetched_key(resolver, n) for n in missing))
         answers.update(zip(missing, results, strict=True))
     return KeyTable(answers)
+
+
+async def _fetched_key(resolver: Resolver, name: str) -> bytes | None | DnsTempError:
+    try:
+        return _first(await resolver.txt(name))
+    except DnsTempError as e:
+        return e
 
 
 def _first(texts: list[bytes]) -> bytes | None:
@@ -200,7 +200,7 @@ def _verify_fields(message: bytes, fields: tuple[Field, ...], signatures: list,
 
 
 def _key_names(tags: list[dict[bytes, bytes] | None]) -> list[str]:
-    return [key_name(t[b"s"], t[b"d"]) for t in tags if t and b"s" in t and b"d" in t]
+    return [_signature_key_name(t[b"s"], t[b"d"]) for t in tags if t and b"s" in t and b"d" in t]
 
 
 def header_values(message: bytes, *names: bytes) -> list[bytes]:
