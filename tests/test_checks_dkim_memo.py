@@ -52,11 +52,11 @@ def test_an_oversized_h_tag_is_checked_but_not_kept():
     h_value = dkim_verify.parse_tags(dkim_verify.header_values(msg, b"dkim-signature")[0])[b"h"]
     assert len(h_value) > 512
     assert results(msg) == [("pass", "")]
-    kept_names = dkim_canon._signed_names_memo.cache_info().currsize
-    kept_tags = dkim_verify._middle_refusal_memo.cache_info().currsize
+    kept_names = dkim_canon.signed_names.cache_info().currsize
+    kept_tags = dkim_verify._middle_refusal.cache_info().currsize
     assert results(msg) == [("pass", "")]
-    assert dkim_canon._signed_names_memo.cache_info().currsize == kept_names
-    assert dkim_verify._middle_refusal_memo.cache_info().currsize == kept_tags
+    assert dkim_canon.signed_names.cache_info().currsize == kept_names
+    assert dkim_verify._middle_refusal.cache_info().currsize == kept_tags
 
 
 def made_before(tags: dict[bytes, bytes], result: str, reason: str = "") -> dkim_verify.DkimResult:
@@ -82,9 +82,9 @@ def test_results_are_built_as_before_from_any_tag_values(tags):
 
 def test_oversized_tag_texts_are_not_kept():
     tags = {b"d": b"x" * 600 + b".example", b"s": b"s", b"a": b"rsa-sha256", b"b": b"  abc def ghi"}
-    kept = dkim_verify._texts_memo.cache_info().currsize
+    kept = dkim_verify._texts.cache_info().currsize
     assert dkim_verify._made(tags, "pass") == made_before(tags, "pass")
-    assert dkim_verify._texts_memo.cache_info().currsize == kept
+    assert dkim_verify._texts.cache_info().currsize == kept
 
 
 def test_key_records_of_ordinary_size_are_kept_and_huge_ones_are_not():
@@ -92,7 +92,7 @@ def test_key_records_of_ordinary_size_are_kept_and_huge_ones_are_not():
     first = dkim_verify.public_key(record)
     assert dkim_verify.public_key(record) is first  # parsed once
     huge = record + b"; n=" + b"x" * 5000  # n= is notes (RFC 6376 §3.6.1): still a key
-    kept = dkim_verify._public_key_memo.cache_info().currsize
+    kept = dkim_verify.public_key.cache_info().currsize
     parsed = dkim_verify.public_key(huge)
     assert isinstance(parsed, dkim_verify.PublicKey) and parsed.bits == first.bits
-    assert dkim_verify._public_key_memo.cache_info().currsize == kept
+    assert dkim_verify.public_key.cache_info().currsize == kept

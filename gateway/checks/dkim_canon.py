@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from gateway.checks.memo import remembered
 from gateway.message import HeaderField
 
 # RFC 6376 §3.7: the b= tag's value is removed from the signature field before it is
@@ -178,19 +179,10 @@ def select_fields(fields: tuple[Field, ...], names: Sequence[bytes]) -> list[Fie
     return chosen
 
 
+@remembered(maxsize=4096)  # a sender signs the same h= on every message: split it once
 def signed_names(h_value: bytes) -> tuple[bytes, ...]:
     """The h= list, lower case (§3.5: names separated by colons, FWS allowed)."""
-    if len(h_value) > 512:  # sender-controlled: too big to keep
-        return _signed_names(h_value)
-    return _signed_names_memo(h_value)
-
-
-def _signed_names(h_value: bytes) -> tuple[bytes, ...]:
     return tuple(n.lower() for n in _H_SPLIT.split(h_value.strip()))
-
-
-# A sender signs the same h= on every message: split it once.
-_signed_names_memo = functools.lru_cache(maxsize=4096)(_signed_names)
 
 
 def without_b_value(value: bytes) -> bytes:

@@ -60,6 +60,7 @@ from gateway.checks.dkim_canon import (
     signed_names,
 )
 from gateway.checks.dns import DnsTempError, Resolver
+from gateway.checks.memo import remembered
 from gateway.message import HeaderField
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
@@ -275,22 +276,17 @@ def verify_parsed(parsed: ParsedMessage, signatures: list[tuple[Field, dict | No
 
 def _made(tags: dict[bytes, bytes], result: str, reason: str = "") -> DkimResult:
     g = tags.get
-    d, s, a, i = g(b"d", b""), g(b"s", b""), g(b"a", b""), g(b"i", b"")
-    domain, selector, algorithm, identity = (
-        _texts_of if len(d) + len(s) + len(a) + len(i) > _MEMO_MAX_OCTETS else _texts_memo
-    )(d, s, a, i)
+    domain, selector, algorithm, identity = _texts(g(b"d", b""), g(b"s", b""), g(b"a", b""),
+                                                   g(b"i", b""))
     return DkimResult(result, domain, selector, algorithm, _b_prefix(g(b"b", b"")), identity,
                       reason)
 
 
-def _texts_of(d: bytes, s: bytes, a: bytes, i: bytes) -> tuple[str, str, str, str]:
+@remembered(maxsize=4096)  # a sender's d=, s=, a= and i= repeat: decode them once
+def _texts(d: bytes, s: bytes, a: bytes, i: bytes) -> tuple[str, str, str, str]:
     """header.d, .s, .a and .i (RFC 8601 §2.7.1) of a signature's tags."""
     return (d.decode("ascii", "replace").lower(), s.decode("ascii", "replace"),
             a.decode("ascii", "replace").lower(), i.decode("ascii", "replace"))
-
-
-# A sender's d=, s=, a= and i= repeat: decode them once.
-_texts_memo = functools.lru_cache(maxsize=4096)(_texts_of)
 
 
 def _b_prefix(b: bytes) -> str:
@@ -327,9 +323,6 @@ _BASE64_AND_WSP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _WSP_AND_PAD = b"= \t\r\n\x0b\x0c"
 _DOMAIN_SPECIALS = re.compile(rb"[()<>\[\]:;@\\,]")
 _DIGITS = re.compile(rb"\d{1,76}\Z")
-# Checks on tag values are remembered only for values of ordinary size: the values
-# come from senders, and the memo must not become a place to park megabytes.
-_MEMO_MAX_OCTETS = 512
 
 
 def _check_tags(tags: dict[bytes, bytes], now: float) -> str:
@@ -341,8 +334,7 @@ def _check_tags(tags: dict[bytes, bytes], now: float) -> str:
     g = tags.get
     a, v = g(b"a"), g(b"v")
     missing = None if _REQUIRED_SET <= tags.keys() else next(t for t in _REQUIRED if t not in tags)
-    early = _early_refusal_of if len(a or b"") + len(v or b"") > _MEMO_MAX_OCTETS else _early_refusal
-    _raise_if_refused(early(a, v, missing))
+    _raise_if_refused(_early_refusal(a, v, missing))
     for tag in (b"b", b"bh"):
         value = tags[tag]
         # Base64 with FWS anywhere, "=" padding only at the end (RFC 6376 §2.4).
@@ -359,8 +351,6 @@ def _check_tags(tags: dict[bytes, bytes], now: float) -> str:
     if t is not None and x is not None and x < t:
         raise _Refused("permerror", "x= is before t=")
     c = g(b"c", b"simple/simple")
-    if len(c) > _MEMO_MAX_OCTETS:
-        raise _Refused("permerror", "invalid c=")
     _raise_if_refused(_canon_refusal(c))
     return _ALGORITHMS[tags[b"a"]]
 
@@ -370,8 +360,9 @@ def _raise_if_refused(refusal: tuple[str, str] | None) -> None:
         raise _Refused(*refusal)
 
 
-def _early_refusal_of(a: bytes | None, v: bytes | None,
-                      missing: bytes | None) -> tuple[str, str] | None:
+@remembered(maxsize=1024)
+def _early_refusal(a: bytes | None, v: bytes | None,
+                   missing: bytes | None) -> tuple[str, str] | None:
     # RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures valid.
     if a is not None and a.lower() == b"rsa-sha1":
         return "fail", "rsa-sha1 is not accepted (RFC 8301)"
@@ -384,18 +375,9 @@ def _early_refusal_of(a: bytes | None, v: bytes | None,
     return None
 
 
-_early_refusal = functools.lru_cache(maxsize=1024)(_early_refusal_of)
-
-
+@remembered(maxsize=4096)
 def _middle_refusal(d: bytes, i: bytes | None, length: bytes | None, q: bytes | None,
                     h: bytes) -> tuple[str, str] | None:
-    if len(d) + len(h) + len(i or b"") + len(length or b"") + len(q or b"") > _MEMO_MAX_OCTETS:
-        return _middle_refusal_of(d, i, length, q, h)  # too big to keep: sender-controlled
-    return _middle_refusal_memo(d, i, length, q, h)
-
-
-def _middle_refusal_of(d: bytes, i: bytes | None, length: bytes | None, q: bytes | None,
-                       h: bytes) -> tuple[str, str] | None:
     if not d or _DOMAIN_SPECIALS.search(d):
         return "permerror", "d= is not a domain"
     # §3.5 i=: the domain part must be d= or a subdomain of it.
@@ -412,10 +394,7 @@ def _middle_refusal_of(d: bytes, i: bytes | None, length: bytes | None, q: bytes
     return None
 
 
-_middle_refusal_memo = functools.lru_cache(maxsize=4096)(_middle_refusal_of)
-
-
-@functools.lru_cache(maxsize=64)
+@remembered(maxsize=64)
 def _canon_refusal(c: bytes) -> tuple[str, str] | None:
     canon = c.split(b"/")
     if len(canon) > 2 or any(part not in BODY_CANONICALISERS for part in canon):
@@ -467,17 +446,9 @@ def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, byt
         raise _Refused("fail", "signature did not verify")
 
 
+@remembered(maxsize=4096)
 def _signature_key_name(selector: bytes, domain: bytes) -> str:
-    if len(selector) + len(domain) > _MEMO_MAX_OCTETS:
-        return _normalised_key_name(selector, domain)
-    return _key_name_memo(selector, domain)
-
-
-def _normalised_key_name(selector: bytes, domain: bytes) -> str:
     return _key_name(key_name(selector, domain))
-
-
-_key_name_memo = functools.lru_cache(maxsize=4096)(_normalised_key_name)
 
 
 @functools.lru_cache(maxsize=64)  # c= passed _check_tags: one of six values
@@ -528,21 +499,12 @@ class PublicKey:
         return True
 
 
+# Records repeat and parsing DER per message is waste, so parsed keys are kept; a
+# record over 4 KB (an RSA-4096 record is about 750 octets) is parsed each time
+# instead: whoever runs a sending domain chooses its records' size.
+@remembered(maxsize=4096, max_octets=4096)
 def public_key(record: bytes) -> PublicKey | str:
-    """The key a DKIM key record publishes, or the reason it is unusable.
-
-    Records repeat and parsing DER per message is waste, so parsed keys are kept;
-    a record over 4 KB (an RSA-4096 record is about 750 octets) is parsed each
-    time instead: whoever runs a sending domain chooses its records' size."""
-    if len(record) > _KEY_RECORD_MEMO_MAX:
-        return _public_key_of(record)
-    return _public_key_memo(record)
-
-
-_KEY_RECORD_MEMO_MAX = 4096
-
-
-def _public_key_of(record: bytes) -> PublicKey | str:
+    """The key a DKIM key record publishes, or the reason it is unusable."""
     tags = parse_tags(record)
     if tags is None:
         return "key record unparsable"
@@ -573,9 +535,6 @@ def _public_key_of(record: bytes) -> PublicKey | str:
     except (ValueError, UnsupportedAlgorithm) as e:
         return f"key record p= unusable: {e}"
     return "key record k= unknown"
-
-
-_public_key_memo = functools.lru_cache(maxsize=4096)(_public_key_of)
 
 
 # --- RSA through OpenSSL -------------------------------------------------------------
