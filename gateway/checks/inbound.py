@@ -9,9 +9,10 @@ SPF, DKIM, ARC and the DMARC record discovery run at the same time; DMARC is
 then evaluated from their results.  With a warm cache (the usual case: senders
 repeat) nothing waits at all: SPF and the DMARC record come from the cache on
 this thread, DKIM's keys too, and no task or worker thread is started; each
-task or thread hop costs more than the checks themselves (tens of microseconds).  DNS trouble never raises: it shows as
-``temperror`` in the results.  Anything else raising is a bug and should be
-answered with 451 4.3.0 by the caller, never with acceptance.
+task or thread hop costs more than the checks themselves (tens of microseconds).
+DNS trouble never raises: it shows as ``temperror`` in the results.  Anything
+else raising is a bug and should be answered with 451 4.3.0 by the caller,
+never with acceptance.
 """
 
 from __future__ import annotations
