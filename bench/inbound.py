@@ -1,6 +1,7 @@
 """Inbound throughput and latency: the gateway against Postfix, in one run.
 
     python bench/inbound.py [--messages 4000] [--sessions 20] [--size 5120] [--warmup 500]
+                            [--baseline CHECKOUT]
 
 Drives N concurrent sessions with Postfix's smtp-source (a new connection per
 message, 5 KB messages) into Postfix's smtp-sink, five ways:
@@ -71,6 +72,17 @@ def add_load_options(parser: argparse.ArgumentParser, messages: int) -> None:
     parser.add_argument("--size", type=int, default=5120)
     parser.add_argument("--warmup", type=int, default=500,
                         help="untimed messages sent through each path before its timed run")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run the gateway from this checkout (e.g. a git worktree of "
+                             "the commit before a change) and print the ratio against it")
+
+
+def checkout_env(checkout: Path | None) -> dict:
+    """Popen arguments that run ``python -m gateway.cli`` from another checkout: with -m
+    the working directory comes first on sys.path, before the editable install."""
+    if checkout is None:
+        return {}
+    return {"cwd": str(checkout), "env": {**os.environ, "PYTHONPATH": str(checkout)}}
 
 
 def warm_up(port: int, args: argparse.Namespace, at_least: int = 0, **source) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +98,7 @@ def timed_run(port: int, args: argparse.Namespace, **source) -> float:  # type: 
 
 
 def start_gateway(tmp: Path, sink_port: int, workers: str, extra: str = "",
-                  name: str = "") -> tuple[subprocess.Popen, int]:
+                  name: str = "", checkout: Path | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     name = name or workers
     policy = tmp / f"policy-{name}"
@@ -102,7 +114,8 @@ def start_gateway(tmp: Path, sink_port: int, workers: str, extra: str = "",
         f"policy_dir: {policy}\n" + extra)
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(config),
                              "--workers", workers, "--log-level", "WARNING"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **checkout_env(checkout))
     wait_port(port)
     return proc, port
 
@@ -225,6 +238,13 @@ def main() -> int:
             finally:
                 if workers != "1":
                     stop(proc)
+            if args.baseline is not None:
+                proc, port = start_gateway(tmp, sink_port, workers, "inbound_checks: false\n",
+                                           name=f"baseline-{workers}", checkout=args.baseline)
+                try:
+                    rows.append((f"  the same, baseline {args.baseline.name}", timed(port)))
+                finally:
+                    stop(proc)
 
         proc1 = gateway_rates["1"][2]
         try:
@@ -243,6 +263,11 @@ def main() -> int:
     print(f"{'path':<58} {'msg/s':>9} {'× Postfix relay':>16}")
     for name, rate in rows:
         print(f"{name:<58} {rate:>9.0f} {rate / postfix_rate:>16.2f}")
+    if args.baseline is not None:
+        print("\nagainst the baseline checkout (this checkout's rate / the baseline's, same run):")
+        for i, (name, rate) in enumerate(rows):
+            if name.startswith("  the same, baseline"):
+                print(f"  {rows[i - 1][0]:<56} {rows[i - 1][1] / rate:>6.3f}")
     print(f"\nLatency per transaction (connect to end of DATA) at {half:.0f} msg/s "
           f"(half the one-worker peak), {len(through)} transactions")
     print(f"{'path':<58} {'p50 ms':>9} {'p99 ms':>9}")

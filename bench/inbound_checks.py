@@ -1,6 +1,6 @@
 """Inbound throughput with every check on (SPF, DKIM, DMARC, ARC), against Postfix.
 
-    python bench/inbound_checks.py [--messages 3000] [--sessions 20] [--rounds 5]
+    python bench/inbound_checks.py [--messages 3000] [--sessions 20] [--rounds 5] [--baseline CHECKOUT]
 
 A private NSD serves sender.test (SPF for 127.0.0.1, DMARC p=reject, an
 RSA-2048 DKIM key); smtp-source sends one 5 KB message signed with that key
@@ -57,6 +57,7 @@ PLAIN_1 = "portcullis --workers 1, checks off"
 CHECKS_1 = "portcullis --workers 1, all checks"
 PLAIN_AUTO = "portcullis --workers auto, checks off"
 CHECKS_AUTO = "portcullis --workers auto, all checks"
+BASELINE = "  baseline: "
 
 
 def signed_message(size: int) -> bytes:
@@ -132,6 +133,11 @@ def main() -> int:
             (CHECKS_AUTO, "auto", checks),
         ):
             gateways[label] = start_gateway(tmp, sink_port, workers, extra, name=f"{workers}-{len(gateways)}")
+            if args.baseline is not None:
+                # The same path from the baseline checkout, timed in the same rounds.
+                gateways[BASELINE + label] = start_gateway(
+                    tmp, sink_port, workers, extra, name=f"base-{workers}-{len(gateways)}",
+                    checkout=args.baseline)
         # All five paths stay up; each is warmed (the gateways' DNS caches too, as the
         # issue asks), then timed once per round, in a new order each round: the
         # machine's speed drifts, and every path sees the same drift.
@@ -175,6 +181,13 @@ def main() -> int:
         spread = f"{min(rates_seen[name]):.0f}-{max(rates_seen[name]):.0f}"
         print(f"{name:<48} {rate:>9.0f} {spread:>12} {rate / postfix_rate:>10.2f} {versus_plain} "
               f"{cpu_text}")
+    if args.baseline is not None:
+        print(f"\nthis checkout against the baseline {args.baseline} (same rounds): "
+              "rate ratio, and gateway CPU per message ratio (lower is better)")
+        for label in (PLAIN_1, CHECKS_1, PLAIN_AUTO, CHECKS_AUTO):
+            base = BASELINE + label
+            print(f"  {label:<46} rate {rates[label] / rates[base]:>6.3f}   "
+                  f"CPU/msg {cpu_per_message[label] / cpu_per_message[base]:>6.3f}")
     print("\ntargets:")
     for text, value, goal in (
         ("checks, 1 worker, × Postfix", rates[CHECKS_1] / postfix_rate, 1.0),

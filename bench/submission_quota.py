@@ -1,7 +1,7 @@
 """Messages per second through the submission path, quotas off vs on (SQLite, Redis),
 into Postfix's smtp-sink, printed as a table.
 
-    python -m bench.submission_quota [--messages 1500] [--connections 8]
+    python -m bench.submission_quota [--messages 1500] [--connections 8] [--rounds 1] [--baseline CHECKOUT]
 
 Each row starts a gateway process (one worker, implicit TLS on a free loopback
 port), a fresh smtp-sink as its downstream, and for the Redis row a private
@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,7 +131,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 
 def run_row(backend: str, quotas: bool, messages: int, connections: int,
-            extra: dict | None = None) -> float:
+            extra: dict | None = None, checkout: Path | None = None) -> float:
     """One row: smtp-sink, a store, one gateway process (``extra`` added to its config)."""
     procs: list[subprocess.Popen] = []
     redis = None
@@ -150,9 +151,13 @@ def run_row(backend: str, quotas: bool, messages: int, connections: int,
             config, port = write_config(Path(tmp), sink_port, store)
             if extra:
                 config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **extra}))
+            # From another checkout (--baseline): with -m the working directory comes
+            # first on sys.path, so that checkout's gateway and bench are the ones run.
+            where = ({"cwd": str(checkout), "env": {**os.environ, "PYTHONPATH": str(checkout)}}
+                     if checkout is not None else {})
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.submission_quota", "--serve", str(config)]
-                + ([] if quotas else ["--no-quotas"])))
+                + ([] if quotas else ["--no-quotas"]), **where))
             wait_port(port, procs[-1])
             return asyncio.run(load(port, messages, connections))
         finally:
@@ -172,6 +177,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--no-quotas", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="also run each row's gateway from this checkout (e.g. a git worktree "
+                         "of the commit before a change), rows interleaved, and print the ratio")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times each row is run (interleaved with its baseline); the median is kept")
     args = ap.parse_args()
     if args.serve:
         serve_in_this_process(args.serve, not args.no_quotas)
@@ -181,11 +191,21 @@ def main() -> None:
     print(f"{'store':<8} {'quotas':<7} {'seconds':>8} {'msg/s':>8}")
     base = None
     for backend, quotas in rows:
-        seconds = run_row(backend, quotas, args.messages, args.connections)
+        seen: list[float] = []
+        baseline_seen: list[float] = []
+        for _ in range(args.rounds):
+            seen.append(run_row(backend, quotas, args.messages, args.connections))
+            if args.baseline is not None:
+                baseline_seen.append(run_row(backend, quotas, args.messages, args.connections,
+                                             checkout=args.baseline))
+        seconds = statistics.median(seen)
         rate = args.messages / seconds
         base = base or rate
+        against = ""
+        if baseline_seen:
+            against = f"  {statistics.median(baseline_seen) / seconds:.3f}× the baseline"
         print(f"{backend if quotas else '-':<8} {'on' if quotas else 'off':<7} {seconds:>8.2f} "
-              f"{rate:>8.0f}  ({rate / base:.0%} of quotas off)", flush=True)
+              f"{rate:>8.0f}  ({rate / base:.0%} of quotas off){against}", flush=True)
 
 
 if __name__ == "__main__":
