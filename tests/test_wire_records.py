@@ -16,6 +16,7 @@ import time
 import pytest
 
 from gateway.serve import JsonFormatter
+from gateway.smtp.protocol import with_id
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.submission import Clock, auth_plain, connect, logged_in
@@ -306,3 +307,15 @@ def test_the_connection_line_knows_tls_begun_by_starttls(gw, client_tls, records
     c.quit()
     [line] = wait_for(records, CONN, listener="submission", ended="quit")
     assert line["tls"].startswith("TLSv1.")
+
+
+@pytest.mark.parametrize("status", [
+    "550 5.7.1 short",
+    "550 5.7.1 " + "x" * 600,                       # the text gives way, never the id
+    "451-4.7.1 first line\r\n451 4.7.1 " + "y" * 600,  # the id goes on the last line
+])
+def test_an_id_never_takes_a_reply_line_past_rfc_5321s_512_octets(status):
+    marked = with_id(status, "K3M2Q7ZP4XAB.12")
+    assert marked.endswith(" (id K3M2Q7ZP4XAB.12)")
+    assert all(len(line) + 2 <= 512 for line in marked.split("\r\n"))
+    assert marked.split("\r\n")[0][:9] == status[:9]
