@@ -26,6 +26,8 @@ connlog = logging.getLogger("portcullis.connection")
 _STATUS = re.compile(r"^(\d{3})[ -](?:([245]\.\d{1,3}\.\d{1,3})\b)?")
 # A log line is for people and greps: keep a reply text or a fact to this length.
 _MAX_TEXT = 200
+# A text value with any of these is quoted, so the line still splits into name=value.
+_QUOTED = re.compile(r"[\s\"'=]")
 # Refusals the SMTP engine writes itself, before any rule is asked.
 PROTOCOL_RULE = "smtp.protocol"
 
@@ -149,7 +151,7 @@ def _text(fields: Mapping[str, object]) -> str:
             parts.append(str(value))
         elif name == "result" or isinstance(value, (int, float)):  # "250 2.0.0"
             parts.append(f"{name}={value}")
-        elif name == "reply" or re.search(r"[\s\"'=]", str(value)):
+        elif name == "reply" or _QUOTED.search(str(value)):
             parts.append(f"{name}={str(value)!r}")
         else:
             parts.append(f"{name}={value}")
