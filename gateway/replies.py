@@ -8,7 +8,7 @@ when the reply is made, so a wrong pairing fails at import time, not on the wire
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,9 @@ class Reply:
     code: int
     enhanced: str
     text: str
+    # The downstream's own words, passed back as they are (gateway/downstream/replies.py):
+    # no id of ours is added to them.  Not part of equality: the words are the reply.
+    relayed: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -46,18 +49,22 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The answer of a rule: accept or not, and the reply that goes with it."""
+    """The answer of a rule: accept or not, the reply that goes with it, and for a
+    refusal the rule's name and the facts it decided on (for the transaction's log
+    line: gateway/smtp/records.py)."""
 
     accept: bool
     reply: Reply
+    rule: str = ""
+    facts: tuple[tuple[str, object], ...] = ()
 
     @classmethod
     def ok(cls, reply: Reply | None = None) -> Verdict:
         return cls(True, reply or OK)
 
     @classmethod
-    def refuse(cls, reply: Reply) -> Verdict:
-        return cls(False, reply)
+    def refuse(cls, reply: Reply, rule: str = "", **facts: object) -> Verdict:
+        return cls(False, reply, rule, tuple(facts.items()))
 
 
 # --- success -----------------------------------------------------------------

@@ -440,7 +440,8 @@ class JsonFormatter(logging.Formatter):
         data.update(getattr(record, "fields", {}))
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        # default=str: a fact a rule hands over as an object is logged as its text.
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

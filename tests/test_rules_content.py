@@ -80,7 +80,7 @@ def test_each_action_has_its_reply_headers_and_incident(action, accept, code, en
     assert decision.incident == incident
     assert tuple(name for name, _ in decision.headers) == headers
     if action != "pass" and action != "tag":
-        assert "(ref tx-42)" in reply.text
+        assert "(id tx-42)" in reply.text
 
 
 def test_refusals_never_name_rspamd_symbols():

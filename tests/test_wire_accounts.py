@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import customer_policies
 from tests.support.dovecot_server import dovecot_fixture  # noqa: F401 - the `dovecot` fixture
 from tests.support.gateway import GatewayUnderTest
+from tests.support.reply_ids import without_id
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def login(gw, client_tls, user, password):
         try:
             return c.login(user, password)
         except smtplib.SMTPAuthenticationError as exc:
-            return exc.smtp_code, exc.smtp_error
+            return exc.smtp_code, without_id(exc.smtp_error)
 
 
 def test_dovecot_account_logs_in_and_sends_as_itself(gw, client_tls, downstream):

@@ -111,3 +111,24 @@ def test_held_spam_reaches_the_downstream_only_after_release_byte_for_byte(
     assert len(released) == 1 and released[0].rcpt_tos == ["friend@elsewhere.example"]
     assert released[0].content.endswith(SPAM)
     assert released[0].content.startswith(b"DKIM-Signature:")  # exactly as it would have gone
+
+
+def test_a_content_refusal_logs_its_rule_and_score_under_the_id_in_the_reply(
+        tmp_path, rspamd, downstream, cert_files, password_hash, client_tls, caplog):
+    caplog.set_level("INFO", logger="portcullis.transaction")
+    gw = gateway_with(tmp_path, downstream, cert_files, password_hash, rspamd.url)
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            submit(gw, client_tls, SPAM)
+        txid = exc.value.smtp_error.rsplit(b"(id ", 1)[1].rstrip(b")").decode()
+
+        def line():
+            return [r.fields for r in caplog.records
+                    if r.name == "portcullis.transaction" and r.fields["txid"] == txid]
+        assert wait_for(line, timeout=5)
+    finally:
+        gw.stop()
+    [fields] = line()
+    assert fields["rule"] == "content.reject" and fields["result"] == "550 5.7.1"
+    assert fields["score"] >= fields["required_score"] > 0
+    assert "GTUBE" in fields["symbols"]

@@ -133,10 +133,14 @@ def test_json_log_line_per_transaction(tmp_path, downstream, password_hash):
     finally:
         proc.terminate()
         err = proc.communicate(timeout=20)[1]
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    tx = [entry for entry in lines if entry.get("txid")]
+    # Every line is one JSON object (docs/operations.md, "Log lines").
+    lines = [json.loads(line) for line in err.splitlines()]
+    tx = [entry for entry in lines if entry["logger"] == "portcullis.transaction"]
     assert len(tx) == 1
     assert tx[0]["client"] == "127.0.0.1" and tx[0]["from"] == "a@other.example"
     assert tx[0]["rcpts"] == 1 and tx[0]["result"] == "250 2.0.0"
-    assert "queued" in tx[0]["downstream_reply"]
+    assert "queued" in tx[0]["reply"]
     assert tx[0]["txid"].split(".")[0] in tx[0]["message"]
+    [conn] = [entry for entry in lines if entry["logger"] == "portcullis.connection"]
+    assert conn["cid"] == tx[0]["txid"].split(".")[0]
+    assert (conn["ended"], conn["transactions"]) == ("quit", 1)

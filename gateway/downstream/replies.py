@@ -23,4 +23,4 @@ def relay_reply(code: int, message: str) -> Reply:
     cleaned = [_ENHANCED.sub("", line, count=1) for line in lines]
     if not 200 <= code <= 599:
         return Reply(451, "4.4.0", "Downstream mail server sent an invalid reply, try again later")
-    return Reply(code, enhanced or f"{str(code)[0]}.0.0", "\n".join(cleaned))
+    return Reply(code, enhanced or f"{str(code)[0]}.0.0", "\n".join(cleaned), relayed=True)

@@ -58,7 +58,9 @@ class ContentDecision:
 
 
 def _with_reference(reply: Reply, reference: str | None) -> Reply:
-    return reply.with_text(f"{reply.text} (ref {reference})") if reference else reply
+    # "(id …)": the form of every id in our replies (gateway/smtp/protocol.py adds it
+    # to those that have none), so a hold's 250 names the transaction too.
+    return reply.with_text(f"{reply.text} (id {reference})") if reference else reply
 
 
 def _action_by_score(rules: ContentRules, score: float) -> ContentAction:

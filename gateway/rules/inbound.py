@@ -68,6 +68,9 @@ def decide_inbound(
     return max(decisions, key=lambda d: _SEVERITY[d.action])
 
 
+# A finding's name in the rule names of the transaction log line.
+_RULE_NAMES = {"dmarc": "dmarc", "spf": "spf", "temperror": "dns"}
+
 # Frozen: one for all the mail no policy acts on.
 _NOTHING_TO_ACT_ON = InboundDecision(Verdict.ok(), InboundAction.TAG)
 
@@ -78,13 +81,15 @@ def _decide_one(ev: InboundEvidence, policy: InboundDomainPolicy) -> InboundDeci
         return InboundDecision(Verdict.ok(), InboundAction.TAG)
     worst = max(findings, key=lambda f: _SEVERITY[f.action])
     reasons = tuple(f.reason for f in findings)
-    if worst.action is InboundAction.REJECT:
+    if worst.action in (InboundAction.REJECT, InboundAction.TEMPFAIL):
+        # The rule on record: the finding and the action the policy chose for it
+        # ("dmarc.reject", "spf.tempfail", "dns.tempfail").
+        reply = _reply(worst, rejecting=worst.action is InboundAction.REJECT)
         return InboundDecision(
-            Verdict.refuse(_reply(worst, rejecting=True)), worst.action, reasons=reasons
-        )
-    if worst.action is InboundAction.TEMPFAIL:
-        return InboundDecision(
-            Verdict.refuse(_reply(worst, rejecting=False)), worst.action, reasons=reasons
+            Verdict.refuse(reply, f"{_RULE_NAMES[worst.what]}.{worst.action.value}",
+                           spf=ev.spf.result, dmarc=ev.dmarc.result,
+                           header_from=ev.dmarc.header_from, disposition=ev.dmarc.disposition),
+            worst.action, reasons=reasons,
         )
     headers: tuple[tuple[str, str], ...] = ()
     if worst.action is InboundAction.QUARANTINE:

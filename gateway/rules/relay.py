@@ -37,13 +37,14 @@ def decide_inbound_recipient(
     try:
         mailbox = parse_mailbox(address)
     except NotAMailbox:
-        return Verdict.refuse(replies.BAD_ADDRESS), None
+        return Verdict.refuse(replies.BAD_ADDRESS, "address.syntax", recipient=address), None
     if mailbox.is_address_literal:
-        return Verdict.refuse(replies.RELAY_DENIED), None
+        return Verdict.refuse(replies.RELAY_DENIED, "relay.address_literal", recipient=address), None
     if any(c in mailbox.unquoted_local for c in _ROUTING_CHARACTERS):
-        return Verdict.refuse(replies.RELAY_DENIED), None
+        return Verdict.refuse(replies.RELAY_DENIED, "relay.routing", recipient=address), None
     if owner_of(mailbox.domain) is None:
-        return Verdict.refuse(replies.RELAY_DENIED), None
+        return Verdict.refuse(replies.RELAY_DENIED, "relay", recipient=address,
+                              domain=mailbox.domain), None
     return Verdict.ok(replies.RECIPIENT_OK), mailbox
 
 
@@ -56,7 +57,7 @@ def decide_outbound_recipient(address: str) -> tuple[Verdict, Mailbox | None]:
     try:
         mailbox = parse_mailbox(address)
     except NotAMailbox:
-        return Verdict.refuse(replies.BAD_ADDRESS), None
+        return Verdict.refuse(replies.BAD_ADDRESS, "address.syntax", recipient=address), None
     if any(c in mailbox.unquoted_local for c in _ROUTING_CHARACTERS):
-        return Verdict.refuse(replies.RECIPIENT_ROUTING_REFUSED), None
+        return Verdict.refuse(replies.RECIPIENT_ROUTING_REFUSED, "relay.routing", recipient=address), None
     return Verdict.ok(replies.RECIPIENT_OK), mailbox

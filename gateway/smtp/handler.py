@@ -11,12 +11,17 @@ MAIL                    → null sender normalised; the config in force captured
 RCPT                    → recipient limit; inbound: is it ours, or abuse@/postmaster@
                           (rules.abuse)? (rules.relay); submission: rate limits,
                           held atomically (quotas); then relayed downstream at once,
-                          its answer passed back (a refused recipient costs nothing)
+                          its refusal passed back, its acceptance as our 250 2.1.5
+                          (a refused recipient costs nothing)
 DATA (read by protocol) → bare CR/LF and size already refused while reading;
-                          on submission: real size (quotas), From:/Sender: checked
-                          (rules.senders); Received: and the sender id added; handed
-                          downstream; its answer passed back; quota holds committed
-                          if it took the message; inbound: abuse reports attributed
+                          on submission: real size (quotas), From:/Sender:/Resent-*
+                          checked (rules.senders); Received: and the sender id added;
+                          handed downstream; its answer passed back; quota holds
+                          committed if it took the message; inbound: abuse reports
+                          attributed
+
+Each refusal names its rule and facts on the transaction's record (server.tx_record,
+gateway/smtp/records.py); the protocol writes the line when the transaction ends.
 """
 
 from __future__ import annotations
@@ -47,12 +52,12 @@ from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.metered import MeteredDownstream, MeteredSession, in_background, on_disconnect
 from gateway.smtp.outbound_signing import sign_outbound
 from gateway.smtp.protocol import GatewaySMTP
+from gateway.smtp.records import TransactionRecord
 from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 
 log = logging.getLogger("portcullis.smtp")
-txlog = logging.getLogger("portcullis.transaction")
 
 # What the account holder and the abuse desk are told, in one plain sentence.
 _NOTICE_REASONS = {
@@ -94,16 +99,21 @@ class GatewayHandler:
             # and the password is not even checked.
             allowed = await metering.auth_allowed(client_ip, login, rt.clock())
             if not allowed.accept:
-                log.info("cid=%s auth refused: locked out client=%s", server.cid, client_ip)
+                rule = allowed.rule or (
+                    "store.unavailable" if allowed.reply == replies.AUTH_TEMPFAIL else "lockout")
+                log.info("cid=%s auth refused rule=%s client=%s", server.cid,
+                         _auth_refused(server, rule), client_ip)
                 return allowed.reply, None
         try:
             async with asyncio.timeout(self.authentication_timeout):
                 answer = await rt.accounts.authenticate(login, password)
         except TimeoutError:
-            log.warning("cid=%s auth source timed out", server.cid)
+            log.warning("cid=%s auth source timed out rule=%s", server.cid,
+                        _auth_refused(server, "accounts.timeout"))
             return replies.AUTH_TEMPFAIL, None
         except Exception:
-            log.exception("cid=%s auth source failed", server.cid)
+            log.exception("cid=%s auth source failed rule=%s", server.cid,
+                          _auth_refused(server, "accounts.error"))
             return replies.AUTH_TEMPFAIL, None
         if answer.outcome is Outcome.OK and answer.identity is not None:
             if metering is not None:
@@ -113,9 +123,11 @@ class GatewayHandler:
             log.info("cid=%s auth ok login=%s", server.cid, answer.identity.login)
             return replies.AUTH_OK, answer.identity
         if answer.outcome is Outcome.TEMPFAIL:
-            log.warning("cid=%s auth tempfail", server.cid)
+            log.warning("cid=%s auth tempfail rule=%s", server.cid,
+                        _auth_refused(server, "accounts.tempfail"))
             return replies.AUTH_TEMPFAIL, None
-        log.info("cid=%s auth failed client=%s", server.cid, client_ip)
+        log.info("cid=%s auth failed rule=%s client=%s", server.cid,
+                 _auth_refused(server, "auth.credentials"), client_ip)
         if metering is not None:
             # Only failures wait: a right password is never slowed down.
             await asyncio.sleep(await metering.auth_failed(client_ip, login, rt.clock()))
@@ -130,7 +142,8 @@ class GatewayHandler:
         acct = _account_quota(rt, identity)
         verdict = await rt.metering.open_session(acct, server.cid, now)
         if not verdict.accept:
-            log.info("cid=%s auth refused: too many sessions login=%s", server.cid, acct.login)
+            log.info("cid=%s auth refused: too many sessions rule=%s login=%s", server.cid,
+                     _auth_refused(server, "quota.concurrent_connections"), acct.login)
             return verdict.reply
         metering, cid = rt.metering, server.cid
         server.metered = MeteredSession(acct, metering)
@@ -143,23 +156,24 @@ class GatewayHandler:
         # aiosmtpd hands the null sender over as "<>" (and needs mail_from truthy);
         # the rules and the downstream see "".
         sender = "" if address == "<>" else address
+        record = _record(server)
+        record.sender = sender
         # Hot reload: the transaction runs to its end under the config in force now.
         rt = envelope.runtime = self.runtime.current()
         acct: AccountQuota | None = None
         if self.direction == "outbound":
             verdict = decide_envelope_sender(server.identity, self._aliases(server.identity, rt), sender)
             if not verdict.accept:
+                record.decide(verdict.rule, verdict.facts)
                 return str(verdict.reply)
             if rt.metering is not None:
                 acct = _account_quota(rt, server.identity)
                 decision = await rt.metering.check_mail(
                     acct, _declared_size(mail_options), rt.clock(), lease_id=server.cid)
-                if not self._quota_verdict(server, f"{server.cid}.{server.transactions + 1}", decision):
+                if not self._quota_verdict(server, record, decision):
                     return str(decision.verdict.reply)
-        server.transactions += 1
-        envelope.txid = f"{server.cid}.{server.transactions}"
+        envelope.txid = record.txid
         envelope.sender = sender
-        envelope.started = time.monotonic()
         envelope.downstream = self.downstream.begin(
             sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)])
         envelope.metered = None
@@ -176,8 +190,10 @@ class GatewayHandler:
     async def handle_RCPT(self, server: GatewaySMTP, session: Any, envelope: Any,
                           address: str, rcpt_options: list[str]) -> str:
         rt: Runtime = envelope.runtime
+        record = _record(server)
         limits = rt.config.limits
         if len(envelope.rcpt_tos) >= limits.max_recipients:
+            record.recipient_refused("limits.max_recipients")
             return str(replies.TOO_MANY_RECIPIENTS)
         role = False
         if self.direction == "inbound":
@@ -195,23 +211,29 @@ class GatewayHandler:
         else:
             verdict, mailbox = decide_outbound_recipient(address)
         if not verdict.accept or mailbox is None:
+            record.recipient_refused(verdict.rule)
             return str(verdict.reply)
         metered: MeteredDownstream | None = envelope.metered
         if metered is not None:
             decision = await metered.metering.check_recipient(
                 metered.acct, metered.tx, mailbox.domain, rt.clock())
-            if not self._quota_verdict(server, envelope.txid, decision):
+            if not self._quota_verdict(server, record, decision, recipient=True):
                 return str(decision.verdict.reply)
         reply = await envelope.downstream.rcpt(str(mailbox), [])
         if reply.is_success:
             envelope.rcpt_tos.append(str(mailbox))
             if role:
                 envelope.role_recipients.append(str(mailbox))
-        elif metered is not None:
+            record.rcpts += 1
+            # RFC 3463 §3.2: X.1.5, destination address valid; whatever the downstream
+            # said (a bare "250 OK" becomes 2.0.0), the recipient is ours to confirm.
+            return str(replies.RECIPIENT_OK)
+        if metered is not None:
             # Refused downstream: its hold is released (and the refusal counted
             # toward the compromise signal at the end of the transaction).
             await metered.metering.recipient_refused(metered.tx, rt.clock())
-        return str(reply)
+        record.recipient_refused("downstream")
+        return server.pass_verbatim(str(reply)) if reply.relayed else str(reply)
 
     # --- DATA --------------------------------------------------------------------------
     async def handle_DATA(self, server: GatewaySMTP, session: Any, envelope: Any) -> str:
@@ -222,17 +244,18 @@ class GatewayHandler:
             fields = header_fields(message)
         except MalformedHeader as exc:
             return self._finish(server, envelope, replies.MALFORMED_HEADER.with_text(
-                f"Malformed message header: {exc}"))
+                f"Malformed message header: {exc}"), rule="message.header")
         if self.direction == "outbound":
             if metered is not None:
                 # The real size against the account's own limit (RFC 1870 §6.3).
                 size = decide_size(metered.acct, len(message))
-                if not self._quota_verdict(server, envelope.txid, size):
+                if not self._quota_verdict(server, _record(server), size):
                     return self._finish(server, envelope, size.verdict.reply)
             verdict = decide_header_senders(
                 server.identity, self._aliases(server.identity, rt), fields)
             if not verdict.accept:
-                return self._finish(server, envelope, verdict.reply)
+                return self._finish(server, envelope, verdict.reply, rule=verdict.rule,
+                                    facts=verdict.facts)
         elif rt.resolver is not None:  # inbound, checks on
             outcome = await check_inbound(
                 rt, message=message, header=fields, sender=envelope.sender, helo=session.host_name,
@@ -243,7 +266,8 @@ class GatewayHandler:
                     rt.metrics.auth_result(method, result)
             if outcome.refusal is not None:
                 if len(envelope.role_recipients) < len(envelope.rcpt_tos):
-                    return self._finish(server, envelope, outcome.refusal)
+                    return self._finish(server, envelope, outcome.refusal, rule=outcome.rule,
+                                        facts=outcome.facts)
                 # Only abuse@/postmaster@: always accepted, whatever the policy.
                 log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                          envelope.txid, outcome.refusal)
@@ -260,7 +284,8 @@ class GatewayHandler:
                                                      f"content={content.action}")))
             if not content.verdict.accept:
                 self._notify(server, envelope, rt, content.incident, content.facts, envelope.txid)
-                return self._finish(server, envelope, content.verdict.reply)
+                return self._finish(server, envelope, content.verdict.reply,
+                                    rule=f"content.{content.action}", facts=content.facts)
             if self.direction == "inbound":
                 # Only our scanner's verdict may reach the recipient's filters.
                 names = {h.lower().encode() for h in SPAM_HEADERS}
@@ -279,7 +304,7 @@ class GatewayHandler:
             signed = await sign_outbound(rt.keystore, server.identity, *self._signing_policy(
                 server.identity, rt), outgoing, rt.clock(), envelope.txid)
             if signed.refusal is not None:
-                return self._finish(server, envelope, signed.refusal)
+                return self._finish(server, envelope, signed.refusal, rule="dkim.signing")
             outgoing = signed.message
             if rt.metrics is not None:
                 for signature in signed.signatures:
@@ -306,7 +331,7 @@ class GatewayHandler:
                              envelope.txid)
         if reply.is_success and envelope.role_recipients:
             await take_abuse_report(rt, envelope.txid, message, envelope.role_recipients)
-        return self._finish(server, envelope, reply, size=len(message))
+        return self._finish(server, envelope, reply, size=len(message), rule="downstream")
 
     # --- helpers -------------------------------------------------------------------
     async def _hold(self, server: GatewaySMTP, envelope: Any, rt: Runtime,
@@ -374,16 +399,25 @@ class GatewayHandler:
         customer = rt.directory.customers.get(identity.customer)
         return customer.aliases if customer is not None else {}
 
-    def _quota_verdict(self, server: GatewaySMTP, txid: str, decision: QuotaDecision) -> bool:
-        """Log a refusal, or in shadow mode the refusal not sent; True when accepted."""
-        text = decision.log_text()
-        if text:
-            login = server.identity.login if server.identity else "-"
-            log.info("txid=%s login=%s %s", txid, login, text)
+    def _quota_verdict(self, server: GatewaySMTP, record: TransactionRecord,
+                       decision: QuotaDecision, recipient: bool = False) -> bool:
+        """Put a refusal on record (a recipient's, or the transaction's), or log in
+        shadow mode the refusal not sent; True when accepted."""
+        login = server.identity.login if server.identity else "-"
+        if decision.would_refuse is not None:
+            log.info("txid=%s login=%s %s", record.txid, login, decision.log_text())
+        if decision.accept:
+            return True
+        # "customer messages_per_hour" → quota.customer.messages_per_hour
+        rule = "quota." + (decision.limit or "unknown").replace(" ", ".")
+        if recipient:
+            record.recipient_refused(rule)
+        else:
+            record.decide(rule, {"quota_login": login})
         metrics = self.runtime.metrics
-        if not decision.accept and metrics is not None:
+        if metrics is not None:
             metrics.quota_refused(decision.limit or "unknown")
-        return decision.accept
+        return False
 
     def _received_facts(self, server: GatewaySMTP, session: Any, envelope: Any) -> ReceivedFacts:
         tls = server.tls_info()
@@ -399,32 +433,36 @@ class GatewayHandler:
             recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
         )
 
-    def _finish(self, server: GatewaySMTP, envelope: Any, reply: Reply, size: int = 0) -> str:
-        """One log line per transaction, then the reply for the client."""
-        identity = server.identity
-        fields = {
-            "txid": envelope.txid, "listener": server.listener, "client": _client_ip(server),
-            "login": identity.login if identity else "-", "from": envelope.sender,
-            "rcpts": len(envelope.rcpt_tos), "size": size,
-            "checks": getattr(envelope, "checks", None) or "",
-            "result": f"{reply.code} {reply.enhanced}",
-            "downstream_reply": reply.text.splitlines()[0][:200] if reply.text else "",
-            "ms": int((time.monotonic() - envelope.started) * 1000),
-        }
-        txlog.info(
-            "txid=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d %s"
-            "result=%s ms=%d reply=%r",
-            fields["txid"], fields["listener"], fields["client"], fields["login"],
-            fields["from"], fields["rcpts"], size,
-            f"{fields['checks']} " if fields["checks"] else "", fields["result"], fields["ms"],
-            fields["downstream_reply"], extra={"fields": fields},
-        )
+    def _finish(self, server: GatewaySMTP, envelope: Any, reply: Reply, size: int = 0,
+                rule: str = "", facts: Any = ()) -> str:
+        """The end of DATA on record (the protocol writes the line with the reply),
+        then the reply for the client: ours with its id, a downstream's as it said it."""
+        record = _record(server)
+        record.size = size
+        record.checks = getattr(envelope, "checks", None) or ""
+        if not reply.is_success:
+            record.decide(rule, facts)
         metrics = self.runtime.metrics
         if metrics is not None:
             outcome = ("accepted" if reply.is_success else
                        "tempfailed" if reply.is_temporary else "refused")
             metrics.message(server.listener, outcome)
-        return str(reply)
+        return server.pass_verbatim(str(reply)) if reply.relayed else str(reply)
+
+
+def _record(server: GatewaySMTP) -> TransactionRecord:
+    # Opened by GatewaySMTP.smtp_MAIL before the hook runs, kept until the reply
+    # that ends the transaction.
+    record = server.tx_record
+    assert record is not None, "a transaction hook ran outside a transaction"
+    return record
+
+
+def _auth_refused(server: GatewaySMTP, rule: str) -> str:
+    """The rule behind a refused AUTH, kept for the connection's line; returned for
+    the AUTH's own log line."""
+    server.record.auth_rule = rule
+    return rule
 
 
 def _account_quota(rt: Runtime, identity: Identity) -> AccountQuota:

@@ -35,6 +35,9 @@ class InboundOutcome:
     message: bytes
     summary: str  # for the transaction log line
     results: tuple[tuple[str, str], ...] = ()  # (spf|dkim|dmarc, RFC 8601 result) for metrics
+    # A refusal's rule and facts, for the transaction's log line (rules/inbound.py).
+    rule: str = ""
+    facts: tuple[tuple[str, object], ...] = ()
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -64,7 +67,8 @@ async def check_inbound(runtime: Runtime, *, message: bytes, header: list[Header
     results = (("spf", evidence.spf.result), *(("dkim", d.result) for d in evidence.dkim),
                ("dmarc", evidence.dmarc.result))
     if not decision.verdict.accept:
-        return InboundOutcome(decision.verdict.reply, message, summary, results)
+        return InboundOutcome(decision.verdict.reply, message, summary, results,
+                              decision.verdict.rule, decision.verdict.facts)
     # One pass over the header removes what a sender may not set: fields only we add
     # (a quarantine flag), and A-R fields claiming our authserv-id (RFC 8601 §5).
     ours = runtime.config.our_authserv_id.strip().lower()

@@ -15,6 +15,9 @@ What changes here, and why (see ../shared/LIBRARY-NOTES.md):
 - Per-connection state (the connection id, the listener) lives on this object
   because aiosmtpd rebuilds its session after STARTTLS.
 - A client that collects too many 5xx replies hears ``421 4.7.0`` and is dropped.
+- Every 4xx/5xx we write carries ``(id <txid or cid>)``, the id of the log line
+  that explains it; a downstream's reply passed back keeps its own words.  Each
+  transaction and each connection ends in one log line (gateway/smtp/records.py).
 - Replies to pipelined MAIL/RCPT/RSET leave together with the next reply, in one
   write (RFC 2920 §3.2), as a real MTA's pipelined transaction expects.
 """
@@ -35,6 +38,13 @@ from gateway import replies
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
 from gateway.smtp import introspection
+from gateway.smtp.records import (
+    ConnectionRecord,
+    TransactionRecord,
+    is_refusal,
+    write_connection,
+    write_transaction,
+)
 
 introspection.install()
 log = logging.getLogger("portcullis.smtp")
@@ -55,6 +65,27 @@ _REWRITE = {
 EMPTY = b""
 # How much DATA is buffered at most while looking for its end (StreamReader limit).
 DATA_CHUNK = 64 * 1024
+
+
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
+_MAX_REPLY_LINE = 510
+# Refused while DATA was read, before the handler saw the message: the rule on record.
+_READ_REFUSALS = (
+    (str(replies.BARE_NEWLINE), "data.bare_newline"),
+    (str(replies.MESSAGE_TOO_BIG), "limits.max_message_size"),
+    (str(replies.LINE_TOO_LONG), "data.line_length"),
+)
+
+
+def with_id(status: str, ident: str) -> str:
+    """``status`` with ``(id …)`` at the end of its last line, which stays within
+    RFC 5321's line length (the text gives way, never the id)."""
+    suffix = f" (id {ident})"
+    head, sep, last = status.rpartition("\r\n")
+    room = _MAX_REPLY_LINE - len(suffix)
+    if len(last) > room:
+        last = last[:room].rstrip()
+    return f"{head}{sep}{last}{suffix}"
 
 
 def new_connection_id() -> str:
@@ -85,12 +116,20 @@ class GatewaySMTP(SMTP):
                  on_close: Any = None, **kwargs: Any):
         # aiosmtpd sizes its StreamReader from this class attribute in __init__.
         self.line_length_limit = max_line_length + 1
+        self.cid = new_connection_id()
+        # What this connection and its open transaction will leave on record.
+        self.record = ConnectionRecord(self.cid, listener)
+        self._recorded = False  # its line written
+        self.tx_record: TransactionRecord | None = None
+        # How the connection ended, for its log line: quit, disconnect, timeout,
+        # data_timeout, shutdown, too_many_errors, refused_limit.
+        self.end_reason = "disconnect"
+        self._last_reply = ""  # the last reply written (or queued), as sent
+        self._verbatim: str | None = None  # a downstream's reply, passed on as it is
         super().__init__(handler, **kwargs)
         self.listener = listener
         self.offers_auth = offers_auth
         self.implicit_tls = implicit_tls
-        self.cid = new_connection_id()
-        self.transactions = 0
         self.identity: Any = None  # set by a successful AUTH; cleared on STARTTLS
         self._max_errors = max_errors
         self._errors = 0
@@ -122,14 +161,21 @@ class GatewaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS (RFC 3207 §4.2: forget what the client said).
         self.identity = None
+        if self.refuse_with is not None:
+            self.end_reason = "refused_limit"
         if self.metrics is not None and not self._counted:
             self._counted = True
             self.metrics.opened(self.listener)
             self.metrics.connection(self.listener,
                                     "refused_limit" if self.refuse_with else "accepted")
         super().connection_made(transport)
+        if not self._recorded:
+            # Read now: once closed, asyncio's TLS transport can no longer say.
+            tls = self.tls_info()
+            self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
     def connection_lost(self, error: Exception | None) -> None:
+        self._write_records()
         self._abort_transaction()
         super().connection_lost(error)
         if self.metrics is not None and self._counted:
@@ -141,6 +187,38 @@ class GatewaySMTP(SMTP):
                 callback(self)
             except Exception:
                 log.exception("cid=%s close callback failed", self.cid)
+
+    def _write_records(self) -> None:
+        """The open transaction's line (cut by the connection's end), then the
+        connection's: once, however often asyncio reports the loss."""
+        if self._recorded:
+            return
+        self._recorded = True
+        # A 421 we said on the way out (timeout, shutdown, too many errors) is its result.
+        said = self._last_reply if self._last_reply.startswith("421") else ""
+        self.end_transaction(said, self.end_reason)
+        write_connection(self.record, client=self.client_ip, ended=self.end_reason)
+
+    def begin_transaction(self) -> TransactionRecord:
+        """At MAIL: a new transaction id, on record whatever the MAIL's answer."""
+        self.record.transactions += 1
+        self.tx_record = TransactionRecord(f"{self.cid}.{self.record.transactions}")
+        return self.tx_record
+
+    def end_transaction(self, status: str, ended: str) -> None:
+        """Write the open transaction's line: ``status`` is the reply that ended it
+        ("" when none did), ``ended`` what ended it."""
+        record, self.tx_record = self.tx_record, None
+        if record is None:
+            return
+        write_transaction(record, listener=self.listener, client=self.client_ip,
+                          login=self.identity.login if self.identity is not None else "",
+                          status=status, ended=ended)
+
+    def pass_verbatim(self, status: str) -> str:
+        """The handler's way to pass a downstream's reply on in its own words."""
+        self._verbatim = status
+        return status
 
     def _timeout_cb(self) -> None:
         # During DATA the timeout is an idle timer: if data arrived since the
@@ -223,22 +301,37 @@ class GatewaySMTP(SMTP):
 
     # --- replies -------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:
+        text = ""
         if isinstance(status, str):
+            verbatim, self._verbatim = status == self._verbatim, None
             if not self._greeted:
                 self._greeted = True  # the 220 greeting has no enhanced code
             else:
                 status = with_enhanced_code(status)
+                if is_refusal(status) and not verbatim and "(id " not in status:
+                    # The id of the log line that explains this refusal.
+                    status = with_id(status, self._current_id())
             if status[:1] == "5":
                 self._errors += 1
+            if status[:1] == "5":
+                self.record.errors += 1
+            elif status[:1] == "4":
+                self.record.tempfails += 1
             if self.metrics is not None and status[:3].isdigit():
                 self.metrics.reply(self.listener, int(status[:3]))
+            text = self._last_reply = status
             # A downstream's reply text relayed may hold 8-bit bytes: never a crash here.
             status = status.encode("ascii", "replace")
         await self._send(status + b"\r\n")
         if self._errors >= self._max_errors and self.transport is not None:
             self._errors = -(10**9)  # say it once
             log.info("cid=%s too many errors, disconnecting", self.cid)
+            self.end_reason = "too_many_errors"
             await self._hang_up(replies.TOO_MANY_ERRORS)
+            self._last_reply = text or self._last_reply  # the command's reply, not the 421
+
+    def _current_id(self) -> str:
+        return self.tx_record.txid if self.tx_record is not None else self.cid
 
     async def _send(self, reply: bytes) -> None:
         """Write a reply, or keep it to go with the next one.
@@ -261,13 +354,19 @@ class GatewaySMTP(SMTP):
         # the client hears 451 with our connection id, the log has the traceback.
         log.error("cid=%s unexpected error", self.cid, exc_info=error)
         self._abort_transaction()
-        return str(replies.LOCAL_ERROR.with_text(
+        reply = str(replies.LOCAL_ERROR.with_text(
             f"Local error in processing (id {self.cid}), try again later"))
+        if self.tx_record is not None:
+            self.tx_record.decide("local_error", {"error": type(error).__name__})
+        self.end_transaction(reply, "reply")
+        return reply
 
     # --- envelope life cycle -----------------------------------------------------------
     def _set_post_data_state(self) -> None:
         # RSET, a new EHLO, end of DATA: any downstream transaction still open is abandoned.
         self._abort_transaction()
+        if not self._in_data:  # at the end of DATA, smtp_DATA writes it with the reply
+            self.end_transaction("", "reset")
         super()._set_post_data_state()
 
     def _abort_transaction(self) -> None:
@@ -363,7 +462,14 @@ class GatewaySMTP(SMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and self.offers_auth:
             arg = self._without_auth_parameter(arg)
+        # A MAIL inside a transaction is an error in it (503), not a new one.
+        opened = self.tx_record is None
+        if opened:
+            self.begin_transaction()
+        self._last_reply = ""
         await self._in_group(super().smtp_MAIL, arg)
+        if opened and is_refusal(self._last_reply):
+            self.end_transaction(self._last_reply, "reply")  # refused at MAIL
 
     def _without_auth_parameter(self, arg: str) -> str:
         """MAIL FROM without a well-formed AUTH= parameter (RFC 4954 §5).
@@ -390,11 +496,19 @@ class GatewaySMTP(SMTP):
         return command[: len(command) - len(rest)] + "".join(" " + p for p in kept)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        record = self.tx_record
+        counted = (record.rcpts, record.refused_rcpts) if record is not None else None
+        self._last_reply = ""
         self._in_rcpt = True
         try:
             await self._in_group(super().smtp_RCPT, arg)
         finally:
             self._in_rcpt = False
+        if record is not None and record is self.tx_record:
+            record.stage = "rcpt"
+            # Refused before the handler was asked (syntax, parameters): on record too.
+            if counted == (record.rcpts, record.refused_rcpts) and is_refusal(self._last_reply):
+                record.recipient_refused("smtp.protocol")
 
     async def smtp_RSET(self, arg: str | None) -> None:
         await self._in_group(super().smtp_RSET, arg)
@@ -413,7 +527,17 @@ class GatewaySMTP(SMTP):
         if not self.encrypted:
             await self.push(str(replies.ENCRYPTION_REQUIRED))
             return
+        self._last_reply = ""
         await super().smtp_AUTH(arg)
+        if self._last_reply.startswith("235") and self.identity is not None:
+            self.record.login = self.identity.login
+        elif self._last_reply[:3] in ("535", "454"):
+            self.record.auth_failures += 1
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if not arg:
+            self.end_reason = "quit"
+        await super().smtp_QUIT(arg)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         """RFC 4616: authzid NUL authcid NUL passwd.  An authzid other than the login
@@ -476,13 +600,27 @@ class GatewaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.tx_record is not None:
+            self.tx_record.stage = "data"
         self._in_data = True
+        self._last_reply = ""
         try:
             await self._read_and_deliver()
+            self._end_data_transaction()
         finally:
             self._in_data = False
             if self._closing and self.transport is not None:
                 await self._hang_up(replies.SHUTTING_DOWN)
+
+    def _end_data_transaction(self) -> None:
+        """The reply to DATA ends the transaction (the handler has named its rule;
+        a refusal while reading is named here)."""
+        record, status = self.tx_record, self._last_reply
+        if record is not None and not record.rule and is_refusal(status):
+            for refusal, rule in _READ_REFUSALS:
+                if status.startswith(refusal):
+                    record.decide(rule)
+        self.end_transaction(status, "reply")
 
     async def _read_data(self) -> tuple[bytes, Reply | None]:
         """The message as sent (still dot-stuffed, without the final ``.CRLF``), read in

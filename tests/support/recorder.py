@@ -32,6 +32,7 @@ class Behaviour:
     data_reply: str | None = None  # e.g. "554 5.7.1 spam"
     data_delay: float = 0.0
     rcpt_delay: float = 0.0
+    rcpt_reply: str = "250 2.1.5 OK"  # to an accepted recipient
 
 
 class RecordingHandler:
@@ -56,7 +57,7 @@ class RecordingHandler:
         if address in self.behaviour.refuse_rcpt:
             return self.behaviour.refuse_rcpt[address]
         envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
+        return self.behaviour.rcpt_reply
 
     async def handle_DATA(self, server, session, envelope):
         if self.behaviour.data_delay:

@@ -1,0 +1,158 @@
+"""What each connection and each transaction leaves on record: exactly one log line.
+
+A transaction begins at MAIL (a refused MAIL is a transaction that ended at stage
+``mail``) and ends with the reply to DATA, a refused MAIL, RSET or a new HELO/EHLO,
+or with the connection (disconnect, timeout, shutdown).  Its line names the rule
+that decided a refusal and the facts that rule used, and counts the recipients
+accepted and refused on the way (a refused RCPT does not end the transaction).
+
+A connection's line is written when it closes: how it ended, what it did, how long
+it took.  docs/operations.md lists every field; with ``--log-format json`` each
+field is a key of the line's JSON object (``record.fields``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+txlog = logging.getLogger("portcullis.transaction")
+connlog = logging.getLogger("portcullis.connection")
+
+# "550-5.7.1 text" / "250 OK" → code, enhanced code (or None).
+_STATUS = re.compile(r"^(\d{3})[ -](?:([245]\.\d{1,3}\.\d{1,3})\b)?")
+# A log line is for people and greps: keep a reply text or a fact to this length.
+_MAX_TEXT = 200
+# A text value with any of these is quoted, so the line still splits into name=value.
+_QUOTED = re.compile(r"[\s\"'=]")
+# Refusals the SMTP engine writes itself, before any rule is asked.
+PROTOCOL_RULE = "smtp.protocol"
+
+
+def status_result(status: str) -> str:
+    """``550 5.7.1`` for a reply as written on the wire; ``-`` for none."""
+    m = _STATUS.match(status)
+    if m is None:
+        return "-"
+    return f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+
+
+def status_text(status: str) -> str:
+    """The text of a reply's first line, without code and enhanced code."""
+    first = status.split("\r\n", 1)[0]
+    m = _STATUS.match(first)
+    return (first[m.end():] if m else first).strip()[:_MAX_TEXT]
+
+
+def is_refusal(status: str) -> bool:
+    return status[:1] in ("4", "5")
+
+
+@dataclass(slots=True)
+class TransactionRecord:
+    """One transaction, from MAIL to the reply that ends it."""
+
+    txid: str
+    started: float = field(default_factory=time.monotonic)
+    stage: str = "mail"  # mail | rcpt | data: how far it got
+    sender: str | None = None  # None: MAIL was refused before the sender was read
+    rcpts: int = 0
+    refused_rcpts: int = 0
+    rcpt_rules: list[str] = field(default_factory=list)
+    # The rule that decided the transaction's outcome, and the facts it used.
+    rule: str = ""
+    facts: dict[str, object] = field(default_factory=dict)
+    checks: str = ""  # the inbound checks' and the scanner's summary
+    size: int = 0
+
+    def decide(self, rule: str, facts: Iterable[tuple[str, object]] | Mapping[str, object] = ()) -> None:
+        self.rule = rule
+        self.facts = dict(facts)
+
+    def recipient_refused(self, rule: str) -> None:
+        self.refused_rcpts += 1
+        if rule not in self.rcpt_rules:
+            self.rcpt_rules.append(rule)
+
+
+@dataclass(slots=True)
+class ConnectionRecord:
+    """One connection, from accept to close (STARTTLS does not start a new one)."""
+
+    cid: str
+    listener: str
+    started: float = field(default_factory=time.monotonic)
+    tls: str = "none"  # "TLSv1.3/TLS_AES_256_GCM_SHA384" once encrypted
+    login: str = ""
+    transactions: int = 0
+    errors: int = 0  # 5xx replies sent
+    tempfails: int = 0  # 4xx replies sent
+    auth_failures: int = 0  # 535 and lockout 454 answers to AUTH
+    auth_rule: str = ""  # the rule behind the last refused AUTH
+
+
+def write_transaction(record: TransactionRecord, *, listener: str, client: str, login: str,
+                      status: str, ended: str) -> None:
+    """The transaction's one line.  ``status`` is its last reply (empty: none was sent,
+    the connection went first); ``ended`` says what ended it."""
+    refused = is_refusal(status)
+    fields: dict[str, object] = {
+        "txid": record.txid, "listener": listener, "client": client, "login": login or "-",
+        "from": record.sender if record.sender is not None else "-",
+        "stage": record.stage, "rcpts": record.rcpts, "refused_rcpts": record.refused_rcpts,
+        "rcpt_rules": ",".join(record.rcpt_rules), "size": record.size,
+        "checks": record.checks, "result": status_result(status) if status else "-",
+        "rule": record.rule if refused else "", "ended": ended,
+        "ms": int((time.monotonic() - record.started) * 1000),
+        "reply": status_text(status) if status else "",
+    }
+    if refused and not record.rule:
+        fields["rule"] = PROTOCOL_RULE
+    _add_facts(fields, record.facts if refused else {})
+    txlog.info(_text(fields), extra={"fields": fields})
+
+
+def write_connection(record: ConnectionRecord, *, client: str, ended: str) -> None:
+    fields: dict[str, object] = {
+        "cid": record.cid, "listener": record.listener, "client": client, "tls": record.tls,
+        "login": record.login or "-", "ended": ended, "transactions": record.transactions,
+        "errors": record.errors, "tempfails": record.tempfails,
+        "auth_failures": record.auth_failures, "auth_rule": record.auth_rule,
+        "ms": int((time.monotonic() - record.started) * 1000),
+    }
+    connlog.info(_text(fields), extra={"fields": fields})
+
+
+def _add_facts(fields: dict[str, object], facts: Mapping[str, object]) -> None:
+    """A rule's facts become fields of their own; one whose name a fixed field has
+    is kept as ``fact_<name>`` rather than overwriting it."""
+    for name, value in facts.items():
+        key = name if name not in fields else f"fact_{name}"
+        if isinstance(value, (list, tuple, set, frozenset)):
+            value = ",".join(str(v) for v in value)
+        elif not isinstance(value, (int, float, bool)) and value is not None:
+            value = str(value)[:_MAX_TEXT]
+        fields[key] = value
+
+
+def _text(fields: Mapping[str, object]) -> str:
+    """``name=value`` pairs, empty fields left out; a value with spaces or quotes is
+    quoted (``reply`` always is: it is someone's words)."""
+    parts = []
+    for name, value in fields.items():
+        if name == "from":  # the null sender is <>, not an empty field
+            parts.append(f"from=<{value}>" if value != "-" else "from=-")
+        elif value == "" or value is None:
+            continue
+        elif name == "checks":  # name=value pairs of their own: inline
+            parts.append(str(value))
+        elif name == "result" or isinstance(value, (int, float)):  # "250 2.0.0"
+            parts.append(f"{name}={value}")
+        elif name == "reply" or _QUOTED.search(str(value)):
+            parts.append(f"{name}={str(value)!r}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
