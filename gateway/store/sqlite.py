@@ -113,14 +113,29 @@ class SQLiteStore(Store):
 
         def call() -> T:
             db = self._connect()
-            return fn(db)
+            result = fn(db)
+            # No sqlite3 object may leave this thread (issue 14, defect 8a): a cursor
+            # freed on the event loop's thread resets its prepared statement, which the
+            # connection's statement cache may already have handed to the next call
+            # running here: "InterfaceError: bad parameter or other API misuse".
+            assert not isinstance(result, sqlite3.Cursor), "a store call returned a cursor"
+            return result
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except sqlite3.DatabaseError as exc:  # locked past busy_timeout, I/O error, not a database
+        except sqlite3.Error as exc:  # locked past busy_timeout, I/O error, not a database, misuse
             raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
         except RuntimeError as exc:  # executor shut down under us
             raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, sql: str, args: Sequence | list[tuple]) -> None:
+        """One statement whose rows nobody reads; its cursor is closed here, in the
+        store's thread (a list of tuples runs the statement once per tuple)."""
+        if isinstance(args, list):
+            db.executemany(sql, args).close()
+        else:
+            db.execute(sql, args).close()
 
     @staticmethod
     def _transaction(db: sqlite3.Connection, body: Callable[[], T]) -> T:
@@ -265,8 +280,8 @@ class SQLiteStore(Store):
         return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def release_slot(self, key: str, lease_id: str) -> None:
-        await self._run(lambda db: db.execute(
-            "DELETE FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)))
+        await self._run(lambda db: self._write(
+            db, "DELETE FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)))
 
     async def slots_in_use(self, key: str, now: float) -> int:
         return await self._run(lambda db: db.execute(
@@ -285,11 +300,11 @@ class SQLiteStore(Store):
         return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def clear_failures(self, keys: Sequence[str]) -> None:
-        await self._run(lambda db: db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
+        await self._run(lambda db: self._write(db, "DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
 
     async def lock(self, key: str, until: float, now: float) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT INTO locks (key, until) VALUES (?, ?) "
+        await self._run(lambda db: self._write(
+            db, "INSERT INTO locks (key, until) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET until = MAX(until, excluded.until)", (key, until)))
 
     async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
@@ -322,8 +337,8 @@ class SQLiteStore(Store):
 
     # --- events --------------------------------------------------------------------
     async def log_event(self, event: Event) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT INTO events (ts, kind, subject, data) VALUES (?,?,?,?)",
+        await self._run(lambda db: self._write(
+            db, "INSERT INTO events (ts, kind, subject, data) VALUES (?,?,?,?)",
             (event.ts, event.kind, event.subject, json.dumps(dict(event.data), sort_keys=True))))
 
     async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
