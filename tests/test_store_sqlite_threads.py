@@ -2,7 +2,8 @@
 
 The first simultaneous successful AUTHs after a start with an existing state file
 failed with ``sqlite3.InterfaceError: bad parameter or other API misuse`` in
-``clear_failures`` (the client got 451 4.3.0).  The store must answer every call,
+``clear_failures`` (the client got 451 4.3.0).  Here: what each successful AUTH asks
+of the store (reserve the attempt, give it back, take a session slot), many at once.  The store must answer every call,
 every time, whatever runs at the same moment.
 """
 
@@ -23,12 +24,14 @@ async def _successful_logins(path) -> list[BaseException]:
     store = SQLiteStore(path)
     try:
         async def login(i: int) -> None:
-            login = f"authfail-login:user{i % 4}@acme.example"
-            for _ in range(3):  # a few logins per session, as mail clients reconnect
-                await store.clear_failures([login])
+            keys = (f"authfail-ip:192.0.2.{i}", f"authfail-login:user{i % 4}@acme.example")
             await store.acquire_slot(f"conn:user{i % 4}", f"cid{i}", 100, T0, 1800)
-            await store.lock(f"authfail-ip:192.0.2.{i}", T0 + 60, T0)
-            await store.log_event(Event(T0, "lockout", f"192.0.2.{i}", {"n": i}))
+            for n in range(3):  # a few logins per session, as mail clients reconnect
+                attempt = f"{i}.{n}"
+                await store.reserve_attempt([(k, 1000) for k in keys], attempt, 900, T0)
+                await store.give_back_attempt(attempt, keys, clear=keys[1:])
+                await store.lock(keys[0], T0 + 60, T0)
+                await store.log_event(Event(T0, "lockout", f"192.0.2.{i}", {"n": n}))
             await store.release_slot(f"conn:user{i % 4}", f"cid{i}")
 
         results = await asyncio.gather(*(login(i) for i in range(SESSIONS)), return_exceptions=True)

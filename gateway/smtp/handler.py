@@ -37,6 +37,7 @@ from gateway.ops.notify import Incident
 from gateway.replies import Reply
 from gateway.rules.abuse import is_role_recipient
 from gateway.rules.content import SPAM_HEADERS, ContentDecision
+from gateway.rules.lockout import verification_budget
 from gateway.rules.quota import AccountQuota, QuotaDecision, decide_size, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
@@ -50,6 +51,7 @@ from gateway.smtp.protocol import GatewaySMTP
 from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
+from gateway.store.metering import AuthAttempt
 
 log = logging.getLogger("portcullis.smtp")
 txlog = logging.getLogger("portcullis.transaction")
@@ -89,44 +91,54 @@ class GatewayHandler:
         rt = self.runtime.current()
         metering = rt.metering if self.direction == "outbound" else None
         client_ip = _client_ip(server)
+        attempt: AuthAttempt | None = None
         if metering is not None:
-            # Locked out: the same 454 for a locked address or login, real or not,
-            # and the password is not even checked.
-            allowed = await metering.auth_allowed(client_ip, login, rt.clock())
-            if not allowed.accept:
+            # Counted as a failure from here until the password proves right, in one
+            # atomic step with the lockout check (rules/lockout.py).  Locked out, or as
+            # many attempts in flight as the limit: the same 454 for a locked address
+            # or login, real or not, and the password is not even checked.
+            attempt = await metering.auth_begin(client_ip, login, rt.clock())
+            if not attempt.verdict.accept:
                 log.info("cid=%s auth refused: locked out client=%s", server.cid, client_ip)
-                return allowed.reply, None
+                return attempt.verdict.reply, None
+        # Answered before aiosmtpd's command timeout, which would close the connection
+        # without a word: an AUTH storm costs waiting in the verifiers' queue, then 454.
+        budget = verification_budget(self.authentication_timeout, rt.config.limits.command_timeout,
+                                     rt.config.lockout.failure_delay)
         try:
-            async with asyncio.timeout(self.authentication_timeout):
+            async with asyncio.timeout(budget):
                 answer = await rt.accounts.authenticate(login, password)
-        except TimeoutError:
-            log.warning("cid=%s auth source timed out", server.cid)
-            return replies.AUTH_TEMPFAIL, None
-        except Exception:
-            log.exception("cid=%s auth source failed", server.cid)
-            return replies.AUTH_TEMPFAIL, None
-        if answer.outcome is Outcome.OK and answer.identity is not None:
-            if metering is not None:
-                busy = await self._open_session(server, rt, answer.identity, client_ip)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning("cid=%s auth source timed out", server.cid)
+            else:
+                log.exception("cid=%s auth source failed", server.cid)
+            answer = None
+        if answer is not None and answer.outcome is Outcome.OK and answer.identity is not None:
+            if metering is not None and attempt is not None:
+                busy = await self._open_session(server, rt, answer.identity, attempt)
                 if busy is not None:
                     return busy, None
             log.info("cid=%s auth ok login=%s", server.cid, answer.identity.login)
             return replies.AUTH_OK, answer.identity
-        if answer.outcome is Outcome.TEMPFAIL:
-            log.warning("cid=%s auth tempfail", server.cid)
+        if answer is None or answer.outcome is Outcome.TEMPFAIL:
+            if answer is not None:
+                log.warning("cid=%s auth tempfail", server.cid)
+            if metering is not None and attempt is not None:
+                await metering.auth_abandoned(attempt)  # never checked: not a failure
             return replies.AUTH_TEMPFAIL, None
         log.info("cid=%s auth failed client=%s", server.cid, client_ip)
-        if metering is not None:
+        if metering is not None and attempt is not None:
             # Only failures wait: a right password is never slowed down.
-            await asyncio.sleep(await metering.auth_failed(client_ip, login, rt.clock()))
+            await asyncio.sleep(await metering.auth_failed(attempt, rt.clock()))
         return replies.AUTH_INVALID, None
 
     async def _open_session(self, server: GatewaySMTP, rt: Runtime, identity: Identity,
-                            client_ip: str) -> Reply | None:
+                            attempt: AuthAttempt) -> Reply | None:
         """Take one of the account's connection slots until the client disconnects."""
         assert rt.metering is not None
         now = rt.clock()
-        await rt.metering.auth_succeeded(client_ip, identity.login, now)
+        await rt.metering.auth_succeeded(attempt)
         acct = _account_quota(rt, identity)
         verdict = await rt.metering.open_session(acct, server.cid, now)
         if not verdict.accept:

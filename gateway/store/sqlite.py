@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.store.base import (
+    AttemptReservation,
     Charge,
     ChargeResult,
     Event,
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS members (
     key TEXT NOT NULL, member TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (key, member));
 CREATE TABLE IF NOT EXISTS slots (
     key TEXT NOT NULL, lease_id TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (key, lease_id));
-CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, ts REAL NOT NULL);
+-- attempt: the AUTH attempt still in flight that this entry reserves (NULL once settled).
+CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, ts REAL NOT NULL, attempt TEXT);
 CREATE INDEX IF NOT EXISTS failures_by_key ON failures (key, ts);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS suspensions (
@@ -83,8 +85,21 @@ class SQLiteStore(Store):
             self._retry_locked(db, "PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             self._retry_locked(db, _SCHEMA)
+            self._migrate(db)
             self._db = db
         return self._db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a state file written by an older version up to the schema."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(failures)").fetchall()}
+        if "attempt" not in columns:
+            try:
+                self._retry_locked(db, "ALTER TABLE failures ADD COLUMN attempt TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
+        self._retry_locked(db, "CREATE INDEX IF NOT EXISTS failures_by_attempt "
+                               "ON failures (attempt) WHERE attempt IS NOT NULL")
 
     def _retry_locked(self, db: sqlite3.Connection, sql: str) -> None:
         """Run set-up SQL that two processes opening a new file at once can collide on.
@@ -288,19 +303,44 @@ class SQLiteStore(Store):
             "SELECT COUNT(*) FROM slots WHERE key = ? AND until > ?", (key, now)).fetchone()[0])
 
     # --- failed logins and lockouts -------------------------------------------
-    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
-        def body(db: sqlite3.Connection) -> tuple[int, ...]:
-            counts = []
-            for key in keys:
+    async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
+                              now: float) -> AttemptReservation:
+        keys = [key for key, _ in limits]
+
+        def body(db: sqlite3.Connection) -> AttemptReservation:
+            marks = ",".join("?" * len(keys))
+            (locked,) = db.execute(f"SELECT MAX(until) FROM locks WHERE key IN ({marks}) AND until > ?",
+                                   (*keys, now)).fetchone()
+            counts: list[int] = []
+            full: float | None = None
+            for key, limit in limits:
                 db.execute("DELETE FROM failures WHERE key = ? AND ts <= ?", (key, now - window))
-                db.execute("INSERT INTO failures (key, ts) VALUES (?, ?)", (key, now))
-                counts.append(db.execute("SELECT COUNT(*) FROM failures WHERE key = ?", (key,)).fetchone()[0])
-            return tuple(counts)
+                (n,) = db.execute("SELECT COUNT(*) FROM failures WHERE key = ?", (key,)).fetchone()
+                counts.append(n)
+                if n >= limit:
+                    # One more fits once the (n - limit + 1) oldest entries have left the window.
+                    row = db.execute("SELECT ts FROM failures WHERE key = ? ORDER BY ts LIMIT 1 OFFSET ?",
+                                     (key, n - limit)).fetchone()
+                    ends = row[0] + window if row else now + window
+                    full = ends if full is None else max(full, ends)
+            if locked is not None or full is not None:
+                return AttemptReservation(False, tuple(counts), locked, full)
+            db.executemany("INSERT INTO failures (key, ts, attempt) VALUES (?, ?, ?)",
+                           [(key, now, attempt) for key in keys])
+            return AttemptReservation(True, tuple(n + 1 for n in counts))
 
         return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
-    async def clear_failures(self, keys: Sequence[str]) -> None:
-        await self._run(lambda db: self._write(db, "DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
+    async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
+        await self._run(lambda db: self._write(
+            db, "UPDATE failures SET attempt = NULL WHERE attempt = ?", (attempt,)))
+
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, "DELETE FROM failures WHERE attempt = ?", (attempt,))
+            self._write(db, "DELETE FROM failures WHERE key = ? AND attempt IS NULL", [(k,) for k in clear])
+
+        await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def lock(self, key: str, until: float, now: float) -> None:
         await self._run(lambda db: self._write(
