@@ -142,3 +142,26 @@ def _wait_listening(port: int, proc: subprocess.Popen, log, client_tls, timeout:
         except OSError:
             time.sleep(0.2)
     raise AssertionError("the gateway did not start")
+
+
+def test_a_dozen_simultaneous_logins_with_the_right_password_all_succeed(make_gateway, client_tls):
+    """Attempts in flight count against the limit, but a right password gives its place
+    back: one mail client opening more sessions at once than the limit is not refused.
+    (The default command timeout: 14 cold argon2 checks, two at a time, need more than
+    the second or so that a 3 s command timeout leaves them on a busy machine.)"""
+    gw = make_gateway(extra={"lockout": STORM["lockout"]})
+    n = LIMIT + 4
+    results: list[object] = [None] * n
+    ready = threading.Barrier(n, timeout=60)
+
+    def one(i: int) -> None:
+        with connect(gw, client_tls) as c:
+            ready.wait()
+            results[i] = auth_plain(c, LOGIN)[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [235] * n

@@ -154,6 +154,15 @@ class CachedSource:
             if key in self._waiters:
                 self._waiters[key] -= 1
 
+    def known_good(self, login: str, password: str) -> bool:
+        """Would this AUTH be answered OK from memory, without a hash check?  Only for
+        sources that cannot change a password behind the cache's back (no stamp)."""
+        if isinstance(self.source, Stamped):
+            return False
+        ok = self._ok.get(login)
+        return (ok is not None and ok.digest == self._digest(login, password)
+                and self._clock() < ok.expires)
+
     def _settled(self, key: tuple[str, bytes], done: asyncio.Future[AuthAnswer]) -> None:
         self._inflight.pop(key, None)
         self._waiters.pop(key, None)

@@ -91,22 +91,27 @@ class GatewayHandler:
         rt = self.runtime.current()
         metering = rt.metering if self.direction == "outbound" else None
         client_ip = _client_ip(server)
+        # Answered before aiosmtpd's command timeout, which would close the connection
+        # without a word: an AUTH storm costs waiting (for a place under the lockout
+        # limit, for a free verifier), then 454.
+        budget = verification_budget(self.authentication_timeout, rt.config.limits.command_timeout,
+                                     rt.config.lockout.failure_delay)
+        ends = asyncio.get_running_loop().time() + budget
         attempt: AuthAttempt | None = None
         if metering is not None:
             # Counted as a failure from here until the password proves right, in one
             # atomic step with the lockout check (rules/lockout.py).  Locked out, or as
             # many attempts in flight as the limit: the same 454 for a locked address
             # or login, real or not, and the password is not even checked.
-            attempt = await metering.auth_begin(client_ip, login, rt.clock())
+            known = getattr(rt.accounts, "known_good", None)  # the cache: no hash to check
+            attempt = await metering.auth_begin(client_ip, login, rt.clock(),
+                                                known_good=bool(known and known(login, password)),
+                                                wait=budget / 2)
             if not attempt.verdict.accept:
                 log.info("cid=%s auth refused: locked out client=%s", server.cid, client_ip)
                 return attempt.verdict.reply, None
-        # Answered before aiosmtpd's command timeout, which would close the connection
-        # without a word: an AUTH storm costs waiting in the verifiers' queue, then 454.
-        budget = verification_budget(self.authentication_timeout, rt.config.limits.command_timeout,
-                                     rt.config.lockout.failure_delay)
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout_at(ends):
                 answer = await rt.accounts.authenticate(login, password)
         except Exception as exc:
             if isinstance(exc, TimeoutError):

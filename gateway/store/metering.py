@@ -21,7 +21,9 @@ A store that cannot be reached never lets mail through unmetered: the answer is
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -87,10 +89,12 @@ class AuthAttempt:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Failures per (ip, login) in the window, this attempt included.
     counts: tuple[int, int] = (0, 0)
+    # Counted in the store until its outcome (False: a password the cache knows as right).
+    reserved: bool = True
 
     @property
     def counted(self) -> bool:
-        return self.verdict.accept
+        return self.verdict.accept and self.reserved
 
 
 def _attempts(login: str) -> Charge:
@@ -107,15 +111,38 @@ class Metering:
         self.settings = settings
 
     # --- AUTH ----------------------------------------------------------------------
-    async def auth_begin(self, client_ip: str, login: str, now: float) -> AuthAttempt:
+    async def auth_begin(self, client_ip: str, login: str, now: float,
+                         known_good: bool = False, wait: float = 0.0) -> AuthAttempt:
         """Count the attempt before its password is checked, or refuse it (locked, or
-        as many failures and attempts in flight as the limit): one atomic step."""
+        as many failures and attempts in flight as the limit): one atomic step.
+
+        ``known_good``: the account cache holds this login and password as right, so
+        no hash is checked and nothing is reserved; a lock still refuses it (many
+        simultaneous sessions of one mail client must not lock their own account)."""
         s = self.settings.lockout
         keys = lockout.lockout_keys(client_ip, login)
         attempt = AuthAttempt(Verdict.refuse(replies.AUTH_TEMPFAIL), client_ip, keys)
+        if known_good:
+            try:
+                until = await self.store.locked_until(keys.both, now)
+            except StoreUnavailable as exc:
+                log.error("lockout state unavailable: %s", exc)
+                return attempt
+            verdict = lockout.decide_auth_attempt(until is None, until, None, now)
+            return AuthAttempt(verdict, client_ip, keys, attempt.id, reserved=False)
+        limits = lockout.attempt_limits(keys, s)
+        ends, pause = time.monotonic() + wait, 0.05
         try:
-            found = await self.store.reserve_attempt(lockout.attempt_limits(keys, s), attempt.id,
-                                                     s.window, now)
+            while True:
+                found = await self.store.reserve_attempt(limits, attempt.id, s.window, now)
+                # At the limit but not locked: attempts in flight hold places that a
+                # right password will give back (one mail client opening a dozen
+                # sessions at once); wait for one, within ``wait``.  Wrong ones lock
+                # the login at the limit, and then the waiting ends at once.
+                if found.accepted or found.locked_until is not None or time.monotonic() + pause > ends:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.4)
         except StoreUnavailable as exc:
             log.error("lockout state unavailable: %s", exc)
             return attempt
@@ -150,17 +177,20 @@ class Metering:
         """The attempt is given back, and the login's settled failures are cleared.
         Only the login's: one good password must not wipe an address's record of
         guessing at other logins, nor the attempts of others still in flight."""
-        await self._give_back(attempt, clear=(attempt.keys.login,))
+        if not attempt.verdict.accept:
+            return
+        try:
+            await self.store.give_back_attempt(attempt.id, attempt.keys.both if attempt.reserved else (),
+                                               clear=(attempt.keys.login,))
+        except StoreUnavailable as exc:  # they count until the window ends
+            log.error("could not clear failed logins: %s", exc)
 
     async def auth_abandoned(self, attempt: AuthAttempt) -> None:
         """The password was never checked (source down, timeout): nothing to count."""
-        await self._give_back(attempt, clear=())
-
-    async def _give_back(self, attempt: AuthAttempt, clear: tuple[str, ...]) -> None:
         if not attempt.counted:
             return
         try:
-            await self.store.give_back_attempt(attempt.id, attempt.keys.both, clear)
+            await self.store.give_back_attempt(attempt.id, attempt.keys.both)
         except StoreUnavailable as exc:  # it counts as a failure until the window ends
             log.error("could not clear failed logins: %s", exc)
 
