@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.config.quota import LockoutSettings, QuotaSettings
-from gateway.rules.lockout import after_failure, decide_auth_attempt, lockout_keys
+from gateway.rules.lockout import (
+    after_failure,
+    decide_auth_attempt,
+    lockout_keys,
+    verification_budget,
+)
 from gateway.store.metering import Metering
 from tests.support import redis_server as _redis
 from tests.support import stores
@@ -39,53 +46,82 @@ def test_threshold_locks_the_key_that_crossed_it(ip_n, login_n, locked):
     assert out.delay == 0.5
 
 
-def test_locked_attempt_gets_454_4_7_0_with_when_to_retry():
-    v = decide_auth_attempt(T0 + 600, T0)
+@pytest.mark.parametrize("accepted,locked_until,full_until,minutes", [
+    (True, None, None, None),            # counted: the password is checked
+    (False, T0 + 600, None, 10),         # the IP or login is locked
+    (False, None, T0 + 120, 2),          # as many failures and attempts in flight as the limit
+    (False, T0 + 60, T0 + 900, 15),      # both: the later end
+    (False, None, None, 1),              # refused, the window slid in between: soon
+    (False, T0 - 5, None, 1),
+])
+def test_an_attempt_is_checked_only_when_the_store_counted_it(accepted, locked_until, full_until, minutes):
+    v = decide_auth_attempt(accepted, locked_until, full_until, T0)
+    if minutes is None:
+        assert v.accept
+        return
     assert not v.accept and (v.reply.code, v.reply.enhanced) == (454, "4.7.0")
-    assert "10 minutes" in v.reply.text
-    assert decide_auth_attempt(T0, T0).accept
-    assert decide_auth_attempt(None, T0).accept
+    assert v.reply.text == f"Too many failed login attempts; try again in {minutes} minutes"
+
+
+@pytest.mark.parametrize("source,command,delay,budget", [
+    (5.0, 300.0, 1.0, 5.0),    # the default: the source's own deadline
+    (5.0, 3.0, 1.0, 1.25),     # a short command timeout: answered before it fires
+    (5.0, 3.0, 0.0, 2.25),
+    (15.0, 10.0, 1.0, 8.0),
+    (5.0, 1.0, 2.0, 0.1),      # a delay longer than the timeout: never below 0.1 s
+])
+def test_the_password_check_ends_before_the_command_timeout(source, command, delay, budget):
+    got = verification_budget(source, command, delay)
+    assert got == pytest.approx(budget)
+    assert got <= source
 
 
 def _metering(store) -> Metering:
     return Metering(store, QuotaSettings(lockout=LOCK))
 
 
+async def _fail(m: Metering, ip: str, login: str, now: float) -> int:
+    """One AUTH with a wrong password, as the handler runs it: the reply code."""
+    attempt = await m.auth_begin(ip, login, now)
+    if not attempt.verdict.accept:
+        return attempt.verdict.reply.code
+    await m.auth_failed(attempt, now)
+    return 535
+
+
+async def _succeed(m: Metering, ip: str, login: str, now: float) -> int:
+    attempt = await m.auth_begin(ip, login, now)
+    if not attempt.verdict.accept:
+        return attempt.verdict.reply.code
+    await m.auth_succeeded(attempt)
+    return 235
+
+
 def test_per_login_lockout_after_exactly_n_failures_from_many_addresses(any_store):
     async def body(store):
         m = _metering(store)
-        seen = []
-        for i in range(4):
-            ip = f"198.51.100.{i}"  # a distributed guesser: a new address every time
-            v = await m.auth_allowed(ip, "alice@acme.example", T0 + i)
-            seen.append(v.reply.code)
-            if v.accept:
-                await m.auth_failed(ip, "alice@acme.example", T0 + i)
-        other_login = await m.auth_allowed("198.51.100.9", "bob@acme.example", T0 + 5)
-        after = await m.auth_allowed("198.51.100.9", "alice@acme.example", T0 + 2 + 900)
+        # A distributed guesser: a new address every time.
+        seen = [await _fail(m, f"198.51.100.{i}", "alice@acme.example", T0 + i) for i in range(4)]
+        other_login = await _succeed(m, "198.51.100.9", "bob@acme.example", T0 + 5)
+        after = await _succeed(m, "198.51.100.9", "alice@acme.example", T0 + 2 + 900)
         return seen, other_login, after
 
     seen, other_login, after = any_store.run(body)
-    assert seen == [235, 235, 235, 454]
-    assert other_login.accept
-    assert after.accept
+    assert seen == [535, 535, 535, 454]
+    assert other_login == 235
+    assert after == 235
 
 
 def test_per_ip_lockout_after_exactly_n_failures_over_many_logins(any_store):
     async def body(store):
         m = _metering(store)
-        seen = []
-        for i in range(6):
-            v = await m.auth_allowed("203.0.113.5", f"user{i}@acme.example", T0 + i)
-            seen.append(v.reply.code)
-            if v.accept:
-                await m.auth_failed("203.0.113.5", f"user{i}@acme.example", T0 + i)
-        other_ip = await m.auth_allowed("203.0.113.6", "user9@acme.example", T0 + 7)
+        seen = [await _fail(m, "203.0.113.5", f"user{i}@acme.example", T0 + i) for i in range(6)]
+        other_ip = await _succeed(m, "203.0.113.6", "user9@acme.example", T0 + 7)
         return seen, other_ip, await store.events()
 
     seen, other_ip, events = any_store.run(body)
-    assert seen == [235] * 5 + [454]
-    assert other_ip.accept
+    assert seen == [535] * 5 + [454]
+    assert other_ip == 235
     assert any(e.kind == "lockout" for e in events)
 
 
@@ -97,8 +133,8 @@ def test_existing_and_unknown_logins_are_locked_with_the_same_reply(any_store):
         replies = {}
         for login in ("alice@acme.example", "nobody-such@acme.example"):
             for i in range(3):
-                await m.auth_failed(f"192.0.2.{i}", login, T0 + i)
-            replies[login] = (await m.auth_allowed("192.0.2.200", login, T0 + 10)).reply
+                await _fail(m, f"192.0.2.{i}", login, T0 + i)
+            replies[login] = (await m.auth_begin("192.0.2.200", login, T0 + 10)).verdict.reply
         return replies
 
     got = any_store.run(body)
@@ -109,13 +145,48 @@ def test_existing_and_unknown_logins_are_locked_with_the_same_reply(any_store):
 def test_success_clears_the_login_count_and_is_never_delayed(any_store):
     async def body(store):
         m = _metering(store)
-        delays = [await m.auth_failed("192.0.2.1", "carol", T0 + i) for i in range(2)]
-        await m.auth_succeeded("192.0.2.1", "carol", T0 + 3)
+        delays = []
+        for i in range(2):
+            attempt = await m.auth_begin("192.0.2.1", "carol", T0 + i)
+            delays.append(await m.auth_failed(attempt, T0 + i))
+        await _succeed(m, "192.0.2.1", "carol", T0 + 3)
         # Two more failures: the count restarted, so still below 3.
         for i in range(2):
-            await m.auth_failed("192.0.2.1", "carol", T0 + 4 + i)
-        return delays, await m.auth_allowed("192.0.2.1", "carol", T0 + 10)
+            await _fail(m, "192.0.2.1", "carol", T0 + 4 + i)
+        return delays, await _succeed(m, "192.0.2.1", "carol", T0 + 10)
 
     delays, allowed = any_store.run(body)
     assert delays == [0.5, 0.5]
-    assert allowed.accept
+    assert allowed == 235
+
+
+def test_attempts_in_flight_count_so_simultaneous_ones_check_at_most_the_limit(any_store):
+    """Issue 14, defect 2: every password check is reserved before it starts."""
+    async def body(store):
+        m = _metering(store)
+        # Ten simultaneous attempts for one login from ten addresses, none answered yet.
+        attempts = await asyncio.gather(*(m.auth_begin(f"192.0.2.{i}", "dave", T0) for i in range(10)))
+        checked = [a for a in attempts if a.verdict.accept]
+        # One of the checked ones had the right password: it gives its place back, but
+        # the others still in flight keep theirs.
+        await m.auth_succeeded(checked[0])
+        late = await m.auth_begin("192.0.2.50", "dave", T0 + 1)
+        for a in checked[1:]:
+            await m.auth_failed(a, T0 + 1)
+        locked = await m.auth_begin("192.0.2.51", "dave", T0 + 2)
+        return [a.verdict.reply.code for a in attempts], late.verdict.reply.code, locked.verdict.reply
+
+    codes, late, locked = any_store.run(body)
+    assert sorted(codes) == [235, 235, 235] + [454] * 7
+    assert late == 235  # the right password's place
+    assert (locked.code, locked.enhanced) == (454, "4.7.0")
+
+
+def test_an_attempt_never_checked_is_given_back(any_store):
+    async def body(store):
+        m = _metering(store)
+        for i in range(3):
+            attempt = await m.auth_begin("192.0.2.1", "erin", T0 + i)
+            await m.auth_abandoned(attempt)  # the account source was down
+        return (await m.auth_begin("192.0.2.1", "erin", T0 + 5)).verdict
+    assert any_store.run(body).accept

@@ -310,7 +310,7 @@ def test_unreachable_store_answers_451_4_3_0_not_a_pass(tmp_path):
         m = Metering(store, settings())
         mail = await m.check_mail(acct(), None, T0)
         rcpt = await m.check_recipient(acct(), m.begin("t"), "b.example", T0)
-        auth = await m.auth_allowed("192.0.2.1", "alice", T0)
+        auth = (await m.auth_begin("192.0.2.1", "alice", T0)).verdict
         await store.close()
         return mail, rcpt, auth
 

@@ -52,17 +52,61 @@ def test_a_crashed_holder_frees_its_slot_when_the_lease_ends(any_store):
 
 
 def test_failures_count_per_key_in_a_sliding_window(any_store):
-    async def body(store):
-        counts = [await store.note_failure(["ip:192.0.2.1", "login:alice"], 900, T0 + i) for i in range(3)]
-        later = await store.note_failure(["ip:192.0.2.1"], 900, T0 + 900)  # the T0 one is out
-        await store.clear_failures(["login:alice"])
-        cleared = await store.note_failure(["login:alice"], 900, T0 + 901)
-        return counts, later, cleared
+    limits = [("ip:192.0.2.1", 100), ("login:alice", 100)]
 
-    counts, later, cleared = any_store.run(body)
+    async def fail(store, keys, now):
+        found = await store.reserve_attempt([(k, 100) for k in keys], f"a{now}", 900, now)
+        await store.fail_attempt(f"a{now}", keys)
+        return found.counts
+
+    async def body(store):
+        counts = [await fail(store, [k for k, _ in limits], T0 + i) for i in range(3)]
+        later = await fail(store, ["ip:192.0.2.1"], T0 + 900)  # the T0 one is out
+        success = await store.reserve_attempt(limits, "ok", 900, T0 + 900)
+        await store.give_back_attempt("ok", [k for k, _ in limits], clear=["login:alice"])
+        cleared = await fail(store, ["login:alice"], T0 + 901)
+        return counts, later, success.counts, cleared
+
+    counts, later, success, cleared = any_store.run(body)
     assert counts == [(1, 1), (2, 2), (3, 3)]
     assert later == (3,)
+    assert success == (4, 3)
     assert cleared == (1,)
+
+
+def test_a_reservation_is_refused_at_the_limit_or_under_a_lock_and_says_until_when(any_store):
+    async def body(store):
+        keys = [("ip:192.0.2.9", 3), ("login:bob", 2)]
+        first = [await store.reserve_attempt(keys, f"r{i}", 600, T0 + i) for i in range(3)]
+        await store.give_back_attempt("r0", [k for k, _ in keys])  # never checked
+        again = await store.reserve_attempt(keys, "r3", 600, T0 + 3)
+        await store.lock("ip:192.0.2.9", T0 + 900, T0)
+        other = await store.reserve_attempt([("ip:192.0.2.9", 3), ("login:carol", 2)], "r4", 600, T0 + 4)
+        return first, again, other
+
+    first, again, other = any_store.run(body)
+    assert [r.accepted for r in first] == [True, True, False]
+    assert first[1].counts == (2, 2)
+    # At the limit: one more fits when the oldest entry leaves the window.
+    assert first[2].counts == (2, 2) and first[2].full_until == pytest.approx(T0 + 600)
+    assert again.accepted and again.counts == (2, 2)
+    assert not other.accepted and other.locked_until == pytest.approx(T0 + 900)
+
+
+def test_a_state_file_from_before_attempts_were_reserved_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE failures (key TEXT NOT NULL, ts REAL NOT NULL);"
+                      f"INSERT INTO failures VALUES ('login:alice', {T0});")
+    old.close()
+
+    async def body(store):
+        return await store.reserve_attempt([("login:alice", 5)], "a", 900, T0 + 1)
+
+    found = stores.sqlite_backend(path).run(body)
+    assert found.accepted and found.counts == (2,)  # the old failure still counts
 
 
 def test_locks_end_at_their_time_and_are_never_shortened(any_store):

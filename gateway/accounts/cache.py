@@ -104,6 +104,7 @@ class CachedSource:
         self._bad: OrderedDict[tuple[str, bytes], _Failure] = OrderedDict()
         # Identical look-ups in flight share one trip to the source.
         self._inflight: dict[tuple[str, bytes], asyncio.Future[AuthAnswer]] = {}
+        self._waiters: dict[tuple[str, bytes], int] = {}
         self.stats = CacheStats()
 
     def _digest(self, login: str, password: str) -> bytes:
@@ -137,12 +138,34 @@ class CachedSource:
         if pending is None:
             pending = asyncio.ensure_future(self._ask(login, password, digest, stamp))
             self._inflight[key] = pending
+            self._waiters[key] = 0
             pending.add_done_callback(lambda done: self._settled(key, done))
-        # shield: one caller's AUTH timeout must not cancel the look-up the others wait for.
-        return await asyncio.shield(pending)
+        self._waiters[key] += 1
+        try:
+            # shield: one caller's AUTH timeout must not cancel the look-up the others wait for.
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # ... but when the last one has given up, nobody needs it: a look-up left to
+            # run would keep its place in the verifiers' queue after its AUTH had its 454.
+            if self._waiters.get(key) == 1 and not pending.done():
+                pending.cancel()
+            raise
+        finally:
+            if key in self._waiters:
+                self._waiters[key] -= 1
+
+    def known_good(self, login: str, password: str) -> bool:
+        """Would this AUTH be answered OK from memory, without a hash check?  Only for
+        sources that cannot change a password behind the cache's back (no stamp)."""
+        if isinstance(self.source, Stamped):
+            return False
+        ok = self._ok.get(login)
+        return (ok is not None and ok.digest == self._digest(login, password)
+                and self._clock() < ok.expires)
 
     def _settled(self, key: tuple[str, bytes], done: asyncio.Future[AuthAnswer]) -> None:
         self._inflight.pop(key, None)
+        self._waiters.pop(key, None)
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may have timed out and gone
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
 
 from gateway.accounts.cache import CachedSource, Clock
 from gateway.accounts.customers import CustomerMap
 from gateway.accounts.source import AccountSource, AuthAnswer, Outcome
+from gateway.accounts.verifier import PasswordVerifier
 from gateway.config.accounts import AccountsConfig
 from gateway.config.directory import Directory
 
@@ -49,6 +49,11 @@ class Deadline:
             return AuthAnswer.tempfail()
         return answer
 
+    def known_good(self, login: str, password: str) -> bool:
+        """The cache holds this very login and password as right (no hash to check)."""
+        known = getattr(self.source, "known_good", None)
+        return bool(known is not None and known(login, password))
+
     def replace_directory(self, directory: Directory) -> None:
         replace = getattr(self.source, "replace_directory", None)
         if replace is not None:
@@ -59,8 +64,9 @@ class Deadline:
 
 
 def build_backend(config: AccountsConfig, directory: Directory,
-                  executor: Executor | None = None) -> AccountSource:
+                  verifier: PasswordVerifier | None = None) -> AccountSource:
     """The bare source named by ``config.source`` (no cache, no deadline)."""
+    verifier = verifier or PasswordVerifier(config.password_checks)
     customers = CustomerMap(directory, config.default_customer)
     if config.source == "dovecot":
         from gateway.accounts.dovecot import DovecotAuth
@@ -71,24 +77,24 @@ def build_backend(config: AccountsConfig, directory: Directory,
         from gateway.accounts.sql import SqlAccounts
 
         assert config.sql is not None
-        return SqlAccounts(config.sql, customers, executor)
+        return SqlAccounts(config.sql, customers, verifier)
     if config.source == "ldap":
         from gateway.accounts.ldap import ldap_source
 
         assert config.ldap is not None
-        return ldap_source(config.ldap, customers, executor)
+        return ldap_source(config.ldap, customers, verifier)
     from gateway.accounts.yaml_source import YamlAccounts
 
-    return YamlAccounts(directory, executor)
+    return YamlAccounts(directory, verifier)
 
 
 def build_source(config: AccountsConfig, directory: Directory, *,
-                 executor: Executor | None = None, clock: Clock = time.monotonic) -> Deadline:
+                 verifier: PasswordVerifier | None = None, clock: Clock = time.monotonic) -> Deadline:
     """The source the submission handler calls: cached (if enabled) and time-bounded.
 
     Call ``replace_directory(new)`` on it at hot reload; ``await close()`` at shutdown.
     """
-    source = build_backend(config, directory, executor)
+    source = build_backend(config, directory, verifier)
     if config.cache.enabled:
         source = CachedSource(source, ttl=config.cache.ttl, negative_ttl=config.cache.negative_ttl,
                               max_entries=config.cache.max_entries, clock=clock)

@@ -21,16 +21,15 @@ import asyncio
 import hashlib
 import logging
 import os
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import bonsai
 from bonsai.errors import AuthenticationError, LDAPError, NoSuchObjectError
 
-from gateway.accounts import passwords
 from gateway.accounts.cache import SourceUnavailable
 from gateway.accounts.customers import CustomerMap
 from gateway.accounts.source import AuthAnswer, Outcome
+from gateway.accounts.verifier import PasswordVerifier
 from gateway.config.accounts import LdapSettings
 
 log = logging.getLogger(__name__)
@@ -126,10 +125,10 @@ class _LdapBase:
     name = "ldap"
 
     def __init__(self, settings: LdapSettings, customers: CustomerMap,
-                 executor: Executor | None = None):
+                 verifier: PasswordVerifier | None = None):
         self._settings = settings
         self._customers = customers
-        self._executor = executor
+        self._verifier = verifier or PasswordVerifier()
         self._pool = _ServicePool(settings)
         self._attrs = [a for a in (settings.customer_attribute, settings.senders_attribute) if a]
 
@@ -236,8 +235,8 @@ class LdapCompareAccounts(_LdapBase):
     """We check the password against the hash in ``password_attribute``."""
 
     def __init__(self, settings: LdapSettings, customers: CustomerMap,
-                 executor: Executor | None = None):
-        super().__init__(settings, customers, executor)
+                 verifier: PasswordVerifier | None = None):
+        super().__init__(settings, customers, verifier)
         self._key = os.urandom(32)
         self._read = [settings.password_attribute, *self._attrs]
 
@@ -258,15 +257,14 @@ class LdapCompareAccounts(_LdapBase):
         except SourceUnavailable:
             return AuthAnswer.tempfail()
         stored = stored_hash(entry.first(self._settings.password_attribute.lower())) if entry else None
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._executor, passwords.verify, stored, password)
+        ok = await self._verifier.verify(stored, password)
         if not ok or entry is None:
             return AuthAnswer.invalid()
         return AuthAnswer(Outcome.OK, self._identity(login, entry))
 
 
 def ldap_source(settings: LdapSettings, customers: CustomerMap,
-                executor: Executor | None = None) -> LdapBindAccounts | LdapCompareAccounts:
+                verifier: PasswordVerifier | None = None) -> LdapBindAccounts | LdapCompareAccounts:
     if settings.mode == "compare":
-        return LdapCompareAccounts(settings, customers, executor)
-    return LdapBindAccounts(settings, customers, executor)
+        return LdapCompareAccounts(settings, customers, verifier)
+    return LdapBindAccounts(settings, customers, verifier)

@@ -24,14 +24,13 @@ import asyncio
 import hashlib
 import logging
 import os
-from concurrent.futures import Executor
 
 import asyncpg
 
-from gateway.accounts import passwords
 from gateway.accounts.cache import SourceUnavailable
 from gateway.accounts.customers import CustomerMap
 from gateway.accounts.source import AuthAnswer, Outcome
+from gateway.accounts.verifier import PasswordVerifier
 from gateway.config.accounts import SqlSettings
 
 log = logging.getLogger(__name__)
@@ -51,10 +50,10 @@ class SqlAccounts:
     name = "sql"
 
     def __init__(self, settings: SqlSettings, customers: CustomerMap,
-                 executor: Executor | None = None):
+                 verifier: PasswordVerifier | None = None):
         self._settings = settings
         self._customers = customers
-        self._executor = executor
+        self._verifier = verifier or PasswordVerifier()
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._key = os.urandom(32)
@@ -115,8 +114,7 @@ class SqlAccounts:
         stored = row["password"] if row is not None else None
         # argon2id/bcrypt cost ~100 ms of CPU: off the event loop.  A missing login
         # verifies a dummy hash, so its timing matches a wrong password.
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._executor, passwords.verify, stored, password)
+        ok = await self._verifier.verify(stored, password)
         if not ok or row is None:
             return AuthAnswer.invalid()
         keys = row.keys()

@@ -162,6 +162,9 @@ class AccountsConfig(Strict):
     # The whole AUTH look-up (cache, connection, query, hash) must answer within this;
     # past it the client hears `454 4.7.0` and keeps its saved password.
     auth_timeout: Seconds = 5.0
+    # Password hashes checked at once per worker process (argon2id: 64 MiB and ~0.15 s
+    # of CPU each); more AUTHs wait in a queue, within their deadline (docs/accounts.md).
+    password_checks: Annotated[int, Field(ge=1, le=64)] = 2
     # Customer for a login that neither the source nor the login's domain maps to
     # a customer (a login without @domain); see docs/accounts.md.
     default_customer: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"

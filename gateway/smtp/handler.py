@@ -42,6 +42,7 @@ from gateway.ops.notify import Incident
 from gateway.replies import Reply
 from gateway.rules.abuse import is_role_recipient
 from gateway.rules.content import SPAM_HEADERS, ContentDecision
+from gateway.rules.lockout import verification_budget
 from gateway.rules.quota import AccountQuota, QuotaDecision, decide_size, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
@@ -56,6 +57,7 @@ from gateway.smtp.records import TransactionRecord
 from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
+from gateway.store.metering import AuthAttempt
 
 log = logging.getLogger("portcullis.smtp")
 
@@ -94,51 +96,67 @@ class GatewayHandler:
         rt = self.runtime.current()
         metering = rt.metering if self.direction == "outbound" else None
         client_ip = _client_ip(server)
+        # Answered before aiosmtpd's command timeout, which would close the connection
+        # without a word: an AUTH storm costs waiting (for a place under the lockout
+        # limit, for a free verifier), then 454.
+        budget = verification_budget(self.authentication_timeout, rt.config.limits.command_timeout,
+                                     rt.config.lockout.failure_delay)
+        ends = asyncio.get_running_loop().time() + budget
+        attempt: AuthAttempt | None = None
         if metering is not None:
-            # Locked out: the same 454 for a locked address or login, real or not,
-            # and the password is not even checked.
-            allowed = await metering.auth_allowed(client_ip, login, rt.clock())
-            if not allowed.accept:
+            # Counted as a failure from here until the password proves right, in one
+            # atomic step with the lockout check (rules/lockout.py).  Locked out, or as
+            # many attempts in flight as the limit: the same 454 for a locked address
+            # or login, real or not, and the password is not even checked.
+            known = getattr(rt.accounts, "known_good", None)  # the cache: no hash to check
+            attempt = await metering.auth_begin(client_ip, login, rt.clock(),
+                                                known_good=bool(known and known(login, password)),
+                                                wait=budget / 2)
+            if not attempt.verdict.accept:
+                allowed = attempt.verdict
                 rule = allowed.rule or (
                     "store.unavailable" if allowed.reply == replies.AUTH_TEMPFAIL else "lockout")
                 log.info("cid=%s auth refused rule=%s client=%s", server.cid,
                          _auth_refused(server, rule), client_ip)
                 return allowed.reply, None
         try:
-            async with asyncio.timeout(self.authentication_timeout):
+            async with asyncio.timeout_at(ends):
                 answer = await rt.accounts.authenticate(login, password)
-        except TimeoutError:
-            log.warning("cid=%s auth source timed out rule=%s", server.cid,
-                        _auth_refused(server, "accounts.timeout"))
-            return replies.AUTH_TEMPFAIL, None
-        except Exception:
-            log.exception("cid=%s auth source failed rule=%s", server.cid,
-                          _auth_refused(server, "accounts.error"))
-            return replies.AUTH_TEMPFAIL, None
-        if answer.outcome is Outcome.OK and answer.identity is not None:
-            if metering is not None:
-                busy = await self._open_session(server, rt, answer.identity, client_ip)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning("cid=%s auth source timed out rule=%s", server.cid,
+                            _auth_refused(server, "accounts.timeout"))
+            else:
+                log.exception("cid=%s auth source failed rule=%s", server.cid,
+                              _auth_refused(server, "accounts.error"))
+            answer = None
+        if answer is not None and answer.outcome is Outcome.OK and answer.identity is not None:
+            if metering is not None and attempt is not None:
+                busy = await self._open_session(server, rt, answer.identity, attempt)
                 if busy is not None:
                     return busy, None
             log.info("cid=%s auth ok login=%s", server.cid, answer.identity.login)
             return replies.AUTH_OK, answer.identity
-        if answer.outcome is Outcome.TEMPFAIL:
-            log.warning("cid=%s auth tempfail rule=%s", server.cid,
-                        _auth_refused(server, "accounts.tempfail"))
+        if answer is None or answer.outcome is Outcome.TEMPFAIL:
+            if answer is not None:
+                log.warning("cid=%s auth tempfail rule=%s", server.cid,
+                            _auth_refused(server, "accounts.tempfail"))
+            if metering is not None and attempt is not None:
+                await metering.auth_abandoned(attempt)  # never checked: not a failure
             return replies.AUTH_TEMPFAIL, None
         log.info("cid=%s auth failed rule=%s client=%s", server.cid,
                  _auth_refused(server, "auth.credentials"), client_ip)
-        if metering is not None:
+        if metering is not None and attempt is not None:
             # Only failures wait: a right password is never slowed down.
-            await asyncio.sleep(await metering.auth_failed(client_ip, login, rt.clock()))
+            await asyncio.sleep(await metering.auth_failed(attempt, rt.clock()))
         return replies.AUTH_INVALID, None
 
     async def _open_session(self, server: GatewaySMTP, rt: Runtime, identity: Identity,
-                            client_ip: str) -> Reply | None:
+                            attempt: AuthAttempt) -> Reply | None:
         """Take one of the account's connection slots until the client disconnects."""
         assert rt.metering is not None
         now = rt.clock()
-        await rt.metering.auth_succeeded(client_ip, identity.login, now)
+        await rt.metering.auth_succeeded(attempt)
         acct = _account_quota(rt, identity)
         verdict = await rt.metering.open_session(acct, server.cid, now)
         if not verdict.accept:

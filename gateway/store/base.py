@@ -66,6 +66,21 @@ class ChargeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptReservation:
+    """What :meth:`Store.reserve_attempt` found (rules/lockout.py reads it)."""
+
+    accepted: bool
+    # Per key: failures in the window, attempts in flight included (this one too
+    # when it was accepted).
+    counts: tuple[int, ...]
+    # Refused: the latest end of a lock on one of the keys ...
+    locked_until: float | None = None
+    # ... or, for a key that holds its limit, when enough of its entries leave the
+    # window for one more attempt.
+    full_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Suspension:
     login: str
     since: float
@@ -118,12 +133,25 @@ class Store(abc.ABC):
     async def slots_in_use(self, key: str, now: float) -> int: ...
 
     # --- failed logins and lockouts -----------------------------------------
+    # An AUTH attempt is counted as a failure *before* its password is checked, and
+    # given back if the password proves right: so the check and the count are one
+    # atomic step, and N simultaneous attempts can never check more than the limit.
     @abc.abstractmethod
-    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
-        """Record one failure under each key; return each key's failures in the window."""
+    async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
+                              now: float) -> AttemptReservation:
+        """Atomically, across every process sharing the store: unless one of the keys
+        is locked, or already holds its limit of entries (failures and attempts in
+        flight) within ``window``, count the attempt under every key, tagged ``attempt``."""
 
     @abc.abstractmethod
-    async def clear_failures(self, keys: Sequence[str]) -> None: ...
+    async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
+        """The password was wrong: the attempt's entries stay, as settled failures."""
+
+    @abc.abstractmethod
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
+        """The password was right, or was never checked: the attempt's entries go.
+        With ``clear``, the settled failures under those keys go too (attempts of
+        others still in flight keep counting)."""
 
     @abc.abstractmethod
     async def lock(self, key: str, until: float, now: float) -> None:

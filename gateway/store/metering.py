@@ -4,9 +4,11 @@ The rules (gateway/rules/quota.py, lockout.py, compromise.py) decide; the store
 counts; this class carries the facts between them, so a hook reads as one call.
 Where each call goes in the conversation (docs/quotas.md, "Wiring"):
 
-    AUTH, before the password check   auth_allowed(ip, login, now)      → 454 4.7.0 when locked
-    AUTH failed                       auth_failed(ip, login, now)       → seconds to wait, then 535
-    AUTH succeeded                    auth_succeeded(ip, login, now); open_session(acct, cid, now)
+    AUTH, before the password check   auth_begin(ip, login, now)        → 454 4.7.0 when locked
+                                                                          (the attempt counts from here)
+    AUTH failed                       auth_failed(attempt, now)         → seconds to wait, then 535
+    AUTH not checked (timeout, down)  auth_abandoned(attempt)           → 454 4.7.0
+    AUTH succeeded                    auth_succeeded(attempt); open_session(acct, cid, now)
     MAIL                              check_mail(acct, size, now); begin(txid)
     RCPT, before the downstream       check_recipient(acct, tx, domain, now)
     RCPT refused by the downstream    recipient_refused(tx, now)
@@ -19,7 +21,10 @@ A store that cannot be reached never lets mail through unmetered: the answer is
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 
 from gateway import replies
@@ -74,6 +79,24 @@ class AccountStatus:
     shadow: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AuthAttempt:
+    """One AUTH between auth_begin and its outcome; counted as a failure meanwhile."""
+
+    verdict: Verdict
+    client_ip: str
+    keys: lockout.LockoutKeys
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Failures per (ip, login) in the window, this attempt included.
+    counts: tuple[int, int] = (0, 0)
+    # Counted in the store until its outcome (False: a password the cache knows as right).
+    reserved: bool = True
+
+    @property
+    def counted(self) -> bool:
+        return self.verdict.accept and self.reserved
+
+
 def _attempts(login: str) -> Charge:
     return Charge(f"acct:{login}:attempts_per_hour", HOUR, None, name="attempts_per_hour")
 
@@ -88,40 +111,87 @@ class Metering:
         self.settings = settings
 
     # --- AUTH ----------------------------------------------------------------------
-    async def auth_allowed(self, client_ip: str, login: str, now: float) -> Verdict:
-        keys = lockout.lockout_keys(client_ip, login)
-        try:
-            until = await self.store.locked_until(keys.both, now)
-        except StoreUnavailable as exc:
-            log.error("lockout state unavailable: %s", exc)
-            return Verdict.refuse(replies.AUTH_TEMPFAIL)
-        return lockout.decide_auth_attempt(until, now)
+    async def auth_begin(self, client_ip: str, login: str, now: float,
+                         known_good: bool = False, wait: float = 0.0) -> AuthAttempt:
+        """Count the attempt before its password is checked, or refuse it (locked, or
+        as many failures and attempts in flight as the limit): one atomic step.
 
-    async def auth_failed(self, client_ip: str, login: str, now: float) -> float:
-        """Count the failure, lock what crossed its threshold; return the delay before 535."""
+        ``known_good``: the account cache holds this login and password as right, so
+        no hash is checked and nothing is reserved; a lock still refuses it (many
+        simultaneous sessions of one mail client must not lock their own account)."""
         s = self.settings.lockout
         keys = lockout.lockout_keys(client_ip, login)
+        attempt = AuthAttempt(Verdict.refuse(replies.AUTH_TEMPFAIL), client_ip, keys)
+        if known_good:
+            try:
+                until = await self.store.locked_until(keys.both, now)
+            except StoreUnavailable as exc:
+                log.error("lockout state unavailable: %s", exc)
+                return attempt
+            verdict = lockout.decide_auth_attempt(until is None, until, None, now)
+            return AuthAttempt(verdict, client_ip, keys, attempt.id, reserved=False)
+        limits = lockout.attempt_limits(keys, s)
+        ends, pause = time.monotonic() + wait, 0.05
         try:
-            ip_n, login_n = await self.store.note_failure(keys.both, s.window, now)
-            outcome = lockout.after_failure(keys, ip_n, login_n, s, now)
+            while True:
+                found = await self.store.reserve_attempt(limits, attempt.id, s.window, now)
+                # At the limit but not locked: attempts in flight hold places that a
+                # right password will give back (one mail client opening a dozen
+                # sessions at once); wait for one, within ``wait``.  Wrong ones lock
+                # the login at the limit, and then the waiting ends at once.
+                if found.accepted or found.locked_until is not None or time.monotonic() + pause > ends:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.4)
+        except StoreUnavailable as exc:
+            log.error("lockout state unavailable: %s", exc)
+            return attempt
+        verdict = lockout.decide_auth_attempt(found.accepted, found.locked_until, found.full_until, now)
+        ip_n, login_n = found.counts
+        return AuthAttempt(verdict, client_ip, keys, attempt.id, (ip_n, login_n))
+
+    async def auth_failed(self, attempt: AuthAttempt, now: float) -> float:
+        """The password was wrong: the attempt stays a failure; lock what it brought to
+        its threshold.  Returns the delay before 535."""
+        s = self.settings.lockout
+        if not attempt.counted:
+            return s.failure_delay
+        ip_n, login_n = attempt.counts
+        try:
+            await self.store.fail_attempt(attempt.id, attempt.keys.both)
+            outcome = lockout.after_failure(attempt.keys, ip_n, login_n, s, now)
             for key, until in outcome.locks:
                 await self.store.lock(key, until, now)
                 # The login is not logged as such: it may be a password typed in the wrong field.
-                await self.store.log_event(Event(now, "lockout", client_ip, {
-                    "key_kind": key.split(":", 1)[0], "ip": client_ip, "until": until,
+                await self.store.log_event(Event(now, "lockout", attempt.client_ip, {
+                    "key_kind": key.split(":", 1)[0], "ip": attempt.client_ip, "until": until,
                     "ip_failures": ip_n, "login_failures": login_n}))
-                log.warning("auth lockout %s until %.0f (ip=%s)", key.split(":", 1)[0], until, client_ip)
+                log.warning("auth lockout %s until %.0f (ip=%s)", key.split(":", 1)[0], until,
+                            attempt.client_ip)
             return outcome.delay
         except StoreUnavailable as exc:
             log.error("could not count a failed login: %s", exc)
             return s.failure_delay
 
-    async def auth_succeeded(self, client_ip: str, login: str, now: float) -> None:
-        # Only the login's count is cleared: one good password must not wipe an
-        # address's record of guessing at other logins.
+    async def auth_succeeded(self, attempt: AuthAttempt) -> None:
+        """The attempt is given back, and the login's settled failures are cleared.
+        Only the login's: one good password must not wipe an address's record of
+        guessing at other logins, nor the attempts of others still in flight."""
+        if not attempt.verdict.accept:
+            return
         try:
-            await self.store.clear_failures([lockout.lockout_keys(client_ip, login).login])
-        except StoreUnavailable as exc:
+            await self.store.give_back_attempt(attempt.id, attempt.keys.both if attempt.reserved else (),
+                                               clear=(attempt.keys.login,))
+        except StoreUnavailable as exc:  # they count until the window ends
+            log.error("could not clear failed logins: %s", exc)
+
+    async def auth_abandoned(self, attempt: AuthAttempt) -> None:
+        """The password was never checked (source down, timeout): nothing to count."""
+        if not attempt.counted:
+            return
+        try:
+            await self.store.give_back_attempt(attempt.id, attempt.keys.both)
+        except StoreUnavailable as exc:  # it counts as a failure until the window ends
             log.error("could not clear failed logins: %s", exc)
 
     # --- sessions --------------------------------------------------------------------

@@ -12,7 +12,7 @@ Layout (every key starts with the configured prefix):
     c:<key>:m      live entries per member (distinct-member limits), hash
     h:<hold>       set of "<c:key>\\n<member>" a hold placed, for commit/release
     s:<key>        sorted set of connection leases, score = lease end
-    f:<key>        sorted set of failed logins, score = time
+    f:<key>        sorted set of failed logins ("~<attempt>" while in flight), score = time
     l:<key>        lock end time
     suspensions    hash login → JSON
     events, events:<subject>   lists of JSON, newest first, capped
@@ -37,7 +37,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.store.base import Charge, ChargeResult, Event, Store, StoreUnavailable, Suspension
+from gateway.store.base import (
+    AttemptReservation,
+    Charge,
+    ChargeResult,
+    Event,
+    Store,
+    StoreUnavailable,
+    Suspension,
+)
 
 # Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
 # c:<key>:n (running total of live amounts, so a check reads one number).
@@ -223,16 +231,69 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 60000)
 return 1
 """
 
-_FAIL = r"""
-local now, window, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local out = {}
-for i, k in ipairs(KEYS) do
+# f:<key> holds one member per failure, score = time: "~<attempt>" while the attempt
+# is in flight, "<attempt>" once it failed.
+# KEYS: f:<key>..., then l:<key>... (the same keys' locks).  ARGV: now, window,
+# attempt, then each key's limit.  Returns {accepted, locked_until, full_until, counts...};
+# times as strings ('' for none): Redis would cut a Lua number to an integer.
+_RESERVE = r"""
+local now, window, attempt = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local n = #KEYS / 2
+local locked = nil
+for i = 1, n do
+  local v = tonumber(redis.call('GET', KEYS[n + i]) or '0')
+  if v > now and (locked == nil or v > locked) then locked = v end
+end
+local counts, full = {}, nil
+for i = 1, n do
+  local k, limit = KEYS[i], tonumber(ARGV[3 + i])
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
-  redis.call('ZADD', k, now, id)
-  redis.call('PEXPIRE', k, math.ceil(window * 1000) + 60000)
-  out[i] = redis.call('ZCARD', k)
+  local c = redis.call('ZCARD', k)
+  counts[i] = c
+  if c >= limit then
+    -- One more fits once the (c - limit + 1) oldest entries have left the window.
+    local row = redis.call('ZRANGE', k, c - limit, c - limit, 'WITHSCORES')
+    local ends = row[2] and (tonumber(row[2]) + window) or (now + window)
+    if full == nil or ends > full then full = ends end
+  end
+end
+if locked ~= nil or full ~= nil then
+  local out = {0, locked and tostring(locked) or '', full and tostring(full) or ''}
+  for i = 1, n do out[#out + 1] = counts[i] end
+  return out
+end
+local out = {1, '', ''}
+for i = 1, n do
+  redis.call('ZADD', KEYS[i], now, '~' .. attempt)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000) + 60000)
+  out[#out + 1] = counts[i] + 1
 end
 return out
+"""
+
+# KEYS: f:<key>...  ARGV: attempt.
+_FAIL_ATTEMPT = r"""
+for _, k in ipairs(KEYS) do
+  local ts = redis.call('ZSCORE', k, '~' .. ARGV[1])
+  if ts then
+    redis.call('ZREM', k, '~' .. ARGV[1])
+    redis.call('ZADD', k, ts, ARGV[1])
+  end
+end
+return 1
+"""
+
+# KEYS: the attempt's f:<key>..., then the f:<key>... to clear.  ARGV: attempt, how
+# many keys are the attempt's.
+_GIVE_BACK = r"""
+local n = tonumber(ARGV[2])
+for i = 1, n do redis.call('ZREM', KEYS[i], '~' .. ARGV[1]) end
+for i = n + 1, #KEYS do
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+    if string.sub(m, 1, 1) ~= '~' then redis.call('ZREM', KEYS[i], m) end
+  end
+end
+return 1
 """
 
 _LOCK = r"""
@@ -278,7 +339,9 @@ class RedisStore(Store):
         self._usage = self._r.register_script(_USAGE)
         self._settle = self._r.register_script(_SETTLE)
         self._acquire = self._r.register_script(_ACQUIRE)
-        self._fail = self._r.register_script(_FAIL)
+        self._reserve = self._r.register_script(_RESERVE)
+        self._fail_attempt = self._r.register_script(_FAIL_ATTEMPT)
+        self._give_back = self._r.register_script(_GIVE_BACK)
         self._lock = self._r.register_script(_LOCK)
         self._series = self._r.register_script(_SERIES)
 
@@ -344,14 +407,23 @@ class RedisStore(Store):
         return int(await self._call(self._r.zcount(self._k("s", key), f"({_num(now)}", "+inf")))
 
     # --- failed logins and lockouts ----------------------------------------------
-    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
-        out = await self._call(self._fail(
-            keys=[self._k("f", k) for k in keys], args=[_num(now), _num(window), uuid.uuid4().hex]))
-        return tuple(int(n) for n in out)
+    async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
+                              now: float) -> AttemptReservation:
+        keys = [self._k("f", k) for k, _ in limits] + [self._k("l", k) for k, _ in limits]
+        out = await self._call(self._reserve(
+            keys=keys, args=[_num(now), _num(window), attempt, *(str(n) for _, n in limits)]))
+        counts = tuple(int(c) for c in out[3:])
+        return AttemptReservation(int(out[0]) == 1, counts, float(out[1]) if out[1] else None,
+                                  float(out[2]) if out[2] else None)
 
-    async def clear_failures(self, keys: Sequence[str]) -> None:
+    async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         if keys:
-            await self._call(self._r.delete(*(self._k("f", k) for k in keys)))
+            await self._call(self._fail_attempt(keys=[self._k("f", k) for k in keys], args=[attempt]))
+
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
+        if keys or clear:
+            await self._call(self._give_back(
+                keys=[self._k("f", k) for k in (*keys, *clear)], args=[attempt, str(len(keys))]))
 
     async def lock(self, key: str, until: float, now: float) -> None:
         await self._call(self._lock(keys=[self._k("l", key)], args=[_num(until), _num(now)]))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.store.base import (
+    AttemptReservation,
     Charge,
     ChargeResult,
     Event,
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS members (
     key TEXT NOT NULL, member TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (key, member));
 CREATE TABLE IF NOT EXISTS slots (
     key TEXT NOT NULL, lease_id TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (key, lease_id));
-CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, ts REAL NOT NULL);
+-- attempt: the AUTH attempt still in flight that this entry reserves (NULL once settled).
+CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, ts REAL NOT NULL, attempt TEXT);
 CREATE INDEX IF NOT EXISTS failures_by_key ON failures (key, ts);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS suspensions (
@@ -83,8 +85,21 @@ class SQLiteStore(Store):
             self._retry_locked(db, "PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             self._retry_locked(db, _SCHEMA)
+            self._migrate(db)
             self._db = db
         return self._db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a state file written by an older version up to the schema."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(failures)").fetchall()}
+        if "attempt" not in columns:
+            try:
+                self._retry_locked(db, "ALTER TABLE failures ADD COLUMN attempt TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
+        self._retry_locked(db, "CREATE INDEX IF NOT EXISTS failures_by_attempt "
+                               "ON failures (attempt) WHERE attempt IS NOT NULL")
 
     def _retry_locked(self, db: sqlite3.Connection, sql: str) -> None:
         """Run set-up SQL that two processes opening a new file at once can collide on.
@@ -113,14 +128,29 @@ class SQLiteStore(Store):
 
         def call() -> T:
             db = self._connect()
-            return fn(db)
+            result = fn(db)
+            # No sqlite3 object may leave this thread (issue 14, defect 8a): a cursor
+            # freed on the event loop's thread resets its prepared statement, which the
+            # connection's statement cache may already have handed to the next call
+            # running here: "InterfaceError: bad parameter or other API misuse".
+            assert not isinstance(result, sqlite3.Cursor), "a store call returned a cursor"
+            return result
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except sqlite3.DatabaseError as exc:  # locked past busy_timeout, I/O error, not a database
+        except sqlite3.Error as exc:  # locked past busy_timeout, I/O error, not a database, misuse
             raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
         except RuntimeError as exc:  # executor shut down under us
             raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, sql: str, args: Sequence | list[tuple]) -> None:
+        """One statement whose rows nobody reads; its cursor is closed here, in the
+        store's thread (a list of tuples runs the statement once per tuple)."""
+        if isinstance(args, list):
+            db.executemany(sql, args).close()
+        else:
+            db.execute(sql, args).close()
 
     @staticmethod
     def _transaction(db: sqlite3.Connection, body: Callable[[], T]) -> T:
@@ -265,31 +295,56 @@ class SQLiteStore(Store):
         return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def release_slot(self, key: str, lease_id: str) -> None:
-        await self._run(lambda db: db.execute(
-            "DELETE FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)))
+        await self._run(lambda db: self._write(
+            db, "DELETE FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)))
 
     async def slots_in_use(self, key: str, now: float) -> int:
         return await self._run(lambda db: db.execute(
             "SELECT COUNT(*) FROM slots WHERE key = ? AND until > ?", (key, now)).fetchone()[0])
 
     # --- failed logins and lockouts -------------------------------------------
-    async def note_failure(self, keys: Sequence[str], window: float, now: float) -> tuple[int, ...]:
-        def body(db: sqlite3.Connection) -> tuple[int, ...]:
-            counts = []
-            for key in keys:
+    async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
+                              now: float) -> AttemptReservation:
+        keys = [key for key, _ in limits]
+
+        def body(db: sqlite3.Connection) -> AttemptReservation:
+            marks = ",".join("?" * len(keys))
+            (locked,) = db.execute(f"SELECT MAX(until) FROM locks WHERE key IN ({marks}) AND until > ?",
+                                   (*keys, now)).fetchone()
+            counts: list[int] = []
+            full: float | None = None
+            for key, limit in limits:
                 db.execute("DELETE FROM failures WHERE key = ? AND ts <= ?", (key, now - window))
-                db.execute("INSERT INTO failures (key, ts) VALUES (?, ?)", (key, now))
-                counts.append(db.execute("SELECT COUNT(*) FROM failures WHERE key = ?", (key,)).fetchone()[0])
-            return tuple(counts)
+                (n,) = db.execute("SELECT COUNT(*) FROM failures WHERE key = ?", (key,)).fetchone()
+                counts.append(n)
+                if n >= limit:
+                    # One more fits once the (n - limit + 1) oldest entries have left the window.
+                    row = db.execute("SELECT ts FROM failures WHERE key = ? ORDER BY ts LIMIT 1 OFFSET ?",
+                                     (key, n - limit)).fetchone()
+                    ends = row[0] + window if row else now + window
+                    full = ends if full is None else max(full, ends)
+            if locked is not None or full is not None:
+                return AttemptReservation(False, tuple(counts), locked, full)
+            db.executemany("INSERT INTO failures (key, ts, attempt) VALUES (?, ?, ?)",
+                           [(key, now, attempt) for key in keys])
+            return AttemptReservation(True, tuple(n + 1 for n in counts))
 
         return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
-    async def clear_failures(self, keys: Sequence[str]) -> None:
-        await self._run(lambda db: db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
+    async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
+        await self._run(lambda db: self._write(
+            db, "UPDATE failures SET attempt = NULL WHERE attempt = ?", (attempt,)))
+
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, "DELETE FROM failures WHERE attempt = ?", (attempt,))
+            self._write(db, "DELETE FROM failures WHERE key = ? AND attempt IS NULL", [(k,) for k in clear])
+
+        await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def lock(self, key: str, until: float, now: float) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT INTO locks (key, until) VALUES (?, ?) "
+        await self._run(lambda db: self._write(
+            db, "INSERT INTO locks (key, until) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET until = MAX(until, excluded.until)", (key, until)))
 
     async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
@@ -322,8 +377,8 @@ class SQLiteStore(Store):
 
     # --- events --------------------------------------------------------------------
     async def log_event(self, event: Event) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT INTO events (ts, kind, subject, data) VALUES (?,?,?,?)",
+        await self._run(lambda db: self._write(
+            db, "INSERT INTO events (ts, kind, subject, data) VALUES (?,?,?,?)",
             (event.ts, event.kind, event.subject, json.dumps(dict(event.data), sort_keys=True))))
 
     async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
