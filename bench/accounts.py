@@ -87,13 +87,15 @@ def write_domains_config(root: Path, domains: int) -> Path:
 
 
 def time_domains_load(work: Path, domains: int) -> float:
-    config = write_domains_config(work / f"domains-{domains}", domains)
+    root = Path(tempfile.mkdtemp(prefix=f"domains-{domains}-", dir=work))
+    config = write_domains_config(root / "gw", domains)
     gc.collect()
     t = time.perf_counter()
     loaded = load_config(config)
     took = time.perf_counter() - t
     if len(loaded.directory.domains) != domains:
         raise SystemExit(f"{domains} domains: {len(loaded.directory.domains)} loaded: the benchmark is broken")
+    shutil.rmtree(root)
     return took
 
 

@@ -152,9 +152,13 @@ PARALLEL_THRESHOLD = 2000
 _CHUNK = 500
 
 
-def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
+def _policy_file_keys(policy_dir: Path, errors: list[ConfigError], *, stat_now: bool = True
                       ) -> list[tuple[str, FileKey | None]]:
-    """(path, stat key) of every regular ``*.yaml``/``*.yml`` file, sorted by name.
+    """(path, stat key) of every ``*.yaml``/``*.yml`` file, sorted by name.
+
+    An entry named like a policy file that is not one (a directory, a symbolic link
+    to nothing, a FIFO) is an error naming it: skipped silently, its customer's
+    domains would bounce and its logins fail after a reload (issue 14).
 
     With ``stat_now=False`` the key is None, for the parser to take (in the worker
     processes, in parallel: on a first load nothing is compared with a cache, and
@@ -163,6 +167,7 @@ def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
     base = str(policy_dir)
     prefix = "" if base == "." else base.rstrip("/") + "/"
     out: list[tuple[str, FileKey | None]] = []
+    refused: list[tuple[str, str]] = []
     with os.scandir(policy_dir) as it:
         for entry in it:
             name = entry.name
@@ -171,21 +176,46 @@ def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
                 continue
             if not stat_now:
                 # From the directory entry's type, without a system call; a symbolic
-                # link is followed (stat), and one that cannot be is skipped, as below.
+                # link is followed (stat).
                 try:
                     if entry.is_file():
                         out.append((name, None))
+                        continue
                 except OSError:
                     pass
+                refused.append((name, _not_a_policy_file(entry)))
                 continue
             try:
                 st = entry.stat()  # follows symlinks, as Path.is_file does
             except OSError:
+                refused.append((name, _not_a_policy_file(entry)))
                 continue
             if stat.S_ISREG(st.st_mode):
                 out.append((name, (st.st_mtime_ns, st.st_size, st.st_ino)))
+            else:
+                refused.append((name, _not_a_policy_file(entry)))
     out.sort()
+    for name, problem in sorted(refused):
+        errors.append(ConfigError(prefix + name, "", problem))
     return [(prefix + name, key) for name, key in out]
+
+
+def _not_a_policy_file(entry: os.DirEntry) -> str:
+    """Why a directory entry named like a policy file cannot be read as one."""
+    try:
+        st = os.stat(entry.path)
+    except FileNotFoundError:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            return "vanished while the policy directory was read"
+        return f"is a symbolic link to nothing ({target} does not exist)"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return ("is a directory, not a policy file: move it out of the policy directory "
+                "or give it another name")
+    return "is not a regular file (a FIFO, socket or device): a policy file must be a file"
 
 
 def _stat_key(path: str) -> FileKey:
@@ -268,13 +298,13 @@ def _load_policy_files(policy_dir: Path, errors: list[ConfigError],
     scanned_ns = time.time_ns()
     if cache is None or not len(cache):
         # A first load parses every file: the parsers take the stat keys, in parallel.
-        first = _policy_file_keys(policy_dir, stat_now=False)
+        first = _policy_file_keys(policy_dir, errors, stat_now=False)
         results = _parse_files(first)
         if cache is not None:
             for (path, _), parsed in zip(first, results, strict=True):
                 cache.put(path, parsed, scanned_ns)
         return _index(first, results, errors)
-    files = _policy_file_keys(policy_dir)
+    files = _policy_file_keys(policy_dir, errors)
     cached = [cache.get(path, key) for path, key in files]
     todo = [file for file, hit in zip(files, cached, strict=True) if hit is None]
     parsed_now = _parse_files(todo)
