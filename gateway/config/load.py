@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from pydantic import ValidationError
 
 from gateway.config.directory import Directory
@@ -31,7 +30,13 @@ from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.model import Config
 from gateway.config.policy import Account, CustomerPolicy
 from gateway.config.policy_cache import FileKey, ParsedFile, PolicyCache
-from gateway.config.safe_yaml import SafeLoader as _Loader
+from gateway.config.safe_yaml import (
+    GATEWAY_FILE,
+    POLICY_FILE,
+    YamlLimits,
+    YamlRefused,
+    load_bounded,
+)
 
 
 @dataclass(frozen=True)
@@ -48,38 +53,50 @@ class Loaded:
     policy_cache: PolicyCache | None = None
 
 
-def _read_text(path: str | Path) -> str:
+class _TooLarge(Exception):
+    pass
+
+
+def _read_text(path: str | Path, max_bytes: int) -> str:
     """The file as ``path.read_text(encoding="utf-8")`` gives it (newlines made ``\\n``),
-    in a third of the time: no text-file layers, one system call for a small file."""
+    in a third of the time: no text-file layers, one system call for a small file.
+    Reads at most ``max_bytes`` + 1 bytes: a larger file raises _TooLarge."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         parts = []
-        while data := os.read(fd, 1 << 16):
+        left = max_bytes + 1
+        while left > 0 and (data := os.read(fd, min(left, 1 << 16))):
             parts.append(data)
+            left -= len(data)
     finally:
         os.close(fd)
+    if left <= 0:
+        raise _TooLarge
     text = (parts[0] if len(parts) == 1 else b"".join(parts)).decode("utf-8")
     if "\r" in text:  # universal newlines, as a text-mode read does
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
-def _read_yaml(path: str | Path, errors: list[ConfigError]) -> object:
+def read_yaml(path: str | Path, errors: list[ConfigError], limits: YamlLimits) -> object:
+    """The document in the YAML file at ``path``, or None with one error in ``errors``
+    (unreadable, not UTF-8, too large, not YAML, past a limit of gateway/config/safe_yaml.py)."""
     try:
-        text = _read_text(path)
+        text = _read_text(path, limits.max_bytes)
     except OSError as exc:
         errors.append(ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}"))
         return None
     except UnicodeDecodeError:
         errors.append(ConfigError(str(path), "", "not UTF-8 text"))
         return None
+    except _TooLarge:
+        errors.append(ConfigError(str(path), "", f"larger than {limits.max_bytes:,} bytes"))
+        return None
     try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        errors.append(ConfigError(str(path), where, f"YAML syntax error: {problem}"))
+        return load_bounded(text, limits)
+    except YamlRefused as exc:
+        where = f"line {exc.line}" if exc.line is not None else ""
+        errors.append(ConfigError(str(path), where, exc.problem))
         return None
 
 
@@ -110,7 +127,7 @@ def validation_errors(file: str | Path, exc: ValidationError) -> list[ConfigErro
 
 
 def load_policy_file(path: str | Path, errors: list[ConfigError]) -> CustomerPolicy | None:
-    data = _read_yaml(path, errors)
+    data = read_yaml(path, errors, POLICY_FILE)
     if data is None and not errors:
         errors.append(ConfigError(str(path), "", "file is empty"))
         return None
@@ -380,7 +397,7 @@ def load_config(path: str | Path, *, policy_cache: PolicyCache | None = None) ->
         policy_cache = PolicyCache()
     path = Path(path)
     errors: list[ConfigError] = []
-    data = _read_yaml(path, errors)
+    data = read_yaml(path, errors, GATEWAY_FILE)
     if errors:
         raise ConfigErrors(errors)
     if not isinstance(data, dict):
