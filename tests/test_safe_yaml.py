@@ -13,8 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config.safe_yaml import (
-    POLICY_FILE,
-    STREAM_ABOVE_BYTES,
     SafeLoader,
     YamlLimits,
     YamlRefused,
@@ -238,10 +236,3 @@ def test_each_limit_refuses_with_its_own_reason(text, problem):
 def test_within_the_limits_aliases_and_nesting_load():
     assert load_bounded("a: &a [1, 2]\nb: *a\nc: [[[x]]]\nn: 12345678\n", TINY) == {
         "a": [1, 2], "b": [1, 2], "c": [[["x"]]], "n": 12345678}
-
-
-def test_a_large_document_is_composed_from_events_to_the_same_value():
-    # Above STREAM_ABOVE_BYTES the composer runs in Python, one C call per event.
-    text = "customer: big\ndomains:\n" + "".join(f"  - d{i}.example\n" for i in range(30_000))
-    assert len(text) > STREAM_ABOVE_BYTES
-    assert load_bounded(text, POLICY_FILE) == yaml.load(text, Loader=Reference)
