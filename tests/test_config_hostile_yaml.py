@@ -33,8 +33,11 @@ MAX_LINE = 300
 
 WRAPPER = """
 import json, resource, subprocess, sys, time
+def cap():  # 2 GiB of address space: a blow-up fails here, not on the machine
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 t = time.monotonic()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=MAX_SECONDS)
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=MAX_SECONDS,
+                      preexec_fn=cap)
 print(json.dumps({"code": done.returncode, "err": done.stderr, "out": done.stdout,
                   "seconds": time.monotonic() - t,
                   "rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
