@@ -152,6 +152,7 @@ class Gateway:
         self.endpoint: OpsHTTPServer | None = None
         self._expiry: asyncio.Task | None = None
         self._loading: asyncio.Future[Loaded] | None = None  # the reload's load, while it runs
+        self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.listeners.start()
@@ -181,6 +182,12 @@ class Gateway:
 
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong.
+        One at a time: a SIGHUP during a reload reloads again once it has finished."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        """The reload itself.
 
         The files are parsed in a thread, so the listeners keep answering: every YAML
         file is read within gateway/config/safe_yaml.py's bounds (linear time in its
@@ -190,8 +197,8 @@ class Gateway:
         """
         old = self.runtime.current()
         if self._loading is not None and not self._loading.done():
-            log.error("reload refused: the previous reload is still loading (it took longer "
-                      "than reload.timeout): the configuration in force is unchanged")
+            log.error("reload refused: the previous reload is still loading (abandoned after "
+                      "reload.timeout): the configuration in force is unchanged")
             return False
         timeout = old.config.reload.timeout
         self._loading = asyncio.ensure_future(

@@ -170,6 +170,8 @@ def load_bounded(text: str, limits: YamlLimits) -> object:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _refused(exc) from None
+    except YamlRefused:
+        raise  # _measure's own, as it is
     except RecursionError:
         # Without libyaml, PyYAML's Python composer recurses per level.
         raise YamlRefused(None, f"nested more than {limits.max_depth} levels deep") from None
