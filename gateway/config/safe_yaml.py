@@ -192,9 +192,16 @@ def _refused(exc: yaml.YAMLError) -> YamlRefused:
 
 def _measure(root: Node, limits: YamlLimits, text_len: int) -> None:
     """Refuse a node tree that is too deep, expands too far through aliases, or holds
-    an over-long number; a loop, not recursion, and each distinct node once."""
-    size: dict[int, int] = {}  # id(node) -> nodes it expands to, itself included
-    height: dict[int, int] = {}  # id(node) -> levels of collections, itself included
+    an over-long number; a loop, not recursion, and each distinct collection once.
+
+    A scalar counts once per occurrence (an alias to one costs two bytes of text, so
+    the size limit bounds those); collections are measured once and reused.
+    """
+    if root.__class__ is ScalarNode:
+        _check_scalar(root, limits)
+        return
+    size: dict[int, int] = {}  # id(collection) -> nodes it expands to, itself included
+    height: dict[int, int] = {}  # id(collection) -> levels of collections, itself included
     open_: set[int] = set()  # collections whose children are being measured
     # A document without aliases has at most about one node per byte.
     cap = text_len + limits.max_alias_nodes
@@ -203,23 +210,18 @@ def _measure(root: Node, limits: YamlLimits, text_len: int) -> None:
     while stack:
         node, children_done = stack.pop()
         key = id(node)
-        if node.__class__ is ScalarNode:
-            if key not in size:
-                distinct += 1
-                if node.tag in _NUMBER_TAGS and len(node.value) > limits.max_number_chars:
-                    raise YamlRefused(node.start_mark.line + 1,
-                                      f"a number of {len(node.value):,} characters "
-                                      f"(at most {limits.max_number_chars})")
-                size[key], height[key] = 1, 0
-            continue
         children = _children(node)
         if children_done:
-            total = 1 + sum(size[id(c)] for c in children)
-            levels = 1 + max((height[id(c)] for c in children), default=0)
+            total, levels = 1, 0
+            for child in children:
+                if child.__class__ is ScalarNode:
+                    total += 1
+                else:
+                    total += size[id(child)]
+                    levels = max(levels, height[id(child)])
+            levels += 1
             if total > cap:
-                raise YamlRefused(node.start_mark.line + 1,
-                                  f"aliases expand to more than {limits.max_alias_nodes:,} "
-                                  "nodes beyond the document's own")
+                raise _too_many(node, limits)
             if levels > limits.max_depth:
                 raise YamlRefused(node.start_mark.line + 1,
                                   f"nested more than {limits.max_depth} levels deep")
@@ -234,11 +236,27 @@ def _measure(root: Node, limits: YamlLimits, text_len: int) -> None:
         distinct += 1
         open_.add(key)
         stack.append((node, True))
-        stack.extend((c, False) for c in reversed(children))
+        for child in reversed(children):
+            if child.__class__ is ScalarNode:
+                distinct += 1
+                _check_scalar(child, limits)
+            else:
+                stack.append((child, False))
     if size[id(root)] > distinct + limits.max_alias_nodes:
-        raise YamlRefused(root.start_mark.line + 1,
-                          f"aliases expand to more than {limits.max_alias_nodes:,} "
-                          "nodes beyond the document's own")
+        raise _too_many(root, limits)
+
+
+def _check_scalar(node: Node, limits: YamlLimits) -> None:
+    if node.tag in _NUMBER_TAGS and len(node.value) > limits.max_number_chars:
+        raise YamlRefused(node.start_mark.line + 1,
+                          f"a number of {len(node.value):,} characters "
+                          f"(at most {limits.max_number_chars})")
+
+
+def _too_many(node: Node, limits: YamlLimits) -> YamlRefused:
+    return YamlRefused(node.start_mark.line + 1,
+                       f"aliases expand to more than {limits.max_alias_nodes:,} nodes "
+                       "beyond the document's own")
 
 
 def _children(node: Node) -> list[Node]:
