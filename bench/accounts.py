@@ -3,6 +3,8 @@
     python -m bench.accounts                      # 100,000 customers, 1,000,000 accounts
     python -m bench.accounts --customers 1000 --sql-accounts 8000 --yaml-per-customer 2   # quick
     python -m bench.accounts --load-only          # policy files only: no servers, no AUTH rates
+    python -m bench.accounts --domains-only       # one customer with 100,000 domains
+    python -m bench.accounts --domains-only --domains 10000 50000 100000 200000
 
 Generates, in a temp dir (removed at the end unless --keep):
   * N customer policy files, each with ``--yaml-per-customer`` accounts;
@@ -10,6 +12,10 @@ Generates, in a temp dir (removed at the end unless --keep):
   * a small Dovecot passwd-file and LDAP tree (``--server-accounts`` each) for their rates.
 Prints: policy load time and resident memory, reload time after one file changed,
 and AUTH look-ups per second per source, cold cache (every login new) and warm.
+Then one customer with ``--domains`` domains (a hosting customer), loaded as
+``check-config``, start-up and SIGHUP do (load_config, DKIM key check included),
+with the time per domain against a reference a quarter its size loaded in the same
+run: linear loading gives a ratio near 1, a quadratic step near 4.
 
 Needs root for the private PostgreSQL/Dovecot/slapd (as the tests do).
 """
@@ -30,7 +36,7 @@ from gateway.accounts import passwords
 from gateway.accounts.factory import build_source
 from gateway.config.accounts import AccountsConfig
 from gateway.config.errors import ConfigError
-from gateway.config.load import load_policies
+from gateway.config.load import load_config, load_policies
 from gateway.config.policy_cache import PolicyCache
 
 
@@ -63,6 +69,46 @@ def write_policies(root: Path, customers: int, per_customer: int, hashed: str) -
         lines.append("aliases:")
         lines.append(f"  info@c{c}.example: [u0@c{c}.example]" if per_customer else "  {}")
         (root / f"c{c}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def write_domains_config(root: Path, domains: int) -> Path:
+    """A gateway file with a submission listener (so DKIM keys are checked) and one
+    customer owning ``domains`` domains; no keys, and mail sent unsigned without one."""
+    (root / "keys").mkdir(parents=True)
+    (root / "policy").mkdir()
+    (root / "policy" / "hosting.yaml").write_text(
+        "customer: hosting\ndkim: {missing_key: send-unsigned}\ndomains:\n"
+        + "".join(f"  - d{i}.hosting-customer.example\n" for i in range(domains)))
+    config = root / "gateway.yaml"
+    config.write_text("hostname: mx.bench.test\nlisteners: {submission: {port: 2587}}\n"
+                      "downstream: {outbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n"
+                      "dkim: {keys_dir: keys}\n")
+    return config
+
+
+def time_domains_load(work: Path, domains: int) -> float:
+    root = Path(tempfile.mkdtemp(prefix=f"domains-{domains}-", dir=work))
+    config = write_domains_config(root / "gw", domains)
+    gc.collect()
+    t = time.perf_counter()
+    loaded = load_config(config)
+    took = time.perf_counter() - t
+    if len(loaded.directory.domains) != domains:
+        raise SystemExit(f"{domains} domains: {len(loaded.directory.domains)} loaded: the benchmark is broken")
+    shutil.rmtree(root)
+    return took
+
+
+def bench_domains(work: Path, sizes: list[int]) -> None:
+    print("one customer with many domains (load_config, as check-config, start-up and SIGHUP):")
+    for n in sizes:
+        reference = max(1, n // 4)
+        ref_s = time_domains_load(work, reference)
+        took = time_domains_load(work, n)
+        ratio = (took / n) / (ref_s / reference)
+        print(f"  {n:>9,} domains        {took:8.2f} s   {took / n * 1e6:6.1f} µs/domain;   "
+              f"{reference:,} domains {ref_s:.2f} s in the same run: per-domain ratio {ratio:.2f} "
+              f"(linear ~1, quadratic ~4)")
 
 
 async def rate(source, logins: list[tuple[str, str]], concurrency: int) -> float:
@@ -111,6 +157,12 @@ async def main(args: argparse.Namespace) -> None:
     from tests.support.slapd_server import PEOPLE, READER_DN, READER_PW, SlapdServer
 
     work = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+    if args.domains_only:
+        try:
+            bench_domains(work, args.domains)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     pw = "bench-password"
     from passlib.hash import sha512_crypt
 
@@ -165,6 +217,7 @@ async def main(args: argparse.Namespace) -> None:
         took = time.perf_counter() - t
         print(f"  policy look-up         {took / len(keys) * 1e6:8.2f} µs per account look-up "
               f"(dict hit; {found:,} of {len(keys):,} found, scattered over all customers)")
+        bench_domains(work, args.domains)
         if args.load_only:
             print(f"process peak RSS {peak_mib():,.0f} MiB")
             return
@@ -264,6 +317,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warm-rounds", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--domains", type=int, nargs="+", default=[100_000],
+                   help="domain counts for the one-customer rows (each against a quarter of it)")
+    p.add_argument("--domains-only", action="store_true",
+                   help="only the one-customer, many-domains rows")
     p.add_argument("--load-only", action="store_true",
                    help="stop after the policy load, reload and look-up figures (no servers)")
     return p.parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 
-from gateway.config.errors import ConfigErrors
+from gateway.config.errors import ConfigErrors, one_line
 from gateway.config.load import Loaded, load_config
 
 EXIT_CONFIG = 2
@@ -18,6 +18,9 @@ def _load(path: str) -> Loaded | None:
     except ConfigErrors as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
+        return None
+    except Exception as exc:  # a loader bug must still be one line and exit 2, not a traceback
+        print(one_line(f"{path}: cannot load: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return None
 
 

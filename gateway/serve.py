@@ -32,7 +32,7 @@ from pathlib import Path
 from gateway.accounts.factory import build_source
 from gateway.checks.dmarc import default_suffix_list
 from gateway.checks.rspamd import RspamdClient
-from gateway.config.errors import ConfigErrors
+from gateway.config.errors import ConfigErrors, one_line
 from gateway.config.load import Loaded, load_config
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
@@ -44,7 +44,7 @@ from gateway.ops.endpoint import autoconfig_site, make_endpoint
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
-from gateway.reload import split_reload
+from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
@@ -151,6 +151,8 @@ class Gateway:
         self.listeners = SMTPListeners(self.runtime, files)
         self.endpoint: OpsHTTPServer | None = None
         self._expiry: asyncio.Task | None = None
+        self._loading: asyncio.Future[Loaded] | None = None  # the reload's load, while it runs
+        self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.listeners.start()
@@ -179,11 +181,30 @@ class Gateway:
                 log.exception("held mail expiry failed; retrying in a minute")
 
     async def reload(self) -> bool:
-        """Re-read the config and policy directory; keep the old ones if anything is wrong."""
+        """Re-read the config and policy directory; keep the old ones if anything is wrong.
+        One at a time: a SIGHUP during a reload reloads again once it has finished."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        """The reload itself.
+
+        The files are parsed in a thread, so the listeners keep answering: every YAML
+        file is read within gateway/config/safe_yaml.py's bounds (linear time in its
+        size, the GIL given up every few milliseconds), and a load still running after
+        ``reload.timeout`` is refused.  A thread cannot be stopped: that load runs on
+        unused, and reloads are refused until it has finished.
+        """
+        old = self.runtime.current()
+        if self._loading is not None and not self._loading.done():
+            log.error("reload refused: the previous reload is still loading (abandoned after "
+                      "reload.timeout): the configuration in force is unchanged")
+            return False
+        timeout = old.config.reload.timeout
+        self._loading = asyncio.ensure_future(
+            asyncio.to_thread(load_config, self.path, policy_cache=self._policy_cache))
         try:
-            loaded = await asyncio.to_thread(load_config, self.path, policy_cache=self._policy_cache)
-            self._policy_cache = loaded.policy_cache
-            old = self.runtime.current()
+            loaded = await asyncio.wait_for(asyncio.shield(self._loading), timeout)
             config, waiting = split_reload(old.config, loaded.config)
             sender_ids = make_sender_ids(config)
         except ConfigErrors as exc:
@@ -192,9 +213,25 @@ class Gateway:
             log.error("reload refused (%d errors): the configuration in force is unchanged",
                       len(exc.errors))
             return False
-        except (OSError, ValueError) as exc:
-            log.error("reload refused: %s: the configuration in force is unchanged", exc)
+        except TimeoutError:
+            log.error("reload refused: loading took longer than reload.timeout (%gs): the "
+                      "configuration in force is unchanged", timeout)
             return False
+        except Exception as exc:  # a SIGHUP never ends in a traceback or a dead task
+            log.error("reload refused: %s: the configuration in force is unchanged",
+                      one_line(f"{type(exc).__name__}: {exc}"))
+            return False
+        before = directory_counts(old.directory)
+        drop = decide_customer_drop(old.directory.customers, loaded.directory.customers,
+                                    config.reload.max_customer_drop)
+        if drop.refused:
+            log.error("reload refused: it would drop %s, more than reload.max_customer_drop "
+                      "(%g): the configuration in force is unchanged", one_line(drop.describe()),
+                      config.reload.max_customer_drop)
+            return False
+        if drop.dropped:
+            log.warning("reload: drops %s: their domains get 550 and their logins 535 from now on",
+                        one_line(drop.describe()))
         for section in waiting:
             log.warning("reload: %s changed: takes effect at the next restart", section)
         metering = None
@@ -207,9 +244,8 @@ class Gateway:
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
         settle_heap()
-        d = loaded.directory
-        log.info("reloaded %s: %d customers, %d domains, %d accounts", self.path,
-                 len(d.customers), len(d.domains), len(d.accounts))
+        log.info("reloaded %s: %s (before: %s)", self.path, directory_counts(loaded.directory),
+                 before)
         return True
 
     async def stop(self) -> None:
@@ -245,10 +281,16 @@ async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]]) -> Non
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
 
+    def reloaded(task: asyncio.Task[bool]) -> None:
+        reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("reload failed: %s", one_line(f"{type(exc).__name__}: {exc}"))
+
     def hangup() -> None:
         task = loop.create_task(gateway.reload())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reloaded)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     if _early_hangup["seen"]:  # a SIGHUP came while this worker was starting
@@ -318,6 +360,30 @@ def serve(loaded: Loaded, workers: int) -> int:
     return _supervise(loaded, files, workers)
 
 
+def load_for_new_worker(started: Loaded) -> Loaded:
+    """In a worker started after a SIGHUP: the files as they are now, checked as a
+    reload checks them against the configuration the gateway started with; that one
+    when they are refused (the reason logged)."""
+    try:
+        new = load_config(started.path)
+    except ConfigErrors as exc:
+        log.error("new worker: reload refused (%d errors, the first: %s): starting with the "
+                  "configuration the gateway started with", len(exc.errors), exc.errors[0])
+        return started
+    except Exception as exc:  # a worker must start whatever the files hold
+        log.error("new worker: reload refused: %s: starting with the configuration the "
+                  "gateway started with", one_line(f"{type(exc).__name__}: {exc}"))
+        return started
+    drop = decide_customer_drop(started.directory.customers, new.directory.customers,
+                                new.config.reload.max_customer_drop)
+    if drop.refused:
+        log.error("new worker: reload refused: it would drop %s: starting with the "
+                  "configuration the gateway started with", one_line(drop.describe()))
+        return started
+    return Loaded(split_reload(started.config, new.config)[0], new.directory, new.path,
+                  new.keystore, new.policy_cache)
+
+
 def _die_with_parent() -> None:
     """Linux: a worker gets SIGTERM when the supervisor dies, even by SIGKILL, so no
     orphan keeps serving the port with a stale config."""
@@ -337,6 +403,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
     started_at: dict[int, float] = {}
     quick_deaths = 0
     stopping = False
+    hangups = 0  # SIGHUPs since start: workers started after one load the files anew
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -347,7 +414,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
             signal.signal(signal.SIGHUP, _remember_hangup)  # until run_worker handles it
             try:
                 install_event_loop_policy()
-                asyncio.run(run_worker(loaded, files))
+                asyncio.run(run_worker(load_for_new_worker(loaded) if hangups else loaded, files))
                 code = 0
             except Exception:
                 log.exception("worker %d crashed", slot)
@@ -366,15 +433,11 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
                 pass
 
     def hangup(signum: int, _frame: object) -> None:
-        # A worker started later (to replace one that died) starts with the new
-        # config too; the workers log the errors when it is invalid.
-        nonlocal loaded
-        try:
-            new = load_config(loaded.path)
-            loaded = Loaded(split_reload(loaded.config, new.config)[0], new.directory, new.path,
-                            new.keystore)
-        except ConfigErrors:
-            log.error("reload: invalid configuration: workers started from now on keep the old one")
+        # Loading the files here could stall or kill the supervisor (a hostile file,
+        # issue 14): it only remembers that a reload was asked for and passes it on;
+        # a worker started from now on (to replace one that died) loads them itself.
+        nonlocal hangups
+        hangups += 1
         for pid in children:
             try:
                 os.kill(pid, signal.SIGHUP)

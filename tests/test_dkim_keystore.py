@@ -139,7 +139,7 @@ def test_metadata_disagreeing_with_the_key_is_an_error(keys_dir):
      "not_after: must be later than not_before"),
     ("algorithm: ed25519-sha256\nnot_before: 2027-02-01T00:00:00\n", "not_before: give a time zone"),
     ("algorithm: ed25519-sha256\nnot_befor: 2027-02-01T00:00:00Z\n", "not_befor: unknown key"),
-    ("algorithm: [\n", "cannot read"),
+    ("algorithm: [\n", "YAML syntax error"),
     ("- a list\n", "must be a mapping"),
 ])
 def test_malformed_metadata_is_an_error(keys_dir, yaml_text, expected):

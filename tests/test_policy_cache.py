@@ -257,7 +257,9 @@ def test_a_first_load_in_the_pool_records_keys_that_a_reload_trusts(tmp_path, pa
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["first load", "reload"])
-def test_links_are_followed_and_what_is_not_a_file_is_skipped(tmp_path, password_hash, cached):
+def test_links_are_followed_and_what_is_not_a_file_is_an_error(tmp_path, password_hash, cached):
+    # Issue 14: a directory or a dangling link named like a policy file was skipped
+    # in silence, and its customer vanished at the next reload.
     d = tmp_path / "policy"
     d.mkdir()
     elsewhere = tmp_path / "elsewhere.yaml"
@@ -272,6 +274,10 @@ def test_links_are_followed_and_what_is_not_a_file_is_skipped(tmp_path, password
         reload(d, cache)
         write(d / "c2.yaml", policy_text(2, password_hash))
     directory, errors = reload(d, cache)
-    assert errors == []
+    assert [str(e) for e in errors] == [
+        f"{d}/broken.yaml: is a symbolic link to nothing ({tmp_path}/nowhere.yaml does not exist)",
+        f"{d}/dir.yaml: is a directory, not a policy file: move it out of the policy directory "
+        "or give it another name",
+    ]
     assert sorted(directory.customers) == (["c0", "c1", "c2"] if cached else ["c0", "c1"])
     assert directory.files["c1"] == f"{d}/c1.yaml"

@@ -12,7 +12,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config.safe_yaml import SafeLoader
+from gateway.config.safe_yaml import (
+    SafeLoader,
+    YamlLimits,
+    YamlRefused,
+    load_bounded,
+)
 
 Reference = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TESTS = Path(__file__).parent
@@ -144,7 +149,10 @@ def test_a_merge_key_does_not_change_a_document_loaded_again():
 
 
 def every_yaml_file_in_the_tests() -> list[Path]:
-    return sorted(p for p in TESTS.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    # tests/hostile_yaml/ holds alias bombs and such: built in full they exhaust the
+    # comparison (tests/test_config_hostile_yaml.py proves they are refused instead).
+    return sorted(p for p in TESTS.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                  and "hostile_yaml" not in p.parts)
 
 
 def test_every_yaml_file_of_the_test_suite_loads_the_same():
@@ -189,3 +197,42 @@ def test_random_flow_documents_load_the_same(text):
 ))
 def test_whatever_pyyaml_writes_loads_the_same(value):
     assert_same(yaml.safe_dump(value))
+
+
+# --- bounded loading (issue 14: hostile YAML) ------------------------------------
+
+TINY = YamlLimits(max_bytes=4096, max_depth=4, max_alias_nodes=20, max_number_chars=8)
+# Fragments that make anchors, aliases, tags, deep and odd documents likely.
+fragments = st.sampled_from(["&a ", "*a", "&b ", "*b", "[", "]", "{", "}", ", ", ": ", "- ", "\n",
+                             "  ", "!!int ", "!!str ", "!!set ", "<<: ", "? ", "'", '"', "#",
+                             "123456789012", "1e999", "2001-13-45", "\x00", "\t", "|\n", "--- "])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(fragments | scalars, max_size=40).map("".join) | st.text(max_size=60))
+def test_any_input_gives_a_value_or_one_refusal_never_another_exception(text):
+    try:
+        value = load_bounded(text, TINY)
+    except YamlRefused as exc:
+        assert exc.problem and "\n" not in exc.problem
+        return
+    # What is accepted is what the unbounded loader builds.
+    assert same(value, yaml.load(text, Loader=Reference))
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("a: &a [1, 1, 1, 1, 1]\nb: [*a, *a, *a, *a, *a]\n", "aliases expand to more than 20 nodes"),
+    ("x: [[[[1]]]]\n", "nested more than 4 levels deep"),
+    ("x: 123456789\n", "a number of 9 characters (at most 8)"),
+    ("x: &a [*a]\n", "an alias refers to a collection that contains it"),
+    ("x" * 4097, "larger than 4,096 bytes"),
+])
+def test_each_limit_refuses_with_its_own_reason(text, problem):
+    with pytest.raises(YamlRefused) as refused:
+        load_bounded(text, TINY)
+    assert problem in refused.value.problem
+
+
+def test_within_the_limits_aliases_and_nesting_load():
+    assert load_bounded("a: &a [1, 2]\nb: *a\nc: [[[x]]]\nn: 12345678\n", TINY) == {
+        "a": [1, 2], "b": [1, 2], "c": [[["x"]]], "n": 12345678}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# An error line is read by a person and kept in logs: a problem quoting a hostile
+# file (a 312 MB alias expansion, issue 14) is cut to this many characters.
+MAX_LINE = 300
+
 
 @dataclass(frozen=True)
 class ConfigError:
@@ -13,7 +17,14 @@ class ConfigError:
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.field}" if self.field else self.file
-        return f"{where}: {self.problem}"
+        return one_line(f"{where}: {self.problem}")
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line (line breaks made spaces), cut to ``limit`` characters."""
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class ConfigErrors(Exception):

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from pydantic import ValidationError
 
 from gateway.config.directory import Directory
@@ -31,7 +30,13 @@ from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.model import Config
 from gateway.config.policy import Account, CustomerPolicy
 from gateway.config.policy_cache import FileKey, ParsedFile, PolicyCache
-from gateway.config.safe_yaml import SafeLoader as _Loader
+from gateway.config.safe_yaml import (
+    GATEWAY_FILE,
+    POLICY_FILE,
+    YamlLimits,
+    YamlRefused,
+    load_bounded,
+)
 
 
 @dataclass(frozen=True)
@@ -48,38 +53,50 @@ class Loaded:
     policy_cache: PolicyCache | None = None
 
 
-def _read_text(path: str | Path) -> str:
+class _TooLarge(Exception):
+    pass
+
+
+def _read_text(path: str | Path, max_bytes: int) -> str:
     """The file as ``path.read_text(encoding="utf-8")`` gives it (newlines made ``\\n``),
-    in a third of the time: no text-file layers, one system call for a small file."""
+    in a third of the time: no text-file layers, one system call for a small file.
+    Reads at most ``max_bytes`` + 1 bytes: a larger file raises _TooLarge."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         parts = []
-        while data := os.read(fd, 1 << 16):
+        left = max_bytes + 1
+        while left > 0 and (data := os.read(fd, min(left, 1 << 16))):
             parts.append(data)
+            left -= len(data)
     finally:
         os.close(fd)
+    if left <= 0:
+        raise _TooLarge
     text = (parts[0] if len(parts) == 1 else b"".join(parts)).decode("utf-8")
     if "\r" in text:  # universal newlines, as a text-mode read does
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
-def _read_yaml(path: str | Path, errors: list[ConfigError]) -> object:
+def read_yaml(path: str | Path, errors: list[ConfigError], limits: YamlLimits) -> object:
+    """The document in the YAML file at ``path``, or None with one error in ``errors``
+    (unreadable, not UTF-8, too large, not YAML, past a limit of gateway/config/safe_yaml.py)."""
     try:
-        text = _read_text(path)
+        text = _read_text(path, limits.max_bytes)
     except OSError as exc:
         errors.append(ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}"))
         return None
     except UnicodeDecodeError:
         errors.append(ConfigError(str(path), "", "not UTF-8 text"))
         return None
+    except _TooLarge:
+        errors.append(ConfigError(str(path), "", f"larger than {limits.max_bytes:,} bytes"))
+        return None
     try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        errors.append(ConfigError(str(path), where, f"YAML syntax error: {problem}"))
+        return load_bounded(text, limits)
+    except YamlRefused as exc:
+        where = f"line {exc.line}" if exc.line is not None else ""
+        errors.append(ConfigError(str(path), where, exc.problem))
         return None
 
 
@@ -110,7 +127,7 @@ def validation_errors(file: str | Path, exc: ValidationError) -> list[ConfigErro
 
 
 def load_policy_file(path: str | Path, errors: list[ConfigError]) -> CustomerPolicy | None:
-    data = _read_yaml(path, errors)
+    data = read_yaml(path, errors, POLICY_FILE)
     if data is None and not errors:
         errors.append(ConfigError(str(path), "", "file is empty"))
         return None
@@ -152,9 +169,13 @@ PARALLEL_THRESHOLD = 2000
 _CHUNK = 500
 
 
-def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
+def _policy_file_keys(policy_dir: Path, errors: list[ConfigError], *, stat_now: bool = True
                       ) -> list[tuple[str, FileKey | None]]:
-    """(path, stat key) of every regular ``*.yaml``/``*.yml`` file, sorted by name.
+    """(path, stat key) of every ``*.yaml``/``*.yml`` file, sorted by name.
+
+    An entry named like a policy file that is not one (a directory, a symbolic link
+    to nothing, a FIFO) is an error naming it: skipped silently, its customer's
+    domains would bounce and its logins fail after a reload (issue 14).
 
     With ``stat_now=False`` the key is None, for the parser to take (in the worker
     processes, in parallel: on a first load nothing is compared with a cache, and
@@ -163,6 +184,7 @@ def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
     base = str(policy_dir)
     prefix = "" if base == "." else base.rstrip("/") + "/"
     out: list[tuple[str, FileKey | None]] = []
+    refused: list[tuple[str, str]] = []
     with os.scandir(policy_dir) as it:
         for entry in it:
             name = entry.name
@@ -171,21 +193,46 @@ def _policy_file_keys(policy_dir: Path, *, stat_now: bool = True
                 continue
             if not stat_now:
                 # From the directory entry's type, without a system call; a symbolic
-                # link is followed (stat), and one that cannot be is skipped, as below.
+                # link is followed (stat).
                 try:
                     if entry.is_file():
                         out.append((name, None))
+                        continue
                 except OSError:
                     pass
+                refused.append((name, _not_a_policy_file(entry)))
                 continue
             try:
                 st = entry.stat()  # follows symlinks, as Path.is_file does
             except OSError:
+                refused.append((name, _not_a_policy_file(entry)))
                 continue
             if stat.S_ISREG(st.st_mode):
                 out.append((name, (st.st_mtime_ns, st.st_size, st.st_ino)))
+            else:
+                refused.append((name, _not_a_policy_file(entry)))
     out.sort()
+    for name, problem in sorted(refused):
+        errors.append(ConfigError(prefix + name, "", problem))
     return [(prefix + name, key) for name, key in out]
+
+
+def _not_a_policy_file(entry: os.DirEntry) -> str:
+    """Why a directory entry named like a policy file cannot be read as one."""
+    try:
+        st = os.stat(entry.path)
+    except FileNotFoundError:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            return "vanished while the policy directory was read"
+        return f"is a symbolic link to nothing ({target} does not exist)"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return ("is a directory, not a policy file: move it out of the policy directory "
+                "or give it another name")
+    return "is not a regular file (a FIFO, socket or device): a policy file must be a file"
 
 
 def _stat_key(path: str) -> FileKey:
@@ -268,13 +315,13 @@ def _load_policy_files(policy_dir: Path, errors: list[ConfigError],
     scanned_ns = time.time_ns()
     if cache is None or not len(cache):
         # A first load parses every file: the parsers take the stat keys, in parallel.
-        first = _policy_file_keys(policy_dir, stat_now=False)
+        first = _policy_file_keys(policy_dir, errors, stat_now=False)
         results = _parse_files(first)
         if cache is not None:
             for (path, _), parsed in zip(first, results, strict=True):
                 cache.put(path, parsed, scanned_ns)
         return _index(first, results, errors)
-    files = _policy_file_keys(policy_dir)
+    files = _policy_file_keys(policy_dir, errors)
     cached = [cache.get(path, key) for path, key in files]
     todo = [file for file, hit in zip(files, cached, strict=True) if hit is None]
     parsed_now = _parse_files(todo)
@@ -350,7 +397,7 @@ def load_config(path: str | Path, *, policy_cache: PolicyCache | None = None) ->
         policy_cache = PolicyCache()
     path = Path(path)
     errors: list[ConfigError] = []
-    data = _read_yaml(path, errors)
+    data = read_yaml(path, errors, GATEWAY_FILE)
     if errors:
         raise ConfigErrors(errors)
     if not isinstance(data, dict):

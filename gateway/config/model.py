@@ -29,6 +29,7 @@ from gateway.config.quota import (
     SQLiteStoreSettings,
     StoreSettings,
 )
+from gateway.config.reload import ReloadSettings
 
 
 class Listener(Strict):
@@ -194,6 +195,8 @@ class Config(Strict):
     dns: DnsSettings = DnsSettings()
     # RFC 8601 authserv-id of our Authentication-Results header; default: hostname.
     authserv_id: str | None = None
+    # SIGHUP: the share of customers a reload may drop, and its time bound.
+    reload: ReloadSettings = ReloadSettings()
     # Where the config file lives: relative paths in it are relative to this.
     base_dir: Path = Path(".")
 

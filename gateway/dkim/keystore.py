@@ -37,7 +37,8 @@ from pydantic import ValidationError
 from gateway.config.dkim import Algorithm, SelectorMeta
 from gateway.config.domains import normalise_domain
 from gateway.config.errors import ConfigError
-from gateway.config.load import validation_errors
+from gateway.config.load import read_yaml, validation_errors
+from gateway.config.safe_yaml import KEY_METADATA
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -192,10 +193,10 @@ def _load_selector(domain: str, key_file: Path, errors: list[ConfigError]) -> Se
 
 
 def _load_meta(path: Path, errors: list[ConfigError]) -> SelectorMeta | None:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        errors.append(ConfigError(str(path), "", f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
+    found: list[ConfigError] = []
+    data = read_yaml(path, found, KEY_METADATA)  # bounded, as every YAML file we read
+    if found:
+        errors.extend(found)
         return None
     if not isinstance(data, dict):
         errors.append(ConfigError(str(path), "", "must be a mapping of keys to values"))
