@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -404,14 +405,14 @@ class GatewayHandler:
         elif not reply.is_success:
             rt.metrics.downstream_error(name, "refused")
 
-    def _signing_policy(self, identity: Identity, rt: Runtime) -> tuple[tuple[str, ...], DkimPolicy]:
+    def _signing_policy(self, identity: Identity, rt: Runtime) -> tuple[Collection[str], DkimPolicy]:
         customer = rt.directory.customers.get(identity.customer)
         if customer is None:
             # A customer without a policy file (an account from Dovecot/SQL/LDAP): the
             # gateway's defaults, for the domains its account source vouches for.
             domains = {a.rpartition("@")[2] for a in identity.senders | {identity.login} if "@" in a}
-            return tuple(sorted(domains)), DkimPolicy()
-        return customer.domains, customer.dkim
+            return frozenset(domains), DkimPolicy()
+        return customer.domain_set, customer.dkim
 
     def _aliases(self, identity: Identity, rt: Runtime) -> Any:
         customer = rt.directory.customers.get(identity.customer)

@@ -9,6 +9,7 @@ worker thread: an RSA signature must not stall other sessions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from gateway import replies
@@ -29,7 +30,7 @@ class SigningOutcome:
     signatures: tuple[str, ...]  # "d=example.com s=sel a=rsa-sha256", for logs and metrics
 
 
-async def sign_outbound(keystore: KeyStore, identity: Identity, owned: tuple[str, ...],
+async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collection[str],
                         policy: DkimPolicy, message: bytes, now: float, txid: str) -> SigningOutcome:
     """``owned``/``policy``: the account's customer's domains and DKIM policy (a customer
     without a policy file owns nothing here, so its mail is refused rather than signed
