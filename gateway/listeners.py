@@ -9,8 +9,8 @@ submissions    465, TLS from the first      RFC 8314 implicit TLS
                byte
 =============  ==========================  ==============================
 
-Sockets are opened with SO_REUSEPORT so several worker processes can each bind
-the same port and the kernel spreads connections over them.
+`portcullis serve` opens the sockets before any worker starts and hands each worker
+its own (gateway/sockets.py: shared by our workers, by no other process).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gateway.config.model import Listener
 from gateway.runtime import Runtime
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.protocol import GatewaySMTP
+from gateway.sockets import open_socket
 from gateway.tls import server_context
 
 log = logging.getLogger("portcullis.listeners")
@@ -41,19 +42,6 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # Seconds a balancer has to send the PROXY header after connecting.
 PROXY_HEADER_TIMEOUT = 10.0
-
-
-def open_socket(address: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((address, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 @dataclass
@@ -73,7 +61,9 @@ class SMTPListeners:
         self.states: list[ListenerState] = []
         self._drained = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (by field, ``listeners.inbound``), made by `serve`;
+        without them (tests, benches) open each listener's address here."""
         cfg = self.runtime.config
         for name in ("inbound", "submission", "submissions"):
             settings: Listener | None = getattr(cfg.listeners, name)
@@ -85,7 +75,9 @@ class SMTPListeners:
                 context = server_context(*self._tls_files[name])
             direction = "inbound" if name == "inbound" else "outbound"
             handler = GatewayHandler(self.runtime, direction=direction)
-            sock = open_socket(settings.address, settings.port)
+            sock = (sockets or {}).get(f"listeners.{name}")
+            if sock is None:
+                sock = open_socket(settings.address, settings.port)
             loop = asyncio.get_running_loop()
             state.server = await loop.create_server(
                 lambda h=handler, s=state, c=context: self._protocol(h, s, c),

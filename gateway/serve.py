@@ -1,8 +1,10 @@
 """Running the gateway: one process, or a supervisor and N worker processes.
 
-Each worker binds every listener with SO_REUSEPORT, so the kernel spreads
+Before any worker starts, the supervisor (or the single process) opens every
+listening socket, one SO_REUSEPORT socket per worker, so the kernel spreads
 connections over the workers and the gateway uses every core (Python's GIL caps
-one process at one).  Workers share nothing in memory: state that must be exact
+one process at one); it refuses to start, on one line, when another process holds
+one of the addresses (gateway/sockets.py).  Workers share nothing in memory: state that must be exact
 across them (quota counters, lockouts, suspensions) lives in the store.
 
 SIGTERM/SIGINT: stop accepting, let transactions in flight finish within
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -46,6 +49,7 @@ from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
+from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
 from gateway.store.held import HeldStore
@@ -154,14 +158,16 @@ class Gateway:
         self._loading: asyncio.Future[Loaded] | None = None  # the reload's load, while it runs
         self._reload_lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        await self.listeners.start()
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
+        """``sockets``: this worker's, by config field (from `serve`); else opened here."""
+        sockets = sockets or {}
+        await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
         self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
                                       self.listeners.unbound)
         if self.endpoint is not None:
-            await self.endpoint.start()
+            await self.endpoint.start(sockets.get("http"))
             http = self.runtime.config.http
             assert http is not None
             log.info("operations HTTP on %s port %d", http.address, self.endpoint.bound_port)
@@ -271,9 +277,10 @@ class Gateway:
         log.info("stopped")
 
 
-async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]]) -> None:
+async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]],
+                     sockets: dict[str, socket.socket]) -> None:
     gateway = Gateway(loaded, files)
-    await gateway.start()
+    await gateway.start(sockets)
     settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -337,7 +344,31 @@ def announce(config: Config) -> None:
               flush=True)
 
 
+def listening_addresses(config: Config) -> list[Address]:
+    """Every address the gateway listens on, named by its config field."""
+    found = [Address(f"listeners.{name}", listener.address, listener.port)
+             for name in ("inbound", "submission", "submissions")
+             if (listener := getattr(config.listeners, name)) is not None]
+    if config.http is not None:
+        found.append(Address("http", config.http.address, config.http.port))
+    return found
+
+
 def serve(loaded: Loaded, workers: int) -> int:
+    # First of all: are the addresses ours?  A second gateway sharing them would get
+    # a random share of the connections (gateway/sockets.py).
+    try:
+        slots = claim(listening_addresses(loaded.config), workers)
+    except AddressUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2  # an operator's error, like an invalid config
+    try:
+        return _serve_on(loaded, workers, slots)
+    finally:
+        release(slots)
+
+
+def _serve_on(loaded: Loaded, workers: int, slots: list[dict[str, socket.socket]]) -> int:
     files = tls_files(loaded.config)
     announce(loaded.config)
     # Made once, before the workers fork, so they all read the same secret.
@@ -350,14 +381,14 @@ def serve(loaded: Loaded, workers: int) -> int:
     signal.signal(signal.SIGHUP, _remember_hangup)
     if workers <= 1:
         install_event_loop_policy()
-        asyncio.run(run_worker(loaded, files))
+        asyncio.run(run_worker(loaded, files, slots[0]))
         return 0
     http = loaded.config.http
     if http is not None:
         # Workers write their metrics to files there; any worker's /metrics sums them.
         metrics_module.prepare_multiprocess(
             http.metrics_dir or Path(tempfile.mkdtemp(prefix="portcullis-metrics-")))
-    return _supervise(loaded, files, workers)
+    return _supervise(loaded, files, slots)
 
 
 def load_for_new_worker(started: Loaded) -> Loaded:
@@ -397,8 +428,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int) -> int:
-    """Fork the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on and wait."""
+def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
+               slots: list[dict[str, socket.socket]]) -> int:
+    """Fork the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on and wait.
+
+    The supervisor holds every slot's sockets while it runs: a worker restarted in a
+    slot serves that slot's sockets again, and connections the kernel queued on them
+    meanwhile wait for it instead of being reset."""
+    workers = len(slots)
     children: dict[int, int] = {}
     started_at: dict[int, float] = {}
     quick_deaths = 0
@@ -412,9 +449,12 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, _remember_hangup)  # until run_worker handles it
+            # The other slots' sockets are not this worker's to keep open.
+            release(other for i, other in enumerate(slots) if i != slot)
             try:
                 install_event_loop_policy()
-                asyncio.run(run_worker(load_for_new_worker(loaded) if hangups else loaded, files))
+                asyncio.run(run_worker(load_for_new_worker(loaded) if hangups else loaded, files,
+                                       slots[slot]))
                 code = 0
             except Exception:
                 log.exception("worker %d crashed", slot)
@@ -426,6 +466,9 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]], workers: int
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        # No worker will be started again: once the workers close theirs, the
+        # addresses are free (clients then try the next MX at once).
+        release(slots)
         for pid in children:
             try:
                 os.kill(pid, signum)

@@ -134,9 +134,10 @@ def test_serve_exits_with_a_clear_message_when_the_port_is_taken(tmp_path, downs
     blocker.listen()
     try:
         proc = start(config)
-        assert proc.wait(15) == 1
+        assert proc.wait(15) == 2
         err = proc.stderr.read()
-        assert "cannot start" in err and "Traceback" not in err
+        assert err.splitlines() == [
+            f"listeners.inbound: 127.0.0.1:{port}: address already in use by another process"]
     finally:
         blocker.close()
 

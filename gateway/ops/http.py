@@ -3,7 +3,7 @@
 One small aiohttp server on its own port, made at start-up with everything it
 needs passed in (the metrics registry to expose, a readiness probe, the
 autoconfig facts); it holds no global state.  With several worker processes
-there is one of these, in the parent (see docs/operations.md).
+each worker runs one, on its own socket for the same port (see docs/operations.md).
 
     /metrics                               Prometheus exposition of the given registry
     /healthz                               200 while the process runs
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,10 @@ class OpsHTTPServer:
         app.on_response_prepare.append(self._headers)
         return app
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock`` when given: `serve` opens one per worker, shared by our
+        workers only (gateway/sockets.py; metrics are summed across workers, so any of
+        them can answer).  Without it, bind the address here, for this process alone."""
         if self._runner is not None:
             raise RuntimeError("the HTTP server is already running")
         runner = web.AppRunner(
@@ -123,10 +127,9 @@ class OpsHTTPServer:
         )
         await runner.setup()
         try:
-            # reuse_port: every worker process serves the port (metrics are aggregated
-            # across workers in multiprocess mode, so any of them can answer).
-            await web.TCPSite(runner, self.address, self.port, ssl_context=self._ssl_context,
-                              reuse_port=True).start()
+            site = (web.SockSite(runner, sock, ssl_context=self._ssl_context) if sock is not None
+                    else web.TCPSite(runner, self.address, self.port, ssl_context=self._ssl_context))
+            await site.start()
         except OSError:
             await runner.cleanup()
             raise
