@@ -6,6 +6,7 @@ re-serialises a parsed message: it only looks at header fields to decide.
 
 from __future__ import annotations
 
+import os
 import re
 from email.errors import HeaderParseError
 from email.headerregistry import HeaderRegistry
@@ -44,7 +45,11 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
 def header_fields(message: bytes) -> list[HeaderField]:
     """The header fields in order; raises MalformedHeader on a line that is neither
     a field nor a continuation."""
-    head, _ = split_message(message)
+    # Only the header section is cut out: the body of a large message is not copied.
+    if message.startswith(b"\r\n"):
+        return []
+    end = message.find(b"\r\n\r\n")
+    head = bytes(message if end < 0 else message[: end + 2])
     if not head.endswith(b"\r\n"):  # a last line without its CRLF is not read
         cut = head.rfind(b"\r\n")
         head = head[: cut + 2] if cut >= 0 else b""
@@ -87,3 +92,23 @@ def addresses_in(field: HeaderField) -> list[str]:
     if header.defects or not out:
         raise MalformedHeader(f"{field.name}: not a valid address list")
     return out
+
+
+# A message going out as parts: our fields, then the one copy the DATA reader made
+# (a bytes, or the bytearray a large message was gathered in), never joined.
+Buffer = bytes | bytearray | memoryview
+
+
+def message_parts(message: Buffer | list[Buffer]) -> list[Buffer]:
+    """The non-empty parts of a message given whole or as parts."""
+    if isinstance(message, bytes | bytearray | memoryview):
+        return [message] if message else []
+    return [part for part in message if len(part)]
+
+
+def write_parts(fd: int, parts: list[Buffer]) -> None:
+    """Write every part to ``fd`` in order, without joining them (blocking)."""
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]

@@ -86,6 +86,8 @@ BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
 BARE_NEWLINE = Reply(
     550, "5.5.2", "Message refused: bare <CR> or <LF> in message (RFC 5321 section 2.3.8 requires CRLF)"
 )
+# RFC 5322 §2.3: a message's octets are US-ASCII characters other than NUL.
+NUL_OCTET = Reply(554, "5.6.0", "Message refused: it contains NUL octets (RFC 5322 section 2.3)")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")

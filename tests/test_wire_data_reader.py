@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from gateway import replies
-from gateway.smtp.protocol import DATA_CHUNK, _checked_content
+from gateway.smtp.protocol import DATA_CHUNK
 
 HEAD = (b"EHLO client.example\r\nMAIL FROM:<a@other.example>\r\n"
         b"RCPT TO:<bob@acme.example>\r\nDATA\r\n")
@@ -18,9 +17,9 @@ def stuff(body: bytes) -> bytes:
     return (b"." + body if body.startswith(b".") else body).replace(b"\r\n.", b"\r\n..")
 
 
-def send_in_pieces(port: int, pieces: list[bytes], pause: float = 0.0) -> bytes:
+def send_in_pieces(port: int, pieces: list[bytes], pause: float = 0.0, timeout: float = 15) -> bytes:
     """Each piece its own write (TCP_NODELAY), then read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for piece in pieces:
             s.sendall(piece)
@@ -96,19 +95,45 @@ def test_line_of_exactly_the_limit_passes_and_one_more_octet_is_refused(gateway,
     assert downstream.messages[0].content.endswith(ok)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b"", (None, b"")),
-    (b"a\r\n", (None, b"a\r\n")),
-    (b"..\r\n", (None, b".\r\n")),
-    (b"a\r\n..b\r\n...\r\n", (None, b"a\r\n.b\r\n..\r\n")),
-    (b"a.\r\nb. \r\n", (None, b"a.\r\nb. \r\n")),
-    (b"a\nb\r\n", (replies.BARE_NEWLINE, b"")),
-    (b"a\rb\r\n", (replies.BARE_NEWLINE, b"")),
-    (b"a\r\r\n", (replies.BARE_NEWLINE, b"")),
-    (b"x" * 18 + b"\r\n", (None, b"x" * 18 + b"\r\n")),
-    (b"x" * 19 + b"\r\n", (replies.LINE_TOO_LONG, b"")),
-    # The limit is on the line as it is, after the transparency dot is taken off.
-    (b"." + b"x" * 18 + b"\r\n", (None, b"x" * 18 + b"\r\n")),
-])
-def test_checked_content_table(raw, expected):
-    assert _checked_content(raw, max_line_length=20) == expected
+def test_end_of_data_split_across_writes_is_seen_at_once_at_any_size(gateway, downstream):
+    """Issue 14, defect 7: past 64 KiB without an end, a read that stopped inside
+    CRLF . CRLF left the end unseen until data_timeout.  The end is split after each
+    of its five octets (two writes, a pause between), with the data around the
+    64 KiB chunk boundary and beyond; every reply must come at once."""
+    port = gateway.ports["inbound"]
+    head = b"From: a@other.example\r\nSubject: split\r\n\r\n"
+    # No ".CRLF" anywhere before the end: the old reader then took 64 KiB at a time.
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!\r\n"  # 66 octets
+    sizes = [DATA_CHUNK + d for d in range(-6, 7, 2)] + [2 * DATA_CHUNK + 3, 1_000_001]
+    slow = []
+    for size in sizes:
+        body = line * ((size - len(head)) // len(line))
+        body += b"z" * max(0, size - len(head) - len(body) - 2) + b"\r\n"
+        message = head + body
+        for split in range(1, 6):
+            downstream.handler.messages.clear()
+            data = HEAD + stuff(message) + b".\r\n"
+            cut = len(data) - 5 + split  # inside (or just after) the final CRLF . CRLF
+            started = time.monotonic()
+            transcript = send_in_pieces(port, [data[:cut], data[cut:] + b"QUIT\r\n"], pause=0.05,
+                                        timeout=6)
+            took = time.monotonic() - started
+            assert b"250 2.0.0 queued as TEST" in transcript, (size, split, transcript[-200:])
+            if took > 3:  # data_timeout is 10 s in the test gateway
+                slow.append((size, split, round(took, 1)))
+            assert len(downstream.messages) == 1
+            received = downstream.messages[0].content
+            assert received.endswith(message) and received.startswith(b"Received: ")
+            assert b"\r\n\r\n" not in received[:-len(message)]  # our stamps, then the message
+    assert slow == []
+
+
+def test_nul_octet_in_the_body_is_refused_at_end_of_data(gateway, downstream):
+    """Issue 14, defect 10: RFC 5322 §2.3 allows no NUL; it was forwarded."""
+    for message in (b"From: a@other.example\r\n\r\nbefore\x00after\r\n",
+                    b"From: a@other.example\r\n\r\n" + b"x" * 100 + b"\r\n" * DATA_CHUNK + b"\x00\r\n"):
+        transcript = send_in_pieces(gateway.ports["inbound"],
+                                    [HEAD + message + b".\r\nQUIT\r\n"])
+        assert b"554 5.6.0 Message refused: it contains NUL octets" in transcript, transcript[-300:]
+        assert transcript.rstrip().endswith(b"221 2.0.0 Bye")
+    assert downstream.messages == []

@@ -206,6 +206,16 @@ def test_a_message_refused_while_read_names_the_reason(gw, records):
     assert line["rule"] == "data.bare_newline" and line["stage"] == "data"
 
 
+def test_a_nul_octet_refused_while_reading_is_recorded_as_message_nul(gw, records):
+    with mx(gw) as c:
+        c.mail("someone@sender.example")
+        c.rcpt("bob@acme.example")
+        code, text = c.data(b"Subject: hi\r\n\r\nnul \x00 here\r\n")
+    assert (code, text[:5]) == (554, b"5.6.0")
+    [line] = wait_for(records, TX, txid=id_in(text))
+    assert line["rule"] == "message.nul" and line["stage"] == "data"
+
+
 # --- the connection ----------------------------------------------------------------
 def test_quit_ends_the_connection_line_with_its_counts(gw, client_tls, records):
     c = connect(gw, client_tls)

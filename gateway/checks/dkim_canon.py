@@ -14,12 +14,14 @@ two verifiers hash the same octets.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.checks.memo import remembered
+from gateway.dkim.body_hash import SLAB, slab_digest
 from gateway.message import HeaderField
 
 # RFC 6376 §3.7: the b= tag's value is removed from the signature field before it is
@@ -50,7 +52,7 @@ _field = functools.partial(tuple.__new__, Field)
 @dataclass(frozen=True, slots=True)
 class ParsedMessage:
     fields: tuple[Field, ...]  # top to bottom
-    body: bytes  # after the empty line, CRLF line ends
+    body: bytes | memoryview  # after the empty line, CRLF line ends (large: a view)
 
 
 def parse_message(message: bytes) -> ParsedMessage:
@@ -94,12 +96,18 @@ def fields_from_header(header: Sequence[HeaderField]) -> tuple[Field, ...]:
     return tuple(fields)
 
 
-def body_of(message: bytes) -> bytes:
-    """The body as :func:`parse_message` reads it: after the empty line, if any."""
+def body_of(message: bytes) -> bytes | memoryview:
+    """The body as :func:`parse_message` reads it: after the empty line, if any.
+    A large body is a view of the message, not a copy (see :func:`body_digest`)."""
     if message.startswith(b"\r\n"):
-        return message[2:]
-    end = message.find(b"\r\n\r\n")
-    return b"" if end < 0 else message[end + 4 :]
+        end = -2
+    else:
+        end = message.find(b"\r\n\r\n")
+        if end < 0:
+            return b""
+    if len(message) - end > SLAB:
+        return memoryview(message)[end + 4 :]
+    return message[end + 4 :]
 
 
 # --- body (RFC 6376 §3.4.3, §3.4.4) ------------------------------------------------------
@@ -142,6 +150,29 @@ def relaxed_body(body: bytes) -> bytes:
 
 
 BODY_CANONICALISERS = {b"simple": simple_body, b"relaxed": relaxed_body}
+
+
+def _relaxed_lines(lines: bytes) -> bytes:
+    """§3.4.4 within complete lines: WSP runs to one SP, none before a CRLF."""
+    if b"\t" in lines:
+        lines = lines.replace(b"\t", b" ")
+    while b"  " in lines:
+        lines = lines.replace(b"  ", b" ")
+    if b" \r\n" in lines:
+        lines = lines.replace(b" \r\n", b"\r\n")
+    return lines
+
+
+def body_digest(body: bytes | memoryview, canon: bytes, length: int | None) -> bytes:
+    """SHA-256 of the canonical body (§3.7), its first ``length`` octets when l= says so.
+    A large body is hashed in slabs, never canonicalised (copied) whole."""
+    if len(body) > SLAB:
+        relaxed = canon == b"relaxed"
+        return slab_digest(body, _relaxed_lines if relaxed else None, relaxed, length)
+    data = BODY_CANONICALISERS[canon](bytes(body))
+    if length is not None:  # RFC 6376 §3.5 l=: only the first l octets are signed
+        data = data[:length]
+    return hashlib.sha256(data).digest()
 
 
 # --- header (RFC 6376 §3.4.1, §3.4.2) ------------------------------------------------------

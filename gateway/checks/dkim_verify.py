@@ -53,6 +53,7 @@ from gateway.checks.dkim_canon import (
     Field,
     MalformedHeader,
     ParsedMessage,
+    body_digest,
     body_of,
     fields_from_header,
     header_data,
@@ -434,10 +435,7 @@ def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, byt
     memo = (body_canon, length)
     digest = body_hashes.get(memo)
     if digest is None:
-        body = BODY_CANONICALISERS[body_canon](parsed.body)
-        if length is not None:  # RFC 6376 §3.5 l=: only the first l octets are signed
-            body = body[:length]
-        digest = body_hashes[memo] = hashlib.sha256(body).digest()
+        digest = body_hashes[memo] = body_digest(parsed.body, body_canon, length)
     if digest != _b64(tags[b"bh"]):
         raise _Refused("fail", "body hash mismatch")
 

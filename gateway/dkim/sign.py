@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.serialization import (
 from nacl.bindings import crypto_sign
 
 from gateway.config.domains import normalise_domain
+from gateway.dkim.body_hash import SLAB, slab_digest
 from gateway.dkim.keystore import ActiveKey
 from gateway.message import MalformedHeader, addresses_in, fields_named, header_fields
 from gateway.rules.signing import SigningFacts
@@ -348,9 +349,13 @@ def sign_message(
     keys: Sequence[ActiveKey],
     now: int,
     expire_after: int | None = None,
+    prefix: bytes = b"",
 ) -> bytes:
     """The DKIM-Signature fields (folded, CRLF-terminated) to put at the top of
-    ``message``, one per key, in the order of ``keys``.
+    ``prefix + message``, one per key, in the order of ``keys``.
+
+    ``prefix``: header fields that go out above ``message`` (our own stamps),
+    signed with it but never joined to it: a large message is not copied.
 
     Relaxed/relaxed, t= always, x= = t + expire_after when given, never l=.
     ``message`` is as accepted at DATA: CRLF line endings only (the DATA reader has
@@ -365,10 +370,15 @@ def sign_message(
     else:
         begin = message.find(b"\r\n\r\n")
         head, begin = (message, len(message)) if begin < 0 else (message[:begin], begin + 4)
+    head = prefix + head if prefix else bytes(head)  # bytes(bytes) is no copy
     shape, signed = _signed_fields(head)
     if not shape.has_from:
         raise MalformedMessage("no From: field (RFC 6376 §5.4: From must be signed)")
-    bh = b2a_base64(_body_digest(message, begin), newline=False)
+    if len(message) - begin > SLAB:  # a large body: hashed in slabs, never copied whole
+        body_digest = slab_digest(memoryview(message)[begin:], _relaxed_wsp, relaxed=True)
+    else:
+        body_digest = _body_digest(message, begin)
+    bh = b2a_base64(body_digest, newline=False)
     t = int(now)
     tx = b"%d;" % t if not expire_after else b"%d; x=%d;" % (t, t + int(expire_after))
     # The rest of the field after t=, folded (every fold CRLF TAB in place of one SP,
@@ -417,11 +427,13 @@ async def sign_message_off_loop(
     now: int,
     expire_after: int | None = None,
     executor: Executor | None = None,
+    prefix: bytes = b"",
 ) -> bytes:
     """:func:`sign_message` in a worker thread, so a slow RSA signature does not stall
     every other session on the event loop."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, sign_message, message, keys, now, expire_after)
+    return await loop.run_in_executor(executor, sign_message, message, keys, now, expire_after,
+                                      prefix)
 
 
 def signing_facts(message: bytes) -> SigningFacts:

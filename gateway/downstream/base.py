@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.message import Buffer
 from gateway.replies import Reply
 
 
@@ -19,8 +20,9 @@ class Transaction(Protocol):
         """Relay one recipient; the first call also sends MAIL FROM."""
         ...
 
-    async def data(self, message: bytes) -> Reply:
-        """Hand over the message (CRLF line endings, not dot-stuffed)."""
+    async def data(self, message: bytes | list[Buffer]) -> Reply:
+        """Hand over the message (CRLF line endings, not dot-stuffed), whole or as
+        parts to send one after the other (our fields, then the message as read)."""
         ...
 
     async def abort(self) -> None:

@@ -8,7 +8,8 @@ aiosmtplib's command/response lock cannot give:
   their replies are read in order, one round trip instead of two;
 * the message written once, dot-stuffed with one ``bytes.replace`` (aiosmtplib
   runs two regular expressions over it), or as one ``BDAT n LAST`` chunk when the
-  downstream offers RFC 3030 CHUNKING (nothing to stuff, no 354 round trip).
+  downstream offers RFC 3030 CHUNKING (nothing to stuff, no 354 round trip); a
+  large one in slices, as parts, paced by flow control, never copied whole.
 
 Replies are matched to commands strictly in order.  Anything the server sends
 that no command is waiting for means the conversation is out of step: the
@@ -24,9 +25,13 @@ from collections import deque
 import aiosmtplib
 
 from gateway.downstream.replies import relay_reply
+from gateway.message import Buffer, message_parts
 from gateway.replies import Reply
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# Larger messages are streamed in slices (see DownstreamConnection._stream).
+STREAM_FROM = 256 * 1024
+WRITE_SLICE = 256 * 1024
 MAX_REPLY = 64 * 1024  # more than any sane multi-line reply (RFC 5321 §4.5.3.1.5: 512 a line)
 
 
@@ -46,6 +51,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._lines: list[bytes] = []
         self._waiting: deque[asyncio.Future[Reply]] = deque()
         self._closed = False
+        self._paused: asyncio.Future[None] | None = None  # set while the transport is full
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
         transport.set_protocol(self)
 
@@ -100,9 +106,16 @@ class DownstreamConnection(asyncio.Protocol):
         (reply,) = self.send(line + b"\r\n", 1)
         return await reply
 
-    async def message(self, message: bytes) -> Reply:
-        """Send the message: BDAT when offered, else DATA; the final reply.  A 354
-        that does not come is returned as the reply (the connection stays usable)."""
+    async def message(self, message: bytes | list[Buffer]) -> Reply:
+        """Send the message (whole or in parts): BDAT when offered, else DATA; the final
+        reply.  A 354 that does not come is returned as the reply (the connection
+        stays usable).  A large message is streamed part by part, stuffed slice by
+        slice and paced by the transport's flow control: never copied whole."""
+        parts = message_parts(message)
+        size = sum(map(len, parts))
+        if size > STREAM_FROM:
+            return await self._stream(parts, size)
+        message = parts[0] if len(parts) == 1 else b"".join(parts)
         # CRLF only, and a CRLF at the end (RFC 5321 §2.3.8, §4.1.1.4).  Mail read
         # by our DATA reader already is; a bare CR or LF from anywhere else must
         # not become an end of data the downstream sees and we did not.
@@ -125,11 +138,63 @@ class DownstreamConnection(asyncio.Protocol):
         (reply,) = self.send(message + b".\r\n", 1)
         return await reply
 
+    async def _stream(self, parts: list[Buffer], size: int) -> Reply:
+        for part in parts:
+            # RFC 5321 §2.3.8: CRLF only; every part ends a line (our fields do, and
+            # the DATA reader's message ends in CRLF).  Anything else is joined and
+            # repaired the plain way.
+            pairs = part.count(b"\r\n")
+            if part.count(b"\n") != pairs or part.count(b"\r") != pairs or \
+                    part[-2:] != b"\r\n":
+                return await self.message(b"".join(parts))
+        if self.chunking:
+            self._transport.write(b"BDAT %d LAST\r\n" % size)
+            for part in parts:
+                await self._write_paced(part)
+            (reply,) = self.send(b"", 1)
+            return await reply
+        go_ahead = await self.command(b"DATA")
+        if go_ahead.code != 354:
+            return go_ahead
+        for part in parts:
+            # RFC 5321 §4.5.2: a line that starts with a dot gets one more; the
+            # slices between those lines are written as they are.
+            if part[:1] == b".":
+                self._transport.write(b".")
+            start = 0
+            while (dot := part.find(b"\r\n.", start)) >= 0:
+                await self._write_paced(memoryview(part)[start:dot + 3])
+                start = dot + 2  # the dot goes out again: doubled
+            await self._write_paced(memoryview(part)[start:])
+        (reply,) = self.send(b".\r\n", 1)
+        return await reply
+
+    async def _write_paced(self, data: Buffer) -> None:
+        """Write, a slice at a time, waiting while the transport's buffer is full
+        (asyncio copies what it cannot send at once into that buffer)."""
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_SLICE):
+            if self._closed or self._transport.is_closing():
+                raise DownstreamClosed("connection closed")
+            self._transport.write(view[start:start + WRITE_SLICE])
+            if self._paused is not None:
+                await self._paused
+
+    def pause_writing(self) -> None:
+        if self._paused is None:
+            self._paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None and not paused.done():
+            paused.set_result(None)
+
     def close(self) -> None:
         self._fail(DownstreamClosed("closed by us"))
 
     def _fail(self, error: DownstreamClosed) -> None:
         self._closed = True
+        self.resume_writing()  # a writer waiting for the buffer to drain finds it closed
         waiting, self._waiting = self._waiting, deque()
         for waiter in waiting:
             if not waiter.done():

@@ -15,6 +15,7 @@ from itertools import count
 from pathlib import Path
 
 from gateway import replies
+from gateway.message import Buffer, message_parts, write_parts
 from gateway.replies import Reply
 
 _sequence = count()
@@ -38,7 +39,7 @@ class MaildirDownstream:
     async def close(self) -> None:
         return None
 
-    def deliver(self, sender: str, recipients: list[str], message: bytes) -> str:
+    def deliver(self, sender: str, recipients: list[str], message: bytes | list[Buffer]) -> str:
         """Blocking: write, fsync, rename.  Returns the file name."""
         name = f"{time.time_ns()}.P{os.getpid()}Q{next(_sequence)}.{socket.gethostname()}"
         envelope = f"Return-Path: <{sender}>\r\n".encode() + b"".join(
@@ -47,7 +48,7 @@ class MaildirDownstream:
         tmp = self.path / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, envelope + message)
+            write_parts(fd, [envelope, *message_parts(message)])
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -70,7 +71,7 @@ class MaildirTransaction:
         self._recipients.append(recipient)
         return replies.RECIPIENT_OK
 
-    async def data(self, message: bytes) -> Reply:
+    async def data(self, message: bytes | list[Buffer]) -> Reply:
         try:
             name = await asyncio.to_thread(
                 self._maildir.deliver, self._sender, self._recipients, message

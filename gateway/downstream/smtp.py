@@ -21,6 +21,7 @@ import aiosmtplib
 from gateway import replies
 from gateway.config.model import Downstream as DownstreamSettings
 from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
+from gateway.message import Buffer
 from gateway.replies import Reply
 
 log = logging.getLogger("portcullis.downstream")
@@ -158,7 +159,7 @@ class SmtpTransaction:
             self._accepted += 1
         return reply
 
-    async def data(self, message: bytes) -> Reply:
+    async def data(self, message: bytes | list[Buffer]) -> Reply:
         if self._broken is not None:
             return self._broken
         conn = self._conn

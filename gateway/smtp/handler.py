@@ -256,7 +256,10 @@ class GatewayHandler:
 
     # --- DATA --------------------------------------------------------------------------
     async def handle_DATA(self, server: GatewaySMTP, session: Any, envelope: Any) -> str:
+        # The one copy of the message the DATA reader made: every field we add goes in
+        # ``added`` (and the stamps) above it, handed downstream as parts, never joined.
         message: bytes = envelope.content
+        added = b""
         rt: Runtime = envelope.runtime
         metered: MeteredDownstream | None = envelope.metered
         try:
@@ -290,13 +293,14 @@ class GatewayHandler:
                 # Only abuse@/postmaster@: always accepted, whatever the policy.
                 log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                          envelope.txid, outcome.refusal)
-            message = outcome.message
+            message, added = outcome.message, outcome.prefix
         content = None
         if rt.scanner is not None and rt.config.scanner is not None and (
                 self.direction == "outbound" or rt.config.scanner.inbound.enabled):
             content = await scan(
                 rt.scanner, rt.config.scanner, self.direction, self._customer(server, envelope, rt),
-                message, sender=envelope.sender, recipients=envelope.rcpt_tos,
+                added + message if added else message, sender=envelope.sender,
+                recipients=envelope.rcpt_tos,
                 client_ip=_client_ip(server), helo=session.host_name,
                 login=server.identity.login if server.identity else None, txid=envelope.txid)
             envelope.checks = " ".join(filter(None, (getattr(envelope, "checks", None),
@@ -309,7 +313,7 @@ class GatewayHandler:
                 # Only our scanner's verdict may reach the recipient's filters.
                 names = {h.lower().encode() for h in SPAM_HEADERS}
                 message = remove_fields(message, lambda name, _field: name in names)
-            message = b"".join(f"{n}: {v}\r\n".encode() for n, v in content.headers) + message
+            added = b"".join(f"{n}: {v}\r\n".encode() for n, v in content.headers) + added
         stamp = received_header(self._received_facts(server, session, envelope),
                                 datetime.now(UTC))
         if self.direction == "outbound" and rt.sender_ids is not None:
@@ -317,14 +321,15 @@ class GatewayHandler:
             message = strip_sender_id_headers(message)
             stamp += sender_id_header(rt.sender_ids.make(
                 server.identity.login, envelope.txid, rt.clock()))
-        outgoing = stamp + message
+        stamp += added
+        outgoing = [stamp, message]
         if self.direction == "outbound" and rt.keystore is not None:
             # Last change before forwarding: the signature covers what leaves.
             signed = await sign_outbound(rt.keystore, server.identity, *self._signing_policy(
-                server.identity, rt), outgoing, rt.clock(), envelope.txid)
+                server.identity, rt), message, rt.clock(), envelope.txid, prefix=stamp)
             if signed.refusal is not None:
                 return self._finish(server, envelope, signed.refusal, rule="dkim.signing")
-            outgoing = signed.message
+            outgoing.insert(0, signed.header)
             if rt.metrics is not None:
                 for signature in signed.signatures:
                     rt.metrics.dkim_signed(signature.rpartition("a=")[2])
@@ -349,12 +354,12 @@ class GatewayHandler:
                              {"reason": suspension.reason, **dict(suspension.evidence)},
                              envelope.txid)
         if reply.is_success and envelope.role_recipients:
-            await take_abuse_report(rt, envelope.txid, message, envelope.role_recipients)
+            await take_abuse_report(rt, envelope.txid, added + message, envelope.role_recipients)
         return self._finish(server, envelope, reply, size=len(message), rule="downstream")
 
     # --- helpers -------------------------------------------------------------------
     async def _hold(self, server: GatewaySMTP, envelope: Any, rt: Runtime,
-                    content: ContentDecision, outgoing: bytes) -> str:
+                    content: ContentDecision, outgoing: list[bytes]) -> str:
         """Store the message exactly as it would have gone (fsynced) instead of forwarding
         it; the client hears 250 only once it is safe.  Nothing goes downstream."""
         assert rt.held is not None

@@ -1,8 +1,9 @@
 """The inbound (MX) checks for one message: evidence → per-domain policy → stamps.
 
 Called by the handler at end of DATA on the inbound listener only (submission
-mail is not SPF-checked).  Returns either a refusal or the message with our
-Authentication-Results (and the policy's headers) on top.
+mail is not SPF-checked).  Returns either a refusal or our Authentication-Results
+(and the policy's headers) to go out on top of the message, kept apart from it:
+a large message is never copied to add a field.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ _DEFAULT_POLICY = InboundDomainPolicy()  # frozen: one shared instance, not one 
 @dataclass(frozen=True)
 class InboundOutcome:
     refusal: Reply | None
-    message: bytes
+    message: bytes  # as received, less any field only we may set
     summary: str  # for the transaction log line
     results: tuple[tuple[str, str], ...] = ()  # (spf|dkim|dmarc, RFC 8601 result) for metrics
     # A refusal's rule and facts, for the transaction's log line (rules/inbound.py).
     rule: str = ""
     facts: tuple[tuple[str, object], ...] = ()
+    prefix: bytes = b""  # our fields to go out above the message (Authentication-Results)
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -82,4 +84,4 @@ async def check_inbound(runtime: Runtime, *, message: bytes, header: list[Header
     stamp = authentication_results(runtime.config.our_authserv_id, evidence)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp
-    return InboundOutcome(None, stamp + message, summary, results)
+    return InboundOutcome(None, message, summary, results, prefix=stamp)

@@ -53,7 +53,7 @@ class MeteredDownstream:
     async def rcpt(self, recipient: str, options: list[str]) -> Reply:
         return await self.inner.rcpt(recipient, options)
 
-    async def data(self, message: bytes) -> Reply:
+    async def data(self, message: Any) -> Reply:  # bytes or parts (downstream/base.py)
         return await self.inner.data(message)
 
     async def abort(self) -> None:

@@ -26,15 +26,17 @@ log = logging.getLogger("portcullis.dkim")
 @dataclass(frozen=True)
 class SigningOutcome:
     refusal: Reply | None
-    message: bytes
+    header: bytes  # the DKIM-Signature fields, to go out above the message
     signatures: tuple[str, ...]  # "d=example.com s=sel a=rsa-sha256", for logs and metrics
 
 
 async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collection[str],
-                        policy: DkimPolicy, message: bytes, now: float, txid: str) -> SigningOutcome:
+                        policy: DkimPolicy, message: bytes, now: float, txid: str,
+                        prefix: bytes = b"") -> SigningOutcome:
     """``owned``/``policy``: the account's customer's domains and DKIM policy (a customer
     without a policy file owns nothing here, so its mail is refused rather than signed
-    for a domain nobody vouched for)."""
+    for a domain nobody vouched for).  ``prefix``: our stamps, which go out above
+    ``message`` and are signed with it."""
     facts = signing_facts(message)
     domain = facts.from_domains[0] if facts.from_domains else None
     keys = keystore.active(domain, now) if domain else []
@@ -43,12 +45,13 @@ async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collectio
         level = logging.ERROR if decision.log_level == "error" else logging.WARNING
         log.log(level, "txid=%s login=%s %s", txid, identity.login, decision.log)
     if not decision.verdict.accept:
-        return SigningOutcome(decision.verdict.reply, message, ())
+        return SigningOutcome(decision.verdict.reply, b"", ())
     if not decision.keys:
-        return SigningOutcome(None, message, ())
+        return SigningOutcome(None, b"", ())
     try:
-        header = await sign_message_off_loop(message, decision.keys, int(now), decision.expire_after)
+        header = await sign_message_off_loop(message, decision.keys, int(now), decision.expire_after,
+                                             prefix=prefix)
     except MalformedMessage:
-        return SigningOutcome(replies.MALFORMED_HEADER, message, ())
+        return SigningOutcome(replies.MALFORMED_HEADER, b"", ())
     made = tuple(f"d={k.domain} s={k.selector} a={k.algorithm}" for k in decision.keys)
-    return SigningOutcome(None, header + message, made)
+    return SigningOutcome(None, header, made)

@@ -5,10 +5,11 @@ What changes here, and why (see ../shared/LIBRARY-NOTES.md):
 - Every reply carries an RFC 3463 enhanced status code (aiosmtpd sends about 50
   bare literals); EHLO advertises PIPELINING and ENHANCEDSTATUSCODES.
 - DATA is read with our own loop: a bare CR or LF anywhere in the message makes
-  it refused whole (SMTP smuggling; Postfix's smtpd_forbid_bare_newline), the
-  size limit answers ``552 5.3.4`` and an over-long line ``500 5.5.6`` once the
-  data is read (RFC 5321 §4.2.5), and the timeout is an idle timer.  DATA is
-  read in chunks, not lines, and checked whole at C speed.
+  it refused whole (SMTP smuggling; Postfix's smtpd_forbid_bare_newline), so does
+  a NUL octet (``554 5.6.0``), the size limit answers ``552 5.3.4`` and an
+  over-long line ``500 5.5.6`` once the data is read (RFC 5321 §4.2.5), and the
+  timeout is an idle timer.  DATA is read in chunks, not lines, and scanned as it
+  arrives into one buffer (gateway/smtp/data_scanner.py).
 - AUTH PLAIN/LOGIN are async and ask the handler, so password checks never run
   on the event loop (the built-in authenticator is synchronous, and an async one
   is silently accepted whatever the password).  AUTH is never offered inbound.
@@ -38,6 +39,7 @@ from gateway import replies
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
 from gateway.smtp import introspection
+from gateway.smtp.data_scanner import DataScanner
 from gateway.smtp.records import (
     ConnectionRecord,
     TransactionRecord,
@@ -74,6 +76,7 @@ _READ_REFUSALS = (
     (str(replies.BARE_NEWLINE), "data.bare_newline"),
     (str(replies.MESSAGE_TOO_BIG), "limits.max_message_size"),
     (str(replies.LINE_TOO_LONG), "data.line_length"),
+    (str(replies.NUL_OCTET), "message.nul"),
 )
 
 
@@ -622,65 +625,50 @@ class GatewaySMTP(SMTP):
                     record.decide(rule)
         self.end_transaction(status, "reply")
 
-    async def _read_data(self) -> tuple[bytes, Reply | None]:
-        """The message as sent (still dot-stuffed, without the final ``.CRLF``), read in
-        chunks rather than lines: a 5 KB message is one read, not eighty.
-
-        The reader is asked for data up to the next ``.CRLF``; that is the end of the
-        data when the dot starts a line (RFC 5321 §4.1.1.4), and only then: ``\n.\r\n``
-        is no end, and its bare LF refuses the message later.  Past the size limit
-        the rest is read and dropped, so the reply comes after the data, in step.
-        """
+    async def _read_data(self) -> DataScanner:
+        """Read DATA up to its end, in chunks as the socket gives them (a 5 KB message
+        is one read, not eighty), through a :class:`DataScanner`: it finds the end
+        wherever the reads split it, and gathers the message in one buffer.  Past
+        the size limit or a bare newline the rest is read and dropped, so the reply
+        comes after the data, in step.  What follows the end is put back for the
+        command loop (a pipelining client's next command)."""
         reader = self._reader
-        limit = self.data_size_limit
-        chunks: list[bytes] = []
-        size = 0
-        problem: Reply | None = None
-        at_line_start = True  # the 354 was just sent
-        # StreamReader's limit bounds how much it buffers while looking for ".CRLF";
-        # aiosmtpd set it to the command line limit, restored afterwards.
+        scanner = DataScanner(self._max_line_length, self.data_size_limit or 0)
+        # aiosmtpd set the StreamReader's limit to the command line limit, which also
+        # pauses the socket once twice that is buffered: DATA_CHUNK while in DATA.
         saved_limit = reader._limit
         reader._limit = DATA_CHUNK
         try:
             while True:
-                try:
-                    chunk = await reader.readuntil(b".\r\n")
-                    end = (at_line_start if len(chunk) == 3
-                           else chunk[-5:-3] == b"\r\n")
-                    if end:
-                        chunk = chunk[:-3]
-                except asyncio.LimitOverrunError as exc:
-                    # No ".CRLF" in the first DATA_CHUNK bytes: take what cannot hold one.
-                    chunk = await reader.readexactly(exc.consumed)
-                    end = False
+                chunk = await reader.read(DATA_CHUNK)
+                if not chunk:
+                    raise ConnectionResetError("connection closed during DATA")
                 self._progress += 1
-                at_line_start = chunk[-2:] == b"\r\n" if chunk else at_line_start
-                size += len(chunk)
-                if problem is None:
-                    if limit and size > limit:
-                        problem = replies.MESSAGE_TOO_BIG
-                        chunks.clear()
-                    else:
-                        chunks.append(chunk)
-                if end:
+                end = scanner.feed(chunk)
+                if end >= 0:
+                    if end < len(chunk):
+                        # StreamReader has no unread: the octets go back in front.
+                        reader._buffer[:0] = chunk[end:]
                     break
         finally:
             reader._limit = saved_limit
         self._reset_timeout()
-        return (chunks[0] if len(chunks) == 1 else EMPTY.join(chunks)), problem
+        return scanner
 
     async def _read_and_deliver(self) -> None:
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._reset_timeout(self._data_timeout)
-        raw, problem = await self._read_data()
-        if problem is None:
-            problem, content = _checked_content(raw, self._max_line_length)
+        scanner = await self._read_data()
+        problem = scanner.problem
         if problem is not None:
             log.info("cid=%s message refused while reading: %s", self.cid, problem)
             self._set_post_data_state()
             await self.push(str(problem))
             return
         assert self.envelope is not None
+        # The one copy of the message: bytes, or for a message read in several chunks
+        # the bytearray it was gathered in (see gateway/message.py: Message).
+        content = scanner.message
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
@@ -707,20 +695,3 @@ _keep_help_texts(GatewaySMTP)
 # HELP names AUTH only where it is offered (never on the MX).
 GatewaySMTP.smtp_AUTH.__smtp_syntax_when__ = "offers_auth"  # type: ignore[attr-defined]
 
-
-def _checked_content(raw: bytes, max_line_length: int) -> tuple[Reply | None, bytes]:
-    """(refusal or None, the message with dot-stuffing undone) for DATA as sent."""
-    # RFC 5321 §2.3.8: CR and LF only as a pair.  A bare one is how SMTP smuggling
-    # hides a second message from us but not from the downstream.
-    pairs = raw.count(b"\r\n")
-    if raw.count(b"\n") != pairs or raw.count(b"\r") != pairs:
-        return replies.BARE_NEWLINE, EMPTY
-    # RFC 5321 §4.5.2: undo dot-stuffing (a line that starts with a dot got one more).
-    content = raw[1:] if raw[:1] == b"." else raw
-    if b"\r\n." in content:
-        content = content.replace(b"\r\n.", b"\r\n")
-    # RFC 5321 §4.5.3.1.6: a text line is at most max_line_length octets with its CRLF.
-    if len(content) > max_line_length - 2 and \
-            max(map(len, content.split(b"\r\n"))) > max_line_length - 2:
-        return replies.LINE_TOO_LONG, EMPTY
-    return None, content

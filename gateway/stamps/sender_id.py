@@ -98,10 +98,11 @@ def strip_sender_id_headers(message: bytes) -> bytes:
     """Remove every X-Portcullis-Sender-Id field (with its continuation lines) from
     the header section; the body is left as it is, byte for byte."""
     end = message.find(b"\r\n\r\n")
-    head, rest = (message, b"") if end < 0 else (message[:end + 2], message[end + 2:])
+    head = message if end < 0 else message[:end + 2]
     name = HEADER.lower().encode() + b":"
     if name not in head.lower():
-        return message
+        return message  # the usual case: the body is not cut out (copied) at all
+    rest = b"" if end < 0 else message[end + 2:]
     out: list[bytes] = []
     dropping = False
     for line in head.splitlines(keepends=True):

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.downstream.base import Downstream
+from gateway.message import Buffer, message_parts, write_parts
 
 log = logging.getLogger("portcullis.held")
 
@@ -149,7 +150,7 @@ class HeldStore:
     async def hold(
         self,
         *,
-        message: bytes,
+        message: bytes | list[Buffer],
         sender: str,
         recipients: Sequence[str],
         direction: str,
@@ -167,30 +168,29 @@ class HeldStore:
             raise ValueError("a held message needs at least one recipient")
         # aiosmtpd gives the null sender as "<>" (LIBRARY-NOTES); the downstream wants "".
         sender = "" if sender == "<>" else sender
+        parts = message_parts(message)  # our fields and the message, not joined
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
         held = HeldMessage(
             id=f"{stamp}-{secrets.token_hex(5)}", held_at=now, direction=direction,
             sender=sender, recipients=tuple(recipients), mail_options=tuple(mail_options),
             rcpt_options=tuple(tuple(o) for o in (rcpt_options or [()] * len(recipients))),
             login=login, txid=txid, reason=reason, reply=reply,
-            evidence=dict(evidence or {}), size=len(message),
+            evidence=dict(evidence or {}), size=sum(map(len, parts)),
         )
         if len(held.rcpt_options) != len(held.recipients):
             raise ValueError("rcpt_options needs one entry per recipient")
-        await asyncio.to_thread(self._write, held, message)
+        await asyncio.to_thread(self._write, held, parts)
         log.info("held %s: %s %s from <%s> to %d recipients (login %s, tx %s): %s",
                  held.id, direction, reason, sender, len(recipients), login or "-", txid or "-", reply)
         return held
 
-    def _write(self, held: HeldMessage, message: bytes) -> None:
+    def _write(self, held: HeldMessage, parts: list[Buffer]) -> None:
         # json.dumps escapes newlines, so the record is exactly one line.
-        blob = MAGIC + json.dumps(held.record(), separators=(",", ":")).encode() + b"\n" + message
+        record = MAGIC + json.dumps(held.record(), separators=(",", ":")).encode() + b"\n"
         tmp = self._tmp / f"{held.id}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
+            write_parts(fd, [record, *parts])
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -272,7 +272,7 @@ class HeldStore:
 
     def _put_back(self, claimed: Path, held: HeldMessage | None = None, message: bytes = b"") -> None:
         if held is not None:  # fewer recipients than before: write the remainder anew
-            self._write(held, message)
+            self._write(held, [message])
             self._unlink(claimed)
         else:
             os.rename(claimed, self._new / claimed.name)
