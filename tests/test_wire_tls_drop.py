@@ -67,6 +67,30 @@ def test_tls_client_dropping_with_pipelined_replies_pending_leaves_no_traceback(
         assert c.noop()[0] == 250
 
 
+def test_tls_clients_resetting_mid_pipeline_leave_no_traceback(gateway, client_tls, caplog):
+    """The race behind the report: the client's RST marks the TLS transport closed
+    while commands it pipelined are still being answered; aiosmtpd's own goodbye
+    (502 after five unknown commands) then closed it a second time, and the next
+    read or write raised AttributeError.  Many clients, many timings."""
+    caplog.set_level(logging.INFO)
+    pipeline = (b"EHLO client.example\r\n" + b"XYZZY\r\n" * 6
+                + b"NOOP and some text to fill the buffers\r\n" * 3000)
+    for i in range(40):
+        raw = socket.create_connection(("127.0.0.1", gateway.ports["submissions"]), timeout=10)
+        s = client_tls.wrap_socket(raw, server_hostname="localhost")
+        s.recv(1024)
+        try:
+            s.sendall(pipeline)
+        except OSError:
+            pass  # the gateway hung up first: fine
+        time.sleep((0, 0.001, 0.003, 0.01, 0.03)[i % 5])
+        reset(s)
+    time.sleep(0.5)
+    assert problems(caplog.records) == []
+    with connect(gateway, client_tls) as c:
+        assert c.noop()[0] == 250
+
+
 def test_commands_pipelined_after_the_goodbye_are_not_run(gateway, downstream, client_tls, caplog):
     """After 421 4.7.0 the rest of the pipeline is dropped, not executed: here a whole
     transaction that would otherwise reach the downstream while the TLS connection

@@ -17,7 +17,9 @@ What changes here, and why (see ../shared/LIBRARY-NOTES.md):
 - A client that collects too many 5xx replies hears ``421 4.7.0`` and is dropped;
   one silent for too long hears ``421 4.4.2``.  After our goodbye nothing more is
   read or run (what the client pipelined behind it is dropped) and nothing more
-  is written (asyncio's TLS transport crashes when written to once closed twice).
+  is written.  The transport is closed once: asyncio's TLS transport, closed a
+  second time, drops its protocol, and then every write raises AttributeError
+  and abort() does nothing.
 - What a closing connection releases (its connection slot, quota holds, the
   downstream transaction) runs as tasks the listener waits for at shutdown,
   before the store closes.
@@ -84,6 +86,15 @@ def with_enhanced_code(status: str) -> str:
     return f"{m.group(1)}{m.group(2)}{enhanced} {m.group(3)}"
 
 
+class _ClosingOnce(asyncio.StreamWriter):
+    """aiosmtpd closes its writer whenever its command loop ends, also after we
+    closed the transport ourselves; a TLS transport must not be closed twice."""
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 class GatewaySMTP(SMTP):
     """One SMTP connection on one of our listeners."""
 
@@ -142,6 +153,11 @@ class GatewaySMTP(SMTP):
             self.metrics.connection(self.listener,
                                     "refused_limit" if self.refuse_with else "accepted")
         super().connection_made(transport)
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(
+            reader, _ClosingOnce(writer.transport, self, reader, self.loop))
 
     def data_received(self, data: bytes) -> None:
         # The DATA timer is an idle timer: any bytes arriving are activity, also
@@ -334,10 +350,11 @@ class GatewaySMTP(SMTP):
         command is already here; every other reply writes out what waits first.
         """
         if self._writer.transport.is_closing():
-            # We said goodbye, or the client left: nothing more to say to it.
+            # We said goodbye, or the client left: nothing more is said, and the
+            # command loop ends now, before aiosmtpd would read on or close the
+            # transport again (its TLS side may have closed it already).
             self._pending_replies = EMPTY
-            self._stop_commands()
-            return
+            raise asyncio.CancelledError
         if self._deferrable and b"\n" in self._reader._buffer:
             self._pending_replies += reply
             return
