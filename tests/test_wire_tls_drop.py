@@ -29,8 +29,8 @@ def problems(records: list[logging.LogRecord]) -> list[str]:
 
 
 # Ten refusals (auth required) reach max_errors: 421 4.7.0 and the gateway hangs up.
-# What follows is already buffered: unknown commands (aiosmtpd closes again after
-# five of them), then a whole transaction that must not run.
+# What follows is already buffered and must go unanswered: unknown commands (after
+# five of them aiosmtpd says 502 and closes, a second close), then NOOPs.
 PIPELINE = (b"MAIL FROM:<a@acme.example>\r\n" * 10 + b"XYZZY\r\n" * 12
             + b"NOOP\r\n" * 5)
 
