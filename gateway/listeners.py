@@ -42,6 +42,12 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # Seconds a balancer has to send the PROXY header after connecting.
 PROXY_HEADER_TIMEOUT = 10.0
+# At shutdown, after the last 421: seconds clients get to let go (a TLS client's
+# close_notify, replies it has not read) before their connections are reset.
+LET_GO_TIMEOUT = 5.0
+# Seconds what closed sessions hold (connection slots, quota holds, downstream
+# transactions) may take to be released before the store is closed regardless.
+RELEASE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -60,6 +66,8 @@ class SMTPListeners:
         self._tls_files = tls_files
         self.states: list[ListenerState] = []
         self._drained = asyncio.Event()
+        # Every connection's clean-up tasks (GatewaySMTP.in_background).
+        self._background: set[asyncio.Task] = set()
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """Serve on ``sockets`` (by field, ``listeners.inbound``), made by `serve`;
@@ -102,6 +110,7 @@ class SMTPListeners:
             data_timeout=limits.data_timeout,
             max_line_length=limits.max_line_length,
             on_close=lambda conn, s=state: self._closed(s, conn),
+            background=self._background,
             hostname=cfg.hostname,
             ident="ESMTP Portcullis",
             data_size_limit=limits.max_message_size,
@@ -140,23 +149,53 @@ class SMTPListeners:
         return sum(len(s.connections) for s in self.states)
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, let transactions in flight finish (up to ``grace``), close the rest."""
+        """Stop accepting; let transactions in flight finish (up to ``grace``); then
+        421 the rest, and wait until what every session held is released (the
+        store closes after this)."""
         for state in self.states:
             if state.server is not None:
                 state.server.close()
-        for state in self.states:
-            for conn in list(state.connections):
-                await conn.close_gracefully()
-        if self.active_connections:
-            self._drained.clear()
-            try:
-                await asyncio.wait_for(self._drained.wait(), grace)
-            except TimeoutError:
-                log.warning("grace period over: closing %d connections", self.active_connections)
-        for state in self.states:
-            for conn in list(state.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
+        for conn in self._connections():
+            conn.close_gracefully()  # 421 now to the idle, at its end to a transaction
+        if not await self._drain(grace):
+            late = [conn for conn in self._connections() if conn.is_open]
+            if late:
+                log.warning("grace period over: 421 to %d sessions still in a transaction",
+                            len(late))
+            for conn in late:
+                conn.cut_short()
+            if not await self._drain(LET_GO_TIMEOUT):
+                log.warning("resetting %d connections that did not close", self.active_connections)
+                for conn in self._connections():
+                    conn.reset()
+                await self._drain(1.0)
+        await self._settle()
         for state in self.states:
             if state.server is not None:
                 await state.server.wait_closed()
+
+    def _connections(self) -> list[GatewaySMTP]:
+        return [conn for state in self.states for conn in state.connections]
+
+    async def _drain(self, seconds: float) -> bool:
+        """Wait until no connection is left; False when ``seconds`` ran out first."""
+        self._drained.clear()
+        if not self.active_connections:
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _settle(self) -> None:
+        """Wait for the closed sessions' clean-up (which may start more of it)."""
+        deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
+        while self._background:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.error("%d clean-up tasks still running after %.0fs; closing the store anyway",
+                          len(self._background), RELEASE_TIMEOUT)
+                return
+            await asyncio.wait(list(self._background), timeout=left)

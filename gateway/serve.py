@@ -8,7 +8,8 @@ one of the addresses (gateway/sockets.py).  Workers share nothing in memory: sta
 across them (quota counters, lockouts, suspensions) lives in the store.
 
 SIGTERM/SIGINT: stop accepting, let transactions in flight finish within
-``limits.shutdown_grace``, exit 0.
+``limits.shutdown_grace`` (then 421 to the rest), wait until every session has
+released its connection slot and quota holds, close the store last, exit 0.
 
 SIGHUP: re-read the config and the policy directory (the supervisor passes it on
 to every worker).  Anything invalid: the old configuration stays, each error is
@@ -258,6 +259,9 @@ class Gateway:
         grace = self.runtime.config.limits.shutdown_grace
         log.info("shutting down: %d connections, up to %.0fs to finish",
                  self.listeners.active_connections, grace)
+        # Returns once every session has closed and released what it held: only
+        # then may the store close (a slot left behind refuses the account 454
+        # after a restart, until its lease runs out).
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()

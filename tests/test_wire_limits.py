@@ -98,7 +98,11 @@ def test_idle_client_is_disconnected_after_the_command_timeout(small_gateway):
     with socket.create_connection(("127.0.0.1", small_gateway.ports["inbound"]), timeout=10) as s:
         assert s.recv(1024).startswith(b"220 ")
         s.settimeout(6)
-        assert s.recv(1024) == b""  # closed by the server after ~2 s
+        # After ~2 s: told why (RFC 5321 §4.5.3.2), then closed.
+        said = s.recv(1024)
+        assert said.endswith(b"\r\n"), said
+        assert without_id(said[:-2]) == b"421 4.4.2 Timeout, closing connection"
+        assert s.recv(1024) == b""
 
 
 def test_stalled_data_is_cut_off_and_nothing_is_delivered(small_gateway, downstream):

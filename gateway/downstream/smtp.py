@@ -203,8 +203,15 @@ class SmtpTransaction:
 
     async def abort(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+        if conn.usable:
             await self._reset(conn)
+        else:
+            # A command still unanswered (its step was cut off): the conversation's
+            # state is unknown, and an RSET would be read as that command's reply.
+            # Closing is the abort (a downstream without the final dot drops it all).
+            conn.close()
 
 
 def _command(verb_and_path: str, options: list[str]) -> bytes:

@@ -51,7 +51,7 @@ from gateway.runtime import Runtime
 from gateway.smtp.abuse_reports import take_abuse_report
 from gateway.smtp.content_scan import scan
 from gateway.smtp.inbound_checks import check_inbound
-from gateway.smtp.metered import MeteredDownstream, MeteredSession, in_background, on_disconnect
+from gateway.smtp.metered import MeteredDownstream, MeteredSession, on_disconnect
 from gateway.smtp.outbound_signing import sign_outbound
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.smtp.records import TransactionRecord
@@ -166,7 +166,7 @@ class GatewayHandler:
             return verdict.reply
         metering, cid = rt.metering, server.cid
         server.metered = MeteredSession(acct, metering)
-        on_disconnect(server, lambda: in_background(metering.close_session(acct, cid)))
+        on_disconnect(server, lambda: metering.close_session(acct, cid))
         return None
 
     # --- MAIL --------------------------------------------------------------------------
@@ -340,6 +340,11 @@ class GatewayHandler:
         started = time.monotonic()
         try:
             reply = await tx.data(outgoing)
+        except asyncio.CancelledError:
+            # Cut off (the client left, a timeout, shutdown): abort all the same, as
+            # the connection's task, since this one may be cancelled again.
+            server.in_background(tx.abort())
+            raise
         except Exception:
             await tx.abort()
             raise

@@ -8,9 +8,8 @@ released at exactly those moments, without the protocol knowing about quotas.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +19,6 @@ from gateway.rules.quota import AccountQuota
 from gateway.store.metering import MeteredTransaction, Metering
 
 log = logging.getLogger("portcullis.quota")
-
-# Tasks started from synchronous callbacks: kept referenced until they end.
-_background: set[asyncio.Task[Any]] = set()
-
-
-def in_background(coro: Any) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 @dataclass(slots=True)
@@ -70,6 +60,7 @@ class MeteredDownstream:
             await self.inner.abort()
 
 
-def on_disconnect(server: Any, callback: Callable[[], None]) -> None:
-    """Run ``callback`` when the connection closes."""
-    server.add_close_callback(lambda _conn: callback())
+def on_disconnect(server: Any, release: Callable[[], Awaitable[None]]) -> None:
+    """Run ``release()`` when the connection closes, as one of the connection's
+    clean-up tasks: shutdown waits for it before it closes the store."""
+    server.add_close_callback(lambda _conn: release())

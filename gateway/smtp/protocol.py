@@ -19,6 +19,15 @@ What changes here, and why (see ../shared/LIBRARY-NOTES.md):
 - Every 4xx/5xx we write carries ``(id <txid or cid>)``, the id of the log line
   that explains it; a downstream's reply passed back keeps its own words.  Each
   transaction and each connection ends in one log line (gateway/smtp/records.py).
+- A client that collects too many 5xx replies hears ``421 4.7.0`` and is dropped;
+  one silent for too long hears ``421 4.4.2``.  After our goodbye nothing more is
+  read or run (what the client pipelined behind it is dropped) and nothing more
+  is written.  The transport is closed once: asyncio's TLS transport, closed a
+  second time, drops its protocol, and then every write raises AttributeError
+  and abort() does nothing.
+- What a closing connection releases (its connection slot, quota holds, the
+  downstream transaction) runs as tasks the listener waits for at shutdown,
+  before the store closes.
 - Replies to pipelined MAIL/RCPT/RSET leave together with the next reply, in one
   write (RFC 2920 §3.2), as a real MTA's pipelined transaction expects.
 """
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import logging
 import re
 import secrets
@@ -111,12 +121,22 @@ def with_enhanced_code(status: str) -> str:
     return f"{m.group(1)}{m.group(2)}{enhanced} {m.group(3)}"
 
 
+class _ClosingOnce(asyncio.StreamWriter):
+    """aiosmtpd closes its writer whenever its command loop ends, also after we
+    closed the transport ourselves; a TLS transport must not be closed twice."""
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 class GatewaySMTP(SMTP):
     """One SMTP connection on one of our listeners."""
 
     def __init__(self, handler: Any, *, listener: str, offers_auth: bool, implicit_tls: bool,
                  max_errors: int, data_timeout: float, max_line_length: int,
-                 on_close: Any = None, **kwargs: Any):
+                 on_close: Any = None, background: set[asyncio.Task[Any]] | None = None,
+                 **kwargs: Any):
         # aiosmtpd sizes its StreamReader from this class attribute in __init__.
         self.line_length_limit = max_line_length + 1
         self.cid = new_connection_id()
@@ -140,6 +160,9 @@ class GatewaySMTP(SMTP):
         self._max_line_length = max_line_length
         self._greeted = False
         self._close_callbacks: list[Any] = [on_close] if on_close is not None else []
+        # Clean-up tasks (see in_background); the listener's set, so that shutdown
+        # can wait for those of every connection.
+        self._background: set[asyncio.Task[Any]] = background if background is not None else set()
         self._closing = False
         self._in_data = False
         self._in_rcpt = False
@@ -177,6 +200,17 @@ class GatewaySMTP(SMTP):
             tls = self.tls_info()
             self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(
+            reader, _ClosingOnce(writer.transport, self, reader, self.loop))
+
+    def data_received(self, data: bytes) -> None:
+        # The DATA timer is an idle timer: any bytes arriving are activity, also
+        # when they do not yet complete a chunk the DATA reader can take.
+        self._progress += 1
+        super().data_received(data)
+
     def connection_lost(self, error: Exception | None) -> None:
         self._write_records()
         self._abort_transaction()
@@ -184,10 +218,16 @@ class GatewaySMTP(SMTP):
         if self.metrics is not None and self._counted:
             self._counted = False
             self.metrics.closed(self.listener)
+        handler = self._handler_coroutine
+        if handler is not None and not handler.done():
+            # Cancelled above; it may still be releasing what its command held.
+            self._track(handler)
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in reversed(callbacks):  # the listener's bookkeeping last
             try:
-                callback(self)
+                outcome = callback(self)
+                if inspect.isawaitable(outcome):
+                    self.in_background(outcome)
             except Exception:
                 log.exception("cid=%s close callback failed", self.cid)
 
@@ -223,6 +263,25 @@ class GatewaySMTP(SMTP):
         self._verbatim = status
         return status
 
+    def in_background(self, work: Any) -> None:
+        """Run ``work`` (a coroutine) as a task this connection answers for: what it
+        releases (a connection slot, quota holds, a downstream transaction) is
+        released before shutdown closes the store (SMTPListeners.stop waits)."""
+        self._track(self.loop.create_task(work))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        error = None if task.cancelled() else task.exception()
+        # aiosmtpd re-raises a reset connection from its command loop: the client
+        # left, nothing to report.  Anything else is ours, and logged with the id.
+        if error is not None and not (task is self._handler_coroutine
+                                      and isinstance(error, ConnectionError)):
+            log.error("cid=%s clean-up failed", self.cid, exc_info=error)
+
     def _timeout_cb(self) -> None:
         # During DATA the timeout is an idle timer: if data arrived since the
         # timer was armed, arm it again rather than hanging up on a slow sender.
@@ -230,7 +289,12 @@ class GatewaySMTP(SMTP):
             self._progress_seen = self._progress
             self._reset_timeout(self._data_timeout)
             return
-        super()._timeout_cb()
+        if not self._greeted:  # still waiting for a PROXY header: no SMTP spoken yet
+            super()._timeout_cb()
+            return
+        log.info("cid=%s timeout%s, disconnecting", self.cid, " in DATA" if self._in_data else "")
+        # RFC 5321 §4.5.3.2: a server that gives up on a client says so (421) first.
+        self._goodbye(replies.TIMEOUT, "data_timeout" if self._in_data else "timeout")
 
     async def _accept_proxy_header(self, server: Any, session: Any, envelope: Any,
                                    proxy_data: Any) -> bool:
@@ -258,6 +322,11 @@ class GatewaySMTP(SMTP):
         self._close_callbacks.append(callback)
 
     @property
+    def is_open(self) -> bool:
+        """Not yet closed or closing (by either side)."""
+        return self.transport is not None and not self.transport.is_closing()
+
+    @property
     def in_transaction(self) -> bool:
         return self._in_data or bool(self.envelope is not None and self.envelope.mail_from)
 
@@ -276,24 +345,57 @@ class GatewaySMTP(SMTP):
     def encrypted(self) -> bool:
         return self.implicit_tls or self._tls_protocol is not None
 
-    async def close_gracefully(self, reply: Reply = replies.SHUTTING_DOWN) -> None:
+    def close_gracefully(self, reply: Reply = replies.SHUTTING_DOWN) -> None:
         """Say 421 and hang up, now if idle, else once the transaction ends."""
         self._closing = True
-        if not self.in_transaction and self.transport is not None:
-            await self._hang_up(reply)
+        if not self.in_transaction:
+            self._goodbye(reply, "shutdown")
+
+    def cut_short(self, reply: Reply = replies.SHUTTING_DOWN) -> None:
+        """Shutdown's grace is over: 421 now, also in the middle of a transaction.
+
+        The transaction is aborted as the connection closes (connection_lost, or
+        the DATA hook's own clean-up once the message is with the downstream), so
+        nothing half-done is acknowledged: the client retries what it did not get
+        a 250 for."""
+        self._goodbye(reply, "shutdown")
+
+    def reset(self) -> None:
+        """Drop the connection now (a client that does not let go after our 421)."""
+        for transport in (self._original_transport, self.transport):
+            if transport is not None:
+                transport.abort()
 
     async def _hang_up(self, reply: Reply) -> None:
-        self._deferrable = False  # what waits goes out with this, before the close
+        self._goodbye(reply, "shutdown" if self._closing else self.end_reason)
+
+    def _goodbye(self, reply: Reply, end_reason: str) -> None:
+        """Say ``reply`` (a 421) and close, whatever the session is doing.
+
+        The command loop ends here too: what the client pipelined behind this is
+        neither run nor answered.  The write needs no drain: close() sends what
+        is buffered first."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        try:
-            await self.push(str(reply))
-        except (ConnectionError, RuntimeError, AttributeError):
-            # The peer went away first (asyncio's TLS transport raises AttributeError
-            # when written to after its protocol is gone).
-            pass
+        self.end_reason = end_reason
+        self._stop_commands()
+        # On record as the cut transaction's result, with the id that names its line.
+        text = self._last_reply = with_id(str(reply), self._current_id())
+        self.record.tempfails += 1
+        # Replies kept for the next one (see _send) go first, in order.
+        pending, self._pending_replies = self._pending_replies, EMPTY
+        transport.write(pending + text.encode("ascii", "replace") + b"\r\n")
+        if self.metrics is not None:
+            self.metrics.reply(self.listener, reply.code)
         transport.close()
+
+    def _stop_commands(self) -> None:
+        """End aiosmtpd's command loop, which otherwise reads on until the transport
+        reports the connection lost (for TLS, after the client's close_notify)."""
+        task = self._handler_coroutine
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _handle_client(self) -> None:
         if self.refuse_with is not None:
@@ -344,6 +446,12 @@ class GatewaySMTP(SMTP):
         write (as Postfix does).  Only those, and only while the client's next
         command is already here; every other reply writes out what waits first.
         """
+        if self._writer.transport.is_closing():
+            # We said goodbye, or the client left: nothing more is said, and the
+            # command loop ends now, before aiosmtpd would read on or close the
+            # transport again (its TLS side may have closed it already).
+            self._pending_replies = EMPTY
+            raise asyncio.CancelledError
         if self._deferrable and b"\n" in self._reader._buffer:
             self._pending_replies += reply
             return
@@ -377,7 +485,7 @@ class GatewaySMTP(SMTP):
         tx = getattr(envelope, "downstream", None) if envelope is not None else None
         if tx is not None:
             envelope.downstream = None
-            self.loop.create_task(tx.abort())
+            self.in_background(tx.abort())
 
     # --- commands ------------------------------------------------------------------
     async def smtp_HELO(self, hostname: str) -> None:

@@ -30,6 +30,8 @@ _MAX_TEXT = 200
 _QUOTED = re.compile(r"[\s\"'=]")
 # Refusals the SMTP engine writes itself, before any rule is asked.
 PROTOCOL_RULE = "smtp.protocol"
+# How a transaction ends when we said 421 and closed (gateway/smtp/protocol.py).
+_GOODBYES = frozenset({"timeout", "data_timeout", "shutdown", "too_many_errors"})
 
 
 def status_result(status: str) -> str:
@@ -110,7 +112,9 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
         "reply": status_text(status) if status else "",
     }
     if refused and not record.rule:
-        fields["rule"] = PROTOCOL_RULE
+        # Cut by our own goodbye (a timeout, shutdown): that is the rule; else the
+        # SMTP engine refused it before any rule was asked.
+        fields["rule"] = ended if ended in _GOODBYES else PROTOCOL_RULE
     _add_facts(fields, record.facts if refused else {})
     txlog.info(_text(fields), extra={"fields": fields})
 

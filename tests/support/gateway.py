@@ -92,8 +92,10 @@ class GatewayUnderTest:
         return self.gateway.runtime.current()
 
     def stop(self) -> None:
+        """Stop the gateway (a second call does nothing: a test may have stopped it)."""
         if self.gateway is not None:
-            asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(30)
+            gateway, self.gateway = self.gateway, None
+            asyncio.run_coroutine_threadsafe(gateway.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
