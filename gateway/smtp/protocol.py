@@ -205,12 +205,6 @@ class GatewaySMTP(SMTP):
         super()._cb_client_connected(
             reader, _ClosingOnce(writer.transport, self, reader, self.loop))
 
-    def data_received(self, data: bytes) -> None:
-        # The DATA timer is an idle timer: any bytes arriving are activity, also
-        # when they do not yet complete a chunk the DATA reader can take.
-        self._progress += 1
-        super().data_received(data)
-
     def connection_lost(self, error: Exception | None) -> None:
         self._write_records()
         self._abort_transaction()
@@ -226,7 +220,7 @@ class GatewaySMTP(SMTP):
         for callback in reversed(callbacks):  # the listener's bookkeeping last
             try:
                 outcome = callback(self)
-                if inspect.isawaitable(outcome):
+                if outcome is not None and inspect.isawaitable(outcome):
                     self.in_background(outcome)
             except Exception:
                 log.exception("cid=%s close callback failed", self.cid)

@@ -100,6 +100,8 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
                       status: str, ended: str) -> None:
     """The transaction's one line.  ``status`` is its last reply (empty: none was sent,
     the connection went first); ``ended`` says what ended it."""
+    if not txlog.isEnabledFor(logging.INFO):  # the line is made only to be written
+        return
     refused = is_refusal(status)
     fields: dict[str, object] = {
         "txid": record.txid, "listener": listener, "client": client, "login": login or "-",
@@ -120,6 +122,8 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
 
 
 def write_connection(record: ConnectionRecord, *, client: str, ended: str) -> None:
+    if not connlog.isEnabledFor(logging.INFO):
+        return
     fields: dict[str, object] = {
         "cid": record.cid, "listener": record.listener, "client": client, "tls": record.tls,
         "login": record.login or "-", "ended": ended, "transactions": record.transactions,
