@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from gateway.replies import Reply
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\s+")
 
 
+# A downstream says the same few things over and over ("250 2.1.5 Ok" to every
+# RCPT): each text is parsed once.  Replies are frozen values, safe to share.
+@lru_cache(maxsize=1024)
 def relay_reply(code: int, message: str) -> Reply:
     """The downstream's code, enhanced code and text, passed back to our client.
 
