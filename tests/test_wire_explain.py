@@ -111,7 +111,7 @@ def test_a_quota_refusal_at_data_keeps_its_rule_in_the_log_line_and_the_journal(
             assert auth_plain(c, "alice@acme.example")[0] == 235
             assert c.mail("alice@acme.example")[0] == 250  # no SIZE=: found too big at DATA
             assert c.rcpt("friend@elsewhere.example")[0] == 250
-            code, text = c.data(MESSAGE + b"x" * 4000 + b"\r\n")
+            code, text = c.data(MESSAGE + (b"x" * 70 + b"\r\n") * 60)
         assert code == 552
         txid = id_of(text)
         out = explained(gw, txid)
