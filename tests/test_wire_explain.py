@@ -201,6 +201,25 @@ def test_a_connection_id_explains_a_refused_auth_and_lists_its_transactions(gate
     assert "rule senders.envelope" in out
 
 
+def test_a_locked_out_connection_is_explained_by_its_connection_id(
+        tmp_path, downstream, cert_files, password_hash, client_tls):
+    gw = start(tmp_path, downstream, cert_files, customer_policies(password_hash),
+               lockout={"ip_failures": 100, "login_failures": 2})
+    try:
+        for _ in range(2):
+            with connect(gw, client_tls) as c:
+                assert auth_plain(c, "bob@acme.example", "wrong")[0] == 535
+        with connect(gw, client_tls) as c:
+            code, text = auth_plain(c, "bob@acme.example")  # the right password, locked all the same
+        assert code == 454
+        done = explain(gw.config_path, id_of(text))
+    finally:
+        gw.stop()
+    assert done.returncode == 0, done.stderr
+    assert f"connection {id_of(text)} on submissions" in done.stdout
+    assert "AUTH refused by rule lockout.locked" in done.stdout
+
+
 # --- DMARC on the MX, against a real NSD -------------------------------------------------
 
 ZONES = {"spoof.test": """
