@@ -83,6 +83,52 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Exit 0 with the trail, 1 with one line when the id is not in the journal (or
+    the store cannot be read), 2 when the gateway file is broken."""
+    import asyncio
+
+    from gateway.ops.explain import as_json, find, missing_store, parse_id, write_text
+    from gateway.store import StoreUnavailable, open_store
+    from gateway.store.base import JournalEntry
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    wanted = parse_id(args.id)
+    if wanted is None:
+        print(f"{args.id!r} is not a transaction or connection id (like K3M2Q7ZP4XAB.1)", file=sys.stderr)
+        return 1
+    settings = loaded.config.store
+    missing = missing_store(settings, loaded.config.base_dir)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
+
+    async def read() -> list[JournalEntry]:
+        store = open_store(settings, loaded.config.base_dir)
+        try:
+            return await find(store, wanted)
+        finally:
+            await store.close()
+
+    try:
+        entries = asyncio.run(read())
+    except StoreUnavailable as exc:
+        print(one_line(f"cannot read the journal: {exc}"), file=sys.stderr)
+        return 1
+    if not entries:
+        j = settings.journal
+        print(f"{wanted}: not in the journal (it keeps refusals, holds and suspensions: the last "
+              f"{j.max_entries} of them, for {j.max_age / 86400:g} days)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(as_json(entries))
+    else:
+        write_text(entries, sys.stdout)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portcullis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passwd", help="hash a password for a policy file (argon2id)")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("explain", help="why a transaction or connection was refused, held or suspended")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("id", help="a transaction id (K3M2Q7ZP4XAB.1), a connection id, or a reply's text")
+    p.add_argument("--json", action="store_true", help="the journal entries as JSON")
+    p.set_defaults(func=cmd_explain)
 
     from gateway.accounts_commands import add_accounts_parser
     from gateway.dkim.commands import add_keys_parser

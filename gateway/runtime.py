@@ -21,6 +21,7 @@ from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
 from gateway.store.held import HeldStore
+from gateway.store.journal import Journal
 from gateway.store.metering import Metering
 
 
@@ -43,6 +44,8 @@ class Runtime:
     resolver: Resolver | None = None
     # Quotas, lockout and suspension over the shared store (None: quotas off).
     metering: Metering | None = None
+    # Refusals, holds and suspensions, in the same store (None: no store).
+    journal: Journal | None = None
     # Makes and opens the X-Portcullis-Sender-Id tokens (docs/abuse.md).
     sender_ids: SenderIds | None = None
     # Seconds since the epoch; every quota decision takes `now` from here, so a

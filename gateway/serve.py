@@ -54,6 +54,7 @@ from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
 from gateway.store.held import HeldStore
+from gateway.store.journal import Journal
 from gateway.store.metering import Metering
 from gateway.tls import make_dev_certificate
 
@@ -109,6 +110,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         resolver=(config.dns.make_resolver()
                   if config.listeners.inbound and config.inbound_checks else None),
         metering=metering,
+        journal=(Journal(metering.store, config.store.journal, clock)
+                 if metering is not None else None),
         sender_ids=make_sender_ids(config, create=True),
         metrics=Metrics(listeners=[n for n in ("inbound", "submission", "submissions")
                                    if getattr(config.listeners, n) is not None]),
@@ -276,6 +279,8 @@ class Gateway:
             if ds is not None:
                 await ds.close()
         await self.runtime.accounts.close()
+        if self.runtime.journal is not None:  # the sessions' last decisions
+            await self.runtime.journal.drain()
         if self.runtime.metering is not None:
             await self.runtime.metering.store.close()
         log.info("stopped")

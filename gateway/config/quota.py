@@ -70,6 +70,15 @@ class CustomerQuotas(QuotaLimits):
     customer: AggregateLimits | None = None
 
 
+class JournalSettings(Strict):
+    """The decision journal: refusals, holds and suspensions, for ``portcullis explain``
+    (docs/operations.md, "Explaining a decision").  Each write drops what is past
+    either bound."""
+
+    max_entries: Count = 100_000
+    max_age: Seconds = 14 * 86400
+
+
 class SQLiteStoreSettings(Strict):
     backend: Literal["sqlite"] = "sqlite"
     # Relative to the gateway file's folder.  Every process on this host that
@@ -77,6 +86,7 @@ class SQLiteStoreSettings(Strict):
     path: Path = Path("portcullis-state.db")
     # How long a writer waits for another process's transaction (SQLite busy_timeout).
     busy_timeout: Seconds = 5.0
+    journal: JournalSettings = JournalSettings()
 
 
 class RedisStoreSettings(Strict):
@@ -87,6 +97,7 @@ class RedisStoreSettings(Strict):
     prefix: str = "portcullis:"
     # A store slower than this is "unreachable": the client gets 451 4.3.0.
     timeout: Seconds = 2.0
+    journal: JournalSettings = JournalSettings()
 
     @field_validator("url")
     @classmethod

@@ -230,7 +230,7 @@ class GatewayHandler:
         else:
             verdict, mailbox = decide_outbound_recipient(address)
         if not verdict.accept or mailbox is None:
-            record.recipient_refused(verdict.rule)
+            record.recipient_refused(verdict.rule, verdict.facts)
             return str(verdict.reply)
         metered: MeteredDownstream | None = envelope.metered
         if metered is not None:
@@ -353,6 +353,8 @@ class GatewayHandler:
             suspension = await metered.metering.finish(
                 metered.acct, metered.tx, reply.is_success, rt.clock())
             if suspension is not None:
+                _record(server).suspended({"login": suspension.login, "reason": suspension.reason,
+                                           **dict(suspension.evidence)})
                 log.warning("txid=%s login=%s suspended: %s evidence=%s", envelope.txid,
                             suspension.login, suspension.reason, dict(suspension.evidence))
                 self._notify(server, envelope, rt, "suspended",
@@ -375,6 +377,7 @@ class GatewayHandler:
             login=server.identity.login if server.identity else None, txid=envelope.txid,
             mail_options=[o for o in envelope.mail_options if o.startswith(("SIZE=", "BODY="))])
         log.warning("txid=%s held for review as %s: %s", envelope.txid, held.id, dict(content.facts))
+        _record(server).held("content.hold", {**content.facts, "held_id": held.id})
         self._notify(server, envelope, rt, "held", content.facts, held.id)
         # The downstream transaction (recipients already relayed) is reset, not used.
         return self._finish(server, envelope, content.verdict.reply)

@@ -181,6 +181,8 @@ class GatewaySMTP(SMTP):
         self._handle_hooks["PROXY"] = self._accept_proxy_header
         runtime = getattr(handler, "runtime", None)
         self.metrics = getattr(runtime, "metrics", None)
+        # Where refusals, holds and suspensions are journalled (gateway/store/journal.py).
+        self.journal = getattr(runtime, "journal", None)
         self._counted = False
 
     # --- connection --------------------------------------------------------------
@@ -234,7 +236,8 @@ class GatewaySMTP(SMTP):
         # A 421 we said on the way out (timeout, shutdown, too many errors) is its result.
         said = self._last_reply if self._last_reply.startswith("421") else ""
         self.end_transaction(said, self.end_reason)
-        write_connection(self.record, client=self.client_ip, ended=self.end_reason)
+        write_connection(self.record, client=self.client_ip, ended=self.end_reason,
+                         journal=self.journal)
 
     def begin_transaction(self) -> TransactionRecord:
         """At MAIL: a new transaction id, on record whatever the MAIL's answer."""
@@ -250,7 +253,7 @@ class GatewaySMTP(SMTP):
             return
         write_transaction(record, listener=self.listener, client=self.client_ip,
                           login=self.identity.login if self.identity is not None else "",
-                          status=status, ended=ended)
+                          status=status, ended=ended, journal=self.journal)
 
     def pass_verbatim(self, status: str) -> str:
         """The handler's way to pass a downstream's reply on in its own words."""
@@ -614,6 +617,8 @@ class GatewaySMTP(SMTP):
             # Refused before the handler was asked (syntax, parameters): on record too.
             if counted == (record.rcpts, record.refused_rcpts) and is_refusal(self._last_reply):
                 record.recipient_refused("smtp.protocol")
+            if is_refusal(self._last_reply):
+                record.recipient_answered(arg or "", self._last_reply)
 
     async def smtp_RSET(self, arg: str | None) -> None:
         await self._in_group(super().smtp_RSET, arg)

@@ -9,6 +9,13 @@ accepted and refused on the way (a refused RCPT does not end the transaction).
 A connection's line is written when it closes: how it ended, what it did, how long
 it took.  docs/operations.md lists every field; with ``--log-format json`` each
 field is a key of the line's JSON object (``record.fields``).
+
+A transaction also keeps its trail: each step that decided something appends a
+:class:`TrailStep` (what it decided, the rule, its facts, the reply).  A transaction
+that was refused, refused a recipient, was held or suspended its account, and a
+connection that was refused something, is written to the decision journal as well
+(gateway/store/journal.py, in the background), where ``portcullis explain`` finds
+it by its id from any gateway sharing the store.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 txlog = logging.getLogger("portcullis.transaction")
 connlog = logging.getLogger("portcullis.connection")
@@ -53,6 +61,28 @@ def is_refusal(status: str) -> bool:
     return status[:1] in ("4", "5")
 
 
+class JournalSink(Protocol):
+    """Where decisions go besides the log (gateway/store/journal.py: Journal)."""
+
+    def submit(self, kind: str, id: str, cid: str, record: Mapping[str, object]) -> None: ...
+
+
+# A step's outcome that puts its transaction in the journal.
+_JOURNALLED = frozenset({"refused", "held", "suspended"})
+
+
+@dataclass(slots=True)
+class TrailStep:
+    """One decision on a transaction's trail."""
+
+    stage: str  # mail | rcpt | data
+    outcome: str  # refused | held | suspended, or what a step that let it pass says
+    rule: str = ""
+    facts: dict[str, object] = field(default_factory=dict)
+    recipient: str = ""  # a RCPT step: the address as the client gave it
+    reply: str = ""  # the reply this step's decision was answered with, first line
+
+
 @dataclass(slots=True)
 class TransactionRecord:
     """One transaction, from MAIL to the reply that ends it."""
@@ -69,15 +99,48 @@ class TransactionRecord:
     facts: dict[str, object] = field(default_factory=dict)
     checks: str = ""  # the inbound checks' and the scanner's summary
     size: int = 0
+    # What was decided on the way, in order (the journal's "steps").
+    trail: list[TrailStep] = field(default_factory=list)
 
     def decide(self, rule: str, facts: Iterable[tuple[str, object]] | Mapping[str, object] = ()) -> None:
+        """The transaction is refused by ``rule``.  A refusal that names no rule
+        keeps the one already decided (the quota check before the reply)."""
+        if not rule and self.rule:
+            return
         self.rule = rule
         self.facts = dict(facts)
+        self.trail.append(TrailStep(self.stage, "refused", rule, dict(self.facts)))
 
-    def recipient_refused(self, rule: str) -> None:
+    def recipient_refused(self, rule: str,
+                          facts: Iterable[tuple[str, object]] | Mapping[str, object] = ()) -> None:
         self.refused_rcpts += 1
         if rule not in self.rcpt_rules:
             self.rcpt_rules.append(rule)
+        self.trail.append(TrailStep("rcpt", "refused", rule, dict(facts)))
+
+    def recipient_answered(self, recipient: str, status: str) -> None:
+        """The reply to a refused RCPT, on its step (the protocol knows both)."""
+        if self.trail and self.trail[-1].stage == "rcpt" and not self.trail[-1].reply:
+            self.trail[-1].recipient = _rcpt_address(recipient)
+            self.trail[-1].reply = status.split("\r\n", 1)[0][:_MAX_TEXT]
+
+    def held(self, rule: str, facts: Mapping[str, object]) -> None:
+        """Kept for review instead of forwarded (the client hears 250)."""
+        self.rule = rule
+        self.facts = dict(facts)
+        self.trail.append(TrailStep(self.stage, "held", rule, dict(facts)))
+
+    def suspended(self, facts: Mapping[str, object]) -> None:
+        """This transaction brought its account to a suspension."""
+        self.trail.append(TrailStep(self.stage, "suspended", "compromise.suspended", dict(facts)))
+
+    def step(self, outcome: str, rule: str = "", facts: Mapping[str, object] = ()) -> None:
+        """Any other step's decision on the trail (a pipeline step that passed)."""
+        self.trail.append(TrailStep(self.stage, outcome, rule, dict(facts)))
+
+    @property
+    def is_journalled(self) -> bool:
+        return any(s.outcome in _JOURNALLED for s in self.trail)
 
 
 @dataclass(slots=True)
@@ -97,12 +160,15 @@ class ConnectionRecord:
 
 
 def write_transaction(record: TransactionRecord, *, listener: str, client: str, login: str,
-                      status: str, ended: str) -> None:
+                      status: str, ended: str, journal: JournalSink | None = None) -> None:
     """The transaction's one line.  ``status`` is its last reply (empty: none was sent,
-    the connection went first); ``ended`` says what ended it."""
-    if not txlog.isEnabledFor(logging.INFO):  # the line is made only to be written
-        return
+    the connection went first); ``ended`` says what ended it.  A refusal, a hold or a
+    suspension also goes to ``journal``."""
     refused = is_refusal(status)
+    logged = txlog.isEnabledFor(logging.INFO)
+    journalled = journal is not None and (refused or record.is_journalled)
+    if not (logged or journalled):  # an accepted message with INFO off: nothing to make
+        return
     fields: dict[str, object] = {
         "txid": record.txid, "listener": listener, "client": client, "login": login or "-",
         "from": record.sender if record.sender is not None else "-",
@@ -117,12 +183,66 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
         # Cut by our own goodbye (a timeout, shutdown): that is the rule; else the
         # SMTP engine refused it before any rule was asked.
         fields["rule"] = ended if ended in _GOODBYES else PROTOCOL_RULE
-    _add_facts(fields, record.facts if refused else {})
-    txlog.info(_text(fields), extra={"fields": fields})
+    if logged:
+        line = fields
+        if refused and record.facts:  # the journal keeps the facts apart: the line gets a copy
+            line = dict(fields)
+            _add_facts(line, record.facts)
+        txlog.info(_text(line), extra={"fields": line})
+    if journalled:
+        assert journal is not None
+        _journal_transaction(journal, record, fields, status)
 
 
-def write_connection(record: ConnectionRecord, *, client: str, ended: str) -> None:
-    if not connlog.isEnabledFor(logging.INFO):
+def _journal_transaction(journal: JournalSink, record: TransactionRecord,
+                         fields: dict[str, object], status: str) -> None:
+    entry = dict(fields)
+    entry["rule"] = fields["rule"] or record.rule  # a hold's rule too
+    entry["facts"] = _plain(record.facts)
+    entry["status"] = status.split("\r\n", 1)[0][:_MAX_TEXT]
+    trail = [asdict(s) for s in record.trail]
+    for s in trail:
+        s["facts"] = _plain(s["facts"])
+    if trail and is_refusal(status) and not trail[-1]["reply"] and trail[-1]["outcome"] == "refused":
+        trail[-1]["reply"] = entry["status"]
+    entry["steps"] = trail
+    journal.submit("transaction", record.txid, record.txid.partition(".")[0], entry)
+
+
+def _rcpt_address(arg: str) -> str:
+    """``TO:<bob@example.com> NOTIFY=NEVER`` → ``<bob@example.com>``."""
+    text = arg.strip()
+    if text[:3].upper() == "TO:":
+        text = text[3:].strip()
+    if text.startswith("<") and ">" in text:
+        text = text[: text.index(">") + 1]
+    return text[:_MAX_TEXT]
+
+
+def _plain(facts: Mapping[str, object]) -> dict[str, object]:
+    """Facts as JSON can hold them."""
+    out: dict[str, object] = {}
+    for name, value in facts.items():
+        if isinstance(value, (list, tuple, set, frozenset)):
+            value = [v if isinstance(v, (int, float, bool, str)) else str(v) for v in value]
+        elif not isinstance(value, (int, float, bool, str)) and value is not None:
+            value = str(value)
+        out[str(name)] = value
+    return out
+
+
+# How a connection ends when we refused it something as a whole.
+_REFUSED_ENDS = frozenset({"refused_limit", "too_many_errors"})
+
+
+def write_connection(record: ConnectionRecord, *, client: str, ended: str,
+                     journal: JournalSink | None = None) -> None:
+    # Refused something (an AUTH, a command, the connection itself): journalled, so
+    # ``explain CID`` can say what.  A clean connection costs no store write.
+    journalled = journal is not None and bool(record.errors or record.tempfails or record.auth_rule
+                                              or ended in _REFUSED_ENDS)
+    logged = connlog.isEnabledFor(logging.INFO)
+    if not (logged or journalled):
         return
     fields: dict[str, object] = {
         "cid": record.cid, "listener": record.listener, "client": client, "tls": record.tls,
@@ -131,7 +251,11 @@ def write_connection(record: ConnectionRecord, *, client: str, ended: str) -> No
         "auth_failures": record.auth_failures, "auth_rule": record.auth_rule,
         "ms": int((time.monotonic() - record.started) * 1000),
     }
-    connlog.info(_text(fields), extra={"fields": fields})
+    if logged:
+        connlog.info(_text(fields), extra={"fields": fields})
+    if journalled:
+        assert journal is not None
+        journal.submit("connection", record.cid, record.cid, dict(fields))
 
 
 def _add_facts(fields: dict[str, object], facts: Mapping[str, object]) -> None:

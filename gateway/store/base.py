@@ -96,6 +96,20 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One decision on record for ``portcullis explain``: a transaction that was
+    refused, held or suspended its account (``id`` is its txid), or a connection
+    that was refused something (``id`` is its cid).  ``record`` is plain JSON data:
+    the fields of its log line, the facts and the steps (gateway/smtp/records.py)."""
+
+    id: str
+    cid: str
+    ts: float
+    kind: str  # "transaction" | "connection"
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Store(abc.ABC):
     """Shared state.  Every method may raise StoreUnavailable."""
 
@@ -183,6 +197,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def events(self, subject: str | None = None, limit: int = 100) -> list[Event]:
         """Newest first."""
+
+    # --- the decision journal ---------------------------------------------------
+    # Bounded by count and by age (store.journal in the gateway file): each write
+    # drops what is past either bound, so the journal never grows without limit.
+    @abc.abstractmethod
+    async def journal_add(self, entries: Sequence[JournalEntry], max_entries: int, max_age: float) -> None:
+        """Keep ``entries`` (one store call, however many); drop entries older than
+        the newest one's ``ts - max_age``, and the oldest beyond ``max_entries``."""
+
+    @abc.abstractmethod
+    async def journal_find(self, key: str) -> list[JournalEntry]:
+        """The entry whose id is ``key`` and, when ``key`` is a connection id, every
+        entry of that connection; oldest first."""
 
     # --- series: coarse per-bucket counters for baselines and rates ----------
     @abc.abstractmethod

@@ -16,6 +16,9 @@ Layout (every key starts with the configured prefix):
     l:<key>        lock end time
     suspensions    hash login → JSON
     events, events:<subject>   lists of JSON, newest first, capped
+    j:<id>         a journal entry (JSON), expiring at the journal's max_age
+    j:c:<cid>      sorted set of the ids of a connection's entries, score = time
+    journal        sorted set of every entry id, score = time: the count bound
     series:<key>   hash bucket start → count
 
 The scripts touch several keys, so they need one Redis (or a primary with
@@ -42,6 +45,7 @@ from gateway.store.base import (
     Charge,
     ChargeResult,
     Event,
+    JournalEntry,
     Store,
     StoreUnavailable,
     Suspension,
@@ -316,6 +320,38 @@ return 1
 """
 
 
+# KEYS: journal, then per entry j:<id>, j:c:<cid>.  ARGV: max_entries, max_age (s),
+# the prefix (to name the entries the bounds drop), then per entry body, ts, id.
+_JOURNAL_ADD = r"""
+local max_entries, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl = math.ceil(max_age * 1000)
+local newest = nil
+for i = 1, (#KEYS - 1) / 2 do
+  local a = 3 + (i - 1) * 3
+  redis.call('SET', KEYS[2*i], ARGV[a+1], 'PX', ttl)
+  redis.call('ZADD', KEYS[2*i+1], ARGV[a+2], ARGV[a+3])
+  redis.call('PEXPIRE', KEYS[2*i+1], ttl)
+  redis.call('ZADD', KEYS[1], ARGV[a+2], ARGV[a+3])
+  local ts = tonumber(ARGV[a+2])
+  if newest == nil or ts > newest then newest = ts end
+end
+-- Both bounds drop the entry itself, not only its index: expiry alone runs on
+-- Redis's clock, and the callers' clock (``now``) is the one that counts.
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', newest - max_age)
+local excess = redis.call('ZCARD', KEYS[1]) - #old - max_entries
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], #old, #old + excess - 1)) do
+    old[#old + 1] = id
+  end
+end
+for _, id in ipairs(old) do
+  redis.call('DEL', ARGV[3] .. 'j:' .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return 1
+"""
+
+
 def _member(c: Charge) -> str:
     # '' selects counting by amount in the scripts; an empty member (asking only for
     # the distinct count, as status does) becomes one no real member can equal.
@@ -344,6 +380,7 @@ class RedisStore(Store):
         self._give_back = self._r.register_script(_GIVE_BACK)
         self._lock = self._r.register_script(_LOCK)
         self._series = self._r.register_script(_SERIES)
+        self._journal_add = self._r.register_script(_JOURNAL_ADD)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -479,6 +516,28 @@ class RedisStore(Store):
             d = json.loads(body)
             out.append(Event(d["ts"], d["kind"], d["subject"], d["data"]))
         return out
+
+    # --- the decision journal ------------------------------------------------------------
+    async def journal_add(self, entries: Sequence[JournalEntry], max_entries: int, max_age: float) -> None:
+        if not entries:
+            return
+        keys = [self._prefix + "journal"]
+        args = [str(max_entries), _num(max_age), self._prefix]
+        for e in entries:
+            keys += [self._k("j", e.id), self._k("j:c", e.cid)]
+            args += [json.dumps({"id": e.id, "cid": e.cid, "ts": e.ts, "kind": e.kind,
+                                 "record": dict(e.record)}, sort_keys=True, default=str),
+                     _num(e.ts), e.id]
+        await self._call(self._journal_add(keys=keys, args=args))
+
+    async def journal_find(self, key: str) -> list[JournalEntry]:
+        ids = await self._call(self._r.zrange(self._k("j:c", key), 0, -1))
+        names = [key, *(i for i in ids if i != key)]
+        bodies = await self._call(self._r.mget([self._k("j", i) for i in names]))
+        # An id the count bound dropped is still in its connection's index: skipped.
+        entries = [json.loads(b) for b in bodies if b is not None]
+        entries.sort(key=lambda d: d["ts"])
+        return [JournalEntry(d["id"], d["cid"], d["ts"], d["kind"], d["record"]) for d in entries]
 
     # --- series -------------------------------------------------------------------------
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,

@@ -25,6 +25,7 @@ from gateway.store.base import (
     Charge,
     ChargeResult,
     Event,
+    JournalEntry,
     Store,
     StoreUnavailable,
     Suspension,
@@ -56,6 +57,13 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
     subject TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_subject ON events (subject, id);
+-- The decision journal: seq orders entries, so the count bound is one range delete.
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, cid TEXT NOT NULL,
+    ts REAL NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_by_id ON journal (id);
+CREATE INDEX IF NOT EXISTS journal_by_cid ON journal (cid);
+CREATE INDEX IF NOT EXISTS journal_by_ts ON journal (ts);
 CREATE TABLE IF NOT EXISTS series (
     key TEXT NOT NULL, bucket INTEGER NOT NULL, amount INTEGER NOT NULL,
     expires REAL NOT NULL, PRIMARY KEY (key, bucket));
@@ -389,6 +397,29 @@ class SQLiteStore(Store):
             args = (subject, limit)
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # --- the decision journal -----------------------------------------------------------
+    async def journal_add(self, entries: Sequence[JournalEntry], max_entries: int, max_age: float) -> None:
+        if not entries:
+            return
+        rows = [(e.id, e.cid, e.ts, e.kind, json.dumps(dict(e.record), sort_keys=True, default=str))
+                for e in entries]
+        newest = max(e.ts for e in entries)
+
+        def write(db: sqlite3.Connection) -> None:
+            self._write(db, "INSERT INTO journal (id, cid, ts, kind, record) VALUES (?,?,?,?,?)", rows)
+            (seq,) = db.execute("SELECT MAX(seq) FROM journal").fetchone()
+            # Rows only ever leave from the old end, so seq - max_entries is the count bound.
+            self._write(db, "DELETE FROM journal WHERE seq <= ? OR ts <= ?",
+                        (seq - max_entries, newest - max_age))
+
+        await self._run(lambda db: self._transaction(db, lambda: write(db)))
+
+    async def journal_find(self, key: str) -> list[JournalEntry]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT id, cid, ts, kind, record FROM journal WHERE id = ? OR cid = ? ORDER BY ts, seq",
+            (key, key)).fetchall())
+        return [JournalEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # --- series ----------------------------------------------------------------------
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
