@@ -9,6 +9,7 @@ import pytest
 
 from gateway.checks.arc import verify_arc
 from gateway.checks.dns import Resolver
+from gateway.message import Message
 from tests.support.authdns import txt_record
 from tests.support.dkim_keys import rsa_key
 
@@ -43,7 +44,7 @@ def seal(message: bytes, sealer: bytes, selector: bytes, key, arc: str) -> bytes
 def verify(server, message, port=None, timeout=2.0):
     async def go():
         resolver = Resolver(["127.0.0.1"], port=port or server.port, timeout=timeout)
-        return await verify_arc(resolver, message)
+        return await verify_arc(resolver, Message.parse(message))
 
     return asyncio.run(go())
 

@@ -7,8 +7,9 @@ import asyncio
 import dkim
 import pytest
 
-from gateway.checks.dkim_verify import header_values, rsa_verify_openssl, verify_dkim
+from gateway.checks.dkim_verify import rsa_verify_openssl, verify_dkim
 from gateway.checks.dns import Resolver
+from gateway.message import Message
 from tests.support.authdns import txt_record
 from tests.support.dkim_keys import ed25519_key, rsa_key, short_rsa_key
 
@@ -41,7 +42,7 @@ def server(authdns_module_factory):
 def verify(server, message, port=None, timeout=2.0):
     async def go():
         resolver = Resolver(["127.0.0.1"], port=port or server.port, timeout=timeout)
-        return await verify_dkim(resolver, message)
+        return await verify_dkim(resolver, Message.parse(message))
 
     return asyncio.run(go())
 
@@ -162,11 +163,11 @@ def test_dkimpy_verifies_rsa_through_openssl():
     assert dkim.RSASSA_PKCS1_v1_5_verify is rsa_verify_openssl
 
 
-def test_header_values_unfold_and_ignore_the_body():
-    msg = (b"DKIM-Signature: v=1;\r\n\ta=rsa-sha256\r\nX: y\r\ndkim-signature:  second\r\n"
-           b"\r\nDKIM-Signature: in the body\r\n")
-    assert header_values(msg, b"dkim-signature") == [b" v=1;\ta=rsa-sha256", b"  second"]
-    assert header_values(b"X: y\r\n\r\n", b"dkim-signature") == []
+def test_a_signature_in_the_body_is_not_verified(server):
+    signed = rsa_key().sign(MESSAGE, b"rsa", b"dkim.test")
+    head, _, body = signed.partition(b"\r\n\r\n")
+    assert results(server, head + b"\r\n\r\n" + body) == ["pass"]
+    assert results(server, b"X: y\r\n\r\n" + signed) == []  # all of it below the empty line
 
 
 @pytest.mark.parametrize("tags", [b"d=a..b; s=x", b"d=dkim.test; s=" + b"x" * 70, b"d=\xff\xfe.test; s=x"])
@@ -194,7 +195,8 @@ def test_a_large_message_is_verified_off_the_loop_and_a_small_one_inline(server)
     async def go(message):
         resolver = Resolver(["127.0.0.1"], port=server.port, timeout=2.0)
         with CountingExecutor(1) as executor:
-            return [r.result for r in await verify_dkim(resolver, message, executor=executor)]
+            return [r.result for r in await verify_dkim(resolver, Message.parse(message),
+                                                        executor=executor)]
 
     assert asyncio.run(go(rsa_key().sign(MESSAGE, b"rsa", b"dkim.test"))) == ["pass"]
     assert CountingExecutor.submitted == 0  # small: inline, no thread hop

@@ -9,6 +9,7 @@ import pytest
 from gateway.checks.dns import Resolver
 from gateway.checks.inbound import authenticate_inbound
 from gateway.config.inbound import InboundDomainPolicy
+from gateway.message import Message
 from gateway.rules.inbound import decide_inbound
 from gateway.stamps.authresults import stamp_authentication_results
 from tests.support.authdns import txt_record
@@ -49,7 +50,7 @@ def server(authdns_module_factory):
 def check(server, msg, mail_from="a@sender.test", ip=SENDER_IP, port=None, timeout=2.0):
     async def go():
         resolver = Resolver(["127.0.0.1"], port=port or server.port, timeout=timeout)
-        return await authenticate_inbound(resolver, message=msg, mail_from=mail_from,
+        return await authenticate_inbound(resolver, message=Message.parse(msg), mail_from=mail_from,
                                           helo="mx.sender.test", client_ip=ip, rand=lambda: 0.0)
 
     return asyncio.run(go())
@@ -75,7 +76,7 @@ def test_spoofed_from_is_refused_with_5_7_26_and_the_forged_header_goes(server):
     assert (ev.dmarc.result, ev.dmarc.disposition) == ("fail", "reject")
     decision = decide_inbound(ev, [InboundDomainPolicy()])
     assert (decision.verdict.accept, decision.verdict.reply.enhanced) == (False, "5.7.26")
-    stamped = stamp_authentication_results(spoof, OUR_ID, ev)
+    stamped = stamp_authentication_results(Message.parse(spoof), OUR_ID, ev)
     assert b"header.d=bank.test" not in stamped  # the forged pass is gone
     assert stamped.count(b"Authentication-Results: mx.isp.example;") == 1
 

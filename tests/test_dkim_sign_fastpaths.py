@@ -170,10 +170,11 @@ def test_the_same_shape_with_other_values_gives_those_values():
     assert second[1] == b"from:b@fast.example\r\nsubject:two\r\n"
 
 
-def test_long_or_many_field_heads_are_not_kept_in_the_shape_cache():
+def test_many_field_or_long_name_heads_are_not_kept_in_the_shape_cache():
+    # The cache holds the field names: their number and length are bounded.
     before = _cached_shape.cache_info().currsize
     signed_headers(HEADS["many fields"])
-    signed_headers(HEADS["head longer than the shape cache keeps"] + b"X-Other: %d\r\n" % time.time_ns())
+    signed_headers(b"From: a@fast.example\r\nX-" + b"n" * 20000 + b"%d: v\r\n" % time.time_ns())
     assert _cached_shape.cache_info().currsize == before
 
 

@@ -10,6 +10,7 @@ from gateway import replies
 from gateway.config.dkim import DkimPolicy, DkimSettings, SelectorMeta
 from gateway.dkim.keystore import ActiveKey
 from gateway.dkim.sign import signing_facts
+from gateway.message import Message
 from gateway.rules.signing import SigningFacts, decide_signing
 
 _RSA = rsa.generate_private_key(public_exponent=65537, key_size=1024)
@@ -85,11 +86,11 @@ def test_sign_all_is_the_default_and_covers_every_owned_domain():
     (b"From: a@acme.example\r\nFrom: b@acme.example\r\n\r\nx\r\n",
      facts("acme.example", "acme.example", fields=2)),
     (b"To: b@example.org\r\n\r\nx\r\n", facts(fields=0)),
-    (b" folded first\r\nFrom: a@acme.example\r\n\r\nx\r\n", facts(fields=0, ok=False)),
     (b"From: not an address\r\n\r\nx\r\n", facts(fields=0, ok=False)),
 ])
 def test_signing_facts_from_the_message(message, expected):
-    assert signing_facts(message) == expected
+    # (A header that does not parse never gets here: the handler refuses it first.)
+    assert signing_facts(Message.parse(message)) == expected
 
 
 # --- configuration models -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.message import Message
 from gateway.rules.abuse import attribute, is_role_recipient, read_report
 from gateway.stamps.sender_id import (
     HEADER,
@@ -61,12 +62,12 @@ def test_a_clients_own_identifier_header_is_removed_with_its_folded_lines():
     message = (b"From: a@b.example\r\nX-Portcullis-Sender-Id: v1.forged\r\n  continued\r\n"
                b"x-portcullis-sender-id : v1.second\r\nSubject: s\r\n\r\n"
                b"X-Portcullis-Sender-Id: in the body stays\r\n")
-    assert strip_sender_id_headers(message) == (
+    assert strip_sender_id_headers(Message.parse(message)).data == (
         b"From: a@b.example\r\nSubject: s\r\n\r\nX-Portcullis-Sender-Id: in the body stays\r\n")
 
 
 def test_a_message_without_the_header_is_left_byte_for_byte():
-    message = b"From: a@b.example\r\n\r\nbody\r\n"
+    message = Message.parse(b"From: a@b.example\r\n\r\nbody\r\n")
     assert strip_sender_id_headers(message) is message
 
 

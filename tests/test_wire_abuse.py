@@ -5,6 +5,7 @@ enough of them suspend it; a report about mail we never sent is only passed on."
 
 from __future__ import annotations
 
+import re
 import smtplib
 
 import pytest
@@ -122,3 +123,19 @@ def test_a_report_about_mail_we_never_sent_is_only_passed_on(gw, client_tls, dow
     assert downstream.messages[-1].content.endswith(report)
     assert events(gw, "complaint") == []
     assert any("abuse report not attributed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("spelling", [b"X-Portcullis-Sender-Id\t: ", b"x-portcullis-sender-id \t:"])
+def test_a_clients_identifier_with_wsp_before_the_colon_is_removed_too(
+        gw, client_tls, downstream, spelling):
+    # RFC 5322 §4.5.8: "Name<WSP>:" is the field Name.  The sender-id stripper once
+    # missed the HTAB form, which the signer then signed as X-Portcullis-Sender-Id:
+    # bob's token would have gone out under alice's signature.
+    bob_token = header_values(submit(gw, client_tls, downstream, login="bob@acme.example")[0])[0]
+    out = submit(gw, client_tls, downstream, extra_header=spelling + bob_token + b"\r\n")[0]
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert bob_token not in head
+    named = [line for line in head.split(b"\r\n")
+             if re.match(rb"(?i)x-portcullis-sender-id[ \t]*:", line)]
+    assert len(named) == 1
+    assert gw.runtime.sender_ids.open(named[0].split(b":", 1)[1].strip().decode()).login == ALICE

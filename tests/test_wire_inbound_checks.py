@@ -4,7 +4,9 @@ The client connects from 127.0.0.1; sender.test authorises it in SPF,
 spoof.test does not, and both publish DMARC p=reject.
 """
 
+import re
 import smtplib
+import time
 
 import pytest
 
@@ -130,3 +132,22 @@ def test_fields_only_we_may_set_are_removed_whatever_their_spelling(mx, downstre
     content = downstream.messages[0].content
     assert forged not in content
     assert content.lower().count(b"authentication-results") == 1  # ours
+
+
+def test_a_signed_from_with_wsp_before_the_colon_verifies(mx, downstream):
+    # RFC 5322 §4.5.8 obsolete "From :" is the From field (RFC 6376 §3.4.2 relaxed
+    # deletes the WSP before the colon).  The verifier once skipped it as an mbox
+    # "From " line while DMARC read it as From: a good signature failed.
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.dkim.keystore import ActiveKey
+    from gateway.dkim.sign import sign_message
+
+    private = serialization.load_pem_private_key(rsa_key(2048, 7).private, None)
+    message = b"From : news@sender.test\r\nSubject: hi\r\n\r\nhello\r\n"
+    signature = sign_message(message, [ActiveKey("sender.test", "sel", "rsa-sha256", private)],
+                             int(time.time()))
+    code, _ = send(mx, "news@sender.test", "bob@acme.example", signature + message)
+    assert code == 250
+    stamp = downstream.messages[0].content.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ")
+    assert re.search(rb"dkim=pass [^;]*header\.d=sender\.test", stamp), stamp

@@ -5,7 +5,7 @@ import smtplib
 import pytest
 
 from gateway.accounts.source import Identity
-from gateway.message import header_fields
+from gateway.message import Message
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
 from tests.conftest import PASSWORD
 
@@ -45,7 +45,7 @@ def test_envelope_sender_rules(sender, allowed):
     (b"from: ALICE@acme.example\r\n", (True, None)),
 ])
 def test_header_sender_rules(headers, expected):
-    verdict = decide_header_senders(ALICE, ALIASES, header_fields(headers + b"\r\nbody\r\n"))
+    verdict = decide_header_senders(ALICE, ALIASES, Message.parse(headers + b"\r\nbody\r\n").fields)
     assert verdict.accept is expected[0]
     if expected[1]:
         assert verdict.reply.enhanced == expected[1]

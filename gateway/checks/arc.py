@@ -20,10 +20,10 @@ from gateway.checks.dkim_verify import (
     KeyTable,
     _quiet,
     fetch_keys,
-    header_values,
     key_name,
 )
 from gateway.checks.dns import DnsTempError, Resolver
+from gateway.message import Message
 
 ARC_HEADERS = (b"arc-seal", b"arc-message-signature")
 
@@ -43,18 +43,23 @@ _NO_CHAIN = ArcResult("none")  # frozen: one for all the mail without ARC
 
 
 async def verify_arc(
-    resolver: Resolver, message: bytes, *, executor: Executor | None = None
+    resolver: Resolver, message: Message, *, executor: Executor | None = None
 ) -> ArcResult:
-    if not header_values(message, b"arc-seal"):
+    """``message``: as gateway/message.py read it (dkimpy reads the chain itself, from
+    its bytes; the key names to fetch come from our fields)."""
+    if not message.has(b"arc-seal"):
         return _NO_CHAIN
     names = []
-    for value in header_values(message, *ARC_HEADERS):
-        tags = _tags(value)
+    for field in message.fields:
+        if field.key not in ARC_HEADERS:
+            continue
+        tags = _tags(field.raw_value.replace(b"\r\n", b""))
         if b"s" in tags and b"d" in tags:
             names.append(key_name(tags[b"s"], tags[b"d"]))
     keys = await fetch_keys(resolver, names)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, _verify_chain, message, keys)
+    seals = sum(1 for f in message.fields if f.key == b"arc-seal")
+    return await loop.run_in_executor(executor, _verify_chain, message.data, keys, seals)
 
 
 def _tags(value: bytes) -> dict[bytes, bytes]:
@@ -64,7 +69,7 @@ def _tags(value: bytes) -> dict[bytes, bytes]:
         return {}
 
 
-def _verify_chain(message: bytes, keys: KeyTable) -> ArcResult:
+def _verify_chain(message: bytes, keys: KeyTable, seals: int) -> ArcResult:
     try:
         cv, sets, reason = dkim.arc_verify(
             message, logger=_quiet, dnsfunc=keys.dnsfunc, minkey=MIN_RSA_BITS
@@ -75,7 +80,7 @@ def _verify_chain(message: bytes, keys: KeyTable) -> ArcResult:
     sealers = tuple(_text(s.get("as-domain", b"")) for s in sets)
     newest = sets[0] if sets else {}
     common = dict(
-        instances=len(sets) or _count_seals(message),
+        instances=len(sets) or seals,
         sealer=sealers[0] if sealers else "",
         sealer_selector=_text(newest.get("as-selector", b"")),
         sealers=sealers,
@@ -92,8 +97,3 @@ def _verify_chain(message: bytes, keys: KeyTable) -> ArcResult:
 
 def _text(value: bytes | str) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
-
-
-def _count_seals(message: bytes) -> int:
-    head = message.split(b"\r\n\r\n", 1)[0].lower()
-    return head.count(b"\r\narc-seal:") + head.startswith(b"arc-seal:")

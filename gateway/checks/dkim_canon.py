@@ -6,19 +6,15 @@ dkimpy does the same with a regular expression per header line and per body
 pass; here each step is a C-speed ``bytes`` operation over the whole body,
 run only when an ``in`` test shows it has work to do.
 
-The input is a message with CRLF line ends (what the DATA reader accepts);
-:func:`parse_message` turns bare LFs into CRLF first, as dkimpy does, so the
-two verifiers hash the same octets.
+The header fields are those gateway/message.py read (the one header parser), from
+a message with CRLF line ends (what the DATA reader accepts).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from gateway.checks.memo import remembered
 from gateway.dkim.body_hash import SLAB, slab_digest
@@ -31,83 +27,6 @@ _B_START = re.compile(rb"b(?<=[;\s]b)\s*=")  # starts with a literal: a fast sca
 _B_VALUE = re.compile(rb"[\sa-zA-Z0-9+/=]*")
 _TRAILING_CRLFS = re.compile(rb"(?:\r\n)*\Z")
 _H_SPLIT = re.compile(rb"\s*:\s*")
-_FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line end not followed by a fold
-_FTEXT = bytes(range(0x21, 0x3A)) + bytes(range(0x3B, 0x7F))  # RFC 5322 §3.6.8 field name
-
-
-class MalformedHeader(ValueError):
-    """A header line that is neither a field nor a continuation (RFC 5322 §2.2)."""
-
-
-class Field(NamedTuple):  # a tuple: a message has many fields, and tuples are cheap
-    name: bytes  # as written, before the colon
-    key: bytes  # lower case, WSP before the colon dropped: what h= names match
-    value: bytes  # everything after the colon, folds and the final CRLF included
-
-
-# Field((name, key, value)) without NamedTuple's Python-level __new__: one per field.
-_field = functools.partial(tuple.__new__, Field)
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedMessage:
-    fields: tuple[Field, ...]  # top to bottom
-    body: bytes | memoryview  # after the empty line, CRLF line ends (large: a view)
-
-
-def parse_message(message: bytes) -> ParsedMessage:
-    """Header fields and body.  Raises MalformedHeader for a line that is not a field."""
-    if message.count(b"\n") != message.count(b"\r\n"):
-        # Bare LF: dkimpy reads either line end; make them CRLF so we agree.
-        message = re.sub(rb"\r?\n", b"\r\n", message)
-    if message.startswith(b"\r\n"):
-        return ParsedMessage((), message[2:])
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        head, body = message if message.endswith(b"\r\n") else message + b"\r\n", b""
-    else:
-        head, body = message[: end + 2], message[end + 4 :]
-    fields: list[Field] = []
-    raw = _FIELD_START.split(head)  # one piece per field, its folds included
-    raw.pop()  # head ends in CRLF
-    for field in raw:
-        if field.startswith(b"From "):  # an mbox separator: dkimpy skips it too
-            continue
-        name, colon, rest = field.partition(b":")
-        key = name.rstrip(b" \t")  # RFC 5322 §4.5.8 (obsolete): WSP before the colon
-        if not colon or not key or key.translate(None, _FTEXT):
-            raise MalformedHeader("a header line is neither a field nor a continuation")
-        fields.append(_field((name, key.lower(), rest + b"\r\n")))
-    return ParsedMessage(tuple(fields), body)
-
-
-def fields_from_header(header: Sequence[HeaderField]) -> tuple[Field, ...]:
-    """DKIM's view of a header already read by :func:`gateway.message.header_fields`
-    (which refuses any line that is not a field): the fields :func:`parse_message`
-    would give, without reading the message a second time.  The message must have
-    CRLF line ends only, as the gateway's DATA reader makes sure."""
-    fields = []
-    for field in header:
-        raw = field.raw
-        if raw.startswith(b"From "):  # an mbox separator: skipped, as parse_message does
-            continue
-        name, _, value = raw.partition(b":")
-        fields.append(_field((name, name.rstrip(b" \t").lower(), value)))
-    return tuple(fields)
-
-
-def body_of(message: bytes) -> bytes | memoryview:
-    """The body as :func:`parse_message` reads it: after the empty line, if any.
-    A large body is a view of the message, not a copy (see :func:`body_digest`)."""
-    if message.startswith(b"\r\n"):
-        end = -2
-    else:
-        end = message.find(b"\r\n\r\n")
-        if end < 0:
-            return b""
-    if len(message) - end > SLAB:
-        return memoryview(message)[end + 4 :]
-    return message[end + 4 :]
 
 
 # --- body (RFC 6376 §3.4.3, §3.4.4) ------------------------------------------------------
@@ -189,20 +108,22 @@ def relaxed_field(key: bytes, value: bytes) -> bytes:
     return key + b":" + value.strip() + b"\r\n"
 
 
-def simple_field(field: Field) -> bytes:
-    """§3.4.1: the field exactly as it arrived."""
-    return field.name + b":" + field.value
+def simple_field(field: HeaderField) -> bytes:
+    """§3.4.1: the field exactly as it arrived (a last line without its CRLF gets
+    it, as the SMTP client will send it)."""
+    raw = field.raw
+    return raw if raw[-2:] == b"\r\n" else raw + b"\r\n"
 
 
-def select_fields(fields: tuple[Field, ...], names: Sequence[bytes]) -> list[Field]:
+def select_fields(fields: Sequence[HeaderField], names: Sequence[bytes]) -> list[HeaderField]:
     """RFC 6376 §5.4.2: each name in h= takes the next instance from the bottom up; a
     name listed more often than it occurs selects nothing (it signs the absence)."""
     wanted = set(names)
-    instances: dict[bytes, list[Field]] = {}
+    instances: dict[bytes, list[HeaderField]] = {}
     for field in fields:  # top to bottom: the bottom one is last
         if field.key in wanted:
             instances.setdefault(field.key, []).append(field)
-    chosen: list[Field] = []
+    chosen: list[HeaderField] = []
     for name in names:
         found = instances.get(name)
         if found:
@@ -238,21 +159,22 @@ def without_b_value(value: bytes) -> bytes:
     return b"".join(parts)
 
 
-def signature_field_data(field: Field, canon: bytes) -> bytes:
+def signature_field_data(field: HeaderField, canon: bytes) -> bytes:
     """The DKIM-Signature field itself as hashed (§3.7): b= emptied, canonicalised,
     without the final CRLF."""
-    value = without_b_value(field.value)
+    colon = field.raw.index(b":") + 1
+    value = without_b_value(field.raw[colon:])
     if canon == b"relaxed":
         return relaxed_field(field.key, value).rstrip()
-    return (field.name + b":" + value).rstrip()
+    return (field.raw[:colon] + value).rstrip()
 
 
-def header_data(fields: tuple[Field, ...], names: Sequence[bytes], signature: Field,
+def header_data(fields: Sequence[HeaderField], names: Sequence[bytes], signature: HeaderField,
                 canon: bytes) -> bytes:
     """What the header hash covers: the selected fields, then the signature field."""
     chosen = select_fields(fields, names)
     if canon == b"relaxed":
-        parts = [relaxed_field(f.key, f.value) for f in chosen]
+        parts = [relaxed_field(f.key, f.raw_value) for f in chosen]
     else:
         parts = [simple_field(f) for f in chosen]
     parts.append(signature_field_data(signature, canon))

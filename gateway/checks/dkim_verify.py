@@ -3,9 +3,10 @@
 Our own verifier, not dkimpy's: dkimpy parses and canonicalises a message with a
 regular expression per line and spent about 0.25 ms on a 5 KB message, several
 times the RSA check itself.  Here (see gateway/checks/dkim_canon.py) the message
-is parsed once for all signatures, each body canonicalisation is a few
-whole-buffer ``bytes`` passes, run once per (c=, l=) however many signatures
-share it, and RSA and Ed25519 are verified by OpenSSL through ``cryptography``.
+is the one gateway/message.py read at the end of DATA, for all signatures; each
+body canonicalisation is a few whole-buffer ``bytes`` passes, run once per
+(c=, l=) however many signatures share it, and RSA and Ed25519 are verified by
+OpenSSL through ``cryptography``.
 tests/test_checks_dkim_differential.py holds it to dkimpy's answers.
 
 Around the cryptography, the rules:
@@ -50,19 +51,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.checks.dkim_canon import (
     BODY_CANONICALISERS,
-    Field,
-    MalformedHeader,
-    ParsedMessage,
     body_digest,
-    body_of,
-    fields_from_header,
     header_data,
-    parse_message,
     signed_names,
 )
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.memo import remembered
-from gateway.message import HeaderField
+from gateway.message import HeaderField, MalformedHeader, Message
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
 # dkimpy's leeway for signers' clocks (RFC 6376 §3.5 x=: verifiers MAY allow for drift).
@@ -154,79 +149,33 @@ def _key_name(name: bytes | str) -> str:
 
 # --- the check -------------------------------------------------------------------------
 async def verify_dkim(
-    resolver: Resolver, message: bytes, *, executor: Executor | None = None,
-    now: float | None = None, header: Sequence[HeaderField] | None = None,
+    resolver: Resolver, message: Message, *, executor: Executor | None = None,
+    now: float | None = None,
 ) -> list[DkimResult]:
     """One result per DKIM-Signature, top to bottom; [] when the message has none.
 
-    ``now`` (Unix time) is the verification time for t= and x=; the clock by default.
-    ``header``: the message's header as :func:`gateway.message.header_fields` read
-    it, from a message with CRLF line ends only (the gateway's DATA reader makes
-    sure); given, the header is not read a second time.
+    ``message``: as gateway/message.py read it at the end of DATA (CRLF line ends
+    only: the DATA reader makes sure).  ``now`` (Unix time) is the verification
+    time for t= and x=; the clock by default.
     """
     when = time.time() if now is None else now
-    if header is not None:
-        fields = fields_from_header(header)
-        signatures = [(f, parse_tags(f.value)) for f in fields if f.key == b"dkim-signature"]
-        if not signatures:
-            return []  # RFC 8601 §2.7.1: dkim=none, decided by the caller
-        keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
-        if len(message) <= INLINE_MAX_BYTES and len(signatures) <= INLINE_MAX_SIGNATURES:
-            return verify_parsed(ParsedMessage(fields, body_of(message)), signatures, keys, when)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            executor, _verify_fields, message, fields, signatures, keys, when)
-    end = message.find(b"\r\n\r\n")
-    if b"dkim-signature" not in message[: end if end >= 0 else None].lower():
+    signatures = _signatures(message.fields)
+    if not signatures:
         return []  # RFC 8601 §2.7.1: dkim=none, decided by the caller
-    if len(message) > INLINE_MAX_BYTES:
-        # Large: only the header is read here (for the key names); the rest in a thread.
-        tags = [parse_tags(v) for v in header_values(message, b"dkim-signature")]
-        keys = await fetch_keys(resolver, _key_names(tags))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, verify_signatures, message, keys, when)
-    parsed, signatures = _signatures(message)
-    if parsed is None:
-        return signatures  # the header does not parse: each signature a permerror
     keys = await fetch_keys(resolver, _key_names([t for _, t in signatures]))
-    if len(signatures) <= INLINE_MAX_SIGNATURES:
-        return verify_parsed(parsed, signatures, keys, when)  # cheaper than a thread hop
+    if len(message.data) <= INLINE_MAX_BYTES and len(signatures) <= INLINE_MAX_SIGNATURES:
+        return verify_parsed(message, signatures, keys, when)  # cheaper than a thread hop
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, verify_parsed, parsed, signatures, keys, when)
-
-
-def _verify_fields(message: bytes, fields: tuple[Field, ...], signatures: list,
-                   keys: KeyTable, now: float) -> list[DkimResult]:
-    # In a worker thread: the body of a large message is cut out (copied) here.
-    return verify_parsed(ParsedMessage(fields, body_of(message)), signatures, keys, now)
+    return await loop.run_in_executor(executor, verify_parsed, message, signatures, keys, when)
 
 
 def _key_names(tags: list[dict[bytes, bytes] | None]) -> list[str]:
     return [_signature_key_name(t[b"s"], t[b"d"]) for t in tags if t and b"s" in t and b"d" in t]
 
 
-def header_values(message: bytes, *names: bytes) -> list[bytes]:
-    """Unfolded values of the named header fields, in order (names in lower case).
-
-    A quick scan for the fields we need before verifying (the key names).
-    """
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[: end + 2]
-    lowered = head.lower()
-    if not any(n in lowered for n in names):
-        return []
-    values: list[bytes] = []
-    current: bytes | None = None
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                values[-1] += line
-            continue
-        name, colon, value = line.partition(b":")
-        current = value if colon and name.strip().lower() in names else None
-        if current is not None:
-            values.append(value)
-    return values
+def _signatures(fields: Sequence[HeaderField]) -> list[tuple[HeaderField, dict | None]]:
+    """The DKIM-Signature fields with their tags, top first."""
+    return [(f, parse_tags(f.raw_value)) for f in fields if f.key == b"dkim-signature"]
 
 
 def parse_tags(value: bytes) -> dict[bytes, bytes] | None:
@@ -250,26 +199,21 @@ def parse_tags(value: bytes) -> dict[bytes, bytes] | None:
 
 
 def verify_signatures(message: bytes, keys: KeyTable, now: float) -> list[DkimResult]:
-    """Every DKIM-Signature of ``message``, top first, against the fetched ``keys``."""
-    parsed, signatures = _signatures(message)
-    if parsed is None:
-        return signatures
-    return verify_parsed(parsed, signatures, keys, now)
-
-
-def _signatures(message: bytes) -> tuple[ParsedMessage | None, list]:
-    """(the parsed message, its DKIM-Signature fields with their tags), or (None, a
-    permerror result per signature) when the header section does not parse."""
+    """Every DKIM-Signature of ``message`` (its bytes, from elsewhere than DATA), top
+    first, against the fetched ``keys``."""
+    if message.count(b"\n") != message.count(b"\r\n"):
+        # Bare LF: dkimpy reads either line end; make them CRLF so we agree.  (The
+        # DATA reader refuses bare LF: mail through the gateway never has one.)
+        message = re.sub(rb"\r?\n", b"\r\n", message)
     try:
-        parsed = parse_message(message)
+        parsed = Message.parse(message)
     except MalformedHeader as e:
-        return None, [_made(parse_tags(v) or {}, "permerror", str(e))
-                      for v in header_values(message, b"dkim-signature")]
-    return parsed, [(f, parse_tags(f.value)) for f in parsed.fields
-                    if f.key == b"dkim-signature"]
+        # Each signature that can be read is a permerror: the header is not one.
+        return [_made(tags or {}, "permerror", str(e)) for _, tags in _signatures(e.readable)]
+    return verify_parsed(parsed, _signatures(parsed.fields), keys, now)
 
 
-def verify_parsed(parsed: ParsedMessage, signatures: list[tuple[Field, dict | None]],
+def verify_parsed(parsed: Message, signatures: list[tuple[HeaderField, dict | None]],
                   keys: KeyTable, now: float) -> list[DkimResult]:
     body_hashes: dict[tuple[bytes, int | None], bytes] = {}
     return [_verify_one(parsed, f, tags, keys, now, body_hashes) for f, tags in signatures]
@@ -306,7 +250,7 @@ class _Refused(Exception):
         self.result, self.reason = result, reason
 
 
-def _verify_one(parsed: ParsedMessage, field: Field, tags: dict | None, keys: KeyTable,
+def _verify_one(parsed: Message, field: HeaderField, tags: dict | None, keys: KeyTable,
                 now: float, body_hashes: dict) -> DkimResult:
     if tags is None:
         return _made({}, "permerror", "signature tag list unparsable")
@@ -412,7 +356,7 @@ def _number(tags: dict[bytes, bytes], tag: bytes) -> int | None:
     return int(value)
 
 
-def _verify_signature(parsed: ParsedMessage, field: Field, tags: dict[bytes, bytes],
+def _verify_signature(parsed: Message, field: HeaderField, tags: dict[bytes, bytes],
                       keys: KeyTable, now: float, body_hashes: dict) -> None:
     """Returns for a good signature; raises _Refused with the result otherwise."""
     kind = _check_tags(tags, now)  # below, every tag used is there and of sane size

@@ -25,7 +25,7 @@ from publicsuffixlist import PublicSuffixList
 from gateway.checks.dkim_verify import DkimResult
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.spf import SpfResult
-from gateway.message import HeaderField
+from gateway.message import HeaderField, MalformedHeader, Message
 
 POLICIES = ("none", "quarantine", "reject")
 
@@ -48,29 +48,30 @@ def _organisational_domain(domain: str, psl: PublicSuffixList) -> str:
 
 
 # --- the From: domain ------------------------------------------------------------------
-_FROM_RE = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 # The common shapes, "addr@dom" and "Plain Name <addr@dom>", read without the email
 # package's parser (about 40 us): no quotes, comments, commas, groups or 8-bit bytes,
 # so the address is unambiguous.  tests/test_checks_dmarc_from.py holds it to
 # getaddresses() on both shapes.
 _SIMPLE_FROM = re.compile(
     rb"[ \t]*(?:[A-Za-z0-9 \t]*<[A-Za-z0-9._+=-]+@([A-Za-z0-9.-]+)>|[A-Za-z0-9._+=-]+@([A-Za-z0-9.-]+))"
-    rb"[ \t\r]*\Z"  # the field's own CR (the pattern above stops at LF)
+    rb"[ \t]*\Z"
 )
 
 
-def from_domain(message: bytes) -> str | None:
-    """The RFC5322.From domain, or None when there is not exactly one (RFC 7489 §6.6.1)."""
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    return _domain_of(_FROM_RE.findall(head))
+def from_domain(message: bytes | Message) -> str | None:
+    """The RFC5322.From domain, or None when there is not exactly one (RFC 7489 §6.6.1)
+    or the header is not one (gateway/message.py)."""
+    try:
+        parsed = message if isinstance(message, Message) else Message.parse(message)
+    except MalformedHeader:
+        return None
+    return from_domain_in(parsed.fields)
 
 
 def from_domain_in(header: Sequence[HeaderField]) -> str | None:
-    """:func:`from_domain` of a header already read by :func:`gateway.message.header_fields`."""
-    # Each value as _FROM_RE captures it: after the colon, folds kept, up to the final LF.
-    return _domain_of([f.raw[f.raw.index(b":") + 1 : -1] for f in header
-                       if f.name.lower() == "from"])
+    """:func:`from_domain` of the fields gateway/message.py read."""
+    # Each value after the colon, folds kept, without the field's own CRLF.
+    return _domain_of([f.raw_value.removesuffix(b"\r\n") for f in header if f.key == b"from"])
 
 
 def _domain_of(fields: list[bytes]) -> str | None:

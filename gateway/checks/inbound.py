@@ -2,7 +2,7 @@
 
 Call after DATA has been received and before the message is forwarded:
 
-    evidence = await authenticate_inbound(resolver, message=content, mail_from=...,
+    evidence = await authenticate_inbound(resolver, message=Message.parse(content), mail_from=...,
                                           helo=..., client_ip=...)
 
 SPF, DKIM, ARC and the DMARC record discovery run at the same time; DMARC is
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -31,7 +31,7 @@ from gateway.checks.dkim_verify import DkimResult, verify_dkim
 from gateway.checks.dmarc import DmarcResult, RecordLookup
 from gateway.checks.dns import Resolver
 from gateway.checks.spf import SpfResult, check_spf, check_spf_cached
-from gateway.message import HeaderField
+from gateway.message import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class InboundEvidence:
 async def authenticate_inbound(
     resolver: Resolver,
     *,
-    message: bytes,
+    message: Message,
     mail_from: str,
     helo: str,
     client_ip: str,
@@ -60,19 +60,14 @@ async def authenticate_inbound(
     psl: PublicSuffixList | None = None,
     rand: Callable[[], float] = random.random,
     executor: Executor | None = None,
-    header: Sequence[HeaderField] | None = None,
 ) -> InboundEvidence:
     """SPF (MAIL FROM, or HELO for "<>"), every DKIM signature, ARC and DMARC.
 
-    ``message`` is the raw content with CRLF line ends, as received (before we
-    add any header).  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
-    ``header``: the message's header as :func:`gateway.message.header_fields` read
-    it (the handler does, for every message), from a message with CRLF line ends
-    only; given, DMARC and DKIM take the fields from it instead of reading the
-    header again.
+    ``message`` is the content as received (before we add any field), CRLF line ends
+    only, as gateway/message.py read it at the end of DATA: DMARC, DKIM and ARC read
+    their fields from it.  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
     """
-    header_from = (dmarc_check.from_domain(message) if header is None
-                   else dmarc_check.from_domain_in(header))
+    header_from = dmarc_check.from_domain_in(message.fields)
     spf = check_spf_cached(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
                            receiver=receiver)
     lookup = None
@@ -80,7 +75,7 @@ async def authenticate_inbound(
         lookup = dmarc_check.find_record_cached(resolver, header_from, psl)
     if spf is not None and (lookup is not None or header_from is None):
         # Warm: only DKIM (and ARC) keys may still need DNS; await them in turn.
-        dkim = await verify_dkim(resolver, message, executor=executor, header=header)
+        dkim = await verify_dkim(resolver, message, executor=executor)
         arc = await verify_arc(resolver, message, executor=executor)
     else:
         async def spf_result() -> SpfResult:
@@ -98,7 +93,7 @@ async def authenticate_inbound(
 
         spf, dkim, arc, lookup = await asyncio.gather(
             spf_result(),
-            verify_dkim(resolver, message, executor=executor, header=header),
+            verify_dkim(resolver, message, executor=executor),
             verify_arc(resolver, message, executor=executor),
             record(),
         )

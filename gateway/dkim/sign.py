@@ -9,8 +9,9 @@ per signed field or per white-space run that needs fixing, never per byte or lin
   canonicalisation changes (found with one ``re`` search, CR mapped to SP) it goes to
   SHA-256 as memoryview slices; a body with many such runs gets whole-buffer passes.
   It is hashed once per message for all signatures (dual RSA + Ed25519 shares it);
-* the header section is unfolded and split with C-level ``split``/``map``; the
-  sequence of field names (its "shape": which fields are signed, in what order, the
+* the header fields are those gateway/message.py read (the one header parser, so
+  the field signed as From: is the one the sender check read as From:); the
+  sequence of their names (its "shape": which fields are signed, in what order, the
   h= tag) is computed once per shape and cached; the signed values are put into the
   shape's template and canonicalised together, in one buffer;
 * the DKIM-Signature field is built from per-key constant parts, already folded and
@@ -28,12 +29,10 @@ import asyncio
 import base64
 import functools
 import hashlib
-import operator
 import re
 from binascii import b2a_base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from itertools import repeat
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
@@ -50,7 +49,7 @@ from nacl.bindings import crypto_sign
 from gateway.config.domains import normalise_domain
 from gateway.dkim.body_hash import SLAB, slab_digest
 from gateway.dkim.keystore import ActiveKey
-from gateway.message import MalformedHeader, addresses_in, fields_named, header_fields
+from gateway.message import HeaderField, MalformedHeader, Message, addresses_in
 from gateway.rules.signing import SigningFacts
 
 
@@ -82,7 +81,6 @@ OVERSIGN_PRESENT = frozenset({
     "content-transfer-encoding", "in-reply-to", "references", "list-unsubscribe",
     "list-unsubscribe-post", "x-portcullis-sender-id",
 })
-_FTEXT = bytes(range(0x21, 0x3A)) + bytes(range(0x3B, 0x7F))  # RFC 5322 §3.6.8
 _ORDER = {name.encode("ascii"): i for i, name in enumerate(SIGNED_FIELDS)}
 _PREFIX = [name.encode("ascii") + b":" for name in SIGNED_FIELDS]
 _OVERSIGN_PRESENT_IDX = frozenset(_ORDER[n.encode()] for n in OVERSIGN_PRESENT | OVERSIGN_ALWAYS)
@@ -96,30 +94,17 @@ _INLINE_RUNS = 3  # WSP runs fixed in place before whole-buffer passes take over
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _MAX_LINE = 78
-# Headers with more fields, or longer, are rare: not worth caching; and the bounds
-# keep what the cache holds (the names, a part of the head) under 512 x 16 KB.
+# Headers with more fields, or longer names, are rare: not worth caching; and the
+# bounds keep what the cache holds (the names) under 512 x 16 KB.
 _SHAPE_CACHE_MAX_FIELDS = 64
-_SHAPE_CACHE_MAX_HEAD = 16384
+_SHAPE_CACHE_MAX_NAMES = 16384
 
 # Searches by ``re`` with a literal prefix run a tight C loop, about twice the speed
 # of ``bytes.__contains__`` with a two-byte needle on text full of spaces.
-_UNFOLD = re.compile(rb"\r\n(?=[ \t])")  # RFC 5322 §2.2.3: the CRLF of a fold
 _DOUBLE_SPACE = re.compile(rb"  ")
 _SPACE_CR = re.compile(rb"\r(?<= \r)")  # found at the CR: CRs are rare, spaces are not
 _SPACE_CRLF = re.compile(rb" \r\n")
 _WSP_RUN = re.compile(rb"[ \t]+")
-
-
-def split_message(message: bytes) -> tuple[bytes, bytes]:
-    """(header section ending in CRLF, body); RFC 5322 §2.1: an empty line separates them."""
-    if message.startswith(b"\r\n"):
-        return b"", message[2:]
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        if not message.endswith(b"\r\n"):
-            message += b"\r\n"
-        return message, b""
-    return message[: end + 2], message[end + 4 :]
 
 
 def _relaxed_wsp(data: bytes) -> bytes:
@@ -141,27 +126,18 @@ class _Shape(NamedTuple):
 
     names: tuple[str, ...]
     template: bytes
-    pick: Callable[[tuple[bytes, ...]], tuple[bytes, ...]]
+    positions: tuple[int, ...]  # of the signed fields, in the order of ``template``
     has_from: bool
     h_folded: bytes
     h_relaxed: bytes
 
 
-def _no_values(values: tuple[bytes, ...]) -> tuple[bytes, ...]:
-    return ()
-
-
-def _make_shape(raw_names: tuple[bytes, ...]) -> _Shape:
-    # RFC 5322 §4.5.8 obsolete syntax: WSP before the colon belongs to no name.
-    names = [name.rstrip(_WSP) for name in raw_names]
-    if not all(names):
-        raise MalformedMessage("a header line is neither a field nor a continuation")
-    # RFC 5322 §3.6.8: field names are printable ASCII but colon; one check for all.
-    if b"".join(names).translate(None, _FTEXT):
-        raise MalformedMessage("a header field name has a character RFC 5322 does not allow")
+def _make_shape(keys: tuple[bytes, ...]) -> _Shape:
+    """``keys``: the header's field names in lower case, top to bottom, as
+    gateway/message.py read them (WSP before a colon is already no part of them)."""
     # RFC 6376 §5.4.2: with several instances of a name, the bottom one is signed first.
-    found = sorted((idx, -i) for i, name in enumerate(names)
-                   if (idx := _ORDER.get(name.lower())) is not None)
+    found = sorted((idx, -i) for i, key in enumerate(keys)
+                   if (idx := _ORDER.get(key)) is not None)
     h_names: list[str] = []
     positions: list[int] = []
     previous = -1
@@ -175,18 +151,11 @@ def _make_shape(raw_names: tuple[bytes, ...]) -> _Shape:
         h_names.append(SIGNED_FIELDS[previous])
     present = {idx for idx, _ in found}
     h_names += [SIGNED_FIELDS[i] for i in _OVERSIGN_ALWAYS_IDX if i not in present]
-    if len(positions) > 1:
-        pick = operator.itemgetter(*positions)
-    elif positions:
-        only = positions[0]
-        pick = lambda values: (values[only],)  # noqa: E731
-    else:
-        pick = _no_values
     h_folded = _h_tag(tuple(h_names)).encode("ascii")
     return _Shape(
         names=tuple(h_names),
         template=b"".join(_PREFIX[idx] + b"%s\r\n" for idx, _ in found),
-        pick=pick,
+        positions=tuple(positions),
         has_from=bool(found) and found[0][0] == _ORDER[b"from"],
         h_folded=h_folded,
         h_relaxed=h_folded.replace(b"\r\n\t", b" "),
@@ -197,30 +166,27 @@ def _make_shape(raw_names: tuple[bytes, ...]) -> _Shape:
 _cached_shape = functools.lru_cache(maxsize=512)(_make_shape)
 
 
-def _signed_fields(head: bytes) -> tuple[_Shape, bytes]:
-    """The shape of ``head`` and the relaxed canonical form of the fields it signs.
+def _signed_value(raw: bytes) -> bytes:
+    """A field's value as RFC 6376 §3.4.2 starts it: unfolded, no WSP after the colon,
+    without the final CRLF (the other white-space rules run on all signed fields)."""
+    value = raw[raw.index(b":") + 1 :]
+    if value[-2:] == b"\r\n":
+        value = value[:-2]
+    if b"\r\n" in value:  # read by gateway/message.py: every CRLF left is a fold
+        value = value.replace(b"\r\n", b"")  # the WSP after it stays, to be collapsed
+    return value.lstrip(_WSP)
 
-    ``head`` may or may not end with its final CRLF.  Unfolding (RFC 6376 §3.4.2) is
-    the only pass over the whole section; C-level ``split`` and ``map`` then cut it
-    into fields and each field at its first colon; the field names decide the shape
-    (cached); the signed values are picked, and the other white-space rules (HTAB,
-    runs, trailing WSP) run once, on the joined signed fields alone."""
-    if head.startswith((b" ", b"\t")):
-        raise MalformedMessage("the header section starts with a continuation line")
-    if b"\r\n " in head or b"\r\n\t" in head:
-        head = _UNFOLD.sub(b"", head)  # the WSP after the fold stays, to be collapsed
-    lines = head.split(b"\r\n")
-    if not lines[-1]:
-        lines.pop()  # the final CRLF
-        if not lines:
-            return _cached_shape(()), b""
-    raw_names, colons, values = zip(*map(bytes.partition, lines, repeat(b":")))  # noqa: B905
-    if b"" in colons:
-        raise MalformedMessage("a header line is neither a field nor a continuation")
-    cacheable = len(raw_names) <= _SHAPE_CACHE_MAX_FIELDS and len(head) <= _SHAPE_CACHE_MAX_HEAD
-    shape = _cached_shape(raw_names) if cacheable else _make_shape(raw_names)
-    # RFC 6376 §3.4.2: no WSP after the colon.
-    signed = shape.template % tuple(map(bytes.lstrip, shape.pick(values), repeat(_WSP)))
+
+def _signed_fields(fields: Sequence[HeaderField]) -> tuple[_Shape, bytes]:
+    """The shape of a header and the relaxed canonical form of the fields it signs.
+
+    The field names decide the shape (cached); the signed values are unfolded, put
+    into the shape's template, and the other white-space rules (HTAB, runs, trailing
+    WSP) run once, on the joined signed fields alone."""
+    keys = tuple(f.key for f in fields)
+    cacheable = len(keys) <= _SHAPE_CACHE_MAX_FIELDS and sum(map(len, keys)) <= _SHAPE_CACHE_MAX_NAMES
+    shape = _cached_shape(keys) if cacheable else _make_shape(keys)
+    signed = shape.template % tuple(_signed_value(fields[i].raw) for i in shape.positions)
     # Most headers have nothing left to do: with CR mapped to SP, one search finds
     # SP SP and SP CR alike (as in :func:`_body_digest`).
     if b"\t" in signed or _DOUBLE_SPACE.search(signed.replace(b"\r", b" ")):
@@ -236,8 +202,17 @@ def signed_headers(head: bytes) -> tuple[tuple[str, ...], bytes]:
     or a field name has a character RFC 5322 does not allow.
     ``head`` has CRLF line endings only (see :func:`sign_message`).
     """
-    shape, signed = _signed_fields(head)
+    shape, signed = _signed_fields(_parsed(head).fields)
     return shape.names, signed
+
+
+def _parsed(message: bytes | bytearray | Message) -> Message:
+    if isinstance(message, Message):
+        return message
+    try:
+        return Message.parse(message)
+    except MalformedHeader as exc:
+        raise MalformedMessage(str(exc)) from None
 
 
 def canonical_body(body: bytes) -> bytes:
@@ -345,7 +320,7 @@ def _key_prefix(algorithm: str, domain: str, selector: str) -> tuple[bytes, byte
 
 
 def sign_message(
-    message: bytes,
+    message: Message | bytes,
     keys: Sequence[ActiveKey],
     now: int,
     expire_after: int | None = None,
@@ -358,26 +333,25 @@ def sign_message(
     signed with it but never joined to it: a large message is not copied.
 
     Relaxed/relaxed, t= always, x= = t + expire_after when given, never l=.
-    ``message`` is as accepted at DATA: CRLF line endings only (the DATA reader has
-    refused bare CR/LF; other callers run :func:`check_line_endings` first).
+    ``message``: as read at the end of DATA (gateway/message.py), or its bytes: CRLF
+    line endings only (the DATA reader has refused bare CR/LF; other callers run
+    :func:`check_line_endings` first).
     Raises MalformedMessage for a message that cannot be signed as it is.
     """
     if not keys:
         return b""
-    # RFC 5322 §2.1: an empty line ends the header section (the head keeps no CRLF).
-    if message[:2] == b"\r\n":
-        head, begin = b"", 2
-    else:
-        begin = message.find(b"\r\n\r\n")
-        head, begin = (message, len(message)) if begin < 0 else (message[:begin], begin + 4)
-    head = prefix + head if prefix else bytes(head)  # bytes(bytes) is no copy
-    shape, signed = _signed_fields(head)
+    message = _parsed(message)
+    fields = message.fields
+    if prefix:  # our own fields, read by the same parser
+        fields = _parsed(prefix).fields + fields
+    shape, signed = _signed_fields(fields)
+    data, begin = message.data, message.body_offset
     if not shape.has_from:
         raise MalformedMessage("no From: field (RFC 6376 §5.4: From must be signed)")
-    if len(message) - begin > SLAB:  # a large body: hashed in slabs, never copied whole
-        body_digest = slab_digest(memoryview(message)[begin:], _relaxed_wsp, relaxed=True)
+    if len(data) - begin > SLAB:  # a large body: hashed in slabs, never copied whole
+        body_digest = slab_digest(memoryview(data)[begin:], _relaxed_wsp, relaxed=True)
     else:
-        body_digest = _body_digest(message, begin)
+        body_digest = _body_digest(data, begin)
     bh = b2a_base64(body_digest, newline=False)
     t = int(now)
     tx = b"%d;" % t if not expire_after else b"%d; x=%d;" % (t, t + int(expire_after))
@@ -422,7 +396,7 @@ def _sodium_secret(private_key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 async def sign_message_off_loop(
-    message: bytes,
+    message: Message | bytes,
     keys: Sequence[ActiveKey],
     now: int,
     expire_after: int | None = None,
@@ -436,11 +410,10 @@ async def sign_message_off_loop(
                                       prefix)
 
 
-def signing_facts(message: bytes) -> SigningFacts:
+def signing_facts(message: Message) -> SigningFacts:
     """The author facts :func:`gateway.rules.signing.decide_signing` needs."""
     try:
-        fields = header_fields(message)
-        froms = fields_named(fields, "From")
+        froms = message.named("From")
         domains = tuple(
             normalise_domain(address.rpartition("@")[2])
             for field in froms

@@ -12,7 +12,7 @@ decide local-part case; every ISP mailbox system treats it as case-insensitive).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gateway import replies
 from gateway.accounts.source import Identity
@@ -51,7 +51,7 @@ def decide_envelope_sender(
 
 
 def decide_header_senders(
-    identity: Identity, aliases: Mapping[str, tuple[str, ...]], fields: list[HeaderField]
+    identity: Identity, aliases: Mapping[str, tuple[str, ...]], fields: Sequence[HeaderField]
 ) -> Verdict:
     """At end of DATA: exactly one From: field; every address in From: and Sender:,
     and in every Resent-From: and Resent-Sender:, must be one the account may use.
@@ -59,7 +59,10 @@ def decide_header_senders(
     RFC 5322 §3.6.6: whoever resends a message names themselves in Resent-From:
     (and Resent-Sender:), and readers show it as the sender: the same send-as
     rule as From: applies, or an account could resend mail as anyone.  A message
-    may carry several resent blocks (one per resend): all are checked."""
+    may carry several resent blocks (one per resend): all are checked.
+
+    ``fields``: the message's fields as gateway/message.py read them, the same the
+    DKIM signer signs (``From :`` is a From: field to both)."""
     from_fields = fields_named(fields, "From")
     if len(from_fields) != 1:
         return Verdict.refuse(replies.FROM_HEADER_COUNT, "senders.from_count",

@@ -38,7 +38,7 @@ from gateway.accounts.source import Identity, Outcome
 from gateway.config.dkim import DkimPolicy
 from gateway.config.policy import CustomerPolicy
 from gateway.downstream.base import Downstream
-from gateway.message import MalformedHeader, header_fields
+from gateway.message import MalformedHeader, Message
 from gateway.ops.notify import Incident
 from gateway.replies import Reply
 from gateway.rules.abuse import is_role_recipient
@@ -55,7 +55,6 @@ from gateway.smtp.metered import MeteredDownstream, MeteredSession, on_disconnec
 from gateway.smtp.outbound_signing import sign_outbound
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.smtp.records import TransactionRecord
-from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 from gateway.store.metering import AuthAttempt
@@ -258,29 +257,29 @@ class GatewayHandler:
     async def handle_DATA(self, server: GatewaySMTP, session: Any, envelope: Any) -> str:
         # The one copy of the message the DATA reader made: every field we add goes in
         # ``added`` (and the stamps) above it, handed downstream as parts, never joined.
-        message: bytes = envelope.content
         added = b""
         rt: Runtime = envelope.runtime
         metered: MeteredDownstream | None = envelope.metered
         try:
-            fields = header_fields(message)
+            # Read once: every check, stamp, stripper and the signer take it from here.
+            message = Message.parse(envelope.content)
         except MalformedHeader as exc:
             return self._finish(server, envelope, replies.MALFORMED_HEADER.with_text(
                 f"Malformed message header: {exc}"), rule="message.header")
         if self.direction == "outbound":
             if metered is not None:
                 # The real size against the account's own limit (RFC 1870 §6.3).
-                size = decide_size(metered.acct, len(message))
+                size = decide_size(metered.acct, len(message.data))
                 if not self._quota_verdict(server, _record(server), size):
                     return self._finish(server, envelope, size.verdict.reply)
             verdict = decide_header_senders(
-                server.identity, self._aliases(server.identity, rt), fields)
+                server.identity, self._aliases(server.identity, rt), message.fields)
             if not verdict.accept:
                 return self._finish(server, envelope, verdict.reply, rule=verdict.rule,
                                     facts=verdict.facts)
         elif rt.resolver is not None:  # inbound, checks on
             outcome = await check_inbound(
-                rt, message=message, header=fields, sender=envelope.sender, helo=session.host_name,
+                rt, message=message, sender=envelope.sender, helo=session.host_name,
                 client_ip=_client_ip(server), recipients=envelope.rcpt_tos)
             envelope.checks = outcome.summary
             if rt.metrics is not None:
@@ -299,7 +298,7 @@ class GatewayHandler:
                 self.direction == "outbound" or rt.config.scanner.inbound.enabled):
             content = await scan(
                 rt.scanner, rt.config.scanner, self.direction, self._customer(server, envelope, rt),
-                added + message if added else message, sender=envelope.sender,
+                added + message.data if added else message.data, sender=envelope.sender,
                 recipients=envelope.rcpt_tos,
                 client_ip=_client_ip(server), helo=session.host_name,
                 login=server.identity.login if server.identity else None, txid=envelope.txid)
@@ -312,7 +311,7 @@ class GatewayHandler:
             if self.direction == "inbound":
                 # Only our scanner's verdict may reach the recipient's filters.
                 names = {h.lower().encode() for h in SPAM_HEADERS}
-                message = remove_fields(message, lambda name, _field: name in names)
+                message = message.without(lambda field: field.key in names)
             added = b"".join(f"{n}: {v}\r\n".encode() for n, v in content.headers) + added
         stamp = received_header(self._received_facts(server, session, envelope),
                                 datetime.now(UTC))
@@ -322,7 +321,7 @@ class GatewayHandler:
             stamp += sender_id_header(rt.sender_ids.make(
                 server.identity.login, envelope.txid, rt.clock()))
         stamp += added
-        outgoing = [stamp, message]
+        outgoing = [stamp, message.data]
         if self.direction == "outbound" and rt.keystore is not None:
             # Last change before forwarding: the signature covers what leaves.
             signed = await sign_outbound(rt.keystore, server.identity, *self._signing_policy(
@@ -361,8 +360,8 @@ class GatewayHandler:
                              {"reason": suspension.reason, **dict(suspension.evidence)},
                              envelope.txid)
         if reply.is_success and envelope.role_recipients:
-            await take_abuse_report(rt, envelope.txid, added + message, envelope.role_recipients)
-        return self._finish(server, envelope, reply, size=len(message), rule="downstream")
+            await take_abuse_report(rt, envelope.txid, added + message.data, envelope.role_recipients)
+        return self._finish(server, envelope, reply, size=len(message.data), rule="downstream")
 
     # --- helpers -------------------------------------------------------------------
     async def _hold(self, server: GatewaySMTP, envelope: Any, rt: Runtime,

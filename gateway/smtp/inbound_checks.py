@@ -13,27 +13,20 @@ from dataclasses import dataclass
 
 from gateway.checks.inbound import authenticate_inbound
 from gateway.config.inbound import InboundDomainPolicy
-from gateway.message import HeaderField
+from gateway.message import HeaderField, Message
 from gateway.replies import Reply
 from gateway.rules.inbound import OUR_HEADERS, decide_inbound
 from gateway.runtime import Runtime
-from gateway.stamps.authresults import (
-    FIELD_NAME,
-    authentication_results,
-    authserv_id_of,
-    remove_fields,
-)
+from gateway.stamps.authresults import authentication_results, claims_authserv_id
 
 _OUR_FIELDS = frozenset(h.lower().encode() for h in OUR_HEADERS)
-_AR_NAME = FIELD_NAME.lower()
-_SUSPECT_NAMES = frozenset(name.decode() for name in (_AR_NAME, *_OUR_FIELDS))
 _DEFAULT_POLICY = InboundDomainPolicy()  # frozen: one shared instance, not one per message
 
 
 @dataclass(frozen=True)
 class InboundOutcome:
     refusal: Reply | None
-    message: bytes  # as received, less any field only we may set
+    message: Message  # as received, less any field only we may set
     summary: str  # for the transaction log line
     results: tuple[tuple[str, str], ...] = ()  # (spf|dkim|dmarc, RFC 8601 result) for metrics
     # A refusal's rule and facts, for the transaction's log line (rules/inbound.py).
@@ -52,15 +45,14 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[Inbound
         yield inbound.for_domain(domain) if inbound else _DEFAULT_POLICY
 
 
-async def check_inbound(runtime: Runtime, *, message: bytes, header: list[HeaderField],
-                        sender: str, helo: str | None, client_ip: str,
-                        recipients: list[str]) -> InboundOutcome:
-    """``header``: the message's header fields, as the handler read them; the DATA
-    reader has refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8)."""
+async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo: str | None,
+                        client_ip: str, recipients: list[str]) -> InboundOutcome:
+    """``message``: as the handler read it at the end of DATA; the DATA reader has
+    refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8)."""
     assert runtime.resolver is not None
     evidence = await authenticate_inbound(
         runtime.resolver, message=message, mail_from=sender, helo=helo or "",
-        client_ip=client_ip, receiver=runtime.config.hostname, header=header)
+        client_ip=client_ip, receiver=runtime.config.hostname)
     decision = decide_inbound(evidence, domain_policies(runtime, recipients))
     summary = (f"spf={evidence.spf.result} dkim="
                f"{','.join(d.result for d in evidence.dkim) or 'none'} "
@@ -75,12 +67,10 @@ async def check_inbound(runtime: Runtime, *, message: bytes, header: list[Header
     # (a quarantine flag), and A-R fields claiming our authserv-id (RFC 8601 §5).
     ours = runtime.config.our_authserv_id.strip().lower()
 
-    def is_forged(name: bytes, field: bytes) -> bool:
-        return name in _OUR_FIELDS or (name == _AR_NAME and authserv_id_of(field) == ours)
+    def is_forged(field: HeaderField) -> bool:
+        return field.key in _OUR_FIELDS or claims_authserv_id(field, ours)
 
-    # The pass splits every field; skip it when the header has no field of those names.
-    if any(field.name.lower() in _SUSPECT_NAMES for field in header):
-        message = remove_fields(message, is_forged)
+    message = message.without(is_forged)
     stamp = authentication_results(runtime.config.our_authserv_id, evidence)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp

@@ -17,6 +17,7 @@ from gateway.accounts.source import Identity
 from gateway.config.dkim import DkimPolicy
 from gateway.dkim.keystore import KeyStore
 from gateway.dkim.sign import MalformedMessage, sign_message_off_loop, signing_facts
+from gateway.message import Message
 from gateway.replies import Reply
 from gateway.rules.signing import decide_signing
 
@@ -31,12 +32,13 @@ class SigningOutcome:
 
 
 async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collection[str],
-                        policy: DkimPolicy, message: bytes, now: float, txid: str,
+                        policy: DkimPolicy, message: Message, now: float, txid: str,
                         prefix: bytes = b"") -> SigningOutcome:
     """``owned``/``policy``: the account's customer's domains and DKIM policy (a customer
     without a policy file owns nothing here, so its mail is refused rather than signed
-    for a domain nobody vouched for).  ``prefix``: our stamps, which go out above
-    ``message`` and are signed with it."""
+    for a domain nobody vouched for).  ``message``: as the handler read it at the end
+    of DATA, so the From: signed is the From: the sender check read.  ``prefix``: our
+    stamps, which go out above ``message`` and are signed with it."""
     facts = signing_facts(message)
     domain = facts.from_domains[0] if facts.from_domains else None
     keys = keystore.active(domain, now) if domain else []

@@ -2,10 +2,12 @@
 
 RFC 8601 §5: before adding ours, remove every Authentication-Results field
 that claims our authserv-id, so a sender cannot hand the downstream a forged
-"pass".  The removal reads only the authserv-id at the start of the value,
-with its own small scanner: a field that authres cannot parse (forgers do not
-follow the grammar) is still recognised and removed.  Fields of other
-authserv-ids are kept byte for byte, folding included.
+"pass".  The fields are those gateway/message.py read (the one header parser:
+``authentication-results :`` is the same field to it as to every other reader);
+the removal reads only the authserv-id at the start of the value, with its own
+small scanner: a field that authres cannot parse (forgers do not follow the
+grammar) is still recognised and removed.  Fields of other authserv-ids are kept
+byte for byte, folding included.
 
 Our own field is written by authres, one result per folded line.  Everything
 in it but DKIM's header.b (RFC 6008) repeats from message to message of one
@@ -17,45 +19,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
 
 import authres
 import authres.arc
 import authres.dmarc
 
 from gateway.checks.inbound import InboundEvidence
+from gateway.message import HeaderField, Message
 
 FIELD_NAME = b"Authentication-Results"
-_NAME_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")  # RFC 5322 §3.6.8 field name
-
-
-# --- header surgery on raw bytes ---------------------------------------------------
-def split_header(message: bytes) -> tuple[list[bytes], bytes]:
-    """The header fields (each with its folded lines and CRLFs) and the rest."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        head, rest = message, b""
-    else:
-        head, rest = message[: end + 2], message[end + 2 :]
-    fields: list[bytes] = []
-    for line in head.splitlines(keepends=True):
-        if fields and line[:1] in (b" ", b"\t"):
-            fields[-1] += line  # RFC 5322 §2.2.3: a folded continuation
-        else:
-            fields.append(line)
-    return fields, rest
-
-
-def field_name(field: bytes) -> bytes:
-    match = _NAME_RE.match(field)
-    return match.group(1).lower() if match else b""
-
-
-def remove_fields(message: bytes, should_remove: Callable[[bytes, bytes], bool]) -> bytes:
-    """The message without the header fields for which ``should_remove(name, field)``."""
-    fields, rest = split_header(message)
-    kept = [f for f in fields if not should_remove(field_name(f), f)]
-    return b"".join(kept) + rest
+FIELD_KEY = FIELD_NAME.lower()
 
 
 def authserv_id_of(field: bytes) -> str:
@@ -89,12 +62,14 @@ def _skip_cfws(text: str) -> str:
     return text[i:]
 
 
-def strip_our_authentication_results(message: bytes, authserv_id: str) -> bytes:
+def claims_authserv_id(field: HeaderField, ours: str) -> bool:
+    """Is this an A-R field claiming ``ours`` (stripped, lower case)?"""
+    return field.key == FIELD_KEY and authserv_id_of(field.raw) == ours
+
+
+def strip_our_authentication_results(message: Message, authserv_id: str) -> Message:
     ours = authserv_id.strip().lower()
-    return remove_fields(
-        message,
-        lambda name, field: name == FIELD_NAME.lower() and authserv_id_of(field) == ours,
-    )
+    return message.without(lambda field: claims_authserv_id(field, ours))
 
 
 # --- our header -------------------------------------------------------------------------
@@ -180,9 +155,8 @@ def _dmarc_text(result: str, header_from: str, policy: str, disposition: str) ->
 
 
 def stamp_authentication_results(
-    message: bytes, authserv_id: str, evidence: InboundEvidence
+    message: Message, authserv_id: str, evidence: InboundEvidence
 ) -> bytes:
     """Strip forged A-R fields claiming ``authserv_id`` and prepend ours."""
-    return authentication_results(authserv_id, evidence) + strip_our_authentication_results(
-        message, authserv_id
-    )
+    stripped = strip_our_authentication_results(message, authserv_id)
+    return authentication_results(authserv_id, evidence) + bytes(stripped.data)
