@@ -5,7 +5,8 @@ aiosmtpd's ``SMTP.__init__`` finds its hooks, commands and AUTH mechanisms with
 every connection.  This times the constructor (best of several rounds, µs each):
 
 * as the gateway runs it (``HookDiscovery``: dir() lists the hook names only);
-* the same class with Python's own ``dir()`` (what aiosmtpd would do unhelped);
+* the same classes (connection and handler) with Python's own ``dir()``: what
+  aiosmtpd does unhelped;
 * with ``--baseline CHECKOUT``: the constructor of another checkout, in a process
   of its own started in the same run (e.g. a worktree of the commit before a change).
 
@@ -30,24 +31,27 @@ from gateway.smtp.protocol import GatewaySMTP
 
 rounds, n, variants = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 loop = asyncio.new_event_loop()
-handler = GatewayHandler.__new__(GatewayHandler)  # hooks are found, never called
-
 class FullDir(GatewaySMTP):
     __dir__ = object.__dir__
 
-def construct(cls):
+class FullDirHandler(GatewayHandler):
+    __dir__ = object.__dir__
+
+def construct(cls, handler):
     return cls(handler, listener="inbound", offers_auth=False, implicit_tls=False,
                max_errors=10, data_timeout=60, max_line_length=998, hostname="mx.test",
                ident="ESMTP Portcullis", data_size_limit=10_000_000, decode_data=False,
                timeout=60, command_call_limit=1000, loop=loop)
 
 for label in variants:
-    cls = FullDir if label == "full-dir" else GatewaySMTP
+    cls, handler_cls = (FullDir, FullDirHandler) if label == "full-dir" else (
+        GatewaySMTP, GatewayHandler)
+    handler = handler_cls.__new__(handler_cls)  # its hooks are found, never called
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(n):
-            construct(cls)
+            construct(cls, handler)
         best = min(best, (time.perf_counter() - start) / n)
     print(label, f"{best * 1e6:.1f}")
 """

@@ -20,8 +20,8 @@ mechanisms, handler hooks and commands with ``inspect.getmembers`` and ``dir()``
 on the connection and on the handler, for every connection (about half a
 millisecond with the full attribute lists, more than reading and forwarding a
 5 KB message).  Both read ``dir()``, which asks ``__dir__``: :class:`HookDiscovery`
-answers with the names aiosmtpd looks for, cached per class (instance attributes
-included, as ``dir()`` would), so methods stay bound to the right object.
+answers with the names aiosmtpd looks for, cached per class; aiosmtpd still takes
+each with ``getattr``, so methods stay bound to the right object.
 """
 
 from __future__ import annotations
@@ -41,17 +41,11 @@ HOOK_PREFIXES = ("auth_", "handle_", "smtp_")
 _hook_names_by_class: dict[type, list[str]] = {}
 
 
-def hook_names(obj: Any) -> list[str]:
-    """The names of ``obj`` that aiosmtpd may take as a hook, command or mechanism."""
-    cls = type(obj)
+def hook_names(cls: type) -> list[str]:
+    """The names of ``cls`` that aiosmtpd may take as a hook, command or mechanism."""
     names = _hook_names_by_class.get(cls)
     if names is None:
         names = _hook_names_by_class[cls] = [n for n in dir(cls) if n.startswith(HOOK_PREFIXES)]
-    instance = getattr(obj, "__dict__", None)
-    if instance:
-        extra = [n for n in instance if n.startswith(HOOK_PREFIXES) and n not in names]
-        if extra:
-            return names + extra
     return names
 
 
@@ -60,13 +54,16 @@ class HookDiscovery:
 
     For the handler and the SMTP connection: aiosmtpd runs ``dir()`` and
     ``inspect.getmembers()`` (which calls ``dir()`` and then ``getattr`` on every
-    name) on both, per connection.  A misspelt hook is still silently ignored,
-    as by aiosmtpd itself: tests/test_aiosmtpd_adapter.py checks ours by name."""
+    name, properties included) on both, per connection.  Only the class's names:
+    scanning each instance's attributes would cost as much again, and no hook of
+    ours is an instance attribute (tests/test_aiosmtpd_adapter.py checks that
+    aiosmtpd finds what a full ``dir()`` would, and that each hook of ours is one
+    aiosmtpd calls: a misspelt hook is silently ignored)."""
 
     __slots__ = ()
 
     def __dir__(self) -> list[str]:
-        return hook_names(self)
+        return hook_names(type(self))
 
 
 class _ClosingOnce(asyncio.StreamWriter):
