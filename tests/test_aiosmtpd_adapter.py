@@ -14,6 +14,7 @@ import asyncio
 import importlib.metadata
 import inspect
 import re
+import smtplib
 import subprocess
 import sys
 import tomllib
@@ -70,6 +71,7 @@ INTENDED_OVERRIDES = {
     # the adapter's
     "_handle_client", "_timeout_cb", "_getaddr", "_set_post_data_state",
     "_cb_client_connected",
+    "command_size_limits",  # made the connection's own (aiosmtpd shares one dict)
     # protocol.py's (public members of aiosmtpd's SMTP and asyncio's protocol)
     "line_length_limit", "connection_made", "connection_lost", "data_received", "push",
     "handle_exception", "auth_PLAIN", "auth_LOGIN", "smtp_HELO", "smtp_EHLO", "smtp_MAIL",
@@ -434,3 +436,25 @@ def test_aiosmtpd_calls_each_overridden_member_in_a_real_session():
     assert all(isinstance(c._writer, aiosmtpd_adapter._ClosingOnce) for c in connections)
     assert all(c.command_task is not None and c.command_task.done() for c in connections)
 
+
+
+# --- aiosmtpd's shared state, made the connection's own -----------------------------------
+def mail_from_with_a_source_route() -> str:
+    """A MAIL command over 512 octets and within RFC 1870's 26 more for SIZE: a
+    source route (RFC 5321 §4.1.2, obsolete, still to be accepted) of two long hosts."""
+    host = ".".join("a" * 60 for _ in range(4)) + ".test"
+    return f"MAIL FROM:<@{host},@{host}:s@example.com> SIZE=100"
+
+
+def test_a_new_connection_leaves_the_mail_line_limit_of_the_others_alone(gateway):
+    # aiosmtpd keeps command_size_limits on its class, one dict for every connection:
+    # each new connection cleared it, and MAIL lines that EHLO had allowed (SIZE,
+    # RFC 1870 §3) became "too long" on every connection already open.
+    line = mail_from_with_a_source_route()
+    assert 512 < len(line) <= 512 + 26
+    with smtplib.SMTP("127.0.0.1", gateway.ports["inbound"], timeout=15) as first:
+        first.ehlo("first.example")
+        with smtplib.SMTP("127.0.0.1", gateway.ports["inbound"], timeout=15) as second:
+            assert second.noop()[0] == 250  # it is connected: its SMTP object exists
+            code, text = first.docmd(line)
+            assert code == 250, text

@@ -27,6 +27,7 @@ each with ``getattr``, so methods stay bound to the right object.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -90,6 +91,15 @@ class SMTPAdapter(HookDiscovery, SMTP):
     ``_cb_client_connected()``  (the writer closes its transport once)
     ==========================  ========================================
     """
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd keeps command_size_limits on its class, one dict for every
+        # connection: each new connection clears it (in SMTP.__init__), each EHLO
+        # changes MAIL's.  A MAIL line that EHLO allowed (RFC 1870 §3: 26 octets more
+        # for SIZE=) was refused as too long once another client connected.
+        self.command_size_limits = collections.defaultdict(
+            lambda limit=self.command_size_limit: limit)
 
     # --- aiosmtpd calls these; each hands over to our name -------------------------
     async def _handle_client(self) -> None:
