@@ -17,9 +17,10 @@ running that test.
 
 Hook discovery without patching aiosmtpd: ``SMTP.__init__`` finds its AUTH
 mechanisms, handler hooks and commands with ``inspect.getmembers`` and ``dir()``
-on the connection and on the handler, for every connection (about half a
-millisecond with the full attribute lists, more than reading and forwarding a
-5 KB message).  Both read ``dir()``, which asks ``__dir__``: :class:`HookDiscovery`
+on the connection and on the handler, for every connection: with the full
+attribute lists, GatewaySMTP() took 92-130 µs instead of 21 (bench/connection_setup.py),
+and getattr ran every property of the handler.  Both read ``dir()``, which asks
+``__dir__``: :class:`HookDiscovery`
 answers with the names aiosmtpd looks for, cached per class; aiosmtpd still takes
 each with ``getattr``, so methods stay bound to the right object.
 """
