@@ -174,7 +174,11 @@ def test_several_signatures_each_get_the_same_verdict(msg, canon1, canon2, corru
         lines = signed.split(b"\r\n")
         sig_lines = [i for i, x in enumerate(lines) if b"b=" in x and b"bh=" not in x]
         i = sig_lines[corrupt % len(sig_lines)]
-        lines[i] = lines[i].replace(b"b=", b"b=AAAA", 1)
+        # Its first character changed, the length kept (a b= made longer with zero
+        # octets in front is a case apart: see test_rsa_signature_longer_than_the_key...).
+        start = lines[i].index(b"b=") + 2
+        first = lines[i][start:start + 1]
+        lines[i] = lines[i][:start] + (b"C" if first == b"B" else b"B") + lines[i][start + 1:]
         signed = b"\r\n".join(lines)
     results = agree(signed)
     assert len(results) == 3
@@ -269,6 +273,17 @@ def test_rsa_sha1_is_refused_even_when_valid():
                        include_headers=[b"from"]) + PLAIN
     assert dkimpy_results(signed) == [True]  # dkimpy would accept it
     assert only(signed).result == "fail"
+
+
+def test_rsa_signature_longer_than_the_key_fails_though_dkimpy_takes_it():
+    # RFC 8017 §8.2.2 step 1: a signature not as long as the modulus is invalid.
+    # dkimpy's pure-Python RSA reads b= as a number, so zero octets in front
+    # ("AAAA" in base64) change nothing for it; OpenSSL refuses them, and so do we.
+    signed = dkim.sign(PLAIN, b"r", DOMAIN, rsa_key().private, include_headers=[b"from"]) + PLAIN
+    padded = signed.replace(b" b=", b" b=AAAA", 1)
+    assert padded != signed
+    assert dkimpy_results(padded) == [True]  # dkimpy would accept it
+    assert only(padded).result == "fail"
 
 
 @pytest.mark.parametrize(("record", "result"), [

@@ -25,8 +25,10 @@ event loop up to :data:`INLINE_MAX_BYTES` of message and
 :data:`INLINE_MAX_SIGNATURES` signatures, where a trip to a worker thread
 (20-50 us) would cost as much as the work; anything larger goes to the executor.
 
-dkimpy is still used for ARC (gateway/checks/arc.py), with RSA through OpenSSL
-(:func:`rsa_verify_openssl` below).
+Keys and signatures are checked by our own functions (:func:`public_key`, parsed
+records kept; :meth:`PublicKey.verifies`), not by dkimpy's with ours swapped in:
+dkimpy, used for ARC (gateway/checks/arc.py) and as the reference in the tests,
+runs as its authors wrote it.
 """
 
 from __future__ import annotations
@@ -43,11 +45,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-import dkim
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.checks.dkim_canon import (
     BODY_CANONICALISERS,
@@ -477,35 +477,3 @@ def public_key(record: bytes) -> PublicKey | str:
     except (ValueError, UnsupportedAlgorithm) as e:
         return f"key record p= unusable: {e}"
     return "key record k= unknown"
-
-
-# --- RSA through OpenSSL -------------------------------------------------------------
-# dkimpy verifies RSA with Python integers (dkim.crypto.RSASSA_PKCS1_v1_5_verify);
-# the same check through OpenSSL is ~25x faster.  dkimpy calls the name it imported
-# into the ``dkim`` module, so replacing it there covers DKIM and ARC alike.
-_HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
-
-
-@functools.lru_cache(maxsize=4096)
-def _public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey:
-    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
-
-
-def rsa_verify_openssl(hash_obj, signature: bytes, public_key: dict) -> bool:
-    """Drop-in for dkimpy's RSASSA_PKCS1_v1_5_verify (same arguments, same answer)."""
-    algorithm = _HASHES[hash_obj.name]()
-    try:
-        key = _public_key(public_key["modulus"], public_key["publicExponent"])
-        key.verify(signature, hash_obj.digest(), padding.PKCS1v15(), Prehashed(algorithm))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-_pure_python_rsa_verify = dkim.RSASSA_PKCS1_v1_5_verify
-dkim.RSASSA_PKCS1_v1_5_verify = rsa_verify_openssl
-
-# dkimpy parses the key record (base64, ASN.1 in Python) for every signature: about
-# 0.1 ms.  The parse depends only on the record text, so keep recent ones.
-_evaluate_pk_uncached = dkim.evaluate_pk
-dkim.evaluate_pk = functools.lru_cache(maxsize=4096)(_evaluate_pk_uncached)

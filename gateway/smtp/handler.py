@@ -49,6 +49,7 @@ from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipi
 from gateway.rules.senders import decide_envelope_sender, decide_header_senders
 from gateway.runtime import Runtime
 from gateway.smtp.abuse_reports import take_abuse_report
+from gateway.smtp.aiosmtpd_adapter import HookDiscovery
 from gateway.smtp.content_scan import scan
 from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.metered import MeteredDownstream, MeteredSession, on_disconnect
@@ -72,11 +73,12 @@ _NOTICE_REASONS = {
 _PASSED_MAIL_PARAMS = ("SIZE=", "BODY=")
 
 
-class GatewayHandler:
+class GatewayHandler(HookDiscovery):
     """One handler per listener; ``direction`` is inbound (MX) or outbound (submission).
 
     aiosmtpd takes every ``handle_*`` and ``auth_*`` attribute of a handler as a hook
-    or an AUTH mechanism: name nothing else that way.
+    or an AUTH mechanism: name nothing else that way.  HookDiscovery: aiosmtpd finds
+    them per connection without a full dir() (and without calling our properties).
     """
 
     def __init__(self, runtime: Runtime, *, direction: str, authentication_timeout: float = 15.0):

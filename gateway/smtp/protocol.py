@@ -1,6 +1,9 @@
 """aiosmtpd's SMTP engine, adjusted where a security gateway needs it.
 
-What changes here, and why (see ../shared/LIBRARY-NOTES.md):
+What changes here, and why (see ../shared/LIBRARY-NOTES.md).  Where that means
+reaching into aiosmtpd (its command loop, timer, reader, address parser), it goes
+through the names gateway/smtp/aiosmtpd_adapter.py gives them: nothing here uses
+a private member of aiosmtpd's.
 
 - Every reply carries an RFC 3463 enhanced status code (aiosmtpd sends about 50
   bare literals); EHLO advertises PIPELINING and ENHANCEDSTATUSCODES.
@@ -43,12 +46,12 @@ import re
 import secrets
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from gateway import replies
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
-from gateway.smtp import introspection
+from gateway.smtp.aiosmtpd_adapter import SMTPAdapter, help_only_when, keep_help_texts
 from gateway.smtp.data_scanner import DataScanner
 from gateway.smtp.records import (
     ConnectionRecord,
@@ -58,7 +61,6 @@ from gateway.smtp.records import (
     write_transaction,
 )
 
-introspection.install()
 log = logging.getLogger("portcullis.smtp")
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
@@ -121,16 +123,7 @@ def with_enhanced_code(status: str) -> str:
     return f"{m.group(1)}{m.group(2)}{enhanced} {m.group(3)}"
 
 
-class _ClosingOnce(asyncio.StreamWriter):
-    """aiosmtpd closes its writer whenever its command loop ends, also after we
-    closed the transport ourselves; a TLS transport must not be closed twice."""
-
-    def close(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.close()
-
-
-class GatewaySMTP(SMTP):
+class GatewaySMTP(SMTPAdapter):
     """One SMTP connection on one of our listeners."""
 
     def __init__(self, handler: Any, *, listener: str, offers_auth: bool, implicit_tls: bool,
@@ -178,7 +171,7 @@ class GatewaySMTP(SMTP):
         self.proxied_client: str | None = None
         # aiosmtpd asks a handle_PROXY hook to accept the header; without one it
         # refuses every connection.  The hook is ours: it belongs to the connection.
-        self._handle_hooks["PROXY"] = self._accept_proxy_header
+        self.set_hook("PROXY", self._accept_proxy_header)
         runtime = getattr(handler, "runtime", None)
         self.metrics = getattr(runtime, "metrics", None)
         # Where refusals, holds and suspensions are journalled (gateway/store/journal.py).
@@ -202,10 +195,6 @@ class GatewaySMTP(SMTP):
             tls = self.tls_info()
             self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
-    def _cb_client_connected(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        super()._cb_client_connected(
-            reader, _ClosingOnce(writer.transport, self, reader, self.loop))
 
     def connection_lost(self, error: Exception | None) -> None:
         self._write_records()
@@ -214,7 +203,7 @@ class GatewaySMTP(SMTP):
         if self.metrics is not None and self._counted:
             self._counted = False
             self.metrics.closed(self.listener)
-        handler = self._handler_coroutine
+        handler = self.command_task
         if handler is not None and not handler.done():
             # Cancelled above; it may still be releasing what its command held.
             self._track(handler)
@@ -275,19 +264,19 @@ class GatewaySMTP(SMTP):
         error = None if task.cancelled() else task.exception()
         # aiosmtpd re-raises a reset connection from its command loop: the client
         # left, nothing to report.  Anything else is ours, and logged with the id.
-        if error is not None and not (task is self._handler_coroutine
+        if error is not None and not (task is self.command_task
                                       and isinstance(error, ConnectionError)):
             log.error("cid=%s clean-up failed", self.cid, exc_info=error)
 
-    def _timeout_cb(self) -> None:
+    def on_timeout(self) -> None:
         # During DATA the timeout is an idle timer: if data arrived since the
         # timer was armed, arm it again rather than hanging up on a slow sender.
         if self._in_data and self._progress != self._progress_seen:
             self._progress_seen = self._progress
-            self._reset_timeout(self._data_timeout)
+            self.restart_timer(self._data_timeout)
             return
         if not self._greeted:  # still waiting for a PROXY header: no SMTP spoken yet
-            super()._timeout_cb()
+            super().on_timeout()
             return
         log.info("cid=%s timeout%s, disconnecting", self.cid, " in DATA" if self._in_data else "")
         # RFC 5321 §4.5.3.2: a server that gives up on a client says so (421) first.
@@ -340,7 +329,7 @@ class GatewaySMTP(SMTP):
 
     @property
     def encrypted(self) -> bool:
-        return self.implicit_tls or self._tls_protocol is not None
+        return self.implicit_tls or self.started_tls
 
     def close_gracefully(self, reply: Reply = replies.SHUTTING_DOWN) -> None:
         """Say 421 and hang up, now if idle, else once the transaction ends."""
@@ -359,9 +348,8 @@ class GatewaySMTP(SMTP):
 
     def reset(self) -> None:
         """Drop the connection now (a client that does not let go after our 421)."""
-        for transport in (self._original_transport, self.transport):
-            if transport is not None:
-                transport.abort()
+        for transport in self.transports():
+            transport.abort()
 
     async def _hang_up(self, reply: Reply) -> None:
         self._goodbye(reply, "shutdown" if self._closing else self.end_reason)
@@ -390,16 +378,16 @@ class GatewaySMTP(SMTP):
     def _stop_commands(self) -> None:
         """End aiosmtpd's command loop, which otherwise reads on until the transport
         reports the connection lost (for TLS, after the client's close_notify)."""
-        task = self._handler_coroutine
+        task = self.command_task
         if task is not None and not task.done():
             task.cancel()
 
-    async def _handle_client(self) -> None:
+    async def serve(self) -> None:
         if self.refuse_with is not None:
             self._greeted = True
             await self._hang_up(self.refuse_with)
             return
-        await super()._handle_client()
+        await super().serve()
 
     # --- replies -------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:
@@ -443,19 +431,18 @@ class GatewaySMTP(SMTP):
         write (as Postfix does).  Only those, and only while the client's next
         command is already here; every other reply writes out what waits first.
         """
-        if self._writer.transport.is_closing():
+        if self.output_closing:
             # We said goodbye, or the client left: nothing more is said, and the
             # command loop ends now, before aiosmtpd would read on or close the
             # transport again (its TLS side may have closed it already).
             self._pending_replies = EMPTY
             raise asyncio.CancelledError
-        if self._deferrable and b"\n" in self._reader._buffer:
+        if self._deferrable and self.has_buffered_line():
             self._pending_replies += reply
             return
         if self._pending_replies:
             reply, self._pending_replies = self._pending_replies + reply, EMPTY
-        self._writer.write(reply)
-        await self._writer.drain()
+        await self.write(reply)
 
     async def handle_exception(self, error: Exception) -> str:
         # A crash in a check never lets a message through and never leaks internals:
@@ -470,12 +457,11 @@ class GatewaySMTP(SMTP):
         return reply
 
     # --- envelope life cycle -----------------------------------------------------------
-    def _set_post_data_state(self) -> None:
+    def before_envelope_reset(self) -> None:
         # RSET, a new EHLO, end of DATA: any downstream transaction still open is abandoned.
         self._abort_transaction()
         if not self._in_data:  # at the end of DATA, smtp_DATA writes it with the reply
             self.end_transaction("", "reset")
-        super()._set_post_data_state()
 
     def _abort_transaction(self) -> None:
         envelope = getattr(self, "envelope", None)
@@ -489,7 +475,7 @@ class GatewaySMTP(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
-        self._set_rset_state()
+        self.reset_state()
         assert self.session is not None
         self.session.extended_smtp = False
         self.session.host_name = hostname
@@ -499,7 +485,7 @@ class GatewaySMTP(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
-        self._set_rset_state()
+        self.reset_state()
         assert self.session is not None
         self.session.extended_smtp = True
         self.session.host_name = hostname
@@ -508,17 +494,17 @@ class GatewaySMTP(SMTP):
             lines.append(f"SIZE {self.data_size_limit}")
             self.command_size_limits["MAIL"] = 512 + 26
         lines += ["8BITMIME", "ENHANCEDSTATUSCODES"]
-        if self.tls_context and not self._tls_protocol:
+        if self.tls_context and not self.started_tls:
             lines.append("STARTTLS")
         if self.offers_auth and self.encrypted:
-            lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
+            lines.append("AUTH " + " ".join(self.auth_mechanisms))
         # RFC 5321 §4.2.1: every line but the last has a hyphen after the code.
         # One write for the whole reply: a write per line costs a syscall each.
         last = len(lines) - 1
         await self._send("".join(
             f"250{'-' if i < last else ' '}{line}\r\n" for i, line in enumerate(lines)).encode())
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+    def parse_path(self, arg: str) -> tuple[str | None, str | None]:
         """``<mailbox> params`` → (mailbox as sent, params); ``<>`` → ("<>", params).
 
         Replaces aiosmtpd's RFC 5322 parser, which accepts comments and folding
@@ -587,11 +573,11 @@ class GatewaySMTP(SMTP):
         answered 555.  We do not pass on identities we cannot vouch for (§5: the
         server then uses AUTH=<> or none), so it is dropped, never forwarded.  A
         malformed one stays, for the 555 of an unrecognised parameter."""
-        body = self._strip_command_keyword("FROM:", arg)
+        body = self.strip_keyword("FROM:", arg)
         if not body:
             return arg
         try:
-            address, rest = self._getaddr(body)
+            address, rest = self.parse_path(body)
         except Exception:  # the parser's own errors: leave the command to aiosmtpd
             return arg
         if address is None or not rest:
@@ -739,37 +725,29 @@ class GatewaySMTP(SMTP):
         the size limit or a bare newline the rest is read and dropped, so the reply
         comes after the data, in step.  What follows the end is put back for the
         command loop (a pipelining client's next command)."""
-        reader = self._reader
         scanner = DataScanner(self._max_line_length, self.data_size_limit or 0)
-        # aiosmtpd set the StreamReader's limit to the command line limit, which also
-        # pauses the socket once twice that is buffered: DATA_CHUNK while in DATA.
-        saved_limit = reader._limit
-        reader._limit = DATA_CHUNK
-        try:
+        with self.reading_data(DATA_CHUNK):
             while True:
-                chunk = await reader.read(DATA_CHUNK)
+                chunk = await self.read_some(DATA_CHUNK)
                 if not chunk:
                     raise ConnectionResetError("connection closed during DATA")
                 self._progress += 1
                 end = scanner.feed(chunk)
                 if end >= 0:
                     if end < len(chunk):
-                        # StreamReader has no unread: the octets go back in front.
-                        reader._buffer[:0] = chunk[end:]
+                        self.unread(chunk[end:])
                     break
-        finally:
-            reader._limit = saved_limit
-        self._reset_timeout()
+        self.restart_timer()
         return scanner
 
     async def _read_and_deliver(self) -> None:
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self._reset_timeout(self._data_timeout)
+        self.restart_timer(self._data_timeout)
         scanner = await self._read_data()
         problem = scanner.problem
         if problem is not None:
             log.info("cid=%s message refused while reading: %s", self.cid, problem)
-            self._set_post_data_state()
+            self.reset_envelope()
             await self.push(str(problem))
             return
         assert self.envelope is not None
@@ -778,8 +756,8 @@ class GatewaySMTP(SMTP):
         content = scanner.message
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        status = await self.call_hook("DATA")
+        self.reset_envelope()
         await self.push(status)
 
 
@@ -787,18 +765,8 @@ class GatewaySMTP(SMTP):
 _AUTH_PARAMETER = re.compile(r"AUTH=(?:<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+)", re.IGNORECASE)
 
 
-def _keep_help_texts(cls: type) -> None:
-    """aiosmtpd's HELP reads the syntax its @syntax decorator put on each smtp_*
-    method; an override has none, and its command dropped out of HELP.  Each of
-    ours takes the syntax of the method it overrides."""
-    for name, method in vars(cls).items():
-        parent = getattr(SMTP, name, None)
-        if name.startswith("smtp_") and hasattr(parent, "__smtp_syntax__"):
-            for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
-                setattr(method, attr, getattr(parent, attr))
-
-
-_keep_help_texts(GatewaySMTP)
+# Our overrides of aiosmtpd's commands keep their HELP texts.
+keep_help_texts(GatewaySMTP)
 # HELP names AUTH only where it is offered (never on the MX).
-GatewaySMTP.smtp_AUTH.__smtp_syntax_when__ = "offers_auth"  # type: ignore[attr-defined]
+help_only_when(GatewaySMTP.smtp_AUTH, "offers_auth")
 

@@ -42,7 +42,7 @@ class Journal:
         self._clock = clock
         self._max_pending = max_pending
         self._buffer: list[JournalEntry] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
 
     def submit(self, kind: str, id: str, cid: str, record: Mapping[str, Any]) -> None:
         """Record a decision, later; returns at once."""
@@ -56,8 +56,8 @@ class Journal:
             log.error("journal: no event loop; %s %s not journalled", kind, id)
             return
         self._buffer.append(JournalEntry(id, cid, self._clock(), kind, record))
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write())
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = loop.create_task(self._write())
 
     async def _write(self) -> None:
         while self._buffer:
@@ -73,7 +73,7 @@ class Journal:
 
     async def drain(self, grace: float = 5.0) -> None:
         """Write what is buffered (shutdown, before the store closes)."""
-        writer = self._writer
+        writer = self._flush_task
         if writer is None or writer.done():
             return
         _done, late = await asyncio.wait({writer}, timeout=grace)

@@ -1,0 +1,238 @@
+"""The one module that knows aiosmtpd's insides.
+
+aiosmtpd splits protocol from policy with its ``handle_*`` hooks, and the policy
+is ours through them.  But a security gateway must also change the protocol
+engine itself (gateway/smtp/protocol.py says what and why): its DATA reader,
+its timer, its address parser, its goodbye.  aiosmtpd 1.4.6 offers no public way
+to do that, only methods it calls on itself and attributes it keeps, all private.
+
+Every use of those is here, behind a name of ours: gateway/smtp/protocol.py
+subclasses :class:`SMTPAdapter` and touches nothing private of aiosmtpd's (or of
+asyncio's StreamReader, which aiosmtpd's reader is).  tests/test_aiosmtpd_adapter.py
+holds this module to the aiosmtpd installed: each member below still exists with
+the signature relied on, aiosmtpd's command loop still calls the ones overridden,
+and our own names collide with none of aiosmtpd's.  pyproject.toml pins the
+version it was checked against (:data:`AIOSMTPD_VERSION`); an upgrade starts by
+running that test.
+
+Hook discovery without patching aiosmtpd: ``SMTP.__init__`` finds its AUTH
+mechanisms, handler hooks and commands with ``inspect.getmembers`` and ``dir()``
+on the connection and on the handler, for every connection: with the full
+attribute lists, GatewaySMTP() took 92-130 µs instead of 21 (bench/connection_setup.py),
+and getattr ran every property of the handler.  Both read ``dir()``, which asks
+``__dir__``: :class:`HookDiscovery`
+answers with the names aiosmtpd looks for, cached per class; aiosmtpd still takes
+each with ``getattr``, so methods stay bound to the right object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+# The release this module was checked against; pyproject.toml pins the same.
+AIOSMTPD_VERSION = "1.4.6"
+
+# aiosmtpd picks hooks, commands and AUTH mechanisms out of dir() by these prefixes.
+HOOK_PREFIXES = ("auth_", "handle_", "smtp_")
+_hook_names_by_class: dict[type, list[str]] = {}
+
+
+def hook_names(cls: type) -> list[str]:
+    """The names of ``cls`` that aiosmtpd may take as a hook, command or mechanism."""
+    names = _hook_names_by_class.get(cls)
+    if names is None:
+        names = _hook_names_by_class[cls] = [n for n in dir(cls) if n.startswith(HOOK_PREFIXES)]
+    return names
+
+
+class HookDiscovery:
+    """``dir()`` of an instance lists only the names aiosmtpd looks hooks up by.
+
+    For the handler and the SMTP connection: aiosmtpd runs ``dir()`` and
+    ``inspect.getmembers()`` (which calls ``dir()`` and then ``getattr`` on every
+    name, properties included) on both, per connection.  Only the class's names:
+    scanning each instance's attributes would cost as much again, and no hook of
+    ours is an instance attribute (tests/test_aiosmtpd_adapter.py checks that
+    aiosmtpd finds what a full ``dir()`` would, and that each hook of ours is one
+    aiosmtpd calls: a misspelt hook is silently ignored)."""
+
+    __slots__ = ()
+
+    def __dir__(self) -> list[str]:
+        return hook_names(type(self))
+
+
+class _ClosingOnce(asyncio.StreamWriter):
+    """aiosmtpd closes its writer whenever its command loop ends, also after we
+    closed the transport ourselves; a TLS transport must not be closed twice."""
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class SMTPAdapter(HookDiscovery, SMTP):
+    """aiosmtpd's ``SMTP`` with its private members behind names of ours.
+
+    Overridden (aiosmtpd calls these on itself; each hands over to our name):
+
+    ==========================  ========================================
+    aiosmtpd                    ours
+    ==========================  ========================================
+    ``_handle_client()``        :meth:`serve` (the command loop's task)
+    ``_timeout_cb()``           :meth:`on_timeout`
+    ``_getaddr(arg)``           :meth:`parse_path`
+    ``_set_post_data_state()``  :meth:`before_envelope_reset`
+    ``_cb_client_connected()``  (the writer closes its transport once)
+    ==========================  ========================================
+    """
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd keeps command_size_limits on its class, one dict for every
+        # connection: each new connection clears it (in SMTP.__init__), each EHLO
+        # changes MAIL's.  A MAIL line that EHLO allowed (RFC 1870 §3: 26 octets more
+        # for SIZE=) was refused as too long once another client connected.
+        self.command_size_limits = collections.defaultdict(
+            lambda limit=self.command_size_limit: limit)
+
+    # --- aiosmtpd calls these; each hands over to our name -------------------------
+    async def _handle_client(self) -> None:
+        await self.serve()
+
+    def _timeout_cb(self) -> None:
+        self.on_timeout()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        return self.parse_path(arg)
+
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd calls it at the end of DATA, and (through _set_rset_state) at
+        # RSET, HELO, EHLO and when a connection (or its TLS layer) is made.
+        self.before_envelope_reset()
+        super()._set_post_data_state()
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(
+            reader, _ClosingOnce(writer.transport, self, reader, self.loop))
+
+    # --- our names: by default, what aiosmtpd does ------------------------------------
+    async def serve(self) -> None:
+        """The connection's life: the PROXY header, the greeting, the command loop."""
+        await SMTP._handle_client(self)
+
+    def on_timeout(self) -> None:
+        """The command (or PROXY header) timer ran out: aiosmtpd closes the transport."""
+        SMTP._timeout_cb(self)
+
+    def parse_path(self, arg: str) -> tuple[str | None, str | None]:
+        """``<path> params`` of MAIL FROM: / RCPT TO: → (address, params) or (None, None)."""
+        return SMTP._getaddr(self, arg)
+
+    def before_envelope_reset(self) -> None:
+        """The transaction's envelope is about to be replaced by an empty one."""
+
+    # --- state and actions aiosmtpd keeps private -----------------------------------
+    def reset_envelope(self) -> None:
+        """End of the transaction: a new, empty envelope (after before_envelope_reset)."""
+        self._set_post_data_state()
+
+    def reset_state(self) -> None:
+        """HELO/EHLO (RFC 5321 §4.1.4): as RSET, a new empty envelope."""
+        self._set_rset_state()
+
+    def restart_timer(self, duration: float | None = None) -> None:
+        """Arm the timer afresh: ``duration`` seconds, or the command timeout."""
+        self._reset_timeout(duration)
+
+    async def call_hook(self, name: str, *args: Any) -> Any:
+        """The handler's ``handle_<name>`` hook's answer (aiosmtpd's MISSING if none)."""
+        return await self._call_handler_hook(name, *args)
+
+    def set_hook(self, name: str, hook: Callable[..., Any]) -> None:
+        """Use ``hook`` as ``handle_<name>`` for this connection."""
+        self._handle_hooks[name] = hook
+
+    @property
+    def auth_mechanisms(self) -> list[str]:
+        """The AUTH mechanisms aiosmtpd found, sorted (for EHLO)."""
+        return sorted(self._auth_methods)
+
+    @property
+    def started_tls(self) -> bool:
+        """STARTTLS has completed on this connection (not implicit TLS)."""
+        return self._tls_protocol is not None
+
+    @property
+    def command_task(self) -> asyncio.Task[None] | None:
+        """The task running :meth:`serve` (None before the connection is made)."""
+        return self._handler_coroutine
+
+    def transports(self) -> list[asyncio.BaseTransport]:
+        """The transports to abort to drop the connection: after STARTTLS, the TLS
+        one and the socket's beneath it."""
+        return [t for t in (self._original_transport, self.transport) if t is not None]
+
+    def strip_keyword(self, keyword: str, arg: str) -> str | None:
+        """``arg`` without ``keyword`` (``FROM:``, ``TO:``) at its start; None if absent."""
+        return self._strip_command_keyword(keyword, arg)
+
+    # --- the socket, beneath aiosmtpd's line reader ---------------------------------
+    def has_buffered_line(self) -> bool:
+        """The client's next command line (or part of it) has already arrived."""
+        return b"\n" in self._reader._buffer
+
+    @property
+    def output_closing(self) -> bool:
+        """Our side is closing or closed: nothing more can be written."""
+        return self._writer.transport.is_closing()
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` as it is and wait until the transport takes more."""
+        self._writer.write(data)
+        await self._writer.drain()
+
+    @contextmanager
+    def reading_data(self, limit: int) -> Iterator[None]:
+        """Read with :meth:`read_some` while inside, with ``limit`` as the reader's limit.
+
+        aiosmtpd sets the StreamReader's limit to the command line limit, which also
+        pauses the socket once twice that is buffered: DATA wants larger reads."""
+        reader = self._reader
+        saved, reader._limit = reader._limit, limit
+        try:
+            yield
+        finally:
+            reader._limit = saved
+
+    async def read_some(self, size: int) -> bytes:
+        """Up to ``size`` octets, as soon as any arrive; b"" at the end of the stream."""
+        return await self._reader.read(size)
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what the reader holds (StreamReader has no
+        unread): what a pipelining client sent after DATA's end, for the command loop."""
+        self._reader._buffer[:0] = data
+
+
+def keep_help_texts(cls: type[SMTP]) -> None:
+    """aiosmtpd's HELP reads the syntax its @syntax decorator put on each smtp_*
+    method; an override has none, and its command dropped out of HELP.  Each of
+    ``cls``'s takes the syntax of the method it overrides."""
+    for name, method in vars(cls).items():
+        parent = getattr(SMTP, name, None)
+        if name.startswith("smtp_") and hasattr(parent, "__smtp_syntax__"):
+            for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+                setattr(method, attr, getattr(parent, attr))
+
+
+def help_only_when(method: Callable[..., Any], attribute: str) -> None:
+    """HELP names ``method``'s command only on connections whose ``attribute`` is true."""
+    method.__smtp_syntax_when__ = attribute  # type: ignore[attr-defined]
