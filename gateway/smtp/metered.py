@@ -1,8 +1,8 @@
 """Quota state tied to a connection and a transaction's life cycle.
 
 The protocol object (gateway/smtp/protocol.py) aborts the downstream transaction
-it finds on ``envelope.downstream`` on RSET, a new EHLO, a local refusal after
-DATA and at disconnect.  Wrapping that transaction is how a quota hold is
+it finds on the open Transaction (``tx.downstream``, gateway/smtp/state.py) on
+RSET, a new EHLO, a local refusal after DATA and at disconnect.  Wrapping that transaction is how a quota hold is
 released at exactly those moments, without the protocol knowing about quotas.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.downstream.base import Transaction
@@ -19,14 +18,6 @@ from gateway.rules.quota import AccountQuota
 from gateway.store.metering import MeteredTransaction, Metering
 
 log = logging.getLogger("portcullis.quota")
-
-
-@dataclass(slots=True)
-class MeteredSession:
-    """Set at a successful AUTH on the submission listener: whose connection slot it holds."""
-
-    acct: AccountQuota
-    metering: Metering
 
 
 class MeteredDownstream:

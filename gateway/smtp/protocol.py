@@ -49,6 +49,7 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from gateway import replies
+from gateway.accounts.source import Identity
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
 from gateway.smtp.aiosmtpd_adapter import SMTPAdapter, help_only_when, keep_help_texts
@@ -60,6 +61,7 @@ from gateway.smtp.records import (
     write_connection,
     write_transaction,
 )
+from gateway.smtp.state import Session, Transaction
 
 log = logging.getLogger("portcullis.smtp")
 
@@ -137,6 +139,10 @@ class GatewaySMTP(SMTPAdapter):
         self.record = ConnectionRecord(self.cid, listener)
         self._recorded = False  # its line written
         self.tx_record: TransactionRecord | None = None
+        # Our state of this connection, and of the transaction in it once MAIL is
+        # accepted (gateway/smtp/state.py): nothing is added to aiosmtpd's objects.
+        self.facts = Session(self.cid, listener, self.in_background)
+        self.tx: Transaction | None = None
         # How the connection ended, for its log line: quit, disconnect, timeout,
         # data_timeout, shutdown, too_many_errors, refused_limit.
         self.end_reason = "disconnect"
@@ -146,7 +152,6 @@ class GatewaySMTP(SMTPAdapter):
         self.listener = listener
         self.offers_auth = offers_auth
         self.implicit_tls = implicit_tls
-        self.identity: Any = None  # set by a successful AUTH; cleared on STARTTLS
         self._max_errors = max_errors
         self._errors = 0
         self._data_timeout = data_timeout
@@ -181,7 +186,7 @@ class GatewaySMTP(SMTPAdapter):
     # --- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS (RFC 3207 §4.2: forget what the client said).
-        self.identity = None
+        self.facts.identity = None
         if self.refuse_with is not None:
             self.end_reason = "refused_limit"
         if self.metrics is not None and not self._counted:
@@ -190,9 +195,10 @@ class GatewaySMTP(SMTPAdapter):
             self.metrics.connection(self.listener,
                                     "refused_limit" if self.refuse_with else "accepted")
         super().connection_made(transport)
+        # Read now: once closed, asyncio's TLS transport can no longer say.
+        tls = self.facts.tls = self.tls_info()
+        self.facts.client_ip = self.client_ip
         if not self._recorded:
-            # Read now: once closed, asyncio's TLS transport can no longer say.
-            tls = self.tls_info()
             self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
 
@@ -241,7 +247,7 @@ class GatewaySMTP(SMTPAdapter):
         if record is None:
             return
         write_transaction(record, listener=self.listener, client=self.client_ip,
-                          login=self.identity.login if self.identity is not None else "",
+                          login=self.facts.login or "",
                           status=status, ended=ended, journal=self.journal)
 
     def pass_verbatim(self, status: str) -> str:
@@ -288,7 +294,7 @@ class GatewaySMTP(SMTPAdapter):
             log.warning("cid=%s PROXY header without a client address: %s", self.cid,
                         proxy_data.error or "no source")
             return False
-        self.proxied_client = str(proxy_data.src_addr)
+        self.proxied_client = self.facts.client_ip = str(proxy_data.src_addr)
         log.info("cid=%s PROXY from %s for client %s", self.cid,
                  self._peer_ip(), self.proxied_client)
         return True
@@ -296,6 +302,11 @@ class GatewaySMTP(SMTPAdapter):
     def _peer_ip(self) -> str:
         peer = self.session.peer if self.session is not None else None
         return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+    @property
+    def identity(self) -> Identity | None:
+        """The login a successful AUTH proved (kept on the Session)."""
+        return self.facts.identity
 
     @property
     def client_ip(self) -> str:
@@ -464,11 +475,11 @@ class GatewaySMTP(SMTPAdapter):
             self.end_transaction("", "reset")
 
     def _abort_transaction(self) -> None:
-        envelope = getattr(self, "envelope", None)
-        tx = getattr(envelope, "downstream", None) if envelope is not None else None
-        if tx is not None:
-            envelope.downstream = None
-            self.in_background(tx.abort())
+        """Drop the open transaction; abort its downstream part if not yet handed over."""
+        tx, self.tx = self.tx, None
+        if tx is not None and tx.downstream is not None:
+            downstream, tx.downstream = tx.downstream, None
+            self.in_background(downstream.abort())
 
     # --- commands ------------------------------------------------------------------
     async def smtp_HELO(self, hostname: str) -> None:
@@ -625,8 +636,8 @@ class GatewaySMTP(SMTPAdapter):
             return
         self._last_reply = ""
         await super().smtp_AUTH(arg)
-        if self._last_reply.startswith("235") and self.identity is not None:
-            self.record.login = self.identity.login
+        if self._last_reply.startswith("235") and self.facts.identity is not None:
+            self.record.login = self.facts.identity.login
         elif self._last_reply[:3] in ("535", "454"):
             self.record.auth_failures += 1
 
@@ -681,7 +692,7 @@ class GatewaySMTP(SMTPAdapter):
                 self.metrics.auth_attempt(self.listener, identity is not None)
         if identity is None:
             return AuthResult(success=False, handled=False, message=str(reply))
-        self.identity = identity
+        self.facts.identity = identity
         return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=str(reply))
 
     async def smtp_DATA(self, arg: str) -> None:

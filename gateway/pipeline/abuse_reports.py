@@ -1,0 +1,20 @@
+"""MX, after the downstream took a message for abuse@: attribute the complaint to
+the account that sent the mail it quotes (gateway/smtp/abuse_reports.py).
+Nothing here changes the client's answer."""
+
+from __future__ import annotations
+
+from gateway.pipeline.step import CONTINUE, Step, StepResult
+from gateway.smtp.abuse_reports import take_abuse_report
+from gateway.smtp.state import Transaction
+
+
+async def run(tx: Transaction) -> StepResult:
+    reply = tx.reply
+    if tx.role_recipients and reply is not None and reply.is_success:
+        await take_abuse_report(tx.runtime, tx.txid, tx.prefix + tx.message.data,
+                                list(tx.role_recipients))
+    return CONTINUE
+
+
+STEP = Step("abuse reports", run)

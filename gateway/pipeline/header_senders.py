@@ -1,0 +1,22 @@
+"""Submission: exactly one From:, and every address in From:, Sender:, Resent-From:
+and Resent-Sender: one the account may use (rules/senders.py)."""
+
+from __future__ import annotations
+
+from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
+from gateway.rules.senders import decide_header_senders
+from gateway.smtp.state import Transaction
+
+
+async def run(tx: Transaction) -> StepResult:
+    identity = tx.session.identity
+    assert identity is not None  # submission listeners require AUTH before MAIL
+    customer = tx.runtime.directory.customers.get(identity.customer)
+    verdict = decide_header_senders(identity, customer.aliases if customer is not None else {},
+                                    tx.message.fields)
+    if verdict.accept:
+        return CONTINUE
+    return refuse(verdict.reply, verdict.rule, verdict.facts)
+
+
+STEP = Step("header senders", run)

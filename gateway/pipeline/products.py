@@ -1,0 +1,145 @@
+"""The two products a listener can be, chosen once when the listener is built:
+what each asks at MAIL and RCPT, where its mail goes and which pipeline runs at
+the end of DATA.  The handler (gateway/smtp/handler.py) asks its product and
+never which product it is.
+
+=============  ==========================================  ===================
+               MAIL                                        RCPT
+=============  ==========================================  ===================
+Inbound (MX)   anyone may send                             our customers'
+                                                           domains, abuse@ and
+                                                           postmaster@ (ours)
+Submission     the account may use the sender              any domain; the
+               (rules/senders.py); suspended? SIZE=?       account's rate and
+               (quotas: the holds start here)              recipient limits
+=============  ==========================================  ===================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.accounts.source import Identity
+from gateway.addresses import Mailbox
+from gateway.downstream.base import Downstream
+from gateway.pipeline.pipelines import INBOUND, SUBMISSION
+from gateway.pipeline.quota_refusal import quota_refusal
+from gateway.pipeline.step import Step
+from gateway.replies import Reply, Verdict
+from gateway.rules.abuse import is_role_recipient
+from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
+from gateway.rules.senders import decide_envelope_sender
+from gateway.runtime import Runtime
+from gateway.smtp.records import TransactionRecord
+from gateway.smtp.state import Session
+
+
+class Product(Protocol):
+    direction: str  # inbound | outbound: the name in metrics, holds and notices
+    pipeline: Sequence[Step]
+    meters_accounts: bool  # logins are metered: lockout, session slots, quotas
+
+    def downstream(self, rt: Runtime) -> Downstream: ...
+
+    async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
+                           sender: str, mail_options: list[str]
+                           ) -> tuple[Reply | None, AccountQuota | None]:
+        """At MAIL: a refusal (its rule on ``record``), or None and the account whose
+        quota holds the transaction takes (None: not metered)."""
+        ...
+
+    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+        """At RCPT: the verdict, the mailbox to relay, and whether it is a role
+        mailbox of ours (abuse@, postmaster@)."""
+        ...
+
+
+class Inbound:
+    direction = "inbound"
+    pipeline = INBOUND
+    meters_accounts = False
+
+    def downstream(self, rt: Runtime) -> Downstream:
+        assert rt.inbound is not None
+        return rt.inbound
+
+    async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
+                           sender: str, mail_options: list[str]
+                           ) -> tuple[Reply | None, AccountQuota | None]:
+        return None, None  # anyone may send to our customers: the checks come at DATA
+
+    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+        if address.lower() == "postmaster":
+            # RFC 5321 §4.5.1: the unqualified <Postmaster> is the ISP's own postmaster.
+            domains = rt.config.abuse.domains
+            address = f"postmaster@{domains[0] if domains else rt.config.hostname}"
+            role = True
+        else:
+            # RFC 2142 / RFC 5321 §4.5.1: abuse@ and postmaster@ of every domain we
+            # serve are ours, the ISP's own domains included.
+            role = is_role_recipient(address, lambda d: _serves(rt, d))
+        owner = (lambda d: "role mailbox") if role else rt.directory.customer_for_domain
+        verdict, mailbox = decide_inbound_recipient(address, owner)
+        return verdict, mailbox, role
+
+
+class Submission:
+    direction = "outbound"
+    pipeline = SUBMISSION
+    meters_accounts = True
+
+    def downstream(self, rt: Runtime) -> Downstream:
+        assert rt.outbound is not None
+        return rt.outbound
+
+    async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
+                           sender: str, mail_options: list[str]
+                           ) -> tuple[Reply | None, AccountQuota | None]:
+        identity = session.identity
+        assert identity is not None  # AUTH is required before MAIL here
+        customer = rt.directory.customers.get(identity.customer)
+        verdict = decide_envelope_sender(identity, customer.aliases if customer else {}, sender)
+        if not verdict.accept:
+            record.decide(verdict.rule, verdict.facts)
+            return verdict.reply, None
+        if rt.metering is None:
+            return None, None
+        acct = account_quota(rt, identity)
+        decision = await rt.metering.check_mail(
+            acct, _declared_size(mail_options), rt.clock(), lease_id=session.cid)
+        if quota_refusal(record, decision, rt, identity.login) is not None:
+            return decision.verdict.reply, None
+        return None, acct
+
+    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+        verdict, mailbox = decide_outbound_recipient(address)
+        return verdict, mailbox, False
+
+
+# The listener's direction (gateway/listeners.py) → its product.
+PRODUCTS: dict[str, Product] = {"inbound": Inbound(), "outbound": Submission()}
+
+
+def account_quota(rt: Runtime, identity: Identity) -> AccountQuota:
+    found = rt.directory.account(identity.login)
+    return quota_for_login(identity.login, identity.customer, rt.config.quotas,
+                           rt.directory.customers.get(identity.customer),
+                           found[1] if found is not None else None)
+
+
+def _declared_size(mail_options: list[str]) -> int | None:
+    """RFC 1870 §3: MAIL FROM:<...> SIZE=n."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _serves(rt: Runtime, domain: str) -> bool:
+    """A domain whose role mailboxes we accept: a customer's, our own host name, or
+    one the ISP listed under abuse.domains."""
+    return (domain in rt.directory.domains or domain == rt.config.hostname
+            or domain in rt.config.abuse.domains)

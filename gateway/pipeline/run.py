@@ -1,0 +1,35 @@
+"""The loop over a listener's pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.pipeline.step import Action, Step, StepResult
+from gateway.smtp.state import Transaction
+
+
+class PipelineError(RuntimeError):
+    """A pipeline that is not well made: a bug, answered 451 by the protocol."""
+
+
+async def run_pipeline(steps: Sequence[Step], tx: Transaction) -> StepResult:
+    """Run ``steps`` in order until one refuses or holds the message.
+
+    Once a step has delivered it, the rest still run (they settle quotas, read
+    an abuse report) but can no longer change the answer: the downstream has
+    the message.  The result is the one that decided the client's reply."""
+    done: StepResult | None = None
+    for step in steps:
+        result = await step.run(tx)
+        action = result.action
+        if action is Action.CONTINUE:
+            continue
+        if done is not None:
+            raise PipelineError(f"step {step.name!r} answered {action.value} after delivery")
+        if action is Action.DELIVERED:
+            done = result
+            continue
+        return result
+    if done is None:
+        raise PipelineError("the pipeline ended without delivering or refusing the message")
+    return done

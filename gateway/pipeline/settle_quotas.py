@@ -1,0 +1,33 @@
+"""Submission, after the downstream answered: the quota holds are committed if it
+took the message (released if not), and the suspension signals assessed
+(rules/compromise.py); a suspension notifies the account holder and abuse desk."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.pipeline.notices import notify
+from gateway.pipeline.step import CONTINUE, Step, StepResult
+from gateway.smtp.state import Transaction
+
+log = logging.getLogger("portcullis.smtp")
+
+
+async def run(tx: Transaction) -> StepResult:
+    quota, reply = tx.quota, tx.reply
+    if quota is None or reply is None:
+        return CONTINUE
+    suspension = await quota.metering.finish(quota.acct, quota.tx, reply.is_success,
+                                             tx.runtime.clock())
+    if suspension is not None:
+        # On the record's trail, so the journal keeps it (``portcullis explain``).
+        tx.record.suspended({"login": suspension.login, "reason": suspension.reason,
+                             **dict(suspension.evidence)})
+        log.warning("txid=%s login=%s suspended: %s evidence=%s", tx.txid,
+                    suspension.login, suspension.reason, dict(suspension.evidence))
+        notify(tx, "suspended", {"reason": suspension.reason, **dict(suspension.evidence)},
+               tx.txid)
+    return CONTINUE
+
+
+STEP = Step("settle quotas", run)

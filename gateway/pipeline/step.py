@@ -1,0 +1,58 @@
+"""One step of a pipeline and what it can say: continue, refuse, hold, delivered.
+
+A step reads the transaction (gateway/smtp/state.py), puts what it found on it
+(the message it changed, the fields it adds, its summary on the record) and
+returns a :class:`StepResult`.  It never writes to the connection: the runner
+(run.py) and the handler turn results into the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from gateway.replies import Reply
+from gateway.smtp.state import Transaction
+
+
+class Action(Enum):
+    CONTINUE = "continue"  # on to the next step
+    REFUSE = "refuse"  # a Reply of ours (4xx/5xx), the rule that decided, its facts
+    HOLD = "hold"  # kept for review instead of forwarded; the reply is the client's 250
+    DELIVERED = "delivered"  # the downstream answered; steps after it only settle
+
+
+Facts = Iterable[tuple[str, object]] | Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    action: Action
+    reply: Reply | None = None
+    rule: str = ""
+    facts: Facts = ()
+
+
+# Most steps, most of the time: one shared value, nothing allocated per message.
+CONTINUE = StepResult(Action.CONTINUE)
+
+
+def refuse(reply: Reply, rule: str, facts: Facts = ()) -> StepResult:
+    return StepResult(Action.REFUSE, reply, rule, facts)
+
+
+def hold(reply: Reply, rule: str, facts: Facts = ()) -> StepResult:
+    return StepResult(Action.HOLD, reply, rule, facts)
+
+
+def delivered(reply: Reply) -> StepResult:
+    return StepResult(Action.DELIVERED, reply, "downstream")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A named step: ``name`` is what docs/flow.md and the logs call it."""
+
+    name: str
+    run: Callable[[Transaction], Awaitable[StepResult]]
