@@ -17,7 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 
 class Strict(BaseModel):

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.config.domains import normalise_domain, normalise_domains
 from gateway.config.errors import ConfigError
+from gateway.values.domains import normalise_domain, normalise_domains
+from gateway.values.keys import Algorithm
 
 if TYPE_CHECKING:
     from gateway.dkim.keystore import KeyStore
 
-Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 MissingKey = Literal["tempfail", "send-unsigned"]
 # x= : at least an hour (mail sits in queues), at most a year.
 ExpireAfter = Annotated[int, Field(ge=3600, le=366 * 86400)]

@@ -23,7 +23,7 @@ import authres
 import authres.arc
 import authres.dmarc
 
-from gateway.checks.inbound import InboundEvidence
+from gateway.values.evidence import InboundEvidence
 
 FIELD_NAME = b"Authentication-Results"
 _NAME_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")  # RFC 5322 §3.6.8 field name
