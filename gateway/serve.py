@@ -43,6 +43,7 @@ from gateway.config.quota import QuotaSettings
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
+from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
 from gateway.ops.endpoint import autoconfig_site, make_endpoint
 from gateway.ops.http import OpsHTTPServer
@@ -54,7 +55,6 @@ from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
 from gateway.store.held import HeldStore
-from gateway.store.metering import Metering
 from gateway.tls import make_dev_certificate
 
 log = logging.getLogger("portcullis")

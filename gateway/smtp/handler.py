@@ -39,6 +39,7 @@ from gateway.config.dkim import DkimPolicy
 from gateway.config.policy import CustomerPolicy
 from gateway.downstream.base import Downstream
 from gateway.message import MalformedHeader, header_fields
+from gateway.metering import AuthAttempt
 from gateway.ops.notify import Incident
 from gateway.replies import Reply
 from gateway.rules.abuse import is_role_recipient
@@ -58,7 +59,6 @@ from gateway.smtp.records import TransactionRecord
 from gateway.stamps.authresults import remove_fields
 from gateway.stamps.received import ReceivedFacts, received_header
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
-from gateway.store.metering import AuthAttempt
 
 log = logging.getLogger("portcullis.smtp")
 

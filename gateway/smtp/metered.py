@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.downstream.base import Transaction
+from gateway.metering import MeteredTransaction, Metering
 from gateway.replies import Reply
 from gateway.rules.quota import AccountQuota
-from gateway.store.metering import MeteredTransaction, Metering
 
 log = logging.getLogger("portcullis.quota")
 
