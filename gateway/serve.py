@@ -45,10 +45,10 @@ from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
 from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
-from gateway.ops.endpoint import autoconfig_site, make_endpoint
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
+from gateway.ops_endpoint import autoconfig_site, make_endpoint
 from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
