@@ -45,13 +45,6 @@ class DnsSettings(Strict):
                 raise ValueError(f"{server!r} is not an IP address") from None
         return value
 
-    def make_resolver(self):
-        """The one Resolver, built at start-up and passed to the checks."""
-        from gateway.checks.dns import Resolver
-
-        return Resolver(list(self.nameservers), port=self.port, timeout=self.timeout,
-                        cache_size=self.cache_size)
-
 
 def normalise_authserv_id(value: str) -> str:
     """RFC 8601 §2.5: the authserv-id names the ADMD; a host name is the usual choice."""
