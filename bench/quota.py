@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from gateway.config.quota import CustomerQuotas, QuotaSettings
+from gateway.metering import Metering
 from gateway.rules.quota import account_quota
 from gateway.store.base import Store
-from gateway.store.metering import Metering
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
 from tests.support.redis_server import RedisServer

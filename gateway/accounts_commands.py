@@ -15,9 +15,9 @@ from typing import TextIO
 
 from gateway.config.directory import Directory
 from gateway.config.quota import QuotaSettings
+from gateway.metering import AccountStatus, Metering
 from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.store import StoreUnavailable, open_store
-from gateway.store.metering import AccountStatus, Metering
 
 
 def add_accounts_parser(subparsers: argparse._SubParsersAction) -> None:

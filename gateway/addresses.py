@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 # RFC 5321 atext, plus the dot between atoms.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"

@@ -7,14 +7,15 @@ import getpass
 import sys
 
 from gateway.config.errors import ConfigErrors, one_line
-from gateway.config.load import Loaded, load_config
+from gateway.config.load import Loaded
+from gateway.dkim.signing_keys import load_with_keys
 
 EXIT_CONFIG = 2
 
 
 def _load(path: str) -> Loaded | None:
     try:
-        return load_config(path)
+        return load_with_keys(path)[0]  # the keys are checked here, built by each worker
     except ConfigErrors as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)

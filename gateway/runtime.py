@@ -17,12 +17,12 @@ from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.dkim.keystore import KeyStore
 from gateway.downstream.base import Downstream
+from gateway.metering import Metering
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
 from gateway.store.held import HeldStore
 from gateway.store.journal import Journal
-from gateway.store.metering import Metering
 
 
 @dataclass(frozen=True)

@@ -35,19 +35,23 @@ from pathlib import Path
 
 from gateway.accounts.factory import build_source
 from gateway.checks.dmarc import default_suffix_list
+from gateway.checks.dns import Resolver
 from gateway.checks.rspamd import RspamdClient
 from gateway.config.errors import ConfigErrors, one_line
-from gateway.config.load import Loaded, load_config
+from gateway.config.load import Loaded
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
+from gateway.dkim.keystore import KeyStore
+from gateway.dkim.signing_keys import load_signing_keys, load_with_keys
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
+from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
-from gateway.ops.endpoint import autoconfig_site, make_endpoint
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
+from gateway.ops_endpoint import autoconfig_site, make_endpoint
 from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
@@ -55,7 +59,6 @@ from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
 from gateway.store.held import HeldStore
 from gateway.store.journal import Journal
-from gateway.store.metering import Metering
 from gateway.tls import make_dev_certificate
 
 log = logging.getLogger("portcullis")
@@ -98,7 +101,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         config=config,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
-        keystore=loaded.keystore,
+        keystore=load_signing_keys(config, loaded.directory),
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
@@ -107,7 +110,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         held=(HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path)
               if config.scanner is not None else None),
         notifier=notifier,
-        resolver=(config.dns.make_resolver()
+        resolver=(Resolver.from_settings(config.dns)
                   if config.listeners.inbound and config.inbound_checks else None),
         metering=metering,
         journal=(Journal(metering.store, config.store.journal, clock)
@@ -159,7 +162,8 @@ class Gateway:
         self.listeners = SMTPListeners(self.runtime, files)
         self.endpoint: OpsHTTPServer | None = None
         self._expiry: asyncio.Task | None = None
-        self._loading: asyncio.Future[Loaded] | None = None  # the reload's load, while it runs
+        # The reload's load, while it runs.
+        self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
@@ -212,9 +216,9 @@ class Gateway:
             return False
         timeout = old.config.reload.timeout
         self._loading = asyncio.ensure_future(
-            asyncio.to_thread(load_config, self.path, policy_cache=self._policy_cache))
+            asyncio.to_thread(load_with_keys, self.path, policy_cache=self._policy_cache))
         try:
-            loaded = await asyncio.wait_for(asyncio.shield(self._loading), timeout)
+            loaded, keystore = await asyncio.wait_for(asyncio.shield(self._loading), timeout)
             config, waiting = split_reload(old.config, loaded.config)
             sender_ids = make_sender_ids(config)
         except ConfigErrors as exc:
@@ -249,7 +253,7 @@ class Gateway:
             metering = Metering(old.metering.store, quota_settings(config))
         old.accounts.replace_directory(loaded.directory)  # and forgets its cache
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
-                           sender_ids=sender_ids, keystore=loaded.keystore)
+                           sender_ids=sender_ids, keystore=keystore)
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
@@ -405,7 +409,7 @@ def load_for_new_worker(started: Loaded) -> Loaded:
     reload checks them against the configuration the gateway started with; that one
     when they are refused (the reason logged)."""
     try:
-        new = load_config(started.path)
+        new, _ = load_with_keys(started.path)  # the worker builds its own key store
     except ConfigErrors as exc:
         log.error("new worker: reload refused (%d errors, the first: %s): starting with the "
                   "configuration the gateway started with", len(exc.errors), exc.errors[0])
@@ -421,7 +425,7 @@ def load_for_new_worker(started: Loaded) -> Loaded:
                   "configuration the gateway started with", one_line(drop.describe()))
         return started
     return Loaded(split_reload(started.config, new.config)[0], new.directory, new.path,
-                  new.keystore, new.policy_cache)
+                  new.policy_cache)
 
 
 def _die_with_parent() -> None:

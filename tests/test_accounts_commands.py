@@ -17,7 +17,7 @@ from gateway.accounts_commands import (
 )
 from gateway.config.directory import Directory
 from gateway.config.quota import QuotaSettings
-from gateway.store.metering import Metering
+from gateway.metering import Metering
 from gateway.store.sqlite import SQLiteStore
 from tests.support import redis_server as _redis
 from tests.support import stores

@@ -197,7 +197,7 @@ def test_peek_reads_a_fresh_answer_without_querying(authdns_factory):
 
 def test_dns_settings_build_the_resolver_and_refuse_names():
     settings = DnsSettings(nameservers=["127.0.0.1", "::1"], port=5353, timeout=1.5, cache_size=7)
-    resolver = settings.make_resolver()
+    resolver = Resolver.from_settings(settings)
     assert (resolver.timeout, resolver.cache_size) == (1.5, 7)
     with pytest.raises(ValidationError, match="not an IP address"):
         DnsSettings(nameservers=["dns.example"])

@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.config.dkim import DkimPolicy, check_signing_keys
+from gateway.config.dkim import DkimPolicy
 from gateway.dkim.keystore import KeyStore, generate_selector, public_record, zone_record
+from gateway.dkim.signing_keys import check_signing_keys
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

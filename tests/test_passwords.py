@@ -64,7 +64,7 @@ def is_supported_hash_before(stored: str) -> bool:
     reference the fast path must agree with on every string."""
     import argon2
 
-    split = passwords._split(stored)
+    split = passwords.split_hash(stored)
     if split is None:
         return False
     scheme, value = split

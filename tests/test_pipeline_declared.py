@@ -13,11 +13,11 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from gateway import replies
-from gateway.pipeline import forward
-from gateway.pipeline.pipelines import INBOUND, SUBMISSION
-from gateway.pipeline.products import PRODUCTS
-from gateway.pipeline.run import PipelineError, run_pipeline
-from gateway.pipeline.step import CONTINUE, Action, Step, delivered, refuse
+from gateway.smtp.pipeline import forward
+from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
+from gateway.smtp.pipeline.products import PRODUCTS
+from gateway.smtp.pipeline.run import PipelineError, run_pipeline
+from gateway.smtp.pipeline.step import CONTINUE, Action, Step, delivered, refuse
 from gateway.smtp.records import TransactionRecord
 from gateway.smtp.state import Session as OurSession
 from gateway.smtp.state import Transaction

@@ -1,5 +1,5 @@
 """Domains, sender patterns and logins in policy files are accepted, refused and
-normalised exactly as before their fast paths (gateway/config/domains.py,
+normalised exactly as before their fast paths (gateway/values/domains.py,
 gateway/config/policy.py): each is compared with the previous code, kept here."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.config.domains import normalise_domain
 from gateway.config.policy import Account, CustomerPolicy, normalise_sender_pattern
+from gateway.values.domains import normalise_domain
 
 
 def normalise_domain_before(domain: str) -> str:

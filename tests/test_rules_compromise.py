@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.config.quota import CompromiseSettings, QuotaSettings
+from gateway.metering import Metering
 from gateway.rules.compromise import Signals, assess
 from gateway.rules.quota import AccountQuota, Limits
-from gateway.store.metering import Metering
 from tests.support import redis_server as _redis
 from tests.support import stores
 

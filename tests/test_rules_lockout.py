@@ -7,13 +7,13 @@ import asyncio
 import pytest
 
 from gateway.config.quota import LockoutSettings, QuotaSettings
+from gateway.metering import Metering
 from gateway.rules.lockout import (
     after_failure,
     decide_auth_attempt,
     lockout_keys,
     verification_budget,
 )
-from gateway.store.metering import Metering
 from tests.support import redis_server as _redis
 from tests.support import stores
 

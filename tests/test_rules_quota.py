@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from gateway import replies
 from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings
+from gateway.metering import Metering
 from gateway.rules import quota
 from gateway.rules.quota import AccountQuota, Limits, account_quota, effective_limits
 from gateway.store.base import ChargeResult, Suspension
-from gateway.store.metering import Metering
 from tests.support import redis_server as _redis
 from tests.support import stores
 

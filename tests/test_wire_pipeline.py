@@ -15,9 +15,9 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from gateway import replies
-from gateway.pipeline.pipelines import SUBMISSION
-from gateway.pipeline.products import PRODUCTS
-from gateway.pipeline.step import Step, refuse
+from gateway.smtp.pipeline.pipelines import SUBMISSION
+from gateway.smtp.pipeline.products import PRODUCTS
+from gateway.smtp.pipeline.step import Step, refuse
 from gateway.smtp.state import Transaction
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest

@@ -20,8 +20,8 @@ import re
 
 from gateway.accounts.source import Identity
 from gateway.config.directory import Directory
-from gateway.config.domains import normalise_domain
 from gateway.config.policy import normalise_sender_pattern
+from gateway.values.domains import normalise_domain
 
 log = logging.getLogger(__name__)
 

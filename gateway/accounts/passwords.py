@@ -16,16 +16,17 @@ Verifying is slow on purpose (argon2id, bcrypt): call :func:`verify` through
 
 from __future__ import annotations
 
-import re
-
 import argon2
 import bcrypt
 from passlib.hash import sha512_crypt
 
-_hasher = argon2.PasswordHasher()  # RFC 9106 second recommended profile (64 MiB, t=3)
+# Which hashes a policy file may hold is a setting's check (gateway/config/policy.py);
+# verifying them is ours.
+from gateway.config.password_hashes import is_supported_hash, split_hash
 
-# Dovecot's scheme prefixes; the hash after them says which algorithm it is.
-_DOVECOT_PREFIXES = ("{ARGON2ID}", "{ARGON2I}", "{BLF-CRYPT}", "{SHA512-CRYPT}")
+__all__ = ["hash_password", "is_supported_hash", "split_hash", "verify"]
+
+_hasher = argon2.PasswordHasher()  # RFC 9106 second recommended profile (64 MiB, t=3)
 
 # Verified against when a login does not exist, so a wrong login costs the same
 # time as a wrong password and the reply timing reveals nothing (no enumeration).
@@ -37,49 +38,6 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def _split(stored: str) -> tuple[str, str] | None:
-    """(scheme, hash without a Dovecot {SCHEME} prefix), or None if unsupported."""
-    for prefix in _DOVECOT_PREFIXES:
-        if stored.upper().startswith(prefix):
-            stored = stored[len(prefix):]
-            break
-    if stored.startswith("$argon2id$"):
-        return "argon2id", stored
-    if stored.startswith("$argon2i$"):
-        return "argon2i", stored
-    if stored[:4] in ("$2a$", "$2b$", "$2y$"):
-        return "bcrypt", stored
-    if stored.startswith("$6$"):
-        return "sha512-crypt", stored
-    return None
-
-
-# An argon2 hash as argon2-cffi writes it ($argon2id$v=19$m=65536,t=3,p=4$salt$hash).
-# Matching it proves argon2.extract_parameters would accept the hash; anything else
-# (other orders, v1.2 without v=, odd digits) is left to extract_parameters to decide.
-# Checking 100,000 policy files, the regular expression is about ten times faster.
-_ARGON2_PLAIN = re.compile(r"\$argon2(?:id|i)\$v=[0-9]+\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[^$]*\$[^$]*")
-
-
-def is_supported_hash(stored: str) -> bool:
-    """Whether ``stored`` is a hash :func:`verify` can check (never a plaintext)."""
-    split = _split(stored)
-    if split is None:
-        return False
-    scheme, value = split
-    if scheme.startswith("argon2"):
-        if _ARGON2_PLAIN.fullmatch(value):
-            return True
-        try:
-            argon2.extract_parameters(value)
-        except argon2.exceptions.InvalidHashError:
-            return False
-        return True
-    if scheme == "bcrypt":
-        return len(value) == 60
-    return sha512_crypt.identify(value)
-
-
 def verify(stored: str | None, password: str) -> bool:
     """True when ``password`` matches ``stored``.  Blocking: run it off the event loop.
 
@@ -89,7 +47,7 @@ def verify(stored: str | None, password: str) -> bool:
     if stored is None:
         _verify_argon2(_DUMMY_HASH, password)
         return False
-    split = _split(stored)
+    split = split_hash(stored)
     if split is None:
         _verify_argon2(_DUMMY_HASH, password)
         return False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import dkim
 
@@ -24,19 +23,9 @@ from gateway.checks.dkim_verify import (
 )
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.message import Message
+from gateway.values.evidence import ArcResult
 
 ARC_HEADERS = (b"arc-seal", b"arc-message-signature")
-
-
-@dataclass(frozen=True, slots=True)
-class ArcResult:
-    result: str  # none, pass, fail, temperror (RFC 8617 §4.4 cv values + temperror)
-    instances: int = 0  # number of ARC sets
-    sealer: str = ""  # d= of the newest ARC-Seal: who vouches for the chain
-    sealer_selector: str = ""
-    sealers: tuple[str, ...] = ()  # d= of every ARC-Seal, newest first
-    newest_aar: str = ""  # the newest ARC-Authentication-Results value (what the sealer saw)
-    reason: str = ""
 
 
 _NO_CHAIN = ArcResult("none")  # frozen: one for all the mail without ARC

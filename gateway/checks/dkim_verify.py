@@ -58,6 +58,7 @@ from gateway.checks.dkim_canon import (
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.memo import remembered
 from gateway.message import HeaderField, MalformedHeader, Message
+from gateway.values.evidence import DkimResult
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
 # dkimpy's leeway for signers' clocks (RFC 6376 §3.5 x=: verifiers MAY allow for drift).
@@ -71,17 +72,6 @@ INLINE_MAX_BYTES = 32 * 1024
 INLINE_MAX_SIGNATURES = 4
 _quiet = logging.getLogger("gateway.checks.dkim.lib")  # dkimpy logs every failure as an error
 _quiet.setLevel(logging.CRITICAL)
-
-
-@dataclass(frozen=True, slots=True)
-class DkimResult:
-    result: str  # pass, fail, neutral, temperror, permerror (RFC 8601 §2.7.1)
-    domain: str  # header.d
-    selector: str  # header.s
-    algorithm: str  # header.a
-    b_prefix: str  # header.b: the first 8 characters of b= (RFC 6008 §4)
-    identity: str = ""  # header.i, when given
-    reason: str = ""
 
 
 # --- keys: fetched asynchronously, then read synchronously -------------------

@@ -17,7 +17,7 @@ import functools
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import getaddresses
 
 from publicsuffixlist import PublicSuffixList
@@ -26,6 +26,7 @@ from gateway.checks.dkim_verify import DkimResult
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.spf import SpfResult
 from gateway.message import HeaderField, MalformedHeader, Message
+from gateway.values.evidence import DmarcResult
 
 POLICIES = ("none", "quarantine", "reject")
 
@@ -201,20 +202,6 @@ def _lookup_at(candidate: str, texts: list[bytes]) -> RecordLookup | None:
 
 
 # --- the evaluation ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class DmarcResult:
-    result: str  # pass, fail, none, temperror, permerror (RFC 8601 §2.7 / RFC 7489 §11.2)
-    header_from: str  # the From: domain (header.from)
-    policy: str = "none"  # the published policy that applies: p, or sp for a subdomain
-    disposition: str = "none"  # what the policy asks after pct sampling (RFC 7489 §6.6.4)
-    is_subdomain_policy: bool = False
-    spf_aligned: bool = False
-    dkim_aligned: bool = False
-    aligned_dkim_domains: tuple[str, ...] = field(default=())
-    record_domain: str = ""
-    reason: str = ""
-
-
 def is_aligned(
     domain: str, from_dom: str, mode: str, psl: PublicSuffixList | None = None
 ) -> bool:

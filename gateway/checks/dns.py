@@ -36,6 +36,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from gateway.config.checks import DnsSettings
+
 # RFC 2308 §5 suggests capping negative caching at a few hours; a day for positives
 # keeps a mistyped TTL from pinning a record.
 MAX_POSITIVE_TTL = 86400
@@ -107,6 +109,13 @@ class Resolver:
         self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
         self._derived: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
         self.queries_sent = 0  # for tests and metrics: cache hits send nothing
+
+    @classmethod
+    def from_settings(cls, settings: DnsSettings) -> Resolver:
+        """The one Resolver of a gateway, built at start-up (gateway/serve.py) and
+        passed to the checks; the settings only describe it."""
+        return cls(list(settings.nameservers), port=settings.port, timeout=settings.timeout,
+                   cache_size=settings.cache_size)
 
     # -- public -----------------------------------------------------------------
     async def lookup(self, name: str, rdtype: str) -> Answer:

@@ -21,32 +21,17 @@ import asyncio
 import random
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
 from gateway.checks import dmarc as dmarc_check
-from gateway.checks.arc import ArcResult, verify_arc
-from gateway.checks.dkim_verify import DkimResult, verify_dkim
-from gateway.checks.dmarc import DmarcResult, RecordLookup
+from gateway.checks.arc import verify_arc
+from gateway.checks.dkim_verify import verify_dkim
+from gateway.checks.dmarc import RecordLookup
 from gateway.checks.dns import Resolver
 from gateway.checks.spf import SpfResult, check_spf, check_spf_cached
 from gateway.message import Message
-
-
-@dataclass(frozen=True, slots=True)
-class InboundEvidence:
-    spf: SpfResult
-    dkim: tuple[DkimResult, ...]  # one per DKIM-Signature, top first; () when unsigned
-    dmarc: DmarcResult
-    arc: ArcResult
-    header_from: str | None  # the RFC5322.From domain, None when not exactly one
-
-    @property
-    def has_temperror(self) -> bool:
-        return "temperror" in (self.spf.result, self.dmarc.result, self.arc.result) or any(
-            d.result == "temperror" for d in self.dkim
-        )
+from gateway.values.evidence import InboundEvidence
 
 
 async def authenticate_inbound(

@@ -26,12 +26,12 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
 
 from gateway.config.content import RSPAMD_ACTIONS
+from gateway.values.evidence import ScanResult
 
 
 class ScannerUnavailable(Exception):
@@ -42,30 +42,6 @@ class ScannerUnavailable(Exception):
         super().__init__(f"rspamd {kind}: {detail}")
         self.kind = kind
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    score: float
-    required_score: float
-    action: str  # one of RSPAMD_ACTIONS
-    # Symbol names, highest score first: for logs and the hold record, never for the client.
-    symbols: tuple[str, ...]
-    message_id: str | None
-    # rspamd stopped early on a pre-result (GTUBE, settings, a rate limit...).
-    skipped: bool
-    # Wall-clock seconds of the HTTP exchange, as we saw it.
-    elapsed: float
-
-    def evidence(self, top: int = 20) -> dict[str, object]:
-        """What goes into a log line or a hold record."""
-        return {
-            "scanner": "rspamd",
-            "score": round(self.score, 2),
-            "required_score": round(self.required_score, 2),
-            "rspamd_action": self.action,
-            "symbols": list(self.symbols[:top]),
-        }
 
 
 def _header_value(value: str) -> str:

@@ -33,33 +33,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import spf as pyspf
 
 from gateway.checks.dns import DnsTempError, Resolver
+from gateway.values.evidence import SpfResult
 
 # RFC 7208 §4.6.4: an evaluation may be limited to at least 20 seconds in all.
 SPF_TOTAL_TIME = 20.0
 
 # RFC 8601 §2.7.2 result names; pyspf's check2() already uses them.
 RESULTS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"}
-
-
-@dataclass(frozen=True, slots=True)
-class SpfResult:
-    result: str  # an RFC 8601 §2.7.2 value
-    identity: str  # "mailfrom" or "helo" (RFC 7208 §2.3, §2.4)
-    sender: str  # the checked identity: MAIL FROM address, or postmaster@<helo>
-    domain: str  # the domain whose policy was evaluated
-    explanation: str = ""
-
-    @property
-    def property(self) -> tuple[str, str]:
-        """The A-R property: (smtp.mailfrom, address) or (smtp.helo, name)."""
-        if self.identity == "helo":
-            return ("smtp.helo", self.domain)
-        return ("smtp.mailfrom", self.sender)
 
 
 def normalise_mail_from(mail_from: str) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.config.domains import DomainNames
+from gateway.values.domains import DomainNames
 
 # RFC 2142 §2 and RFC 5321 §4.5.1: mailboxes every domain must accept mail for.
 ROLE_MAILBOXES = ("abuse", "postmaster")

@@ -17,7 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 
 class Strict(BaseModel):
@@ -44,13 +44,6 @@ class DnsSettings(Strict):
             except ValueError:
                 raise ValueError(f"{server!r} is not an IP address") from None
         return value
-
-    def make_resolver(self):
-        """The one Resolver, built at start-up and passed to the checks."""
-        from gateway.checks.dns import Resolver
-
-        return Resolver(list(self.nameservers), port=self.port, timeout=self.timeout,
-                        cache_size=self.cache_size)
 
 
 def normalise_authserv_id(value: str) -> str:

@@ -6,8 +6,8 @@ Three schemas live here, all frozen and strict like the rest of the configuratio
 * :class:`DkimPolicy`, the ``dkim:`` section of a customer's policy file (what is signed);
 * :class:`SelectorMeta`, the small ``<selector>.yaml`` written next to each private key.
 
-:func:`check_signing_keys` is the ``check-config`` rule "signing asked for without a
-usable key": it compares the policies with what the key store holds now.
+The ``check-config`` rule "signing asked for without a usable key" compares these
+with what the key store holds: gateway/dkim/signing_keys.py.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.config.domains import normalise_domain, normalise_domains
-from gateway.config.errors import ConfigError
+from gateway.values.domains import normalise_domain, normalise_domains
+from gateway.values.keys import Algorithm
 
-if TYPE_CHECKING:
-    from gateway.dkim.keystore import KeyStore
-
-Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 MissingKey = Literal["tempfail", "send-unsigned"]
 # x= : at least an hour (mail sits in queues), at most a year.
 ExpireAfter = Annotated[int, Field(ge=3600, le=366 * 86400)]
@@ -173,42 +169,3 @@ class SelectorMeta(Strict):
             if value is not None:
                 out[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return out
-
-
-def check_signing_keys(
-    store: KeyStore,
-    customers: Iterable[tuple[str, tuple[str, ...], DkimPolicy]],
-    now: float,
-) -> list[ConfigError]:
-    """``check-config``: every domain a policy signs has a usable key right now.
-
-    ``customers`` is ``(policy file, owned domains, dkim policy)`` per customer.
-    """
-    errors: list[ConfigError] = []
-    keys_needed = False
-    for file, domains, policy in customers:
-        owned = frozenset(domains)  # asked once per signed domain: a set, not the tuple
-        for i, domain in enumerate(policy.signed_domains(domains)):
-            field = "dkim.sign" if policy.sign == "all" else f"dkim.sign[{i}]"
-            if domain not in owned:
-                errors.append(ConfigError(file, field, f"{domain} is not one of this customer's domains"))
-                continue
-            if policy.signing_settings(domain).missing_key == "send-unsigned":
-                continue  # the customer chose unsigned mail over deferred mail for this domain
-            keys_needed = True
-            selectors = store.selectors(domain)
-            if not selectors:
-                errors.append(ConfigError(
-                    file, field,
-                    f"{domain} is signed but {store.keys_dir / domain} holds no key; "
-                    f"make one with `portcullis keys generate {domain} --selector NAME`",
-                ))
-            elif not store.active(domain, now):
-                states = ", ".join(f"{s.selector} {s.state(now, store.grace)}" for s in selectors)
-                errors.append(ConfigError(
-                    file, field, f"{domain} is signed but has no active key now ({states})",
-                ))
-    # A broken key file is always worth a line; a missing key directory only once
-    # some domain depends on it.
-    report_store = keys_needed or store.keys_dir.exists()
-    return (list(store.errors) if report_store else []) + errors

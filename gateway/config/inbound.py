@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 
 class InboundAction(StrEnum):

@@ -17,15 +17,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from gateway.config.directory import Directory
-from gateway.config.dkim import check_signing_keys
-
-if TYPE_CHECKING:
-    from gateway.dkim.keystore import KeyStore
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.model import Config
 from gateway.config.policy import Account, CustomerPolicy
@@ -46,8 +41,6 @@ class Loaded:
     config: Config
     directory: Directory
     path: Path
-    # The DKIM key store, when a submission listener signs outbound mail.
-    keystore: KeyStore | None = None
     # Per-file parse results behind ``directory``: pass it to the next load_config
     # so a reload re-parses only the policy files that changed.
     policy_cache: PolicyCache | None = None
@@ -413,25 +406,11 @@ def load_config(path: str | Path, *, policy_cache: PolicyCache | None = None) ->
         errors.append(ConfigError(str(path), "policy_dir", f"{config.policy_dir} is not a directory"))
         raise ConfigErrors(errors)
     directory = load_policies(config.policy_dir, errors, policy_cache=policy_cache)
-    keystore = None
-    if config.listeners.submission or config.listeners.submissions:
-        keystore = _load_keys(config, directory, errors)
     if errors:
         raise ConfigErrors(errors)
-    return Loaded(config, directory, path, keystore, policy_cache)
-
-
-def _load_keys(config: Config, directory: Directory, errors: list[ConfigError]) -> KeyStore:
-    """The key store, and an error for every domain signed by policy without a usable key
-    (unsigned mail must never leave by accident)."""
-    from gateway.dkim.keystore import KeyStore  # it reports its errors with this module's helpers
-
-    store = KeyStore.load(config.dkim.keys_dir, config.dkim.publish_grace_days)
-    customers = [(directory.files.get(c, c), p.domains, p.dkim)
-                 for c, p in directory.customers.items()]
-    if any(dkim.signed_domains(domains) for _, domains, dkim in customers):
-        errors.extend(check_signing_keys(store, customers, time.time()))
-    return store
+    # The DKIM keys are checked against these policies where the key store is built
+    # (gateway/dkim/signing_keys.py): the loader holds settings, not runtime objects.
+    return Loaded(config, directory, path, policy_cache)
 
 
 def _with_resolved_paths(config: Config, base: Path) -> Config:

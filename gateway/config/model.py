@@ -19,7 +19,6 @@ from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
 from gateway.config.dkim import DkimSettings
-from gateway.config.domains import normalise_domain
 from gateway.config.ops import HTTP
 from gateway.config.publish import PublishSettings
 from gateway.config.quota import (
@@ -30,6 +29,7 @@ from gateway.config.quota import (
     StoreSettings,
 )
 from gateway.config.reload import ReloadSettings
+from gateway.values.domains import normalise_domain
 
 
 class Listener(Strict):

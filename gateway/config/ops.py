@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from gateway.config.base import Port, Strict, TLSFiles
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 
 class MailboxServer(Strict):

@@ -13,12 +13,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.accounts.passwords import is_supported_hash
 from gateway.config.content import CustomerContent
 from gateway.config.dkim import DkimPolicy
-from gateway.config.domains import DomainNames, normalise_domain
 from gateway.config.inbound import InboundPolicy
+from gateway.config.password_hashes import is_supported_hash
 from gateway.config.quota import CustomerQuotas, QuotaLimits
+from gateway.values.domains import DomainNames, normalise_domain
 
 
 class Strict(BaseModel):

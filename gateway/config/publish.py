@@ -28,7 +28,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 DEFAULT_SPF_TAIL = "mx ~all"
 DEFAULT_DMARC = "v=DMARC1; p=none"

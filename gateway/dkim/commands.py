@@ -244,7 +244,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     has its key published; 1 otherwise.  Expired selectors are shown but not required."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    from gateway.config.domains import normalise_domain
+    from gateway.values.domains import normalise_domain
 
     try:
         keys_dir, grace = _store_location(args)

@@ -34,13 +34,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from pydantic import ValidationError
 
-from gateway.config.dkim import Algorithm, SelectorMeta
-from gateway.config.domains import normalise_domain
+from gateway.config.dkim import SelectorMeta
 from gateway.config.errors import ConfigError
 from gateway.config.load import read_yaml, validation_errors
 from gateway.config.safe_yaml import KEY_METADATA
-
-PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+from gateway.values.domains import normalise_domain
+from gateway.values.keys import ActiveKey, Algorithm, PrivateKey
 
 # RFC 6376 §3.1: a selector is one or more DNS labels.
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -52,16 +51,6 @@ RSA_MIN_BITS, RSA_MAX_BITS = 1024, 4096
 
 def is_selector_name(name: str) -> bool:
     return len(name) <= 63 and bool(_SELECTOR.match(name))
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveKey:
-    """What the signer needs for one signature: d=, s=, a= and the key (never printed)."""
-
-    domain: str
-    selector: str
-    algorithm: Algorithm
-    private_key: PrivateKey = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)

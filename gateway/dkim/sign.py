@@ -46,11 +46,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from nacl.bindings import crypto_sign
 
-from gateway.config.domains import normalise_domain
 from gateway.dkim.body_hash import SLAB, slab_digest
-from gateway.dkim.keystore import ActiveKey
 from gateway.message import HeaderField, MalformedHeader, Message, addresses_in
-from gateway.rules.signing import SigningFacts
+from gateway.values.domains import normalise_domain
+from gateway.values.keys import ActiveKey, SigningFacts
 
 
 class MalformedMessage(ValueError):

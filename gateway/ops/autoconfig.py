@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -27,7 +27,6 @@ import dns.exception
 import dns.resolver
 
 from gateway.checks.dmarc import organisational_domain
-from gateway.config.domains import normalise_domain
 from gateway.config.errors import ConfigErrors
 from gateway.config.load import Loaded, load_config
 from gateway.config.publish import PublishSettings
@@ -46,6 +45,7 @@ from gateway.ops.dns_records import (
     table_text,
     zone_text,
 )
+from gateway.values.domains import normalise_domain
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
 PUBLISHED_STATES = ("pending", "active", "retiring")

@@ -24,7 +24,7 @@ import ssl
 import sys
 from dataclasses import dataclass, field
 
-from gateway.config.domains import normalise_domain
+from gateway.values.domains import normalise_domain
 
 # RFC 2606 §3: a domain reserved for examples, which no one can own.
 DEFAULT_THIRD_PARTY = "third-party.example"

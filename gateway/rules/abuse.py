@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from gateway.config.abuse import ROLE_MAILBOXES
-from gateway.stamps.sender_id import HEADER, SenderId
+from gateway.values.sender_id import HEADER, SenderId
 
 # RFC 5965 §7.3 feedback types that are complaints about the mail itself.
 # "not-spam" and "auth-failure" are not complaints; "other" is too vague to count.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config.quota import CompromiseSettings
-from gateway.store.base import Suspension
+from gateway.values.charges import Suspension
 
 
 @dataclass(frozen=True, slots=True)

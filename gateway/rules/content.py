@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway import replies
-from gateway.checks.rspamd import ScanResult
 from gateway.config.content import (
     DEFAULT_INBOUND_ACTIONS,
     DEFAULT_OUTBOUND_ACTIONS,
@@ -38,6 +37,7 @@ from gateway.config.content import (
     ContentRules,
 )
 from gateway.replies import Reply, Verdict
+from gateway.values.evidence import ScanResult
 
 SPAM_HEADERS = ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status")
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway import replies
-from gateway.checks.inbound import InboundEvidence
 from gateway.config.inbound import InboundAction, InboundDomainPolicy
 from gateway.replies import Reply, Verdict
+from gateway.values.evidence import InboundEvidence
 
 # The header a downstream can file on (Sieve: header :contains "X-Portcullis-Quarantine" "").
 QUARANTINE_HEADER = "X-Portcullis-Quarantine"

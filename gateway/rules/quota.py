@@ -17,7 +17,7 @@ from gateway import replies
 from gateway.config.policy import Account, CustomerPolicy
 from gateway.config.quota import DEFAULT_QUOTAS, AggregateLimits, CustomerQuotas, QuotaLimits
 from gateway.replies import Reply, Verdict
-from gateway.store.base import Charge, ChargeResult, Suspension
+from gateway.values.charges import Charge, ChargeResult, Suspension
 
 HOUR = 3600.0
 DAY = 86400.0

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from gateway import replies
-from gateway.accounts.source import Identity
 from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.message import HeaderField, MalformedHeader, addresses_in, fields_named
 from gateway.replies import Verdict
+from gateway.values.identity import Identity
 
 
 def may_send_as(

@@ -27,19 +27,8 @@ from typing import Literal
 
 from gateway import replies
 from gateway.config.dkim import DkimPolicy
-from gateway.dkim.keystore import ActiveKey
 from gateway.replies import Verdict
-
-
-@dataclass(frozen=True, slots=True)
-class SigningFacts:
-    """What the message says about its author, gathered once (see
-    ``gateway.dkim.sign.signing_facts``)."""
-
-    header_ok: bool
-    from_fields: int
-    # The domain of every address in the From: field(s), normalised, in order.
-    from_domains: tuple[str, ...]
+from gateway.values.keys import ActiveKey, SigningFacts
 
 
 @dataclass(frozen=True, slots=True)

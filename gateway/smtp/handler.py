@@ -15,10 +15,10 @@ RCPT                    → recipient limit; the product's recipient rule (rules
                           passed back, its acceptance as our 250 2.1.5
 DATA (read by protocol) → bare CR/LF and size already refused while reading; the
                           header parsed; then the product's pipeline, step by step
-                          (gateway/pipeline/pipelines.py: INBOUND, SUBMISSION)
+                          (gateway/smtp/pipeline/pipelines.py: INBOUND, SUBMISSION)
 
 What differs between the MX and submission is data chosen when the listener is
-built (gateway/pipeline/products.py), never a branch here.  Each refusal names its
+built (gateway/smtp/pipeline/products.py), never a branch here.  Each refusal names its
 rule and facts on the transaction's record (gateway/smtp/records.py); the
 protocol writes the line when the transaction ends.
 """
@@ -32,19 +32,19 @@ from typing import Any
 from gateway import replies
 from gateway.accounts.source import Identity, Outcome
 from gateway.message import MalformedHeader, Message
-from gateway.pipeline.products import PRODUCTS, Product, account_quota
-from gateway.pipeline.quota_refusal import quota_refusal
-from gateway.pipeline.run import run_pipeline
-from gateway.pipeline.step import StepResult, refuse
+from gateway.metering import AuthAttempt
 from gateway.replies import Reply
 from gateway.rules.lockout import verification_budget
 from gateway.runtime import Runtime
 from gateway.smtp.aiosmtpd_adapter import HookDiscovery
 from gateway.smtp.metered import MeteredDownstream, on_disconnect
+from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota
+from gateway.smtp.pipeline.quota_refusal import quota_refusal
+from gateway.smtp.pipeline.run import run_pipeline
+from gateway.smtp.pipeline.step import StepResult, refuse
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.smtp.records import TransactionRecord
 from gateway.smtp.state import Transaction
-from gateway.store.metering import AuthAttempt
 
 log = logging.getLogger("portcullis.smtp")
 
@@ -55,7 +55,7 @@ _PASSED_MAIL_PARAMS = ("SIZE=", "BODY=")
 class GatewayHandler(HookDiscovery):
     """One handler per listener.  ``direction`` (inbound: the MX, outbound:
     submission) chooses its product once, here: what it asks at MAIL and RCPT and
-    which pipeline runs at the end of DATA (gateway/pipeline/products.py).
+    which pipeline runs at the end of DATA (gateway/smtp/pipeline/products.py).
 
     aiosmtpd takes every ``handle_*`` and ``auth_*`` attribute of a handler as a hook
     or an AUTH mechanism: name nothing else that way.

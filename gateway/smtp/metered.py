@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.downstream.base import Transaction
+from gateway.metering import MeteredTransaction, Metering
 from gateway.replies import Reply
 from gateway.rules.quota import AccountQuota
-from gateway.store.metering import MeteredTransaction, Metering
 
 log = logging.getLogger("portcullis.quota")
 

@@ -9,7 +9,7 @@ we know lives here, on the connection object (gateway/smtp/protocol.py):
   forget the login, not the connection);
 - a :class:`Transaction` per message, made when MAIL is accepted and dropped at
   RSET, a new HELO/EHLO, the end of DATA or of the connection.  The pipeline's
-  steps (gateway/pipeline/) read it and add to it; its ``record`` is what the
+  steps (gateway/smtp/pipeline/) read it and add to it; its ``record`` is what the
   transaction's log line prints (gateway/smtp/records.py).
 """
 

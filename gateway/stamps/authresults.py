@@ -24,8 +24,8 @@ import authres
 import authres.arc
 import authres.dmarc
 
-from gateway.checks.inbound import InboundEvidence
 from gateway.message import HeaderField, Message
+from gateway.values.evidence import InboundEvidence
 
 FIELD_NAME = b"Authentication-Results"
 FIELD_KEY = FIELD_NAME.lower()

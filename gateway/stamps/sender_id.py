@@ -21,27 +21,17 @@ import hmac
 import os
 import secrets
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.message import Message
+from gateway.values.sender_id import HEADER, SenderId
 
-HEADER = "X-Portcullis-Sender-Id"
 _VERSION = "v1"
 _AAD = b"portcullis sender-id v1"
 _NONCE = 12
-
-
-@dataclass(frozen=True, slots=True)
-class SenderId:
-    """What a token says once opened."""
-
-    login: str
-    txid: str
-    sent_at: int
 
 
 def derive_key(secret: str | bytes) -> bytes:

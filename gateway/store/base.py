@@ -19,81 +19,20 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+# The values the store keeps (defined on the ground floor, named here for its callers).
+from gateway.values.charges import AttemptReservation, Charge, ChargeResult, Event, Suspension
+
+__all__ = [
+    "AttemptReservation", "Charge", "ChargeResult", "Event", "Store", "StoreUnavailable",
+    "Suspension", "retry_after_for",
+]
 
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One limit to check and, if every limit of the request fits, to charge.
-
-    ``key`` names the counter and must always be used with the same ``window``.
-    With ``member`` set, the limit is on *distinct* members seen in the window
-    (distinct recipient domains per hour); ``amount`` is then ignored.
-    With ``hold`` set, the charge is a reservation: it counts at once, becomes
-    permanent on :meth:`Store.commit` and vanishes on :meth:`Store.release` or when
-    its lease runs out (a crashed process leaks nothing for longer than the lease).
-    ``limit=None`` counts without ever refusing (shadow mode, attempt counters).
-    """
-
-    key: str
-    window: float
-    limit: int | None
-    amount: int = 1
-    member: str | None = None
-    hold: str | None = None
-    # A name for logs and replies: "messages_per_hour", "customer recipients_per_day"...
-    name: str = ""
-
-    def unlimited(self) -> Charge:
-        return replace(self, limit=None)
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeResult:
-    accepted: bool
-    # Usage of each charge's counter before this request, in request order
-    # (distinct members for a member charge).
-    used: tuple[int, ...]
-    # The first charge that did not fit, and when it would (seconds from now);
-    # None when it can never fit (amount larger than the limit).
-    refused: Charge | None = None
-    retry_after: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptReservation:
-    """What :meth:`Store.reserve_attempt` found (rules/lockout.py reads it)."""
-
-    accepted: bool
-    # Per key: failures in the window, attempts in flight included (this one too
-    # when it was accepted).
-    counts: tuple[int, ...]
-    # Refused: the latest end of a lock on one of the keys ...
-    locked_until: float | None = None
-    # ... or, for a key that holds its limit, when enough of its entries leave the
-    # window for one more attempt.
-    full_until: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Suspension:
-    login: str
-    since: float
-    reason: str
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    ts: float
-    kind: str  # "suspended", "unsuspended", "lockout", "complaint", ...
-    subject: str  # the login or IP address it is about
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from gateway.config.content import ScannerSettings
 from gateway.config.policy import CustomerPolicy
-from gateway.pipeline.notices import notify
-from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.rules.content import SPAM_HEADERS
 from gateway.smtp.content_scan import scan
+from gateway.smtp.pipeline.notices import notify
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 _SPAM_NAMES = frozenset(h.lower().encode() for h in SPAM_HEADERS)

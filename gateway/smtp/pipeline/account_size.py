@@ -4,9 +4,9 @@ MAIL's SIZE= was checked when declared; this is the size that arrived."""
 
 from __future__ import annotations
 
-from gateway.pipeline.quota_refusal import quota_refusal
-from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.rules.quota import decide_size
+from gateway.smtp.pipeline.quota_refusal import quota_refusal
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 

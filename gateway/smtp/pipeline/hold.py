@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.pipeline.notices import notify
-from gateway.pipeline.step import CONTINUE, Step, StepResult, hold
+from gateway.smtp.pipeline.notices import notify
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, hold
 from gateway.smtp.state import Transaction
 
 log = logging.getLogger("portcullis.smtp")

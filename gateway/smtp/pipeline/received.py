@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.pipeline.step import CONTINUE, Step, StepResult
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.state import Transaction
 from gateway.stamps.received import ReceivedFacts, received_header
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.inbound_checks import check_inbound
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 log = logging.getLogger("portcullis.smtp")

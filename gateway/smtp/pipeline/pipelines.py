@@ -9,7 +9,7 @@ docs/flow.md lists these steps in this order (tests/test_pipeline_declared.py).
 
 from __future__ import annotations
 
-from gateway.pipeline import (
+from gateway.smtp.pipeline import (
     abuse_reports,
     account_size,
     content_scan,
@@ -22,7 +22,7 @@ from gateway.pipeline import (
     sender_id,
     settle_quotas,
 )
-from gateway.pipeline.step import Step
+from gateway.smtp.pipeline.step import Step
 
 # The MX (port 25): mail for our customers' mailboxes, from anyone.
 INBOUND: tuple[Step, ...] = (

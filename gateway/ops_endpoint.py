@@ -1,5 +1,8 @@
 """The operations HTTP endpoint of one worker: metrics, health, readiness, autoconfig.
 
+Wiring, not a piece of ops/: it reads the running gateway (gateway/runtime.py),
+which itself holds pieces of ops/ (metrics, notices), so it sits above both.
+
 Built from the running gateway at start-up when the config has an ``http:``
 section.  Readiness is "can this worker take mail now": its listeners are
 bound, its downstreams answer, its store answers (and the number of suspended

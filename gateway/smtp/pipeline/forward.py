@@ -7,9 +7,9 @@ import asyncio
 import time
 
 from gateway import replies
-from gateway.pipeline.step import Step, StepResult, delivered
 from gateway.replies import Reply
 from gateway.runtime import Runtime
+from gateway.smtp.pipeline.step import Step, StepResult, delivered
 from gateway.smtp.state import Transaction
 
 

@@ -4,8 +4,8 @@ Nothing here changes the client's answer."""
 
 from __future__ import annotations
 
-from gateway.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.abuse_reports import take_abuse_report
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.state import Transaction
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.pipeline.step import Action, Step, StepResult
+from gateway.smtp.pipeline.step import Action, Step, StepResult
 from gateway.smtp.state import Transaction
 
 

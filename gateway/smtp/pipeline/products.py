@@ -23,15 +23,15 @@ from typing import Protocol
 from gateway.accounts.source import Identity
 from gateway.addresses import Mailbox
 from gateway.downstream.base import Downstream
-from gateway.pipeline.pipelines import INBOUND, SUBMISSION
-from gateway.pipeline.quota_refusal import quota_refusal
-from gateway.pipeline.step import Step
 from gateway.replies import Reply, Verdict
 from gateway.rules.abuse import is_role_recipient
 from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
+from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
+from gateway.smtp.pipeline.quota_refusal import quota_refusal
+from gateway.smtp.pipeline.step import Step
 from gateway.smtp.records import TransactionRecord
 from gateway.smtp.state import Session
 

@@ -3,7 +3,7 @@ alone (docs/abuse.md); the client's own such fields are removed."""
 
 from __future__ import annotations
 
-from gateway.pipeline.step import CONTINUE, Step, StepResult
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.state import Transaction
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 

@@ -3,8 +3,8 @@ and Resent-Sender: one the account may use (rules/senders.py)."""
 
 from __future__ import annotations
 
-from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.rules.senders import decide_header_senders
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 

@@ -8,9 +8,9 @@ from collections.abc import Collection
 
 from gateway.accounts.source import Identity
 from gateway.config.dkim import DkimPolicy
-from gateway.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.runtime import Runtime
 from gateway.smtp.outbound_signing import sign_outbound
+from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 
