@@ -133,6 +133,9 @@ def test_a_from_header_refusal_at_data_is_explained_with_the_field(gateway, clie
     out = explained(gateway, id_of(text))
     assert "refused at DATA by rule senders.header" in out
     assert "field=From" in out and "carol@globex.example" in out
+    # The submission pipeline's steps up to the one that refused, in order.
+    assert "data: passed the pipeline's first steps" in out
+    assert "decided_by='header senders' steps='account size'" in out, out
 
 
 def test_an_accepted_message_is_not_journalled(gateway, client_tls, downstream):

@@ -24,7 +24,8 @@ from gateway.store.base import JournalEntry, Store
 _ID = r"([A-Za-z2-7]{12}(?:\.\d+)?)"
 _QUOTED_ID = re.compile(r"\bid\s+" + _ID + r"\b", re.IGNORECASE)
 _BARE_ID = re.compile(r"\s*" + _ID + r"\s*")
-_OUTCOMES = {"refused": "refused", "held": "held for review", "suspended": "suspended the account"}
+_OUTCOMES = {"refused": "refused", "held": "held for review", "suspended": "suspended the account",
+             "passed": "passed the pipeline's first steps"}
 
 
 def parse_id(text: str) -> str | None:

@@ -134,6 +134,12 @@ class TransactionRecord:
         """This transaction brought its account to a suspension."""
         self.trail.append(TrailStep(self.stage, "suspended", "compromise.suspended", dict(facts)))
 
+    def steps_passed(self, names: list[str], deciding: str, at: int) -> None:
+        """The pipeline steps a message passed before ``deciding`` stopped it, put on
+        the trail where that step's own entries begin (``at``)."""
+        self.trail.insert(at, TrailStep(self.stage, "passed", "",
+                                        {"steps": names, "decided_by": deciding}))
+
     def step(self, outcome: str, rule: str = "", facts: Mapping[str, object] = ()) -> None:
         """Any other step's decision on the trail (a pipeline step that passed)."""
         self.trail.append(TrailStep(self.stage, outcome, rule, dict(facts)))

@@ -19,7 +19,9 @@ async def run_pipeline(steps: Sequence[Step], tx: Transaction) -> StepResult:
     an abuse report) but can no longer change the answer: the downstream has
     the message.  The result is the one that decided the client's reply."""
     done: StepResult | None = None
-    for step in steps:
+    trail = tx.record.trail
+    for i, step in enumerate(steps):
+        mark = len(trail)
         result = await step.run(tx)
         action = result.action
         if action is Action.CONTINUE:
@@ -29,6 +31,9 @@ async def run_pipeline(steps: Sequence[Step], tx: Transaction) -> StepResult:
         if action is Action.DELIVERED:
             done = result
             continue
+        # Refused or held: the trail says which steps it passed first, and which
+        # step decided (``portcullis explain``).  Accepted mail pays nothing for it.
+        tx.record.steps_passed([s.name for s in steps[:i]], step.name, at=mark)
         return result
     if done is None:
         raise PipelineError("the pipeline ended without delivering or refusing the message")
