@@ -458,3 +458,17 @@ def test_a_new_connection_leaves_the_mail_line_limit_of_the_others_alone(gateway
             assert second.noop()[0] == 250  # it is connected: its SMTP object exists
             code, text = first.docmd(line)
             assert code == 250, text
+
+
+def test_no_property_of_ours_is_named_like_a_hook():
+    # aiosmtpd's inspect.getmembers() reads every auth_*/handle_*/smtp_* name on each
+    # new connection: a property named so runs then (before the connection is set
+    # up, so it raised AttributeError, caught and thrown away, per connection), and
+    # a method named so would be offered as an AUTH mechanism or a command.
+    from gateway.smtp.handler import GatewayHandler
+    from gateway.smtp.protocol import GatewaySMTP
+
+    for cls in (GatewaySMTP, GatewayHandler):
+        named = [n for n in dir(cls) if n.startswith(("auth_", "handle_", "smtp_"))
+                 and isinstance(inspect.getattr_static(cls, n), property)]
+        assert not named, f"{cls.__name__}: properties named like hooks: {named}"

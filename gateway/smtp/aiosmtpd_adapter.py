@@ -161,7 +161,7 @@ class SMTPAdapter(HookDiscovery, SMTP):
         self._handle_hooks[name] = hook
 
     @property
-    def auth_mechanisms(self) -> list[str]:
+    def mechanisms_offered(self) -> list[str]:
         """The AUTH mechanisms aiosmtpd found, sorted (for EHLO)."""
         return sorted(self._auth_methods)
 

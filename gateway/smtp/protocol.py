@@ -508,7 +508,7 @@ class GatewaySMTP(SMTPAdapter):
         if self.tls_context and not self.started_tls:
             lines.append("STARTTLS")
         if self.offers_auth and self.encrypted:
-            lines.append("AUTH " + " ".join(self.auth_mechanisms))
+            lines.append("AUTH " + " ".join(self.mechanisms_offered))
         # RFC 5321 §4.2.1: every line but the last has a hyphen after the code.
         # One write for the whole reply: a write per line costs a syscall each.
         last = len(lines) - 1
