@@ -157,7 +157,7 @@ class GatewayHandler(HookDiscovery):
         refusal, acct = await product.check_sender(server.facts, rt, record, sender, mail_options)
         if refusal is not None:
             return str(refusal)
-        downstream = product.downstream(self.runtime).begin(
+        downstream = product.downstream(rt).begin(
             sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)])
         quota = None
         if acct is not None and rt.metering is not None:
@@ -203,7 +203,7 @@ class GatewayHandler(HookDiscovery):
             # toward the compromise signal at the end of the transaction).
             await quota.metering.recipient_refused(quota.tx, rt.clock())
         record.recipient_refused("downstream")
-        return server.pass_verbatim(str(reply)) if reply.relayed else str(reply)
+        return server.answer(reply)
 
     # --- DATA --------------------------------------------------------------------------
     async def handle_DATA(self, server: GatewaySMTP, session: Any, envelope: Any) -> str:
@@ -231,7 +231,7 @@ class GatewayHandler(HookDiscovery):
             outcome = ("accepted" if reply.is_success else
                        "tempfailed" if reply.is_temporary else "refused")
             metrics.message(server.listener, outcome)
-        return server.pass_verbatim(str(reply)) if reply.relayed else str(reply)
+        return server.answer(reply)
 
 
 def _record(server: GatewaySMTP) -> TransactionRecord:

@@ -250,9 +250,12 @@ class GatewaySMTP(SMTPAdapter):
                           login=self.facts.login or "",
                           status=status, ended=ended, journal=self.journal)
 
-    def pass_verbatim(self, status: str) -> str:
-        """The handler's way to pass a downstream's reply on in its own words."""
-        self._verbatim = status
+    def answer(self, reply: Reply) -> str:
+        """The handler's reply as aiosmtpd wants it (a string).  A downstream's reply
+        (``reply.relayed``) is marked to go out in its own words, without our id."""
+        status = str(reply)
+        if reply.relayed:
+            self._verbatim = status
         return status
 
     def in_background(self, work: Any) -> None:
