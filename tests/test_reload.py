@@ -9,8 +9,6 @@ import copy
 import os
 import signal
 import smtplib
-import subprocess
-import sys
 import time
 
 import yaml
@@ -18,6 +16,7 @@ import yaml
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.ports import free_port
+from tests.support.serve_process import eventually, inbound_rcpt, serve_workers
 from tests.support.submission import auth_plain, codes, connect, logged_in, send
 
 ALICE = "alice@acme.example"
@@ -109,49 +108,21 @@ def test_a_listener_change_waits_for_a_restart(tmp_path, downstream, cert_files,
 
 
 # --- SIGHUP to a real process -------------------------------------------------------------
-def _inbound_rcpt(port, rcpt):
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
-        c.ehlo("x")
-        c.mail("a@other.example")
-        return c.rcpt(rcpt)[0]
-
-
-def _eventually(check, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(tmp_path, downstream, password_hash):
+    proc, port = serve_workers(tmp_path, downstream, password_hash)
     policy = tmp_path / "policy"
-    policy.mkdir()
-    for name, p in customer_policies(password_hash).items():
-        (policy / f"{name}.yaml").write_text(yaml.safe_dump(p))
-    port = free_port()
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-        "hostname": "mx.test", "listeners": {"inbound": {"port": port}},
-        "downstream": {"inbound": downstream.url}, "policy_dir": "policy",
-        "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
-        "limits": {"shutdown_grace": 2}}))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c",
-                             str(tmp_path / "gateway.yaml"), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its workers go with it on failure
     try:
-        assert _eventually(lambda: _try(lambda: _inbound_rcpt(port, "x@acme.example") == 250))
-        assert _inbound_rcpt(port, "x@initech.example") == 550
+        assert eventually(lambda: inbound_rcpt(port, "x@acme.example") == 250, timeout=15)
+        assert inbound_rcpt(port, "x@initech.example") == 550
         (policy / "initech.yaml").write_text("customer: initech\ndomains: [initech.example]\n")
         proc.send_signal(signal.SIGHUP)
         # Both workers: many connections, all see the new customer.
-        assert _eventually(lambda: all(_inbound_rcpt(port, "x@initech.example") == 250
-                                       for _ in range(12)))
+        assert eventually(lambda: all(inbound_rcpt(port, "x@initech.example") == 250
+                                      for _ in range(12)), timeout=15)
         (policy / "initech.yaml").write_text("customer: initech\ndomains: [acme.example]\n")
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.5)
-        assert all(_inbound_rcpt(port, "x@initech.example") == 250 for _ in range(12))
+        assert all(inbound_rcpt(port, "x@initech.example") == 250 for _ in range(12))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         log = proc.stderr.read()
@@ -164,9 +135,3 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(tmp_path, dow
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
-
-def _try(check):
-    try:
-        return check()
-    except OSError:
-        return False

@@ -13,18 +13,15 @@ import os
 import shutil
 import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest
-from tests.support.ports import free_port
+from tests.support.serve_process import eventually, inbound_rcpt, serve_workers, worker_pids
 
 HOSTILE = Path(__file__).parent / "hostile_yaml"
 
@@ -33,13 +30,6 @@ def start(tmp_path, downstream, cert_files, password_hash, extra=None):
     return GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
                             policies=customer_policies(password_hash), cert=cert_files,
                             extra=extra).start()
-
-
-def inbound_rcpt(port: int, rcpt: str) -> int:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
-        c.ehlo("x")
-        c.mail("a@other.example")
-        return c.rcpt(rcpt)[0]
 
 
 def portcullis_lines(caplog) -> list[str]:
@@ -192,38 +182,10 @@ def test_a_reload_past_its_time_bound_is_refused_and_the_next_waits_for_it(
 
 
 # --- SIGHUP to a real `portcullis serve --workers 2` ---------------------------------------
-def worker_pids(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def eventually(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
 def test_sighup_with_an_alias_bomb_is_refused_by_every_worker_and_a_new_worker_too(
         tmp_path, downstream, password_hash):
+    proc, port = serve_workers(tmp_path, downstream, password_hash)
     policy = tmp_path / "policy"
-    policy.mkdir()
-    for name, p in customer_policies(password_hash).items():
-        (policy / f"{name}.yaml").write_text(yaml.safe_dump(p))
-    port = free_port()
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-        "hostname": "mx.test", "listeners": {"inbound": {"port": port}},
-        "downstream": {"inbound": downstream.url}, "policy_dir": "policy",
-        "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
-        "limits": {"shutdown_grace": 2}}))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c",
-                             str(tmp_path / "gateway.yaml"), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
     try:
         assert eventually(lambda: inbound_rcpt(port, "x@acme.example") == 250)
         assert eventually(lambda: len(worker_pids(proc.pid)) == 2)
