@@ -174,16 +174,16 @@ class Metering:
             return s.failure_delay
 
     async def auth_succeeded(self, attempt: AuthAttempt) -> None:
-        """The attempt is given back, and the login's settled failures are cleared.
-        Only the login's: one good password must not wipe an address's record of
-        guessing at other logins, nor the attempts of others still in flight."""
-        if not attempt.verdict.accept:
+        """The attempt's place is given back; failures already counted stay until they
+        leave the window.  Clearing them here let a right password, arriving in the
+        middle of a storm of guesses, hand the guessers fresh places: 40 parallel
+        sessions then checked up to twice the limit of wrong passwords."""
+        if not attempt.verdict.accept or not attempt.reserved:
             return
         try:
-            await self.store.give_back_attempt(attempt.id, attempt.keys.both if attempt.reserved else (),
-                                               clear=(attempt.keys.login,))
-        except StoreUnavailable as exc:  # they count until the window ends
-            log.error("could not clear failed logins: %s", exc)
+            await self.store.give_back_attempt(attempt.id, attempt.keys.both)
+        except StoreUnavailable as exc:  # it counts as a failure until the window ends
+            log.error("could not give back a login attempt: %s", exc)
 
     async def auth_abandoned(self, attempt: AuthAttempt) -> None:
         """The password was never checked (source down, timeout): nothing to count."""

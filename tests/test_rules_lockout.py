@@ -142,22 +142,39 @@ def test_existing_and_unknown_logins_are_locked_with_the_same_reply(any_store):
     assert got["alice@acme.example"].code == 454
 
 
-def test_success_clears_the_login_count_and_is_never_delayed(any_store):
+def test_success_is_never_delayed_and_leaves_the_failures_counted(any_store):
     async def body(store):
         m = _metering(store)
         delays = []
         for i in range(2):
             attempt = await m.auth_begin("192.0.2.1", "carol", T0 + i)
             delays.append(await m.auth_failed(attempt, T0 + i))
-        await _succeed(m, "192.0.2.1", "carol", T0 + 3)
-        # Two more failures: the count restarted, so still below 3.
-        for i in range(2):
-            await _fail(m, "192.0.2.1", "carol", T0 + 4 + i)
-        return delays, await _succeed(m, "192.0.2.1", "carol", T0 + 10)
+        ok = await _succeed(m, "192.0.2.1", "carol", T0 + 3)
+        # The two failures still count: one more reaches login_failures (3).
+        await _fail(m, "192.0.2.1", "carol", T0 + 4)
+        locked = await _succeed(m, "192.0.2.1", "carol", T0 + 5)
+        # Once the lock and the window have passed, the right password gets in again.
+        later = await _succeed(m, "192.0.2.1", "carol", T0 + 4 + LOCK.duration + LOCK.window)
+        return delays, ok, locked, later
 
-    delays, allowed = any_store.run(body)
+    delays, ok, locked, later = any_store.run(body)
     assert delays == [0.5, 0.5]
-    assert allowed == 235
+    assert (ok, locked, later) == (235, 454, 235)
+
+
+def test_a_right_password_amid_guesses_frees_no_place_for_more_guesses(any_store):
+    """Issue 14, defect 2: the race the auth-storm wire test caught.  Wrong passwords
+    settled before the right one was checked stay counted after it succeeds."""
+    async def body(store):
+        m = _metering(store)
+        for i in range(2):  # two guesses, answered 535
+            await _fail(m, f"192.0.2.{i}", "frank", T0)
+        assert await _succeed(m, "192.0.2.9", "frank", T0 + 1) == 235  # the owner logs in
+        guess = await m.auth_begin("192.0.2.3", "frank", T0 + 1)   # the third and last place
+        await m.auth_failed(guess, T0 + 1)
+        return (await m.auth_begin("192.0.2.4", "frank", T0 + 2)).verdict.reply.code
+
+    assert any_store.run(body) == 454
 
 
 def test_attempts_in_flight_count_so_simultaneous_ones_check_at_most_the_limit(any_store):

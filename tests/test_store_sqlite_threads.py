@@ -29,7 +29,7 @@ async def _successful_logins(path) -> list[BaseException]:
             for n in range(3):  # a few logins per session, as mail clients reconnect
                 attempt = f"{i}.{n}"
                 await store.reserve_attempt([(k, 1000) for k in keys], attempt, 900, T0)
-                await store.give_back_attempt(attempt, keys, clear=keys[1:])
+                await store.give_back_attempt(attempt, keys)
                 await store.lock(keys[0], T0 + 60, T0)
                 await store.log_event(Event(T0, "lockout", f"192.0.2.{i}", {"n": n}))
             await store.release_slot(f"conn:user{i % 4}", f"cid{i}")

@@ -101,10 +101,10 @@ class Store(abc.ABC):
         """The password was wrong: the attempt's entries stay, as settled failures."""
 
     @abc.abstractmethod
-    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         """The password was right, or was never checked: the attempt's entries go.
-        With ``clear``, the settled failures under those keys go too (attempts of
-        others still in flight keep counting)."""
+        Settled failures stay until they leave the window: a right password must not
+        free places for guesses racing it (issue 14, defect 2)."""
 
     @abc.abstractmethod
     async def lock(self, key: str, until: float, now: float) -> None:

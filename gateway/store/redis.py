@@ -287,16 +287,9 @@ end
 return 1
 """
 
-# KEYS: the attempt's f:<key>..., then the f:<key>... to clear.  ARGV: attempt, how
-# many keys are the attempt's.
+# KEYS: the attempt's f:<key>...  ARGV: attempt.
 _GIVE_BACK = r"""
-local n = tonumber(ARGV[2])
-for i = 1, n do redis.call('ZREM', KEYS[i], '~' .. ARGV[1]) end
-for i = n + 1, #KEYS do
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
-    if string.sub(m, 1, 1) ~= '~' then redis.call('ZREM', KEYS[i], m) end
-  end
-end
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], '~' .. ARGV[1]) end
 return 1
 """
 
@@ -457,10 +450,9 @@ class RedisStore(Store):
         if keys:
             await self._call(self._fail_attempt(keys=[self._k("f", k) for k in keys], args=[attempt]))
 
-    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
-        if keys or clear:
-            await self._call(self._give_back(
-                keys=[self._k("f", k) for k in (*keys, *clear)], args=[attempt, str(len(keys))]))
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str]) -> None:
+        if keys:
+            await self._call(self._give_back(keys=[self._k("f", k) for k in keys], args=[attempt]))
 
     async def lock(self, key: str, until: float, now: float) -> None:
         await self._call(self._lock(keys=[self._k("l", key)], args=[_num(until), _num(now)]))

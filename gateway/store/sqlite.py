@@ -343,12 +343,8 @@ class SQLiteStore(Store):
         await self._run(lambda db: self._write(
             db, "UPDATE failures SET attempt = NULL WHERE attempt = ?", (attempt,)))
 
-    async def give_back_attempt(self, attempt: str, keys: Sequence[str], clear: Sequence[str] = ()) -> None:
-        def body(db: sqlite3.Connection) -> None:
-            self._write(db, "DELETE FROM failures WHERE attempt = ?", (attempt,))
-            self._write(db, "DELETE FROM failures WHERE key = ? AND attempt IS NULL", [(k,) for k in clear])
-
-        await self._run(lambda db: self._transaction(db, lambda: body(db)))
+    async def give_back_attempt(self, attempt: str, keys: Sequence[str]) -> None:
+        await self._run(lambda db: self._write(db, "DELETE FROM failures WHERE attempt = ?", (attempt,)))
 
     async def lock(self, key: str, until: float, now: float) -> None:
         await self._run(lambda db: self._write(
