@@ -226,3 +226,24 @@ def test_reload_and_health(gw, api):
     assert health.status == 200 and health.json["ok"] is True
     assert health.json["suspended_accounts"] == 0
     assert json.dumps(api.get("/api/audit").json).count('"reload"') == 2  # refused, then done
+
+
+def test_admin_token_prints_a_token_once_and_a_hash_the_config_takes(tmp_path):
+    import subprocess
+    import sys
+
+    from gateway.admin.tokens import hash_matches
+    from gateway.config.admin import AdminToken
+
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "admin-token", "desk", "--role",
+                           "operator"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.split("give it to desk): ")[1].split()[0]
+    hashed = done.stdout.split("hash: '")[1].split("'")[0]
+    assert token.startswith("desk.") and token.split(".", 1)[1] not in hashed
+    AdminToken(name="desk", role="operator", hash=hashed)  # the config accepts it
+    assert hash_matches(token.split(".", 1)[1], hashed)
+    assert not hash_matches("wrong", hashed)
+    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "admin-token", "Bad Name"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

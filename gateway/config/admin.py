@@ -65,7 +65,8 @@ class AdminSettings(Strict):
     # HTTPS: the session cookie is Secure, so a browser sends it only over HTTPS.
     # Without tls, put a TLS-terminating proxy in front (docs/console.md).
     tls: TLSFiles | None = None
-    tokens: Annotated[tuple[AdminToken, ...], Field(min_length=1)]
+    # No token: nobody can use the listener (every request refused).
+    tokens: tuple[AdminToken, ...] = ()
     # Every change made through the API or the console: who, when, what, from where.
     audit_log: Path = Path("admin-audit.jsonl")
     session_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
