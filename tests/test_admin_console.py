@@ -3,7 +3,9 @@ Selenium through /usr/bin/chromedriver (nothing downloaded at test time), agains
 real gateway whose admin listener speaks HTTPS, with a recording MTA downstream.
 
 A screenshot of each page is saved under the test's artifact directory
-(PORTCULLIS_ARTIFACTS, default build/artifacts/console) and copied to docs/img/."""
+(PORTCULLIS_ARTIFACTS, default build/artifacts/console); with
+PORTCULLIS_REFRESH_DOCS=1 they are also copied to docs/img/ (so a test run leaves the
+work tree clean unless asked to refresh the docs' screenshots)."""
 
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def shot(driver, name: str) -> None:
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 1000
-    shutil.copy(path, ROOT / "docs" / "img" / f"console-{name}.png")
+    if os.environ.get("PORTCULLIS_REFRESH_DOCS") == "1":
+        shutil.copy(path, ROOT / "docs" / "img" / f"console-{name}.png")
 
 
 def submit(driver, form_xpath: str) -> None:
