@@ -13,11 +13,14 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
+from gateway.admin import actions
+from gateway.admin.actions import account_for
 from gateway.config.directory import Directory
 from gateway.config.quota import QuotaSettings
 from gateway.metering import AccountStatus, Metering
-from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.store import StoreUnavailable, open_store
+
+__all__ = ["account_for", "add_accounts_parser", "format_status", "quota_settings", "run_accounts"]
 
 
 def add_accounts_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,14 +42,6 @@ def quota_settings(config: object) -> QuotaSettings:
     fields = {name: getattr(config, name) for name in ("quotas", "store", "lockout", "compromise")
               if getattr(config, name, None) is not None}
     return QuotaSettings(**fields)
-
-
-def account_for(directory: Directory, settings: QuotaSettings, login: str) -> AccountQuota:
-    found = directory.account(login)
-    if found is None:
-        return quota_for_login(login, "-", settings.quotas, None, None)
-    policy, account = found
-    return quota_for_login(login, policy.customer, settings.quotas, policy, account)
 
 
 def _limit(n: int | None) -> str:
@@ -73,13 +68,9 @@ def format_status(s: AccountStatus) -> str:
 
 async def accounts_status(metering: Metering, directory: Directory, login: str | None,
                           now: float, out: TextIO) -> int:
-    if login is not None:
-        logins = [login.lower()]
-    else:
-        suspended = [s.login for s in await metering.store.suspensions()]
-        logins = sorted(set(directory.accounts) | set(suspended))
+    logins = [login.lower()] if login is not None else await actions.known_logins(metering, directory)
     for i, name in enumerate(logins):
-        status = await metering.status(account_for(directory, metering.settings, name), now)
+        status = await actions.account_status(metering, directory, name, now)
         print(("\n" if i else "") + format_status(status), file=out)
     if not logins:
         print("no accounts", file=out)
@@ -88,7 +79,7 @@ async def accounts_status(metering: Metering, directory: Directory, login: str |
 
 async def accounts_suspend(metering: Metering, login: str, now: float, out: TextIO,
                            reason: str = "suspended by an operator") -> int:
-    if await metering.suspend(login, now, reason):
+    if await actions.suspend_account(metering, login, now, reason):
         print(f"{login.lower()}: suspended (every gateway refuses its mail from the next MAIL)", file=out)
     else:
         print(f"{login.lower()}: was already suspended", file=out)
@@ -96,7 +87,7 @@ async def accounts_suspend(metering: Metering, login: str, now: float, out: Text
 
 
 async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO) -> int:
-    if await metering.unsuspend(login, now):
+    if await actions.unsuspend_account(metering, login, now):
         print(f"{login.lower()}: unsuspended", file=out)
         return 0
     print(f"{login.lower()}: was not suspended", file=out)

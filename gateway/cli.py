@@ -67,6 +67,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    """A new admin token: the token once on stdout, for the operator; the entry with
+    its hash for the gateway file's admin.tokens (only the hash is kept)."""
+    from gateway.admin.tokens import new_token
+
+    try:
+        token, hashed = new_token(args.name)
+    except ValueError as exc:
+        print(f"admin-token: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"token (shown once; give it to {args.name}): {token}")
+    print("for admin.tokens in the gateway file:")
+    print(f"  - {{name: {args.name}, role: {args.role}, hash: '{hashed}'}}")
+    return 0
+
+
 def cmd_passwd(args: argparse.Namespace) -> int:
     from gateway.accounts.passwords import hash_password
 
@@ -89,7 +105,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     the store cannot be read), 2 when the gateway file is broken."""
     import asyncio
 
-    from gateway.ops.explain import as_json, find, missing_store, parse_id, write_text
+    from gateway.admin.actions import decision_trail
+    from gateway.ops.explain import as_json, missing_store, parse_id, write_text
     from gateway.store import StoreUnavailable, open_store
     from gateway.store.base import JournalEntry
 
@@ -109,7 +126,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     async def read() -> list[JournalEntry]:
         store = open_store(settings, loaded.config.base_dir)
         try:
-            return await find(store, wanted)
+            # The same lookup as the admin API's and the console's.
+            return list((await decision_trail(store, wanted))[1])
         finally:
             await store.close()
 
@@ -149,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passwd", help="hash a password for a policy file (argon2id)")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("admin-token", help="make a token for the admin API and console")
+    p.add_argument("name", help="who holds it (named in the audit journal): a-z, 0-9, '-'")
+    p.add_argument("--role", choices=("read-only", "operator"), default="read-only")
+    p.set_defaults(func=cmd_admin_token)
 
     p = sub.add_parser("explain", help="why a transaction or connection was refused, held or suspended")
     p.add_argument("-c", "--config", required=True)

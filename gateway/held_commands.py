@@ -19,6 +19,7 @@ from email.policy import compat32
 from pathlib import Path
 from typing import TextIO
 
+from gateway.admin import actions
 from gateway.config.content import HoldSettings
 from gateway.store.held import HeldBusy, HeldMessage, HeldNotFound, HeldStore
 
@@ -92,29 +93,28 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
                        out: TextIO, now: float) -> int:
     command = args.held_command
     if command == "list":
-        held = await store.list()
+        held = await actions.list_held(store)
         for h in held:
             print(json.dumps(h.record() | {"state": h.state}) if args.json else format_line(h), file=out)
         if not held and not args.json:
             print("no held messages", file=out)
         return 0
     if command == "show":
-        h = await store.get(args.id)
-        message = await store.message(args.id)
+        h, message = await actions.show_held(store, args.id)
         if args.raw:
             out.write(message.decode("utf-8", "surrogateescape"))
         else:
             print(format_details(h, message), file=out)
         return 0
     if command == "delete":
-        h = await store.delete(args.id)
+        h = await actions.delete_held(store, args.id)
         print(f"{h.id}: deleted", file=out)
         return 0
     if command == "expire":
         settings = hold_settings(config)
         downstreams = _downstreams(config)
         try:
-            decisions = await store.expire(now, settings.max_age, settings.at_max_age, downstreams)
+            decisions = await actions.expire_held(store, settings, downstreams, now)
         finally:
             await _close(downstreams)
         for d in decisions:
@@ -124,12 +124,11 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
     # release
     h = await store.get(args.id)
     downstreams = _downstreams(config)
-    downstream = downstreams.get(h.direction)
     try:
-        if downstream is None:
-            print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
-            return EXIT_NOT_DELIVERED
-        result = await store.release(args.id, downstream, force=args.force)
+        result = await actions.release_held(store, args.id, downstreams, force=args.force)
+    except actions.NoDownstream:
+        print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
+        return EXIT_NOT_DELIVERED
     finally:
         await _close(downstreams)
     for rcpt in result.delivered:

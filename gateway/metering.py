@@ -349,18 +349,20 @@ class Metering:
         return None
 
     # --- operators ----------------------------------------------------------------------
-    async def suspend(self, login: str, now: float, reason: str = "suspended by an operator") -> bool:
+    async def suspend(self, login: str, now: float, reason: str = "suspended by an operator",
+                      by: str = "operator") -> bool:
         login = login.lower()
-        done = await self.store.suspend(Suspension(login, now, reason, {"by": "operator"}))
+        done = await self.store.suspend(Suspension(login, now, reason, {"by": by}))
         if done:
-            await self.store.log_event(Event(now, "suspended", login, {"reason": reason, "by": "operator"}))
+            await self.store.log_event(Event(now, "suspended", login, {"reason": reason, "by": by}))
         return done
 
-    async def unsuspend(self, login: str, now: float) -> bool:
+    async def unsuspend(self, login: str, now: float, by: str = "operator", reason: str = "") -> bool:
         login = login.lower()
         done = await self.store.unsuspend(login)
         if done:
-            await self.store.log_event(Event(now, "unsuspended", login, {"by": "operator"}))
+            await self.store.log_event(Event(now, "unsuspended", login,
+                                             {"by": by} | ({"reason": reason} if reason else {})))
         return done
 
     async def status(self, acct: AccountQuota, now: float) -> AccountStatus:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
+from gateway.admin.server import AdminServer
 from gateway.checks.dmarc import default_suffix_list
 from gateway.checks.dns import Resolver
 from gateway.checks.rspamd import RspamdClient
@@ -154,13 +155,19 @@ class Gateway:
     """The listeners and what they work with, in one process."""
 
     def __init__(self, loaded: Loaded, files: dict[str, tuple[Path, Path]], *,
-                 clock: Callable[[], float] = time.time, quotas: bool = True):
+                 clock: Callable[[], float] = time.time, quotas: bool = True,
+                 admin: bool = True, supervised: bool = False):
         self.path = loaded.path
         # Reloads re-parse only the policy files changed since (gateway/config/policy_cache.py).
         self._policy_cache = loaded.policy_cache
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
         self.endpoint: OpsHTTPServer | None = None
+        # The admin listener (gateway/admin/): in one process only (the first worker),
+        # since its console sessions live in that process's memory.
+        self.admin: AdminServer | None = None
+        self._runs_admin = admin
+        self._supervised = supervised
         self._expiry: asyncio.Task | None = None
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
@@ -179,6 +186,17 @@ class Gateway:
             http = self.runtime.config.http
             assert http is not None
             log.info("operations HTTP on %s port %d", http.address, self.endpoint.bound_port)
+        if self._runs_admin and self.runtime.config.admin is not None:
+            self.admin = AdminServer(self.runtime, self._reload_from_admin, self.runtime.clock)
+            await self.admin.start()
+
+    async def _reload_from_admin(self) -> str:
+        """POST /api/reload: what SIGHUP does.  Under a supervisor every worker must
+        reload, so the supervisor is sent the SIGHUP it passes on."""
+        if self._supervised:
+            os.kill(os.getppid(), signal.SIGHUP)
+            return "signalled"
+        return "reloaded" if await self.reload() else "refused"
 
     async def _expire_held(self) -> None:
         """Held mail never expires silently: every minute, what is past hold.max_age is
@@ -279,6 +297,8 @@ class Gateway:
             await rt.notifier.aclose()
         if self.endpoint is not None:
             await self.endpoint.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         for ds in (self.runtime.inbound, self.runtime.outbound):
             if ds is not None:
                 await ds.close()
@@ -291,8 +311,9 @@ class Gateway:
 
 
 async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]],
-                     sockets: dict[str, socket.socket]) -> None:
-    gateway = Gateway(loaded, files)
+                     sockets: dict[str, socket.socket], *, admin: bool = True,
+                     supervised: bool = False) -> None:
+    gateway = Gateway(loaded, files, admin=admin, supervised=supervised)
     await gateway.start(sockets)
     settle_heap()
     stop = asyncio.Event()
@@ -467,7 +488,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
             try:
                 install_event_loop_policy()
                 asyncio.run(run_worker(load_for_new_worker(loaded) if hangups else loaded, files,
-                                       slots[slot]))
+                                       slots[slot], admin=slot == 0, supervised=True))
                 code = 0
             except Exception:
                 log.exception("worker %d crashed", slot)

@@ -16,6 +16,8 @@ APT_PACKAGES=(
   dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
   # bonsai (the asyncio LDAP client) is built from source against libldap/libsasl.
   gcc python3-dev libldap2-dev libsasl2-dev
+  # The admin console's tests drive a real headless browser (tests/test_admin_console.py).
+  chromium chromium-driver
 )
 [ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config.abuse import AbuseSettings
 from gateway.config.accounts import AccountsConfig
+from gateway.config.admin import AdminSettings
 from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
@@ -186,6 +187,9 @@ class Config(Strict):
     # The operations HTTP port: /metrics, /healthz, /readyz, mail-client autoconfig
     # (docs/operations.md).  Off when absent.
     http: HTTP | None = None
+    # The admin API and the abuse desk's console, on a listener of their own
+    # (gateway/config/admin.py, docs/console.md).  Off when absent.
+    admin: AdminSettings | None = None
     # What `portcullis dns records` tells customers to publish (docs/dns.md).
     publish: PublishSettings = PublishSettings()
     # SPF, DKIM, DMARC and ARC on the MX listener; off only where the downstream

@@ -1,0 +1,156 @@
+"""Every action the abuse desk takes, once: the CLI (accounts_commands.py,
+held_commands.py, ops/explain via cli.py) and the admin API and console call these.
+
+They take what they act on (the metering, the hold store, the downstreams, ``now``)
+and return plain values; printing, JSON and HTML are the callers' business.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.config.content import HoldSettings
+from gateway.config.directory import Directory
+from gateway.config.quota import QuotaSettings
+from gateway.downstream.base import Downstream
+from gateway.metering import AccountStatus, Metering
+from gateway.ops import explain
+from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.store.base import Event, JournalEntry, Store
+from gateway.store.held import ExpiryDecision, HeldMessage, HeldStore, ReleaseResult
+
+# A login as the accounts sources know it: an address or a bare name, no controls,
+# no spaces.  Anything else is refused before it reaches the store.
+_LOGIN = re.compile(r"^[^\s\x00-\x1f\x7f/\\]{1,254}$")
+# Reasons are written to the store, the logs and the audit journal: one line of text.
+MAX_REASON = 200
+
+
+class NoDownstream(Exception):
+    """The config has no downstream for the held message's direction."""
+
+
+def valid_login(login: str) -> str | None:
+    """The login lower-cased, or None when it cannot be one."""
+    return login.lower() if _LOGIN.match(login) else None
+
+
+def clean_reason(reason: str) -> str:
+    """One printable line, bounded: no line break may reach a log line or a header."""
+    return " ".join("".join(c if c.isprintable() else " " for c in reason).split())[:MAX_REASON]
+
+
+# --- accounts ------------------------------------------------------------------
+
+def account_for(directory: Directory, settings: QuotaSettings, login: str) -> AccountQuota:
+    found = directory.account(login)
+    if found is None:
+        return quota_for_login(login, "-", settings.quotas, None, None)
+    policy, account = found
+    return quota_for_login(login, policy.customer, settings.quotas, policy, account)
+
+
+async def known_logins(metering: Metering, directory: Directory) -> list[str]:
+    """Every account of the directory, and every suspended login (a login the
+    directory no longer has may still be suspended)."""
+    suspended = [s.login for s in await metering.store.suspensions()]
+    return sorted(set(directory.accounts) | set(suspended))
+
+
+async def account_status(metering: Metering, directory: Directory, login: str,
+                         now: float) -> AccountStatus:
+    return await metering.status(account_for(directory, metering.settings, login.lower()), now)
+
+
+async def recent_events(store: Store, login: str, limit: int = 20) -> list[Event]:
+    return await store.events(login.lower(), limit)
+
+
+async def suspend_account(metering: Metering, login: str, now: float,
+                          reason: str = "suspended by an operator", by: str = "operator") -> bool:
+    """False when it already was (the first evidence is kept)."""
+    return await metering.suspend(login, now, clean_reason(reason) or "suspended by an operator", by=by)
+
+
+async def unsuspend_account(metering: Metering, login: str, now: float, by: str = "operator",
+                            reason: str = "") -> bool:
+    """False when it was not suspended."""
+    return await metering.unsuspend(login, now, by=by, reason=clean_reason(reason))
+
+
+# --- held mail -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HeldFilter:
+    login: str | None = None
+    customer: str | None = None
+    reason: str | None = None
+    # Held at least this many seconds ago.
+    older_than: float | None = None
+
+    def matches(self, held: HeldMessage, customer: str | None, now: float) -> bool:
+        return ((self.login is None or (held.login or "").lower() == self.login.lower())
+                and (self.customer is None or customer == self.customer)
+                and (self.reason is None or held.reason == self.reason)
+                and (self.older_than is None or now - held.held_at >= self.older_than))
+
+
+def customer_of(directory: Directory, held: HeldMessage) -> str | None:
+    """The customer a held message belongs to: its login's, or (inbound) its first
+    recipient's domain's."""
+    if held.login:
+        found = directory.account(held.login)
+        if found is not None:
+            return found[0].customer
+    for address in (held.sender, *held.recipients):
+        domain = address.rpartition("@")[2]
+        policy = directory.customer_for_domain(domain) if domain else None
+        if policy is not None:
+            return policy.customer
+    return None
+
+
+async def list_held(store: HeldStore, directory: Directory | None = None,
+                    where: HeldFilter = HeldFilter(), now: float = 0.0) -> list[HeldMessage]:
+    held = await store.list()
+    if where == HeldFilter():
+        return held
+    return [h for h in held
+            if where.matches(h, customer_of(directory, h) if directory else None, now)]
+
+
+async def show_held(store: HeldStore, held_id: str) -> tuple[HeldMessage, bytes]:
+    """Raises HeldNotFound (also for an id that is not ours: never a path)."""
+    return await store.get(held_id), await store.message(held_id)
+
+
+async def release_held(store: HeldStore, held_id: str, downstreams: Mapping[str, Downstream | None],
+                       force: bool = False) -> ReleaseResult:
+    """Raises HeldNotFound, HeldBusy, or NoDownstream."""
+    held = await store.get(held_id)
+    downstream = downstreams.get(held.direction)
+    if downstream is None:
+        raise NoDownstream(held.direction)
+    return await store.release(held_id, downstream, force=force)
+
+
+async def delete_held(store: HeldStore, held_id: str, by: str = "an operator") -> HeldMessage:
+    return await store.delete(held_id, why=f"deleted by {by}")
+
+
+async def expire_held(store: HeldStore, settings: HoldSettings,
+                      downstreams: Mapping[str, Downstream | None], now: float) -> list[ExpiryDecision]:
+    return await store.expire(now, settings.max_age, settings.at_max_age, downstreams)
+
+
+# --- decisions -----------------------------------------------------------------
+
+async def decision_trail(store: Store, text: str) -> tuple[str | None, Sequence[JournalEntry]]:
+    """The id found in ``text`` (a bounce line, a Received header, the bare id) and
+    its journal entries; (None, []) when there is no id in it."""
+    wanted = explain.parse_id(text)
+    if wanted is None:
+        return None, []
+    return wanted, await explain.find(store, wanted)
