@@ -325,3 +325,62 @@ def test_message_and_recipient_rates_get_421(tmp_path, zones, downstream, cert_f
         assert b"Too many new connections" in fifth.value.smtp_error
     finally:
         gw.stop()
+
+
+# --- across worker processes ----------------------------------------------------------
+
+def test_concurrent_limit_is_exact_across_two_worker_processes(tmp_path, downstream,
+                                                               password_hash):
+    """`serve --workers 2`: the connection slots are in the shared store, so the
+    limit holds for the gateway, not for each worker (which would let 2x in)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.ports import free_port
+    from tests.support.serve_process import eventually
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    for name, p in customer_policies(password_hash).items():
+        (policy / f"{name}.yaml").write_text(yaml.safe_dump(p))
+    port = free_port()
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
+        "hostname": "mx.test", "listeners": {"inbound": {"port": port}},
+        "downstream": {"inbound": downstream.url}, "policy_dir": "policy",
+        "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
+        "limits": {"shutdown_grace": 2},
+        "screening": {"limits": {"connections_per_address": 3}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c",
+                             str(tmp_path / "gateway.yaml"), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    held = []
+    try:
+        assert eventually(lambda: smtplib.SMTP("127.0.0.1", port, timeout=5).quit())
+        time.sleep(0.5)  # the probe's slot is given back as its connection closes
+        greetings = []
+        for _ in range(8):  # SO_REUSEPORT spreads them over both workers by source port
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(s)
+            greetings.append(s.recv(1024)[:9])
+        assert sorted(greetings) == [b"220 mx.te"] * 3 + [b"421 4.7.0"] * 5
+        for s in held:
+            s.close()
+        held.clear()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        log = proc.stderr.read()
+        served_by = {line.split()[2] for line in log.splitlines()
+                     if "cid=" in line and "listener=inbound" in line}
+        assert len(served_by) == 2, log  # both workers took part
+    finally:
+        for s in held:
+            s.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config.base import Strict
 from gateway.values.domains import normalise_domain
@@ -106,11 +106,13 @@ class Dnsbl(Strict):
     # postscreen_dnsbl_allowlist_threshold: at or below it, the limits do not apply.
     allowlist_at: int | None = None
 
-    @model_validator(mode="after")
-    def _thresholds(self) -> Dnsbl:
-        if self.allowlist_at is not None and self.allowlist_at >= self.refuse_at:
-            raise ValueError("screening.dnsbl.allowlist_at: must be below refuse_at")
-        return self
+    @field_validator("allowlist_at")
+    @classmethod
+    def _below_refuse(cls, value: int | None, info: ValidationInfo) -> int | None:
+        refuse_at = info.data.get("refuse_at")
+        if value is not None and refuse_at is not None and value >= refuse_at:
+            raise ValueError(f"must be below refuse_at ({refuse_at})")
+        return value
 
     @property
     def zones(self) -> tuple[str, ...]:
