@@ -2,6 +2,9 @@
 allowlist zone with several return codes, and reverse DNS; clients speak SMTP
 through a PROXY header, so each test chooses the address the gateway sees."""
 
+import contextlib
+import io
+import json
 import logging
 import smtplib
 import socket
@@ -162,6 +165,17 @@ def test_dynamic_range_is_sent_to_submission_and_counted_per_address(mx):
             break
         time.sleep(0.05)
     assert [e.kind for e in events] == ["screening.dynamic_range"] * 2
+    assert rcpt_from(mx, "198.51.100.24")[0] == 550
+    # The abuse desk's report, by address, from the same store.
+    from gateway.cli import main
+
+    eventually(lambda: len(mx.run(mx.runtime.metering.store.events("198.51.100.24"))) == 1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["screening", "-c", str(mx.config_path), "dynamic", "--json"]) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["address"], r["refusals"]) for r in rows] == [("198.51.100.23", 2),
+                                                            ("198.51.100.24", 1)]
 
 
 def test_fcrdns_is_recorded_as_iprev_in_authentication_results(mx, downstream):

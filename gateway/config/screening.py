@@ -14,7 +14,7 @@ Absent, nothing is screened and nothing costs anything.  Every part is optional:
             codes: [127.0.0.10-127.0.0.11]   # PBL
           - zone: list.dnswl.org
             weight: -5
-            codes: [127.0.0.0-127.0.255.3]   # not 127.0.0.255 (over quota)
+            codes: [127.0.2.1-127.0.20.3]     # not 127.0.0.255 (over quota)
         refuse_at: 3        # score >= this: 554 5.7.1 at RCPT
         allowlist_at: -1    # score <= this: the client bypasses the per-client limits
       dynamic_ranges: [198.51.100.0/24, 2001:db8:100::/40]

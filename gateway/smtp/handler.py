@@ -67,7 +67,7 @@ class GatewayHandler(HookDiscovery):
         self.product: Product = PRODUCTS[direction]
         self.authentication_timeout = authentication_timeout
         # MX screening's counters in this process (used only with a screening: section).
-        self.screening = ClientScreening(runtime) if direction == "inbound" else None
+        self.screening = ClientScreening(runtime) if self.product.screens_clients else None
 
     # --- AUTH --------------------------------------------------------------------------
     async def authenticate(self, server: GatewaySMTP, login: str, password: str

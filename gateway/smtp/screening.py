@@ -31,7 +31,7 @@ from gateway.rules import screening as rules
 from gateway.runtime import Runtime
 from gateway.store.base import StoreUnavailable
 from gateway.values.charges import Event
-from gateway.values.screening import ClientFacts, Iprev, ZoneAnswer
+from gateway.values.screening import DYNAMIC_EVENT, ClientFacts, Iprev, ZoneAnswer
 
 if TYPE_CHECKING:
     from gateway.smtp.protocol import GatewaySMTP
@@ -43,7 +43,6 @@ WINDOW = 60.0  # seconds: the "per minute" of the rate limits
 SLOT_TTL = 3600.0
 # Addresses remembered by the per-process rate counters; the oldest go first.
 MAX_TRACKED = 100_000
-DYNAMIC_EVENT = "screening.dynamic_range"
 
 
 class RecentCounts:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The store event of a refusal from the ISP's own dynamic ranges (one per RCPT),
+# counted by address by `portcullis screening dynamic`.
+DYNAMIC_EVENT = "screening.dynamic_range"
+
 
 @dataclass(frozen=True, slots=True)
 class CodeRange:
