@@ -26,6 +26,7 @@ ZONES = {
         4.2.0.192   A 127.0.0.4
         10.2.0.192  A 127.0.0.10
         11.2.0.192  A 127.0.0.2
+        9.2.0.192   A 127.0.0.3
         255.2.0.192 A 127.255.255.254
     """,
     "wl.test": """
@@ -35,10 +36,12 @@ ZONES = {
     "2.0.192.in-addr.arpa": """
         7   PTR good.client.test.
         8   PTR forged.client.test.
+        9   PTR listed.client.test.
     """,
     "client.test": """
         good    A 192.0.2.7
         forged  A 192.0.2.99
+        listed  A 192.0.2.9
     """,
 }
 
@@ -113,6 +116,21 @@ def test_listed_client_is_refused_at_rcpt_with_the_list_named(mx, downstream, ca
     assert "rcpt_rules=screening.dnsbl" in caplog.text
     # The score and the listing on the connection's line.
     assert "dnsbl_score=3 listed=bl.test:127.0.0.2" in caplog.text
+
+
+def test_a_listed_client_is_refused_again_from_what_was_found_before(mx, zones):
+    assert rcpt_from(mx, "192.0.2.9")[0] == 554
+    # No DNS now, and the resolver's cache emptied: the next connection is judged
+    # from what the first one's look-ups found, kept until their TTL ends.
+    zones.stop()
+    mx.run(_clear(mx.runtime.resolver))
+    sent = mx.runtime.resolver.queries_sent
+    assert rcpt_from(mx, "192.0.2.9")[0] == 554
+    assert mx.runtime.resolver.queries_sent == sent
+
+
+async def _clear(resolver):
+    resolver.clear_cache()
 
 
 def test_weights_add_up_and_return_codes_filter(mx):

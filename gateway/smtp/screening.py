@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.checks.dns import Resolver
@@ -77,6 +79,43 @@ class ClientScreening:
         self.recipients = RecentCounts()
         # Without a store: concurrent connections per key, this process only.
         self._open: collections.Counter[str] = collections.Counter()
+        # What the look-ups found per address, until the first of their answers
+        # expires: a regular sender's connection then costs no look-up and no task.
+        self._known: collections.OrderedDict[str, tuple[float, ClientFacts]] = (
+            collections.OrderedDict())
+        self._known_for: ScreeningSettings | None = None
+
+    def known(self, settings: ScreeningSettings, ip: str) -> ClientFacts | None:
+        if settings is not self._known_for:  # a reload: other lists, other weights
+            self._known.clear()
+            self._known_for = settings
+            return None
+        hit = self._known.get(ip)
+        if hit is None:
+            return None
+        if hit[0] <= time.monotonic():
+            del self._known[ip]
+            return None
+        return hit[1]
+
+    def remember(self, settings: ScreeningSettings, resolver: Resolver,
+                 names: list[tuple[str, str]], facts: ClientFacts) -> None:
+        """Keep ``facts`` until the earliest of the answers behind them expires (the
+        resolver's clock); not at all if one of them is not cached (a failure)."""
+        if settings is not self._known_for:
+            self._known.clear()
+            self._known_for = settings
+        expires = None
+        for name, rdtype in names:
+            entry = resolver.peek_entry(name, rdtype)
+            if entry is None:
+                return
+            expires = entry[0] if expires is None else min(expires, entry[0])
+        if expires is None:
+            return
+        self._known[facts.client_ip] = (expires, facts)
+        if len(self._known) > MAX_TRACKED:
+            self._known.popitem(last=False)
 
     def resolver(self, rt: Runtime) -> Resolver:
         """The inbound checks' resolver; our own (same settings) when they are off."""
@@ -158,7 +197,11 @@ class ConnectionScreen:
                     rt.metrics.screening(verdict.rule)
                 server.refuse_client(verdict.reply)
                 return None
-            if settings.needs_dns:
+            known = self.shared.known(settings, ip) if settings.needs_dns else None
+            if known is not None:
+                self.result = known
+                server.record.screening = known.summary
+            elif settings.needs_dns:
                 task = self._facts = asyncio.get_running_loop().create_task(self._look_up(rt, ip))
                 record = server.record
 
@@ -223,8 +266,8 @@ class ConnectionScreen:
     async def _look_up(self, rt: Runtime, ip: str) -> ClientFacts:
         resolver = self.shared.resolver(rt)
         sites = self.settings.dnsbl
-        zones = sites.zones
-        jobs: list[Any] = [ask_list(resolver, rules.dnsbl_query_name(ip, z), z) for z in zones]
+        names = [(rules.dnsbl_query_name(ip, z), z) for z in sites.zones]
+        jobs: list[Any] = [ask_list(resolver, name, z) for name, z in names]
         if self.settings.fcrdns:
             jobs.append(ask_iprev(resolver, ip))
         # Every look-up is bounded by the resolver's timeout; a failure is an answer.
@@ -232,12 +275,20 @@ class ConnectionScreen:
         iprev = found.pop() if self.settings.fcrdns else None
         answers: dict[str, ZoneAnswer] = {a.zone: a for a in found}
         assert iprev is None or isinstance(iprev, Iprev)
-        return rules.score_client(ip, sites.sites, answers, iprev)
+        facts = rules.score_client(ip, sites.sites, answers, iprev)
+        asked = [(name, "A") for name, _ in names]
+        if iprev is not None:
+            if iprev.result != "pass":
+                return facts  # a fail or temperror is not kept beyond the connection
+            asked += [(ipaddress.ip_address(ip).reverse_pointer, "PTR"),
+                      (iprev.name, "A" if ipaddress.ip_address(ip).version == 4 else "AAAA")]
+        self.shared.remember(self.settings, resolver, asked, facts)
+        return facts
 
     async def facts(self) -> ClientFacts | None:
         """What the look-ups found (waiting for them if need be); None: none were made."""
-        if self._facts is None:
-            return None
+        if self.result is not None or self._facts is None:
+            return self.result
         if self.result is None:
             try:
                 self.result = await asyncio.shield(self._facts)
