@@ -152,3 +152,20 @@ def test_client_network(ip, network):
 def test_ipv4_mapped_address_is_matched_as_ipv4():
     assert is_in("::ffff:198.51.100.7", SETTINGS.dynamic_ranges)
     assert not is_in("unknown", SETTINGS.dynamic_ranges)
+
+
+def test_the_worked_isp_configuration_in_the_docs_is_valid():
+    """docs/screening.md's example is what an operator copies: it must load."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "screening.md").read_text()
+    block = re.search(r"```yaml\n(dns:.*?)```", text, re.S).group(1)
+    settings = ScreeningSettings.model_validate(yaml.safe_load(block)["screening"])
+    assert settings.dnsbl.zones == ("zen.spamhaus.org", "list.dnswl.org")
+    assert is_in("198.51.100.77", settings.dynamic_ranges)
+    # DNSWL's "over quota" answer counts for nothing.
+    answers = {"list.dnswl.org": ZoneAnswer("list.dnswl.org", (code("127.0.0.255"),))}
+    assert score_client("192.0.2.1", settings.dnsbl.sites, answers).score == 0
