@@ -184,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.held_commands import add_held_parser
     from gateway.ops.dns_commands import add_dns_parser
     from gateway.ops.relay_audit import add_audit_parser
+    from gateway.screening_commands import add_screening_parser
 
     add_accounts_parser(sub)
     add_audit_parser(sub)
     add_keys_parser(sub)
     add_dns_parser(sub)
     add_held_parser(sub)
+    add_screening_parser(sub)
     return parser
 
 

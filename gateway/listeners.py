@@ -131,6 +131,9 @@ class SMTPListeners:
         )
         if len(state.connections) >= state.settings.max_connections:
             proto.refuse_with = replies.TOO_MANY_CONNECTIONS
+        screening = self.runtime.current().config.screening
+        if screening is not None and handler.screening is not None:
+            proto.screen = handler.screening.connection(screening)
         state.connections.add(proto)
         return proto
 

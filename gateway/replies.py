@@ -175,3 +175,23 @@ HELD_FOR_REVIEW = Reply(250, "2.0.0", "Message accepted and held for review by y
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 DOWNSTREAM_UNAVAILABLE = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
 DOWNSTREAM_TIMEOUT = Reply(451, "4.4.2", "Downstream mail server timed out, try again later")
+
+# --- MX screening (docs/screening.md) --------------------------------------------
+# The texts name the client and the list, as operators expect (postscreen's words);
+# rules/screening.py fills in the client and the zone with with_text.
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client listed by a DNS blocklist")
+DYNAMIC_RANGE = Reply(
+    550, "5.7.1",
+    "Mail from this address must be sent through your provider's mail server: "
+    "use authenticated submission on port 587 or 465")
+PREGREET = Reply(550, "5.5.1", "Protocol error: the client talked before the greeting ended")
+# RFC 7372 §3.3: X.7.25, reverse DNS validation failed.
+NO_FCRDNS = Reply(550, "5.7.25", "Reverse DNS of the client does not resolve back to its address")
+CLIENT_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address; try again later")
+CLIENT_NETWORK_CONNECTIONS = Reply(
+    421, "4.7.0", "Too many connections from your network; try again later")
+CLIENT_CONNECTION_RATE = Reply(
+    421, "4.7.0", "Too many new connections from your address; try again later")
+CLIENT_MESSAGE_RATE = Reply(421, "4.7.0", "Too much mail from your address; try again later")
+CLIENT_RECIPIENT_RATE = Reply(
+    421, "4.7.0", "Too many recipients from your address; try again later")

@@ -26,6 +26,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from gateway.config.screening import CustomerScreening
 from gateway.values.domains import normalise_domain
 
 
@@ -71,6 +72,8 @@ class InboundDomainPolicy(Strict):
 class InboundPolicy(Strict):
     default: InboundDomainPolicy = InboundDomainPolicy()
     domains: dict[str, InboundDomainPolicy] = {}
+    # Stricter MX screening for this customer's domains, never looser (docs/screening.md).
+    screening: CustomerScreening | None = None
 
     @field_validator("domains", mode="before")
     @classmethod

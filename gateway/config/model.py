@@ -30,6 +30,7 @@ from gateway.config.quota import (
     StoreSettings,
 )
 from gateway.config.reload import ReloadSettings
+from gateway.config.screening import ScreeningSettings
 from gateway.values.domains import normalise_domain
 
 
@@ -195,6 +196,9 @@ class Config(Strict):
     # SPF, DKIM, DMARC and ARC on the MX listener; off only where the downstream
     # already does them (or to measure the plain path).
     inbound_checks: bool = True
+    # MX screening before the expensive checks: DNS lists, the ISP's dynamic ranges,
+    # per-client limits, early talkers, FCrDNS (docs/screening.md).  Off when absent.
+    screening: ScreeningSettings | None = None
     # The resolver every inbound check uses (SPF, DKIM, DMARC, ARC).
     dns: DnsSettings = DnsSettings()
     # RFC 8601 authserv-id of our Authentication-Results header; default: hostname.

@@ -120,6 +120,12 @@ class Metrics:
             "Accounts currently suspended (by quota abuse or by an operator).",
             registry=r, multiprocess_mode="mostrecent",
         )
+        self.screening_refusals = Counter(
+            "portcullis_screening_total",
+            "MX screening refusals and findings, by rule (screening.dnsbl, "
+            "screening.dynamic_range, screening.pregreet, screening.connections_per_address, ...).",
+            ["rule"], registry=r,
+        )
         self._known_listeners = tuple(listeners)
         # Create the series up front so that rate() works from the first event and
         # a dashboard shows 0 rather than "no data".
@@ -135,6 +141,9 @@ class Metrics:
             self.downstream_latency.labels(downstream)
 
     # --- the calls made from the message flow -------------------------------
+    def screening(self, rule: str) -> None:
+        self.screening_refusals.labels(rule).inc()
+
     def connection(self, listener: str, outcome: str) -> None:
         self.connections.labels(listener, outcome).inc()
 

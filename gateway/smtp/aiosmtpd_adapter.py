@@ -185,6 +185,10 @@ class SMTPAdapter(HookDiscovery, SMTP):
         return self._strip_command_keyword(keyword, arg)
 
     # --- the socket, beneath aiosmtpd's line reader ---------------------------------
+    def has_buffered_input(self) -> bool:
+        """The client has sent something not yet read (an early talker, before the greeting)."""
+        return bool(self._reader._buffer)
+
     def has_buffered_line(self) -> bool:
         """The client's next command line (or part of it) has already arrived."""
         return b"\n" in self._reader._buffer

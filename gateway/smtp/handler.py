@@ -44,6 +44,7 @@ from gateway.smtp.pipeline.run import run_pipeline
 from gateway.smtp.pipeline.step import StepResult, refuse
 from gateway.smtp.protocol import GatewaySMTP
 from gateway.smtp.records import TransactionRecord
+from gateway.smtp.screening import ClientScreening
 from gateway.smtp.state import Transaction
 
 log = logging.getLogger("portcullis.smtp")
@@ -65,6 +66,8 @@ class GatewayHandler(HookDiscovery):
         self.runtime = runtime
         self.product: Product = PRODUCTS[direction]
         self.authentication_timeout = authentication_timeout
+        # MX screening's counters in this process (used only with a screening: section).
+        self.screening = ClientScreening(runtime) if self.product.screens_clients else None
 
     # --- AUTH --------------------------------------------------------------------------
     async def authenticate(self, server: GatewaySMTP, login: str, password: str
@@ -157,6 +160,12 @@ class GatewayHandler(HookDiscovery):
         refusal, acct = await product.check_sender(server.facts, rt, record, sender, mail_options)
         if refusal is not None:
             return str(refusal)
+        if server.screen is not None:  # MX screening: messages per minute from this client
+            limited = await server.screen.check_mail(rt)
+            if not limited.accept:
+                record.decide(limited.rule, limited.facts)
+                server.refuse_client(limited.reply)
+                return str(limited.reply)
         downstream = product.downstream(rt).begin(
             sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)])
         quota = None
@@ -179,6 +188,15 @@ class GatewayHandler(HookDiscovery):
             record.recipient_refused("limits.max_recipients")
             return str(replies.TOO_MANY_RECIPIENTS)
         verdict, mailbox, role = self.product.check_recipient(rt, address)
+        if verdict.accept and mailbox is not None and server.screen is not None:
+            # MX screening's verdict comes here, after the recipient is known:
+            # abuse@ and postmaster@ get in from any client (RFC 5321 §4.5.1).
+            verdict = await server.screen.check_recipient(rt, mailbox.domain, role)
+            server.facts.iprev = server.screen.iprev
+            if verdict.reply.code == 421:  # a per-client limit: 421 and close
+                record.recipient_refused(verdict.rule, verdict.facts)
+                server.refuse_client(verdict.reply)
+                return str(verdict.reply)
         if not verdict.accept or mailbox is None:
             record.recipient_refused(verdict.rule, verdict.facts)
             return str(verdict.reply)

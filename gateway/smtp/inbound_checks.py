@@ -46,7 +46,8 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[Inbound
 
 
 async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo: str | None,
-                        client_ip: str, recipients: list[str]) -> InboundOutcome:
+                        client_ip: str, recipients: list[str],
+                        iprev: tuple[str, str, str] | None = None) -> InboundOutcome:
     """``message``: as the handler read it at the end of DATA; the DATA reader has
     refused any CR or LF outside a CRLF pair (RFC 5321 §2.3.8)."""
     assert runtime.resolver is not None
@@ -71,7 +72,7 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
         return field.key in _OUR_FIELDS or claims_authserv_id(field, ours)
 
     message = message.without(is_forged)
-    stamp = authentication_results(runtime.config.our_authserv_id, evidence)
+    stamp = authentication_results(runtime.config.our_authserv_id, evidence, iprev)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp
     return InboundOutcome(None, message, summary, results, prefix=stamp)

@@ -172,6 +172,9 @@ class GatewaySMTP(SMTPAdapter):
         self._progress_seen = 0
         # Set by the listener when the connection cap is reached: greet with 421, close.
         self.refuse_with: Reply | None = None
+        # MX screening (gateway/smtp/screening.py), set by the listener when the
+        # gateway file has a screening: section; None costs nothing.
+        self.screen: Any = None
         # The client's address from a PROXY header (None: the socket peer is the client).
         self.proxied_client: str | None = None
         # aiosmtpd asks a handle_PROXY hook to accept the header; without one it
@@ -360,6 +363,11 @@ class GatewaySMTP(SMTPAdapter):
         a 250 for."""
         self._goodbye(reply, "shutdown")
 
+    def refuse_client(self, reply: Reply) -> None:
+        """A per-client limit (gateway/smtp/screening.py): say ``reply`` (a 421) and close."""
+        self._greeted = True
+        self._goodbye(reply, "refused_limit")
+
     def reset(self) -> None:
         """Drop the connection now (a client that does not let go after our 421)."""
         for transport in self.transports():
@@ -406,6 +414,12 @@ class GatewaySMTP(SMTPAdapter):
     # --- replies -------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:
         text = ""
+        if self.screen is not None and not self._greeted and isinstance(status, str):
+            # The greeting: per-client limits first, and a delayed 220 when configured.
+            greeting = await self.screen.greet(self, status)
+            if greeting is None:
+                return  # refused: 421 said, connection closing
+            status = greeting
         if isinstance(status, str):
             verbatim, self._verbatim = status == self._verbatim, None
             if not self._greeted:

@@ -163,6 +163,7 @@ class ConnectionRecord:
     tempfails: int = 0  # 4xx replies sent
     auth_failures: int = 0  # 535 and lockout 454 answers to AUTH
     auth_rule: str = ""  # the rule behind the last refused AUTH
+    screening: str = ""  # MX screening: a refusal's rule, or the score and listings
 
 
 def write_transaction(record: TransactionRecord, *, listener: str, client: str, login: str,
@@ -255,6 +256,7 @@ def write_connection(record: ConnectionRecord, *, client: str, ended: str,
         "login": record.login or "-", "ended": ended, "transactions": record.transactions,
         "errors": record.errors, "tempfails": record.tempfails,
         "auth_failures": record.auth_failures, "auth_rule": record.auth_rule,
+        "screening": record.screening,
         "ms": int((time.monotonic() - record.started) * 1000),
     }
     if logged:

@@ -27,6 +27,7 @@ from gateway.rules.content import ContentDecision
 from gateway.runtime import Runtime
 from gateway.smtp.metered import MeteredDownstream
 from gateway.smtp.records import TransactionRecord
+from gateway.values.screening import Iprev
 
 # Until DATA ends: a transaction has no message yet.
 _NO_MESSAGE = Message.parse(b"")
@@ -43,6 +44,8 @@ class Session:
     client_ip: str = "unknown"  # the real client, also behind a PROXY header
     tls: tuple[str, str] | None = None  # (version, cipher) once encrypted
     identity: Identity | None = None  # a successful AUTH; forgotten at STARTTLS
+    # MX screening's FCrDNS result (RFC 8601 §3), once known: for Authentication-Results.
+    iprev: Iprev | None = None
 
     @property
     def login(self) -> str | None:

@@ -84,11 +84,16 @@ _CACHED_RESULTS = 4096
 _TOKEN_RE = re.compile(rf"^{authres.core.RFC2045_TOKEN_PATTERN}$")
 
 
-def authentication_results(authserv_id: str, evidence: InboundEvidence) -> bytes:
-    """The A-R field, one result per folded line, ending in CRLF."""
+def authentication_results(authserv_id: str, evidence: InboundEvidence,
+                           iprev: tuple[str, str, str] | None = None) -> bytes:
+    """The A-R field, one result per folded line, ending in CRLF.  ``iprev``:
+    (result, client address, confirmed name) from MX screening's FCrDNS."""
     ev = evidence
     spf_prop, spf_value = ev.spf.property
-    results = [authserv_id, _spf_text(ev.spf.result, spf_prop, spf_value)]
+    results = [authserv_id]
+    if iprev is not None:
+        results.append(_iprev_text(*iprev))
+    results.append(_spf_text(ev.spf.result, spf_prop, spf_value))
     if not ev.dkim:
         results.append(_dkim_text("none", "", "", "", ""))
     for d in ev.dkim:
@@ -102,6 +107,14 @@ def authentication_results(authserv_id: str, evidence: InboundEvidence) -> bytes
     dm = ev.dmarc
     results.append(_dmarc_text(dm.result, dm.header_from, dm.policy, dm.disposition))
     return FIELD_NAME + b": " + ";\r\n\t".join(results).encode("utf-8") + b"\r\n"
+
+
+@functools.lru_cache(maxsize=_CACHED_RESULTS)
+def _iprev_text(result: str, client_ip: str, name: str) -> str:
+    # RFC 8601 §2.7.3: iprev reports policy.iprev, the address checked; the name
+    # that confirmed it goes in a comment.
+    return str(authres.IPRevAuthenticationResult(
+        result=result, policy_iprev=client_ip, policy_iprev_comment=name or None))
 
 
 @functools.lru_cache(maxsize=_CACHED_RESULTS)

@@ -19,9 +19,11 @@ async def run(tx: Transaction) -> StepResult:
     rt = tx.runtime
     if rt.resolver is None:  # inbound_checks: false
         return CONTINUE
+    iprev = tx.session.iprev  # MX screening's FCrDNS (docs/screening.md), when on
     outcome = await check_inbound(
         rt, message=tx.message, sender=tx.sender, helo=tx.helo,
-        client_ip=tx.session.client_ip, recipients=tx.recipients)
+        client_ip=tx.session.client_ip, recipients=tx.recipients,
+        iprev=(iprev.result, tx.session.client_ip, iprev.name) if iprev is not None else None)
     tx.record.checks = outcome.summary
     if rt.metrics is not None:
         for method, result in outcome.results:

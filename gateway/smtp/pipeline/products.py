@@ -40,6 +40,7 @@ class Product(Protocol):
     direction: str  # inbound | outbound: the name in metrics, holds and notices
     pipeline: Sequence[Step]
     meters_accounts: bool  # logins are metered: lockout, session slots, quotas
+    screens_clients: bool  # MX screening applies (docs/screening.md)
 
     def downstream(self, rt: Runtime) -> Downstream: ...
 
@@ -60,6 +61,7 @@ class Inbound:
     direction = "inbound"
     pipeline = INBOUND
     meters_accounts = False
+    screens_clients = True
 
     def downstream(self, rt: Runtime) -> Downstream:
         assert rt.inbound is not None
@@ -89,6 +91,7 @@ class Submission:
     direction = "outbound"
     pipeline = SUBMISSION
     meters_accounts = True
+    screens_clients = False
 
     def downstream(self, rt: Runtime) -> Downstream:
         assert rt.outbound is not None
