@@ -83,7 +83,8 @@ def _assigned_attributes(tree: ast.AST) -> list[tuple[str, str, int]]:
             continue
         for target in targets:
             for sub in ast.walk(target):
-                if not isinstance(sub, ast.Attribute):
+                # Only what is stored: ``d[session.id] = x`` reads session.id.
+                if not isinstance(sub, ast.Attribute) or not isinstance(sub.ctx, ast.Store):
                     continue
                 owner = sub.value
                 name = owner.attr if isinstance(owner, ast.Attribute) else \
@@ -105,7 +106,7 @@ def test_no_module_adds_attributes_to_aiosmtpds_envelope_or_session():
 
 def test_the_attribute_check_sees_what_it_looks_for():
     tree = ast.parse("envelope.txid = 1\nself.envelope.x = 2\nserver.session.y += 3\n"
-                     "envelope.mail_from = 'a'\n")
+                     "envelope.mail_from = 'a'\nby_id[session.id] = 4\n")
     assert [(o, a) for o, a, _ in _assigned_attributes(tree)] == [
         ("envelope", "txid"), ("envelope", "x"), ("session", "y"), ("envelope", "mail_from")]
 
