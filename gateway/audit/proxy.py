@@ -133,9 +133,12 @@ class _Link:
 
 
 def _show(data: bytes) -> str:
-    text = data[:EVIDENCE_BYTES].decode("latin-1")
-    text = "".join(c if c.isprintable() else ("\\n" if c == "\n" else "." if c != "\r" else "")
-                   for c in text)
+    """Text as text (line breaks as \\n), a binary answer (SOCKS) as hex bytes."""
+    shown = data[:EVIDENCE_BYTES]
+    if any(b < 0x20 and b not in b"\r\n\t" or b > 0x7E for b in shown):
+        text = "[" + shown.hex(" ") + "]"
+    else:
+        text = shown.decode("ascii").replace("\r", "").replace("\n", "\\n")
     return text + ("…" if len(data) > EVIDENCE_BYTES else "")
 
 
