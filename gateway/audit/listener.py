@@ -56,6 +56,7 @@ class AuditListener:
         self._arrivals: dict[str, Arrival] = {}
         self._waiting: dict[str, asyncio.Event] = {}
         self._open = 0
+        self._tasks: set[asyncio.Task] = set()
         self.connections = 0  # how many connections it was handed (for the summary)
 
     async def start(self) -> AuditListener:
@@ -68,6 +69,10 @@ class AuditListener:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Connections still open end with the audit (Server.close leaves them).
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             try:
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
@@ -112,6 +117,9 @@ class AuditListener:
             writer.close()
             return
         self._open += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         conversation = _Conversation(reader, writer, self._peer(writer), self._record)
         try:
             async with asyncio.timeout(self.connection_timeout):
@@ -119,9 +127,12 @@ class AuditListener:
         except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError):
             pass  # a peer that stalls or misbehaves is dropped; what it carried is kept
+        except asyncio.CancelledError:
+            pass  # the listener is closing: the connection ends here, quietly
         finally:
             conversation.finish()
             self._open -= 1
+            self._tasks.discard(task)
             writer.close()
 
     @staticmethod

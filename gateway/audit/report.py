@@ -7,6 +7,8 @@ said is shown as it said it, minus anything that is not printable.
 
 from __future__ import annotations
 
+import ipaddress
+
 from gateway.audit.remedies import remedies_for
 
 _WHAT = {
@@ -32,11 +34,16 @@ def _printable(text: str) -> str:
 
 
 def hosts_with_findings(found: list[dict]) -> list[str]:
-    hosts: list[str] = []
-    for r in found:
-        if r.get("status") == "open" and r["host"] not in hosts:
-            hosts.append(r["host"])
-    return hosts
+    """Every host with something open, in address order."""
+    return sorted({r["host"] for r in found if r.get("status") == "open"}, key=_address_order)
+
+
+def _address_order(host: str) -> tuple:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return (9, 0, host)
+    return (address.version, int(address), "")
 
 
 def format_host_report(host: str, found: list[dict], *, markdown: bool = False) -> str:

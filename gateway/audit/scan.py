@@ -134,6 +134,15 @@ def read_records(path: Path) -> list[dict]:
     return found
 
 
+def _ends_torn(path: Path) -> bool:
+    """A run killed mid-line leaves a last line without its line break."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
+
+
 def done_jobs(found: list[dict]) -> set[tuple[str, int]]:
     return {(r["host"], r["port"]) for r in found}
 
@@ -234,7 +243,10 @@ async def run_scan(
     run = ScanRun(skipped=len(plan.jobs()) - len(pending))
     queue = iter(pending)
     pacer = _Pacer(settings.rate, settings.host_rate)
+    torn = _ends_torn(out)
     with out.open("a", encoding="utf-8") as sink:
+        if torn:  # a run killed mid-line: end that line, or the next record joins it
+            sink.write("\n")
 
         async def worker() -> None:
             for job in queue:  # one shared iterator: each job is taken once
