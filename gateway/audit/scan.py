@@ -238,12 +238,13 @@ async def run_scan(
     progress: Callable[[dict], None] | None = None,
 ) -> ScanRun:
     """Run every job not already in ``out`` (JSON Lines, appended as each finishes)."""
-    done = done_jobs(read_records(out))
+    # Reading an earlier run's file may take a while: not on the loop.
+    done = done_jobs(await asyncio.to_thread(read_records, out))
     pending = [j for j in plan.jobs() if (j.host, j.port) not in done]
     run = ScanRun(skipped=len(plan.jobs()) - len(pending))
     queue = iter(pending)
     pacer = _Pacer(settings.rate, settings.host_rate)
-    torn = _ends_torn(out)
+    torn = await asyncio.to_thread(_ends_torn, out)
     with out.open("a", encoding="utf-8") as sink:
         if torn:  # a run killed mid-line: end that line, or the next record joins it
             sink.write("\n")
