@@ -180,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     from gateway.accounts_commands import add_accounts_parser
+    from gateway.audit.commands import add_audit_parser
     from gateway.dkim.commands import add_keys_parser
     from gateway.held_commands import add_held_parser
     from gateway.ops.dns_commands import add_dns_parser
-    from gateway.ops.relay_audit import add_audit_parser
     from gateway.screening_commands import add_screening_parser
 
     add_accounts_parser(sub)

@@ -14,6 +14,8 @@ MODE=${1:-test}
 APT_PACKAGES=(
   python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools
   dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
+  # The audit tests (tests/test_audit_*.py): open and closed proxies on loopback.
+  tinyproxy squid dante-server socat
   # bonsai (the asyncio LDAP client) is built from source against libldap/libsasl.
   gcc python3-dev libldap2-dev libsasl2-dev
   # The admin console's tests drive a real headless browser (tests/test_admin_console.py).

@@ -4,7 +4,7 @@ import asyncio
 import subprocess
 import sys
 
-from gateway.ops.relay_audit import audit_relay
+from gateway.audit.relay import audit_relay
 
 
 def test_audit_of_the_inbound_listener_finds_nothing_open(gateway, downstream):

@@ -22,8 +22,9 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from gateway.ops import relay_audit
-from gateway.ops.relay_audit import (
+from gateway.audit import commands
+from gateway.audit import relay as relay_audit
+from gateway.audit.relay import (
     CONTROL_OK,
     CONTROL_REFUSED,
     MAIL_REFUSED,
@@ -35,8 +36,8 @@ from gateway.ops.relay_audit import (
     build_probes,
     exit_code,
     judge,
-    parse_host_port,
 )
+from gateway.audit.targets import parse_host_port
 from tests.support.ports import free_port
 
 TARGET = "target.example"
@@ -304,7 +305,7 @@ async def test_escape_sequences_from_the_server_never_reach_the_terminal():
 async def test_cli_prints_the_table_and_exits_1_for_an_open_relay(capsys):
     parser = argparse.ArgumentParser(prog="portcullis")
     add = parser.add_subparsers(dest="command", required=True)
-    relay_audit.add_audit_parser(add)
+    commands.add_audit_parser(add)
     async with smtp_server(RecordingHandler()) as (port, _):
         args = parser.parse_args(
             ["audit", "relay", f"127.0.0.1:{port}", "--helo", "audit.test",
@@ -324,7 +325,7 @@ async def test_cli_prints_the_table_and_exits_1_for_an_open_relay(capsys):
 
 def test_cli_refuses_a_helo_that_would_inject_a_command(capsys):
     parser = argparse.ArgumentParser(prog="portcullis")
-    relay_audit.add_audit_parser(parser.add_subparsers(dest="command"))
+    commands.add_audit_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["audit", "relay", "127.0.0.1:1", "--helo", "x\r\nDATA"])
     assert args.func(args) == 2
     assert "--helo" in capsys.readouterr().err

@@ -25,8 +25,9 @@ def postfix_available() -> bool:
 
 class PostfixInstance:
     def __init__(self, port: int, relayhost: str, *, relay_domains: list[str],
-                 recipients: list[str] | None = None, extra: dict[str, str] | None = None):
-        self.port = port
+                 recipients: list[str] | None = None, extra: dict[str, str] | None = None,
+                 address: str = "127.0.0.1"):
+        self.port, self.address = port, address
         # Postfix's own processes run as the postfix user: the whole path must be
         # traversable by it (pytest's tmp dirs are 0700), so use a 0755 dir in /tmp.
         self.root = Path(tempfile.mkdtemp(prefix="portcullis-postfix-"))
@@ -39,7 +40,7 @@ class PostfixInstance:
         lines = []
         for line in master.splitlines():
             if line.startswith("smtp ") and " inet " in line:
-                line = f"127.0.0.1:{port} inet n - n - - smtpd"
+                line = f"{address}:{port} inet n - n - - smtpd"
             lines.append(line)
         (conf / "master.cf").write_text("\n".join(lines) + "\n")
         for name in ("dynamicmaps.cf",):
@@ -85,7 +86,7 @@ class PostfixInstance:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"postfix exited: {self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.create_connection((self.address, self.port), timeout=1) as s:
                     if s.recv(100).startswith(b"220"):
                         return self
             except OSError:

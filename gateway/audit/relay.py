@@ -6,9 +6,11 @@ tricks spammers used to get a server to pass mail from a stranger to a stranger
 local parts, IP literals, local-looking and empty senders, ...) and report which
 recipient the server accepted.
 
-What it never does: complete a DATA (every transaction ends with RSET after the
+What it never does here: complete a DATA (every transaction ends with RSET after the
 RCPT reply, so nothing is ever sent), or contact anything but the one address
-given.  Every read and write has a deadline, and so has the whole audit.
+given.  Every read and write has a deadline, and so has the whole audit.  The
+optional proof (:mod:`gateway.audit.relay_proof`) sends one tagged message per open
+trick, addressed to the auditor's own listener, and only then says "proven".
 
 The probe battery (:func:`build_probes`) and the judgement (:func:`judge`) are pure;
 the SMTP conversation is raw asyncio streams, so exactly what is sent is known.
@@ -16,14 +18,20 @@ the SMTP conversation is raw asyncio streams, so exactly what is sent is known.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import socket
-import ssl
-import sys
 from dataclasses import dataclass, field
 
+from gateway.audit.listener import Arrival
+from gateway.audit.smtp_client import (
+    AuditError,
+    ServerClosing,
+    Session,
+    SMTPReply,
+    open_session,
+    sni,
+)
 from gateway.values.domains import normalise_domain
 
 # RFC 2606 §3: a domain reserved for examples, which no one can own.
@@ -31,8 +39,6 @@ DEFAULT_THIRD_PARTY = "third-party.example"
 # RFC 5737 TEST-NET-1: an address that is nobody's mail server.
 THIRD_PARTY_IP = "192.0.2.1"
 LOCAL_PART = "relaytest"
-MAX_REPLY_LINES = 100
-MAX_LINE = 4096
 
 OPEN = "OPEN"
 REFUSED = "refused"
@@ -117,19 +123,6 @@ def build_probes(target: str, third_party: str, server_ip: str | None) -> list[P
 # --- replies and verdicts -----------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class SMTPReply:
-    code: int
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return self.lines[0] if self.lines else ""
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".rstrip()
-
-
-@dataclass(frozen=True, slots=True)
 class ProbeResult:
     probe: Probe
     sender: str | None = None  # the sender used for the RCPT (None: no MAIL accepted)
@@ -144,6 +137,18 @@ class ProbeResult:
     @property
     def is_open(self) -> bool:
         return self.verdict == OPEN
+
+    def evidence(self) -> tuple[str, ...]:
+        """The exchange as a transcript, for the report."""
+        lines: list[str] = []
+        if self.sender is not None or self.mail is not None:
+            sender = self.sender if self.sender is not None else self.probe.senders[-1]
+            lines += [f"C: MAIL FROM:<{sender}>", f"S: {self.mail}" if self.mail else "S: -"]
+        if self.rcpt is not None:
+            lines += [f"C: RCPT TO:<{self.probe.recipient}>", f"S: {self.rcpt}", "C: RSET"]
+        if self.error:
+            lines.append(f"(error: {self.error})")
+        return tuple(lines)
 
 
 def judge(probe: Probe, mail: SMTPReply | None, rcpt: SMTPReply | None, error: str = "") -> str:
@@ -163,6 +168,43 @@ def judge(probe: Probe, mail: SMTPReply | None, rcpt: SMTPReply | None, error: s
     return DEFERRED if 400 <= rcpt.code < 500 else REFUSED
 
 
+# --- the proof (sent by relay_proof.prove_relay) ------------------------------------
+
+PROVEN = "PROVEN OPEN"
+NOT_ARRIVED = "accepted, never arrived"
+REFUSED_AT_DATA = "refused at DATA"
+FAILED = "could not send"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayProof:
+    probe: Probe
+    sender: str
+    token: str
+    data_reply: SMTPReply | None = None  # the reply to the end of the message
+    arrival: Arrival | None = None
+    error: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return judge_proof(self.data_reply, self.arrival, self.error)
+
+    @property
+    def detail(self) -> str:
+        return self.error or (str(self.data_reply) if self.data_reply else "")
+
+
+def judge_proof(data_reply: SMTPReply | None, arrival: Arrival | None, error: str = "") -> str:
+    """Proven only by an arrival; a 250 at the end of DATA is a promise, not a delivery."""
+    if arrival is not None:
+        return PROVEN
+    if error:
+        return FAILED
+    if data_reply is not None and 200 <= data_reply.code < 300:
+        return NOT_ARRIVED
+    return REFUSED_AT_DATA
+
+
 @dataclass(frozen=True)
 class RelayAudit:
     host: str
@@ -174,6 +216,11 @@ class RelayAudit:
     results: tuple[ProbeResult, ...] = ()
     error: str = ""  # set when the audit could not run at all
     notes: tuple[str, ...] = field(default=())
+    proofs: tuple[RelayProof, ...] = ()  # filled by relay_proof.prove_relay, when asked
+
+    @property
+    def proven(self) -> list[RelayProof]:
+        return [p for p in self.proofs if p.arrival is not None]
 
     @property
     def open_results(self) -> list[ProbeResult]:
@@ -184,134 +231,7 @@ class RelayAudit:
         return bool(self.open_results)
 
 
-# --- the conversation ---------------------------------------------------------------
-
-class AuditError(Exception):
-    """The server could not be talked to (connect, TLS, greeting, EHLO)."""
-
-
-class _ServerClosing(Exception):
-    """A 421 or a closed connection: reconnect and try the probe again."""
-
-
-class _Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
-        self.reader, self.writer, self.timeout = reader, writer, timeout
-
-    async def read_reply(self) -> SMTPReply:
-        lines: list[str] = []
-        code = 0
-        async with asyncio.timeout(self.timeout):
-            while len(lines) < MAX_REPLY_LINES:
-                raw = await self.reader.readline()
-                if not raw.endswith(b"\n"):
-                    raise _ServerClosing("connection closed by the server")
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if len(line) < 3 or not line[:3].isdigit():
-                    raise AuditError(f"not an SMTP reply: {line[:80]!r}")
-                code = int(line[:3])
-                lines.append(line[4:])
-                if len(line) == 3 or line[3] != "-":  # RFC 5321 §4.2.1: last line
-                    return SMTPReply(code, tuple(lines))
-        raise AuditError(f"reply longer than {MAX_REPLY_LINES} lines")
-
-    async def command(self, line: str) -> SMTPReply:
-        # Every argument was checked for CR and LF before it got here.
-        if "\r" in line or "\n" in line:
-            raise ValueError("command contains a line break")
-        self.writer.write(line.encode("utf-8") + b"\r\n")
-        async with asyncio.timeout(self.timeout):
-            await self.writer.drain()
-        reply = await self.read_reply()
-        if reply.code == 421:  # RFC 5321 §3.8: the server is closing the channel
-            raise _ServerClosing(str(reply))
-        return reply
-
-    async def close(self) -> None:
-        try:
-            self.writer.write(b"QUIT\r\n")
-            async with asyncio.timeout(1):
-                await self.writer.drain()
-        except Exception:  # noqa: S110 - the goodbye is best effort
-            pass
-        self.writer.close()
-        try:
-            async with asyncio.timeout(1):
-                await self.writer.wait_closed()
-        except Exception:  # noqa: S110 - so is the close
-            pass
-
-
-def _tls_context() -> ssl.SSLContext:
-    # The audit tests relaying, not certificates: talk to whatever certificate is shown.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _sni(host: str) -> str | None:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return None
-
-
-async def _open_session(
-    host: str, port: int, helo: str, starttls: bool, implicit_tls: bool, reply_timeout: float
-) -> tuple[_Session, SMTPReply, str]:
-    timeout = reply_timeout
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, limit=MAX_LINE,
-                ssl=_tls_context() if implicit_tls else None,
-                server_hostname=_sni(host) if implicit_tls else None,
-            )
-    except TimeoutError:
-        raise AuditError(f"connecting to {host}:{port} timed out after {timeout:g}s") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise AuditError(f"cannot connect to {host}:{port}: {exc}") from None
-    session = _Session(reader, writer, timeout)
-    try:
-        greeting = await session.read_reply()
-        if greeting.code != 220:
-            raise AuditError(f"the server refused the session: {greeting}")
-        ehlo = await _hello(session, helo)
-        if starttls:
-            if not any(line.upper().startswith("STARTTLS") for line in ehlo.lines[1:]):
-                raise AuditError("the server does not offer STARTTLS")
-            reply = await session.command("STARTTLS")
-            if reply.code != 220:
-                raise AuditError(f"STARTTLS refused: {reply}")
-            async with asyncio.timeout(timeout):
-                await writer.start_tls(_tls_context(), server_hostname=_sni(host))
-            await _hello(session, helo)  # RFC 3207 §4.2: start over after TLS
-    except TimeoutError:
-        await session.close()
-        raise AuditError(f"the server did not answer within {timeout:g}s") from None
-    except (_ServerClosing, OSError, ssl.SSLError) as exc:
-        await session.close()
-        raise AuditError(f"the session ended early: {exc}") from None
-    except AuditError:
-        await session.close()
-        raise
-    tls_object = writer.get_extra_info("ssl_object")
-    return session, greeting, tls_object.version() if tls_object else ""
-
-
-async def _hello(session: _Session, helo: str) -> SMTPReply:
-    reply = await session.command(f"EHLO {helo}")
-    if 200 <= reply.code < 300:
-        return reply
-    reply = await session.command(f"HELO {helo}")  # RFC 5321 §3.2: fall back
-    if not 200 <= reply.code < 300:
-        raise AuditError(f"the server refused HELO {helo}: {reply}")
-    return reply
-
-
-async def _run_probe(session: _Session, probe: Probe) -> ProbeResult:
+async def _run_probe(session: Session, probe: Probe) -> ProbeResult:
     mail = None
     for sender in probe.senders:
         mail = await session.command(f"MAIL FROM:<{sender}>")
@@ -324,7 +244,7 @@ async def _run_probe(session: _Session, probe: Probe) -> ProbeResult:
     return ProbeResult(probe, None, mail, None)
 
 
-def _peer_ip(session: _Session) -> str | None:
+def _peer_ip(session: Session) -> str | None:
     peer = session.writer.get_extra_info("peername")
     return peer[0] if peer else None
 
@@ -364,16 +284,16 @@ async def audit_relay(
     third_party_domain = normalise_domain(third_party_domain)
     target = normalise_domain(target_domain) if target_domain else None
     try:
-        session, greeting, tls = await _open_session(host, port, helo, starttls, implicit_tls, timeout)
+        session, greeting, tls = await open_session(host, port, helo, starttls, implicit_tls, timeout)
     except AuditError as exc:
         return RelayAudit(host, port, third_party_domain=third_party_domain, error=str(exc))
     notes: list[str] = []
     if target is None:
-        target = _greeting_domain(greeting) or _domain_or_none(_sni(host) or "") or "localhost"
+        target = _greeting_domain(greeting) or _domain_or_none(sni(host) or "") or "localhost"
         notes.append(f"target domain {target} guessed from the greeting; set --target-domain")
     probes = build_probes(target, third_party_domain, _peer_ip(session))
     results: list[ProbeResult] = []
-    current: _Session | None = session
+    current: Session | None = session
     try:
         async with asyncio.timeout(deadline):
             for probe in probes:
@@ -381,12 +301,12 @@ async def audit_relay(
                 for _attempt in range(2):
                     try:
                         if current is None:
-                            current, _, _ = await _open_session(
+                            current, _, _ = await open_session(
                                 host, port, helo, starttls, implicit_tls, timeout
                             )
                         result = await _run_probe(current, probe)
                         break
-                    except (_ServerClosing, OSError, TimeoutError, AuditError) as exc:
+                    except (ServerClosing, OSError, TimeoutError, AuditError) as exc:
                         if current is not None:
                             await current.close()
                             current = None
@@ -469,7 +389,16 @@ def format_report(audit: RelayAudit) -> str:
         else "no third-party recipient was accepted: not an open relay by these tests"
     )
     notes = [_printable(n) for n in audit.notes]
-    return "\n".join([*head, "", *lines, "", *notes, summary]) + "\n"
+    proofs = [
+        f"proof, {p.probe.name}: {p.verdict}"
+        + (f" (arrived from {p.arrival.peer})" if p.arrival else f" ({_printable(p.detail)})")
+        for p in audit.proofs
+    ]
+    if audit.proofs:
+        proven = audit.proven
+        summary += (f"; PROVEN: {len(proven)} tagged message(s) arrived at the audit listener"
+                    if proven else "; no tagged message arrived at the audit listener")
+    return "\n".join([*head, "", *lines, "", *notes, *proofs, summary]) + "\n"
 
 
 def exit_code(audit: RelayAudit) -> int:
@@ -477,76 +406,3 @@ def exit_code(audit: RelayAudit) -> int:
     if audit.is_open:
         return 1
     return 2 if audit.error else 0
-
-
-def parse_host_port(value: str, default_port: int = 25) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``."""
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":") if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad address {value!r}")
-    elif value.count(":") == 1:
-        host, port = value.split(":")
-    else:
-        host, port = value, ""
-    if not host:
-        raise ValueError(f"no host in {value!r}")
-    if not port:
-        return host, default_port
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"bad port in {value!r}")
-    return host, int(port)
-
-
-def add_audit_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``audit relay`` to the CLI; the parsed args carry ``func(args) -> exit code``."""
-    audit = subparsers.add_parser("audit", help="audit a mail server")
-    kinds = audit.add_subparsers(dest="audit_kind", required=True)
-    relay = kinds.add_parser(
-        "relay",
-        help="test a server for open relaying (never sends a message)",
-        description="Try the classic open-relay tricks against HOST[:PORT]. Only that address "
-        "is contacted; every transaction is reset after RCPT, no DATA is ever sent. "
-        "Exit status: 0 nothing open, 1 open relay, 2 could not run.",
-    )
-    relay.add_argument("server", metavar="HOST[:PORT]", help="the server to test (port 25 by default)")
-    relay.add_argument("--helo", help="the name to send in EHLO (default: this machine's name)")
-    relay.add_argument(
-        "--target-domain",
-        help="a domain the server accepts mail for, to build the local-looking forms "
-        "(default: the name in the server's greeting)",
-    )
-    relay.add_argument(
-        "--third-party-domain", default=DEFAULT_THIRD_PARTY,
-        help=f"the stranger's domain (default: {DEFAULT_THIRD_PARTY}, reserved by RFC 2606)",
-    )
-    tls = relay.add_mutually_exclusive_group()
-    tls.add_argument("--starttls", action="store_true", help="STARTTLS before the tests (port 587)")
-    tls.add_argument("--tls", action="store_true", help="TLS from the first byte (port 465)")
-    relay.add_argument("--timeout", type=float, default=15.0, help="seconds per reply (default 15)")
-    relay.set_defaults(func=run_relay_command)
-    return relay
-
-
-def run_relay_command(args: argparse.Namespace) -> int:
-    try:
-        host, port = parse_host_port(args.server)
-        if args.helo:
-            check_argument("helo", args.helo)
-        audit = asyncio.run(
-            audit_relay(
-                host, port,
-                helo=args.helo,
-                target_domain=args.target_domain,
-                third_party_domain=args.third_party_domain,
-                starttls=args.starttls,
-                implicit_tls=args.tls,
-                reply_timeout=args.timeout,
-            )
-        )
-    except ValueError as exc:
-        print(f"audit relay: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(format_report(audit))
-    return exit_code(audit)
