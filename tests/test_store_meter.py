@@ -23,8 +23,11 @@ from gateway.store.base import (
 )
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
-from tests.support.redis_server import redis_server  # noqa: F401
-from tests.support.stores import any_store  # noqa: F401
+from tests.support import redis_server as _redis
+from tests.support import stores
+
+redis_server = _redis.redis_server
+any_store = stores.any_store
 
 T0 = 1_800_000_000.0
 HOUR, DAY = 3600.0, 86400.0
