@@ -15,6 +15,10 @@ Where each call goes in the conversation (docs/quotas.md, "Wiring"):
     after DATA (downstream answered)  finish(acct, tx, delivered, now)
     RSET / disconnect mid-transaction abort(tx, now);  disconnect: close_session(acct, cid)
 
+Each message costs one store round trip at MAIL, one at each RCPT and one at the
+end of DATA (Store.begin_message, Store.meter): the compromise facts come back
+with the charge or the commit (docs/quotas.md, "Round trips").
+
 A store that cannot be reached never lets mail through unmetered: the answer is
 ``451 4.3.0`` (QUOTA_STORE_UNAVAILABLE) at MAIL/RCPT and ``454 4.7.0`` at AUTH.
 """
@@ -32,7 +36,17 @@ from gateway.config.quota import QuotaSettings
 from gateway.replies import Verdict
 from gateway.rules import compromise, lockout, quota
 from gateway.rules.quota import HOUR, RATE_LIMITS, AccountQuota, QuotaDecision
-from gateway.store.base import Charge, Event, Store, StoreUnavailable, Suspension
+from gateway.store.base import (
+    Charge,
+    Event,
+    MeterResult,
+    MeterStep,
+    SeriesAdd,
+    SeriesSum,
+    Store,
+    StoreUnavailable,
+    Suspension,
+)
 
 log = logging.getLogger("portcullis.quota")
 
@@ -222,9 +236,8 @@ class Metering:
                          lease_id: str | None = None) -> QuotaDecision:
         """Suspended? (550 5.7.1)  Declared SIZE= over the account's limit? (552 5.3.4)"""
         try:
-            suspension = await self.store.suspension(acct.login)
-            if lease_id is not None:
-                await self.store.acquire_slot(f"conn:{acct.login}", lease_id, None, now, SESSION_LEASE)
+            suspension = await self.store.begin_message(acct.login, f"conn:{acct.login}", lease_id,
+                                                        now, SESSION_LEASE)
         except StoreUnavailable as exc:
             log.error("suspension state unavailable: %s", exc)
             return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
@@ -242,15 +255,20 @@ class Metering:
         first = tx.accepted == 0
         hold = f"{tx.txid}:r{len(tx.recipient_holds)}"
         charges = quota.recipient_charges(acct, domain, first, tx.message_hold, hold)
+        # One round trip: the check-and-charge; refused, the attempt is counted all the
+        # same (and in shadow mode what we let through), and the compromise facts
+        # come back for the assessment.
+        attempted = _attempts(acct.login)
+        let_through = tuple(c.unlimited() for c in charges) if acct.shadow else ()
+        reads, sums = self._signal_reads(acct, now)
         try:
-            result = await self.store.charge([*charges, _attempts(acct.login)], now, HOLD_LEASE)
+            found = await self.store.meter(MeterStep(
+                charges=(*charges, attempted), lease=HOLD_LEASE, if_refused=(attempted, *let_through),
+                read=reads, sums=sums, read_when_refused=True), now)
+            result = found.charged
             decision = quota.decide_charge(acct, result)
-            if not result.accepted:
-                await self.store.charge([_attempts(acct.login)], now)
-                if decision.would_refuse is not None:  # shadow: count what we let through
-                    await self.store.charge([c.unlimited() for c in charges], now, HOLD_LEASE)
-                else:
-                    await self._assess(acct, now)
+            if not result.accepted and decision.would_refuse is None:
+                await self._assess(acct, found, now)
         except StoreUnavailable as exc:
             log.error("quota store unavailable: %s", exc)
             return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
@@ -282,19 +300,19 @@ class Metering:
             return None
         tx.finished = True
         login = acct.login
+        committed = delivered and tx.accepted > 0
+        tried = tx.accepted + tx.refused_downstream
+        refused = tx.refused_downstream + (0 if delivered else tx.accepted)
+        series = (SeriesAdd(f"sent:{login}", tx.accepted),
+                  SeriesAdd(f"messages:{login}", 1, bucket=86400)) if committed else ()
+        counts = (_downstream(login, "tried", tried), _downstream(login, "refused", refused)) if tried else ()
+        reads, sums = self._signal_reads(acct, now)
         try:
-            if delivered and tx.accepted:
-                await self.store.commit(tx.holds, now)
-                await self.store.add_to_series(f"sent:{login}", tx.accepted, now)
-                await self.store.add_to_series(f"messages:{login}", 1, now, bucket=86400)
-            else:
-                await self.store.release(tx.holds, now)
-            tried = tx.accepted + tx.refused_downstream
-            refused = tx.refused_downstream + (0 if delivered else tx.accepted)
-            if tried:
-                await self.store.charge([_downstream(login, "tried", tried),
-                                         _downstream(login, "refused", refused)], now)
-            return await self._assess(acct, now)
+            # One round trip: settle the holds, count, add to the series, read the facts.
+            found = await self.store.meter(MeterStep(
+                settle=tuple(tx.holds), commit=committed, counts=counts, series=series,
+                read=reads, sums=sums), now)
+            return await self._assess(acct, found, now)
         except StoreUnavailable as exc:
             log.error("could not settle txid=%s: %s", tx.txid, exc)
             return None
@@ -312,27 +330,50 @@ class Metering:
     # --- compromise --------------------------------------------------------------------
     async def record_complaint(self, acct: AccountQuota, now: float, evidence: dict) -> Suspension | None:
         """An abuse report matched to the account (ARF or forwarded message)."""
-        await self.store.add_to_series(f"complaints:{acct.login}", 1, now, bucket=86400)
+        reads, sums = self._signal_reads(acct, now)
+        found = await self.store.meter(MeterStep(
+            series=(SeriesAdd(f"complaints:{acct.login}", 1, bucket=86400),), read=reads, sums=sums), now)
         await self.store.log_event(Event(now, "complaint", acct.login, evidence))
-        return await self._assess(acct, now)
+        return await self._assess(acct, found, now)
 
-    async def signals(self, login: str, now: float) -> compromise.Signals:
+    @staticmethod
+    def _signal_counters(login: str) -> tuple[Charge, ...]:
+        return (_attempts(login), Charge(f"acct:{login}:recipients_per_hour", HOUR, None),
+                _downstream(login, "tried"), _downstream(login, "refused"))
+
+    def _signal_sums(self, login: str, now: float) -> tuple[SeriesSum, ...]:
         c = self.settings.compromise
-        attempted, sent, tried, refused = await self.store.usage([
-            _attempts(login), Charge(f"acct:{login}:recipients_per_hour", HOUR, None),
-            _downstream(login, "tried"), _downstream(login, "refused")], now)
-        baseline_start = now - c.baseline_days * 86400
-        baseline = await self.store.read_series(f"sent:{login}", baseline_start, now - HOUR)
         since = now - c.complaint_days * 86400
-        complaints = await self.store.read_series(f"complaints:{login}", since, now, bucket=86400)
-        messages = await self.store.read_series(f"messages:{login}", since, now, bucket=86400)
-        return compromise.Signals(login, attempted, sent, baseline, c.baseline_days * 24.0,
+        return (SeriesSum(f"sent:{login}", now - c.baseline_days * 86400, now - HOUR),
+                SeriesSum(f"complaints:{login}", since, now, bucket=86400),
+                SeriesSum(f"messages:{login}", since, now, bucket=86400))
+
+    def _signal_reads(self, acct: AccountQuota, now: float
+                      ) -> tuple[tuple[Charge, ...], tuple[SeriesSum, ...]]:
+        """What the compromise rules read, asked of the store with the step's own
+        round trip (nothing when they are off)."""
+        if not self.settings.compromise.enabled:
+            return (), ()
+        return self._signal_counters(acct.login), self._signal_sums(acct.login, now)
+
+    def _signals_from(self, login: str, found: MeterResult) -> compromise.Signals:
+        attempted, sent, tried, refused = found.usage
+        baseline, complaints, messages = found.sums
+        return compromise.Signals(login, attempted, sent, baseline,
+                                  self.settings.compromise.baseline_days * 24.0,
                                   tried, refused, complaints, messages)
 
-    async def _assess(self, acct: AccountQuota, now: float) -> Suspension | None:
-        if not self.settings.compromise.enabled:
+    async def signals(self, login: str, now: float) -> compromise.Signals:
+        found = await self.store.meter(MeterStep(read=self._signal_counters(login),
+                                                 sums=self._signal_sums(login, now)), now)
+        return self._signals_from(login, found)
+
+    async def _assess(self, acct: AccountQuota, found: MeterResult, now: float) -> Suspension | None:
+        """Decide on the facts the step's round trip brought back; only a suspension
+        (rare) costs another call."""
+        if not self.settings.compromise.enabled or not found.usage:
             return None
-        suspension = compromise.assess(await self.signals(acct.login, now), self.settings.compromise, now)
+        suspension = compromise.assess(self._signals_from(acct.login, found), self.settings.compromise, now)
         if suspension is None:
             return None
         if acct.shadow:

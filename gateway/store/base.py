@@ -23,11 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The values the store keeps (defined on the ground floor, named here for its callers).
-from gateway.values.charges import AttemptReservation, Charge, ChargeResult, Event, Suspension
+from gateway.values.charges import (
+    AttemptReservation,
+    Charge,
+    ChargeResult,
+    Event,
+    MeterResult,
+    MeterStep,
+    SeriesAdd,
+    SeriesSum,
+    Suspension,
+)
 
 __all__ = [
-    "AttemptReservation", "Charge", "ChargeResult", "Event", "Store", "StoreUnavailable",
-    "Suspension", "retry_after_for",
+    "AttemptReservation", "Charge", "ChargeResult", "Event", "MeterResult", "MeterStep",
+    "SeriesAdd", "SeriesSum", "Store", "StoreUnavailable", "Suspension", "retry_after_for",
 ]
 
 
@@ -160,6 +170,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         """Sum of the buckets that start in [since, now]."""
+
+    # --- one round trip per SMTP step (docs/quotas.md, "Round trips") -----------------
+    # The defaults compose the calls above, one round trip each: the reference the
+    # backends' one-trip versions are tested against (tests/test_store_meter.py).
+    async def meter(self, step: MeterStep, now: float) -> MeterResult:
+        """Settle, check-and-charge, count, add to series and read, as ``step`` says.
+        The backends do it in one transaction / one script, so it is also atomic."""
+        if step.settle:
+            await (self.commit if step.commit else self.release)(step.settle, now)
+        charged = ChargeResult(True, ())
+        if step.charges:
+            charged = await self.charge(step.charges, now, step.lease)
+            if not charged.accepted and step.if_refused:
+                await self.charge(step.if_refused, now, step.lease)
+        if step.counts:
+            await self.charge(step.counts, now)
+        for add in step.series:
+            await self.add_to_series(add.key, add.amount, now, add.bucket, add.retention)
+        if step.read_when_refused and charged.accepted:
+            return MeterResult(charged)
+        usage = await self.usage(step.read, now) if step.read else ()
+        sums = tuple([await self.read_series(s.key, s.since, s.until, s.bucket) for s in step.sums])
+        return MeterResult(charged, usage, sums)
+
+    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
+                            ttl: float) -> Suspension | None:
+        """At MAIL: the login's suspension, and the connection's slot renewed (when
+        ``lease_id`` is given) until ``now + ttl``."""
+        suspension = await self.suspension(login)
+        if lease_id is not None:
+            await self.acquire_slot(slot_key, lease_id, None, now, ttl)
+        return suspension
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -20,6 +20,8 @@ Layout (every key starts with the configured prefix):
     j:c:<cid>      sorted set of the ids of a connection's entries, score = time
     journal        sorted set of every entry id, score = time: the count bound
     series:<key>   hash bucket start → count
+    series:<key>:sum  hash: top (latest bucket), floor and total (the running sum of
+                   the buckets from floor on, moved bucket by bucket as reads ask)
 
 The scripts touch several keys, so they need one Redis (or a primary with
 replicas and Sentinel), not Redis Cluster, whose keys of one script must share
@@ -46,6 +48,8 @@ from gateway.store.base import (
     ChargeResult,
     Event,
     JournalEntry,
+    MeterResult,
+    MeterStep,
     Store,
     StoreUnavailable,
     Suspension,
@@ -147,45 +151,55 @@ local function measure(k, kp, kn, now, window, limit, amount, member)
 end
 """
 
+# charge_all(cs, now, lease, id): cs[i] = {k, kp, kn, h, window, limit (-1: none),
+# amount, member ('' for none), held (true/false)}.  Returns {accepted, refused index,
+# retry ('-1': never), used...}.
+_CHARGE_ALL = r"""
+local function charge_all(cs, now, lease, id)
+  local out = {1, 0, '-1'}
+  for i, c in ipairs(cs) do
+    local used, fits, retry = measure(c[1], c[2], c[3], now, c[5], c[6], c[7], c[8])
+    out[#out + 1] = used
+    if not fits then
+      out[1], out[2], out[3] = 0, i, tostring(retry)
+      return out
+    end
+  end
+  for i, c in ipairs(cs) do
+    local k, kp, kn, h = c[1], c[2], c[3], c[4]
+    local window, member = c[5], c[8]
+    local amount = member ~= '' and 1 or c[7]
+    local e = id .. ':' .. i .. '|' .. amount .. '|' .. member
+    local ttl = math.ceil((window + lease) * 1000)
+    redis.call('ZADD', k, now, e)
+    redis.call('INCRBY', kn, amount)
+    redis.call('PEXPIRE', k, ttl)
+    redis.call('PEXPIRE', kn, ttl)
+    if member ~= '' then
+      redis.call('HINCRBY', k .. ':m', member, 1)
+      redis.call('PEXPIRE', k .. ':m', ttl)
+    end
+    if c[9] then
+      redis.call('ZADD', kp, now + lease, e)
+      redis.call('PEXPIRE', kp, ttl)
+      redis.call('SADD', h, k .. '\n' .. e)
+      redis.call('PEXPIRE', h, math.ceil((lease + 60) * 1000))
+    end
+  end
+  return out
+end
+"""
+
 # KEYS: per charge c:<key>, c:<key>:p, c:<key>:n, h:<hold>.  ARGV: now, lease, id,
 # then per charge: window, limit (-1: none), amount, member ('' for none), held (0/1).
-_CHARGE = _MEASURE + r"""
-local now, lease, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local n = #KEYS / 4
-local out = {1, 0, '-1'}
-for i = 1, n do
+_CHARGE = _MEASURE + _CHARGE_ALL + r"""
+local cs = {}
+for i = 1, #KEYS / 4 do
   local a = 3 + (i - 1) * 5
-  local used, fits, retry = measure(KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], now,
-      tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), ARGV[a+4])
-  out[#out + 1] = used
-  if not fits then
-    out[1], out[2], out[3] = 0, i, tostring(retry)
-    return out
-  end
+  cs[i] = {KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i], tonumber(ARGV[a+1]),
+           tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), ARGV[a+4], ARGV[a+5] == '1'}
 end
-for i = 1, n do
-  local a = 3 + (i - 1) * 5
-  local k, kp, kn, h = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local window, member = tonumber(ARGV[a+1]), ARGV[a+4]
-  local amount = member ~= '' and 1 or tonumber(ARGV[a+3])
-  local e = id .. ':' .. i .. '|' .. amount .. '|' .. member
-  local ttl = math.ceil((window + lease) * 1000)
-  redis.call('ZADD', k, now, e)
-  redis.call('INCRBY', kn, amount)
-  redis.call('PEXPIRE', k, ttl)
-  redis.call('PEXPIRE', kn, ttl)
-  if member ~= '' then
-    redis.call('HINCRBY', k .. ':m', member, 1)
-    redis.call('PEXPIRE', k .. ':m', ttl)
-  end
-  if ARGV[a+5] == '1' then
-    redis.call('ZADD', kp, now + lease, e)
-    redis.call('PEXPIRE', kp, ttl)
-    redis.call('SADD', h, k .. '\n' .. e)
-    redis.call('PEXPIRE', h, math.ceil((lease + 60) * 1000))
-  end
-end
-return out
+return charge_all(cs, tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
 """
 
 # KEYS: per charge c:<key>, c:<key>:p, c:<key>:n.  ARGV: now, windows..., members...
@@ -199,10 +213,10 @@ end
 return out
 """
 
-# KEYS: h:<hold>...  ARGV: now, mode ('commit' or 'release').
-_SETTLE = r"""
-local now, mode = tonumber(ARGV[1]), ARGV[2]
-for _, h in ipairs(KEYS) do
+# settle(holds, now, mode): mode 'commit' or 'release'.
+_SETTLE_FN = r"""
+local function settle(holds, now, mode)
+for _, h in ipairs(holds) do
   for _, item in ipairs(redis.call('SMEMBERS', h)) do
     local k, e = string.match(item, '^(.-)\n(.*)$')
     local lease_end = redis.call('ZSCORE', k .. ':p', e)
@@ -220,6 +234,12 @@ for _, h in ipairs(KEYS) do
   end
   redis.call('DEL', h)
 end
+end
+"""
+
+# KEYS: h:<hold>...  ARGV: now, mode ('commit' or 'release').
+_SETTLE = _SETTLE_FN + r"""
+settle(KEYS, tonumber(ARGV[1]), ARGV[2])
 return 1
 """
 
@@ -302,14 +322,126 @@ end
 return 1
 """
 
-# KEYS: series hash.  ARGV: bucket start, amount, oldest bucket kept, expiry ms.
-_SERIES = r"""
-redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-for _, b in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if tonumber(b) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], b) end
+# series:<key> and its running sum series:<key>:sum (floor, total, top).  Bucket
+# starts are whole seconds, written as integers ('%.0f': Lua's own %.14g would not).
+_SERIES_FN = r"""
+local function bucket_name(b) return string.format('%.0f', b) end
+
+-- series_add(k, start, amount, oldest bucket kept, expiry ms)
+local function series_add(k, start, amount, oldest, ttl)
+  local ks = k .. ':sum'
+  local st = redis.call('HMGET', ks, 'floor', 'top')
+  local floor, top = tonumber(st[1]), tonumber(st[2])
+  local delta = 0
+  if floor and start >= floor then delta = amount end
+  local fresh = redis.call('HINCRBY', k, bucket_name(start), amount) == amount
+  redis.call('PEXPIRE', k, ttl)
+  -- Buckets past retention go when a new bucket starts (once an hour, not per add).
+  if fresh then
+    for _, b in ipairs(redis.call('HKEYS', k)) do
+      local bn = tonumber(b)
+      if bn and bn < oldest then
+        if floor and bn >= floor then delta = delta - tonumber(redis.call('HGET', k, b)) end
+        redis.call('HDEL', k, b)
+      end
+    end
+  end
+  if top == nil or start > top then redis.call('HSET', ks, 'top', bucket_name(start)) end
+  if delta ~= 0 then redis.call('HINCRBY', ks, 'total', delta) end
+  redis.call('PEXPIRE', ks, ttl)
 end
+
+-- Sum of the buckets starting in [lo, hi), reading the whole hash.
+local function buckets_scan(k, lo, hi)
+  local sum, rows = 0, redis.call('HGETALL', k)
+  for j = 1, #rows, 2 do
+    local bn = tonumber(rows[j])
+    if bn and bn >= lo and bn < hi then sum = sum + tonumber(rows[j + 1]) end
+  end
+  return sum
+end
+
+-- The same, one HGET per bucket when they are few (the usual case: the floor moved
+-- by a bucket or two since the last read).
+local function buckets_between(k, lo, hi, bucket)
+  local first = math.ceil(lo / bucket) * bucket
+  if (hi - first) / bucket > 64 then return buckets_scan(k, lo, hi) end
+  local sum, b = 0, first
+  while b < hi do
+    sum = sum + tonumber(redis.call('HGET', k, bucket_name(b)) or '0')
+    b = b + bucket
+  end
+  return sum
+end
+
+-- series_sum(k, since (string, kept exact), upto, bucket, expiry ms): buckets in [since, upto].
+local function series_sum(k, since_s, upto, bucket, ttl)
+  local ks, since = k .. ':sum', tonumber(since_s)
+  local st = redis.call('HMGET', ks, 'floor', 'total', 'top')
+  local floor, total, top = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+  if top == nil then  -- a series written before the running sums: find its latest bucket
+    for _, b in ipairs(redis.call('HKEYS', k)) do
+      local bn = tonumber(b)
+      if bn and (top == nil or bn > top) then top = bn end
+    end
+    if top ~= nil then redis.call('HSET', ks, 'top', bucket_name(top)) end
+  end
+  if floor == nil then
+    total = top and buckets_scan(k, since, top + 1) or 0
+  elseif since > floor then total = total - buckets_between(k, floor, since, bucket)
+  elseif since < floor then total = total + buckets_between(k, since, floor, bucket)
+  end
+  redis.call('HSET', ks, 'floor', since_s, 'total', total)
+  redis.call('PEXPIRE', ks, ttl)
+  local above = 0
+  if top then above = buckets_between(k, math.floor(upto / bucket) * bucket + bucket, top + 1, bucket) end
+  return total - above
+end
+"""
+
+# KEYS: series hash.  ARGV: bucket start, amount, oldest bucket kept, expiry ms.
+_SERIES = _SERIES_FN + r"""
+series_add(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
+"""
+
+# One SMTP step (MeterStep) in one script.  ARGV[1]: the step as JSON, every key
+# already prefixed (as the journal script, it names keys it builds: one Redis, not
+# Redis Cluster).  Returns {charge result..., '|', usage..., '|', sums...}.
+_METER = _MEASURE + _CHARGE_ALL + _SETTLE_FN + _SERIES_FN + r"""
+local step = cjson.decode(ARGV[1])
+local now, lease = tonumber(step.now), tonumber(step.lease)
+if #step.settle > 0 then settle(step.settle, now, step.commit and 'commit' or 'release') end
+local charged = {1, 0, '-1'}
+if #step.charges > 0 then
+  charged = charge_all(step.charges, now, lease, step.id .. 'c')
+  if charged[1] == 0 and #step.if_refused > 0 then
+    charge_all(step.if_refused, now, lease, step.id .. 'r')
+  end
+end
+if #step.counts > 0 then charge_all(step.counts, now, 900, step.id .. 'n') end
+for _, a in ipairs(step.series) do series_add(a[1], a[2], a[3], a[4], a[5]) end
+local out = charged
+out[#out + 1] = '|'
+if step.read_when_refused and charged[1] == 1 then return out end
+for _, c in ipairs(step.read) do
+  out[#out + 1] = (used_of(c[1], c[2], c[3], now, c[4], c[5], false))
+end
+out[#out + 1] = '|'
+for _, s in ipairs(step.sums) do out[#out + 1] = series_sum(s[1], s[2], s[3], s[4], s[5]) end
+return out
+"""
+
+# KEYS: suspensions hash, s:<slot key>.  ARGV: login, now, ttl, lease id ('' for none).
+_BEGIN_MESSAGE = r"""
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[4] ~= '' then
+  local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], math.ceil(ttl * 1000) + 60000)
+end
+return body
 """
 
 
@@ -374,6 +506,8 @@ class RedisStore(Store):
         self._lock = self._r.register_script(_LOCK)
         self._series = self._r.register_script(_SERIES)
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
+        self._meter = self._r.register_script(_METER)
+        self._begin_message = self._r.register_script(_BEGIN_MESSAGE)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -541,6 +675,60 @@ class RedisStore(Store):
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         rows = await self._call(self._r.hgetall(self._k("series", key)))
         return sum(int(v) for b, v in rows.items() if since <= int(b) <= now)
+
+    # --- one round trip per SMTP step -------------------------------------------------
+    def _charge_rows(self, charges: Sequence[Charge]) -> list[list[Any]]:
+        rows = []
+        for c in charges:
+            k = self._k("c", c.key)
+            rows.append([k, k + ":p", k + ":n", self._k("h", c.hold or "-"), c.window,
+                         -1 if c.limit is None else c.limit, c.amount, _member(c), c.hold is not None])
+        return rows
+
+    async def meter(self, step: MeterStep, now: float) -> MeterResult:
+        def expiry(bucket: int, retention: float) -> int:
+            return math.ceil((bucket + retention) * 1000)
+
+        body = {
+            "now": _num(now), "lease": _num(step.lease), "id": uuid.uuid4().hex,
+            "settle": [self._k("h", h) for h in step.settle], "commit": step.commit,
+            "charges": self._charge_rows(step.charges), "if_refused": self._charge_rows(step.if_refused),
+            "counts": self._charge_rows(step.counts),
+            "series": [[self._k("series", a.key), int(now // a.bucket) * a.bucket, a.amount,
+                        int(now // a.bucket) * a.bucket - a.retention, expiry(a.bucket, a.retention)]
+                       for a in step.series],
+            "read_when_refused": step.read_when_refused,
+            "read": [[self._k("c", c.key), self._k("c", c.key) + ":p", self._k("c", c.key) + ":n",
+                      c.window, _member(c)] for c in step.read],
+            # since as a string: the running sum's floor is kept exactly as given.
+            "sums": [[self._k("series", s.key), _num(s.since), s.until, s.bucket,
+                      expiry(s.bucket, 31 * 86400)] for s in step.sums],
+        }
+        # cjson turns an empty list into an object; '#' of an empty table is 0 either way.
+        out = await self._call(self._meter(keys=[], args=[json.dumps(body)]))
+        bar = out.index("|", 3)
+        charged = tuple(int(u) for u in out[3:bar])
+        if int(out[0]) == 1:
+            result = ChargeResult(True, charged)
+        else:
+            retry = float(out[2])
+            result = ChargeResult(False, charged, step.charges[int(out[1]) - 1], None if retry < 0 else retry)
+        if bar == len(out) - 1:
+            return MeterResult(result)
+        rest = out[bar + 1:]
+        second = rest.index("|")
+        return MeterResult(result, tuple(int(u) for u in rest[:second]),
+                           tuple(int(u) for u in rest[second + 1:]))
+
+    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
+                            ttl: float) -> Suspension | None:
+        body = await self._call(self._begin_message(
+            keys=[self._prefix + "suspensions", self._k("s", slot_key)],
+            args=[login, _num(now), _num(ttl), lease_id or ""]))
+        if body is None:
+            return None
+        d = json.loads(body)
+        return Suspension(login, d["since"], d["reason"], d["evidence"])
 
     async def close(self) -> None:
         try:

@@ -26,6 +26,10 @@ from gateway.store.base import (
     ChargeResult,
     Event,
     JournalEntry,
+    MeterResult,
+    MeterStep,
+    SeriesAdd,
+    SeriesSum,
     Store,
     StoreUnavailable,
     Suspension,
@@ -67,6 +71,9 @@ CREATE INDEX IF NOT EXISTS journal_by_ts ON journal (ts);
 CREATE TABLE IF NOT EXISTS series (
     key TEXT NOT NULL, bucket INTEGER NOT NULL, amount INTEGER NOT NULL,
     expires REAL NOT NULL, PRIMARY KEY (key, bucket));
+-- A running sum per series: its buckets that start at or after `floor` (the last
+-- `since` read), so reading a sum moves the floor over a few buckets, not the series.
+CREATE TABLE IF NOT EXISTS series_sums (key TEXT PRIMARY KEY, floor REAL NOT NULL, total INTEGER NOT NULL);
 """
 
 # A live charge at `now`: inside its window and not a reservation whose lease ran out.
@@ -241,44 +248,46 @@ class SQLiteStore(Store):
                           (c.key, now - c.window, now)).fetchall()
         return used, False, retry_after_for(rows, used, c.amount, c.limit, c.window, now)
 
-    async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
-        def body(db: sqlite3.Connection) -> ChargeResult:
-            used: list[int] = []
-            for c in charges:
-                self._prune(db, c, now)
-                n, fits, retry = self._measure(db, c, now)
-                used.append(n)
-                if not fits:
-                    return ChargeResult(False, tuple(used), c, retry)
-            for c in charges:
-                amount = 1 if c.member is not None else c.amount
-                db.execute(
-                    "INSERT INTO charges (key, ts, amount, member, hold, lease_until) VALUES (?,?,?,?,?,?)",
-                    (c.key, now, amount, c.member, c.hold, now + lease if c.hold is not None else None))
-                db.execute("INSERT INTO totals (key, total) VALUES (?, ?) "
-                           "ON CONFLICT (key) DO UPDATE SET total = total + excluded.total", (c.key, amount))
-                if c.member is not None:
-                    db.execute("INSERT INTO members (key, member, n) VALUES (?, ?, 1) "
-                               "ON CONFLICT (key, member) DO UPDATE SET n = n + 1", (c.key, c.member))
-            return ChargeResult(True, tuple(used))
+    @classmethod
+    def _charge_in(cls, db: sqlite3.Connection, charges: Sequence[Charge], now: float,
+                   lease: float) -> ChargeResult:
+        used: list[int] = []
+        for c in charges:
+            cls._prune(db, c, now)
+            n, fits, retry = cls._measure(db, c, now)
+            used.append(n)
+            if not fits:
+                return ChargeResult(False, tuple(used), c, retry)
+        for c in charges:
+            amount = 1 if c.member is not None else c.amount
+            db.execute(
+                "INSERT INTO charges (key, ts, amount, member, hold, lease_until) VALUES (?,?,?,?,?,?)",
+                (c.key, now, amount, c.member, c.hold, now + lease if c.hold is not None else None))
+            db.execute("INSERT INTO totals (key, total) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET total = total + excluded.total", (c.key, amount))
+            if c.member is not None:
+                db.execute("INSERT INTO members (key, member, n) VALUES (?, ?, 1) "
+                           "ON CONFLICT (key, member) DO UPDATE SET n = n + 1", (c.key, c.member))
+        return ChargeResult(True, tuple(used))
 
-        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+    async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
+        return await self._run(lambda db: self._transaction(db, lambda: self._charge_in(db, charges, now, lease)))
 
     @classmethod
     def _drop_holds(cls, db: sqlite3.Connection, holds: list[str], extra: str, args: tuple) -> None:
         for hold in holds:
             cls._remove(db, f"hold = ? {extra}", (hold, *args))
 
+    @classmethod
+    def _commit_in(cls, db: sqlite3.Connection, ids: list[str], now: float) -> None:
+        # A lease that already ran out stays dropped: its room may have been given away.
+        cls._drop_holds(db, ids, "AND lease_until <= ?", (now,))
+        db.executemany("UPDATE charges SET lease_until = NULL, hold = NULL WHERE hold = ?",
+                       [(h,) for h in ids])
+
     async def commit(self, holds: Iterable[str], now: float) -> None:
         ids = list(holds)
-
-        def body(db: sqlite3.Connection) -> None:
-            # A lease that already ran out stays dropped: its room may have been given away.
-            self._drop_holds(db, ids, "AND lease_until <= ?", (now,))
-            db.executemany("UPDATE charges SET lease_until = NULL, hold = NULL WHERE hold = ?",
-                           [(h,) for h in ids])
-
-        await self._run(lambda db: self._transaction(db, lambda: body(db)))
+        await self._run(lambda db: self._transaction(db, lambda: self._commit_in(db, ids, now)))
 
     async def release(self, holds: Iterable[str], now: float) -> None:
         ids = list(holds)
@@ -418,23 +427,96 @@ class SQLiteStore(Store):
         return [JournalEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # --- series ----------------------------------------------------------------------
+    @staticmethod
+    def _add_series_in(db: sqlite3.Connection, add: SeriesAdd, now: float) -> None:
+        key, start = add.key, int(now // add.bucket) * add.bucket
+        row = db.execute("SELECT floor FROM series_sums WHERE key = ?", (key,)).fetchone()
+        # The running sum (series_sums) covers the buckets from its floor on: what
+        # enters or leaves there enters or leaves it.
+        delta = add.amount if row is not None and start >= row[0] else 0
+        if row is not None:
+            (gone,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM series "
+                                 "WHERE key = ? AND expires <= ? AND bucket >= ?",
+                                 (key, now, row[0])).fetchone()
+            delta -= gone
+        db.execute("DELETE FROM series WHERE key = ? AND expires <= ?", (key, now))
+        db.execute(
+            "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
+            "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount",
+            (key, start, add.amount, start + add.bucket + add.retention))
+        if delta:
+            db.execute("UPDATE series_sums SET total = total + ? WHERE key = ?", (delta, key))
+
+    @staticmethod
+    def _sum_series_in(db: sqlite3.Connection, s: SeriesSum) -> int:
+        """The buckets starting in [since, until]: the running sum, its floor moved to
+        ``since`` over the few buckets in between, less the buckets after ``until``."""
+        def between(lo: float, hi: float) -> int:
+            return db.execute("SELECT COALESCE(SUM(amount), 0) FROM series "
+                              "WHERE key = ? AND bucket >= ? AND bucket < ?", (s.key, lo, hi)).fetchone()[0]
+
+        row = db.execute("SELECT floor, total FROM series_sums WHERE key = ?", (s.key,)).fetchone()
+        if row is None:
+            (total,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM series WHERE key = ? AND bucket >= ?",
+                                  (s.key, s.since)).fetchone()
+            db.execute("INSERT INTO series_sums (key, floor, total) VALUES (?, ?, ?)", (s.key, s.since, total))
+        else:
+            floor, total = row
+            if s.since != floor:
+                total += between(s.since, floor) if s.since < floor else -between(floor, s.since)
+                db.execute("UPDATE series_sums SET floor = ?, total = ? WHERE key = ?", (s.since, total, s.key))
+        (above,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM series WHERE key = ? AND bucket > ?",
+                              (s.key, s.until)).fetchone()
+        return total - above
+
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
                             retention: float = 31 * 86400) -> None:
-        start = int(now // bucket) * bucket
-
-        def body(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM series WHERE key = ? AND expires <= ?", (key, now))
-            db.execute(
-                "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
-                "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount",
-                (key, start, amount, start + bucket + retention))
-
-        await self._run(lambda db: self._transaction(db, lambda: body(db)))
+        add = SeriesAdd(key, amount, bucket, retention)
+        await self._run(lambda db: self._transaction(db, lambda: self._add_series_in(db, add, now)))
 
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         return await self._run(lambda db: db.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM series WHERE key = ? AND bucket >= ? AND bucket <= ?",
             (key, since, now)).fetchone()[0])
+
+    # --- one round trip per SMTP step ----------------------------------------------------
+    @classmethod
+    def _meter_in(cls, db: sqlite3.Connection, step: MeterStep, now: float) -> MeterResult:
+        if step.settle:
+            if step.commit:
+                cls._commit_in(db, list(step.settle), now)
+            else:
+                cls._drop_holds(db, list(step.settle), "", ())
+        charged = ChargeResult(True, ())
+        if step.charges:
+            charged = cls._charge_in(db, step.charges, now, step.lease)
+            if not charged.accepted and step.if_refused:
+                cls._charge_in(db, step.if_refused, now, step.lease)
+        if step.counts:
+            cls._charge_in(db, step.counts, now, 900.0)
+        for add in step.series:
+            cls._add_series_in(db, add, now)
+        if step.read_when_refused and charged.accepted:
+            return MeterResult(charged)
+        return MeterResult(charged, tuple(cls._used(db, c, now) for c in step.read),
+                           tuple(cls._sum_series_in(db, s) for s in step.sums))
+
+    async def meter(self, step: MeterStep, now: float) -> MeterResult:
+        # One BEGIN IMMEDIATE transaction, one hop to the store's thread.
+        return await self._run(lambda db: self._transaction(db, lambda: self._meter_in(db, step, now)))
+
+    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
+                            ttl: float) -> Suspension | None:
+        def body(db: sqlite3.Connection) -> Suspension | None:
+            row = db.execute("SELECT login, since, reason, evidence FROM suspensions WHERE login = ?",
+                             (login,)).fetchone()
+            if lease_id is not None:
+                db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (slot_key, now))
+                db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
+                           (slot_key, lease_id, now + ttl))
+            return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
+
+        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
 
     async def close(self) -> None:
         if self._closed:

@@ -79,3 +79,54 @@ class Event:
     kind: str  # "suspended", "unsuspended", "lockout", "complaint", ...
     subject: str  # the login or IP address it is about
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesAdd:
+    """Add ``amount`` to the bucket of ``key`` that holds ``now``."""
+
+    key: str
+    amount: int
+    bucket: int = 3600
+    retention: float = 31 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSum:
+    """The sum of the buckets of ``key`` that start in [since, until]."""
+
+    key: str
+    since: float
+    until: float
+    bucket: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class MeterStep:
+    """Everything one SMTP step asks of the store, done in one round trip and in this
+    order: settle holds, check-and-charge, count, add to series, read.
+
+    At RCPT: ``charges`` (atomic, as :meth:`Store.charge`), ``if_refused`` recorded
+    without a limit when they do not fit, and the compromise facts read only then
+    (``read_when_refused``).  At the end of DATA: ``settle`` (commit or release),
+    ``counts`` (unlimited charges), ``series`` and the compromise facts."""
+
+    charges: tuple[Charge, ...] = ()
+    lease: float = 900.0
+    if_refused: tuple[Charge, ...] = ()
+    settle: tuple[str, ...] = ()
+    commit: bool = False
+    counts: tuple[Charge, ...] = ()
+    series: tuple[SeriesAdd, ...] = ()
+    # Usage of counters (as Store.usage) and sums of series, read after the writes.
+    read: tuple[Charge, ...] = ()
+    sums: tuple[SeriesSum, ...] = ()
+    read_when_refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MeterResult:
+    charged: ChargeResult
+    # Empty when nothing was read (read_when_refused and the charges fitted).
+    usage: tuple[int, ...] = ()
+    sums: tuple[int, ...] = ()
