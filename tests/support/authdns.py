@@ -227,6 +227,10 @@ class AuthDNS:
                 minimal-responses: no
                 refuse-any: no
                 reuseport: no
+                # No response rate limiting: a test's burst of queries (a corpus of DMARC
+                # tree walks) is not an attack, and RRL's dropped answers read as timeouts.
+                rrl-ratelimit: 0
+                rrl-whitelist-ratelimit: 0
             remote-control:
                 control-enable: no
             """)
