@@ -33,7 +33,7 @@ from gateway.checks.spf import SpfResult
 from gateway.message import HeaderField, MalformedHeader, Message
 from gateway.values.evidence import DmarcResult
 
-__all__ = ["DmarcRecord", "RecordLookup", "Walk", "alignment_org_domains", "evaluate",
+__all__ = ["DmarcRecord", "DmarcResult", "RecordLookup", "Walk", "alignment_org_domains", "evaluate",
            "find_record", "find_record_cached", "from_domain", "from_domain_in",
            "organisational_domain", "parse_record", "tree_walk",
            "walk_names"]
