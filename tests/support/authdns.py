@@ -200,7 +200,7 @@ class AuthDNS:
             shutil.rmtree(self.dir)
         (self.dir / "zones").mkdir(parents=True)
         zone_conf = []
-        for zone, text in self.zones.items():
+        for zone, text in {**self.zones, **_top_level_zones(self.zones)}.items():
             zone = zone.rstrip(".")
             (self.dir / "zones" / f"{zone}.zone").write_text(complete_zone(zone, text))
             zone_conf.append(f'zone:\n    name: "{zone}"\n    zonefile: "{zone}.zone"\n')
@@ -227,6 +227,10 @@ class AuthDNS:
                 minimal-responses: no
                 refuse-any: no
                 reuseport: no
+                # No response rate limiting: a test's burst of queries (a corpus of DMARC
+                # tree walks) is not an attack, and RRL's dropped answers read as timeouts.
+                rrl-ratelimit: 0
+                rrl-whitelist-ratelimit: 0
             remote-control:
                 control-enable: no
             """)
@@ -263,6 +267,19 @@ class AuthDNS:
             if p.exists():
                 texts.append(p.read_text(errors="replace")[-2000:])
         return " | ".join(t.strip() for t in texts if t.strip())
+
+
+def _top_level_zones(zones: dict[str, str]) -> dict[str, str]:
+    """An empty zone for each top-level domain the zones sit under and no zone serves.
+
+    The DMARC DNS Tree Walk (RFC 9989 §4.10) asks up to ``_dmarc.<tld>``; a recursive
+    resolver answers NXDOMAIN there, while NSD would answer REFUSED for a name in no
+    zone it serves, which the gateway rightly reads as a DNS failure (temperror).  NSD
+    answers each name from the closest zone it serves, so the child zones still win.
+    """
+    served = {z.rstrip(".").lower() for z in zones}
+    tlds = {z.rpartition(".")[2] for z in served if "." in z}
+    return {tld: "" for tld in sorted(tlds - served)}
 
 
 class SilentDNS:
