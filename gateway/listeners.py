@@ -101,6 +101,7 @@ class SMTPListeners:
         cfg = self.runtime.config
         limits = cfg.limits
         name = state.name
+        proxy = state.settings.proxy_protocol
         proto = GatewaySMTP(
             handler,
             listener=name,
@@ -125,7 +126,8 @@ class SMTPListeners:
             timeout=limits.command_timeout,
             # Any one command repeated this often in one connection is abuse (#145).
             command_call_limit=1000,
-            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if state.settings.proxy_protocol else None,
+            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if proxy is not None else None,
+            trusts_proxy=proxy.trusts if proxy is not None else None,
             # Without it aiosmtpd looks the loop up per connection, warnings filter and all.
             loop=asyncio.get_running_loop(),
         )
