@@ -75,7 +75,9 @@ class ProxyProtocol(Strict):
 
 
 class Listener(Strict):
-    address: str = "127.0.0.1"
+    # One address or several, IPv4 and IPv6 (`[0.0.0.0, "::"]` for both families):
+    # each gets its own socket, IPv6 ones IPv6-only so the two families never clash.
+    address: tuple[str, ...] = ("127.0.0.1",)
     port: Port
     # Without tls on a submission listener, `serve` makes a self-signed development
     # certificate and says so in the log: fine for trying it out, not for customers.
@@ -85,6 +87,27 @@ class Listener(Strict):
     # Expect a PROXY protocol header before SMTP from the balancers in `from`:
     # every check, limit and log then uses the client address it carries.
     proxy_protocol: ProxyProtocol | None = None
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("an IP address or a list of them, as in [0.0.0.0, '::']")
+        found: list[str] = []
+        for item in value:
+            try:
+                # An IP literal, not a name: a name may resolve to several addresses,
+                # or to others after a restart.
+                host = str(ipaddress.ip_address(str(item)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address (list each address a "
+                                 "name has)") from None
+            if host in found:
+                raise ValueError(f"{host} is listed twice")
+            found.append(host)
+        return tuple(found)
 
     @field_validator("proxy_protocol", mode="before")
     @classmethod
