@@ -14,6 +14,7 @@ import pytest
 from gateway.accounts import passwords
 from gateway.dkim.keystore import generate_selector
 from tests.conftest import customer_policies
+from tests.support.arf import arf_report
 from tests.support.gateway import GatewayUnderTest
 from tests.support.postgres_server import postgres_fixture, postgres_server, quote  # noqa: F401
 from tests.support.reply_ids import without_id
@@ -61,11 +62,25 @@ def gw(tmp_path, source, downstream, cert_files, password_hash):
     # Alice is in acme's policy file too (senders: *@sub.acme.example), with another
     # password: the database says who she is, the file widens what she may send as.
     add_user("alice@acme.example", "alice from the database")
+    # Domains no policy file claims: default_policy is their customers' policy.
+    add_user("frank@unclaimed.example", "frank secret")
+    add_user("gina@keyed.example", "gina secret")
+    # Globex is in shadow mode: its database accounts must be too.
+    add_user("hank@globex.example", "hank secret")
     policies = customer_policies(password_hash)
-    policies["acme"]["quotas"] = {"recipients_per_message": 2}
-    gateway = GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
-                               policies=policies, cert=cert_files, extra={"accounts": section})
+    policies["globex"]["shadow"] = True
+    policies["acme"]["quotas"] = {"recipients_per_message": 2, "messages_per_hour": 9}
+    gateway = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=policies, cert=cert_files,
+        extra={"accounts": section,
+               "abuse": {"domains": ["isp.example"]},
+               "compromise": {"complaint_minimum": 3, "complaint_rate": 0.5},
+               "default_policy": {"dkim": {"missing_key": "send-unsigned"},
+                                  "quotas": {"recipients_per_message": 1,
+                                             "messages_per_hour": 7}}})
     generate_selector(gateway.keys_dir, PARTNER, "test", "ed25519-sha256")
+    generate_selector(gateway.keys_dir, "keyed.example", "test", "ed25519-sha256")
     gateway.start()
     try:
         yield gateway
@@ -133,3 +148,65 @@ def test_a_database_account_gets_its_customers_quotas(gw, client_tls):
         assert client.rcpt("b@elsewhere.example")[0] == 250
         # acme's policy file: recipients_per_message 2.
         assert client.rcpt("c@elsewhere.example")[0] == 452
+
+
+def test_an_account_no_policy_file_claims_gets_the_default_policy(gw, client_tls, downstream):
+    with submit(gw, client_tls, "frank@unclaimed.example", "frank secret") as client:
+        # No key for unclaimed.example: default_policy says send-unsigned, not 451.
+        assert client.sendmail("frank@unclaimed.example", ["x@elsewhere.example"],
+                               message("frank@unclaimed.example")) == {}
+        # default_policy's quotas: one recipient per message.
+        client.mail("frank@unclaimed.example")
+        assert client.rcpt("a@elsewhere.example")[0] == 250
+        assert client.rcpt("b@elsewhere.example")[0] == 452
+    assert b"DKIM-Signature" not in downstream.messages[0].content
+    with submit(gw, client_tls, "gina@keyed.example", "gina secret") as client:
+        client.sendmail("gina@keyed.example", ["x@elsewhere.example"], message("gina@keyed.example"))
+    # With a key in the key store, the default policy signs (sign: all granted domains).
+    assert b"d=keyed.example;" in downstream.messages[1].content.replace(b"\r\n\t", b" ")
+
+
+def test_check_config_says_what_the_default_policy_does(gw, capsys):
+    from gateway.cli import main
+
+    assert main(["check-config", "-c", str(gw.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("accounts whose customer has no policy file: DKIM signs every granted domain; "
+            "mail from a domain without a key is sent unsigned") in out
+    assert f"keys in the key store for domains no policy file claims: keyed.example, {PARTNER}" in out
+
+
+def test_accounts_status_of_a_database_login_shows_its_customer_and_limits(gw, capsys):
+    from gateway.cli import main
+
+    assert main(["accounts", "-c", str(gw.config_path), "status", "frank@unclaimed.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frank@unclaimed.example (customer unclaimed.example)")
+    # default_policy's limit, not the gateway's 200.
+    assert ["messages_per_hour", "0", "7"] in [line.split() for line in out.splitlines()], out
+    assert main(["accounts", "-c", str(gw.config_path), "status", "erin@acme.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erin@acme.example (customer acme)")
+    assert ["messages_per_hour", "0", "9"] in [line.split() for line in out.splitlines()], out
+
+
+def test_complaints_about_a_shadow_customers_database_account_never_suspend_it(
+        gw, client_tls, downstream, caplog):
+    login = "hank@globex.example"
+    with submit(gw, client_tls, login, "hank secret") as client:
+        for i in range(3):
+            client.sendmail(login, ["victim@mailbox.example"],
+                            message(login).replace(b"body", f"offer {i}".encode()))
+    for original in [m.content for m in downstream.messages]:
+        with smtplib.SMTP("127.0.0.1", gw.ports["inbound"], timeout=15) as mx:
+            mx.ehlo("fbl.mailbox.example")
+            mx.mail("fbl@mailbox.example")
+            assert mx.rcpt("abuse@globex.example")[0] == 250
+            assert mx.data(arf_report(original))[0] == 250
+    events = gw.run(gw.runtime.metering.store.events(login))
+    assert len([e for e in events if e.kind == "complaint"]) == 3
+    # Over the complaint rate: shadow mode logs the suspension it would make, nothing more.
+    assert [e for e in events if e.kind == "suspended"] == []
+    assert f"shadow: would suspend login={login}" in caplog.text
+    with submit(gw, client_tls, login, "hank secret") as client:
+        assert client.mail(login)[0] == 250

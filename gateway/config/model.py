@@ -20,6 +20,7 @@ from gateway.config.admin import AdminSettings
 from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
+from gateway.config.default_policy import DefaultPolicy
 from gateway.config.dkim import DkimSettings
 from gateway.config.ops import HTTP
 from gateway.config.publish import PublishSettings
@@ -252,6 +253,9 @@ class Config(Strict):
     # Who may log in: the customers' YAML files, or the ISP's Dovecot, SQL or LDAP
     # (gateway/config/accounts.py, docs/accounts.md).
     accounts: AccountsConfig = AccountsConfig()
+    # The policy of every account the source knows and no policy file claims
+    # (gateway/config/default_policy.py, docs/accounts.md).
+    default_policy: DefaultPolicy = DefaultPolicy()
     # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
     dkim: DkimSettings = DkimSettings()
     # Content scanning with rspamd (docs/content.md): off unless configured.

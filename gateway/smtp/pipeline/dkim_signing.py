@@ -18,12 +18,9 @@ from gateway.smtp.state import Transaction
 
 def signing_policy(identity: Identity, rt: Runtime) -> tuple[Collection[str], DkimPolicy]:
     widened, _, customer = sender_grants(rt, identity)
-    if customer is None:
-        # A customer without a policy file (an account from Dovecot/SQL/LDAP): the
-        # gateway's defaults, for the domains its account source vouches for.
-        return signing_domains(widened, frozenset()), DkimPolicy()
-    # Its own domains, and those of the senders it is granted (checked at MAIL and
-    # DATA by the same rule): a grant never passes MAIL only to fail here.
+    # Its customer's domains (none for the default policy) and those of the senders
+    # it is granted (checked at MAIL and DATA by the same rule): a grant never passes
+    # MAIL only to fail here.  The DKIM policy is its file's, or default_policy's.
     return signing_domains(widened, customer.domain_set), customer.dkim
 
 
