@@ -192,7 +192,7 @@ class GatewaySMTP(SMTPAdapter):
         self.facts.identity = None
         if self.refuse_with is not None and self.end_reason == "disconnect":
             self.end_reason = "refused_limit"
-        if self._trusts_proxy is not None and not self._counted:
+        if self._trusts_proxy is not None and not self._greeted:  # not again after STARTTLS
             self._refuse_unless_balancer(transport)
         if self.metrics is not None and not self._counted:
             self._counted = True
