@@ -15,6 +15,7 @@ from typing import TextIO
 
 from gateway.admin import actions
 from gateway.admin.actions import account_for
+from gateway.config.default_policy import DefaultPolicy
 from gateway.config.directory import Directory
 from gateway.config.quota import QuotaSettings
 from gateway.metering import AccountStatus, Metering
@@ -67,10 +68,14 @@ def format_status(s: AccountStatus) -> str:
 
 
 async def accounts_status(metering: Metering, directory: Directory, login: str | None,
-                          now: float, out: TextIO) -> int:
+                          now: float, out: TextIO, default: DefaultPolicy | None = None,
+                          default_customer: str = "default") -> int:
     logins = [login.lower()] if login is not None else await actions.known_logins(metering, directory)
     for i, name in enumerate(logins):
-        status = await actions.account_status(metering, directory, name, now)
+        # An account only the ISP's database knows: its domain's customer, and that
+        # customer's policy file or default_policy (not the gateway's bare quotas).
+        status = await actions.account_status(metering, directory, name, now, default,
+                                              default_customer)
         print(("\n" if i else "") + format_status(status), file=out)
     if not logins:
         print("no accounts", file=out)
@@ -112,7 +117,9 @@ def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
         now = time.time()
         try:
             if args.accounts_command == "status":
-                return await accounts_status(metering, loaded.directory, args.login, now, out)
+                return await accounts_status(metering, loaded.directory, args.login, now, out,
+                                             loaded.config.default_policy,
+                                             loaded.config.accounts.default_customer)
             if args.accounts_command == "suspend":
                 return await accounts_suspend(metering, args.login, now, out, args.reason)
             return await accounts_unsuspend(metering, args.login, now, out)

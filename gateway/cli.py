@@ -45,7 +45,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.config}: ok: {len(d.customers)} customers, {len(d.domains)} domains, "
           f"{len(d.accounts)} accounts ({loaded.config.accounts.source}); "
           f"listeners: {', '.join(listeners)}")
+    if loaded.config.accounts.source != "yaml":
+        for line in _default_policy_report(loaded):
+            print(f"{args.config}: {line}")
     return 0
+
+
+def _default_policy_report(loaded: Loaded) -> list[str]:
+    """What default_policy does to the accounts only the ISP's database knows."""
+    import time
+
+    from gateway.config.default_policy import describe_default
+    from gateway.dkim.keystore import KeyStore
+    from gateway.ops.dns_commands import keys_location
+
+    keys_dir, grace = keys_location(loaded, None)
+    store = KeyStore.load(keys_dir, grace) if keys_dir.is_dir() else KeyStore(keys_dir, grace)
+    now = time.time()
+    active = [domain for domain in store.domains() if store.active(domain, now)]
+    accounts = loaded.config.accounts
+    return describe_default(loaded.config.default_policy, loaded.directory, accounts.source,
+                            active, accounts.probe_login)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

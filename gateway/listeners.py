@@ -28,7 +28,7 @@ from gateway.config.model import Listener
 from gateway.runtime import Runtime
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.protocol import GatewaySMTP
-from gateway.sockets import open_socket
+from gateway.sockets import Address, open_socket
 from gateway.tls import server_context
 
 log = logging.getLogger("portcullis.listeners")
@@ -54,7 +54,8 @@ RELEASE_TIMEOUT = 10.0
 class ListenerState:
     name: str
     settings: Listener
-    server: asyncio.Server | None = None
+    # One server per address of the listener.
+    servers: list[asyncio.Server] = field(default_factory=list)
     connections: set[GatewaySMTP] = field(default_factory=set)
 
 
@@ -83,24 +84,28 @@ class SMTPListeners:
                 context = server_context(*self._tls_files[name])
             direction = "inbound" if name == "inbound" else "outbound"
             handler = GatewayHandler(self.runtime, direction=direction)
-            sock = (sockets or {}).get(f"listeners.{name}")
-            if sock is None:
-                sock = open_socket(settings.address, settings.port)
             loop = asyncio.get_running_loop()
-            state.server = await loop.create_server(
-                lambda h=handler, s=state, c=context: self._protocol(h, s, c),
-                sock=sock,
-                ssl=context if name == "submissions" else None,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None,
-            )
+            for index, host in enumerate(settings.address):
+                address = Address(f"listeners.{name}", host, settings.port, index)
+                sock = (sockets or {}).get(address.key)
+                if sock is None:
+                    sock = open_socket(host, settings.port)
+                server = await loop.create_server(
+                    lambda h=handler, s=state, c=context: self._protocol(h, s, c),
+                    sock=sock,
+                    ssl=context if name == "submissions" else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None,
+                )
+                state.servers.append(server)
+                log.info("listening: %s on %s", name, address)
             self.states.append(state)
-            log.info("listening: %s on %s port %d", name, settings.address, settings.port)
 
     def _protocol(self, handler: GatewayHandler, state: ListenerState,
                   context: ssl.SSLContext | None) -> GatewaySMTP:
         cfg = self.runtime.config
         limits = cfg.limits
         name = state.name
+        proxy = state.settings.proxy_protocol
         proto = GatewaySMTP(
             handler,
             listener=name,
@@ -125,7 +130,8 @@ class SMTPListeners:
             timeout=limits.command_timeout,
             # Any one command repeated this often in one connection is abuse (#145).
             command_call_limit=1000,
-            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if state.settings.proxy_protocol else None,
+            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if proxy is not None else None,
+            trusts_proxy=proxy.trusts if proxy is not None else None,
             # Without it aiosmtpd looks the loop up per connection, warnings filter and all.
             loop=asyncio.get_running_loop(),
         )
@@ -145,7 +151,7 @@ class SMTPListeners:
     def unbound(self) -> list[str]:
         """Listeners that are not accepting connections (for /readyz)."""
         return [f"listener {s.name}: not serving" for s in self.states
-                if s.server is None or not s.server.is_serving()]
+                if not s.servers or not all(server.is_serving() for server in s.servers)]
 
     @property
     def active_connections(self) -> int:
@@ -156,8 +162,8 @@ class SMTPListeners:
         421 the rest, and wait until what every session held is released (the
         store closes after this)."""
         for state in self.states:
-            if state.server is not None:
-                state.server.close()
+            for server in state.servers:
+                server.close()
         for conn in self._connections():
             conn.close_gracefully()  # 421 now to the idle, at its end to a transaction
         if not await self._drain(grace):
@@ -174,8 +180,8 @@ class SMTPListeners:
                 await self._drain(1.0)
         await self._settle()
         for state in self.states:
-            if state.server is not None:
-                await state.server.wait_closed()
+            for server in state.servers:
+                await server.wait_closed()
 
     def _connections(self) -> list[GatewaySMTP]:
         return [conn for state in self.states for conn in state.connections]

@@ -90,6 +90,9 @@ BARE_NEWLINE = Reply(
 NUL_OCTET = Reply(554, "5.6.0", "Message refused: it contains NUL octets (RFC 5322 section 2.3)")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+# RFC 5321 §3.1: 554 at the greeting, no service here.  A listener behind a balancer
+# (proxy_protocol) serves only the balancers in proxy_protocol.from.
+PROXY_PEER_NOT_TRUSTED = Reply(554, "5.7.1", "No SMTP service for this address here; connect through the load balancer")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 

@@ -369,20 +369,22 @@ def announce(config: Config) -> None:
     for name in ("inbound", "submission", "submissions"):
         listener = getattr(config.listeners, name)
         if listener is not None:
-            parts.append(f"{name} {listener.address}:{listener.port}")
+            parts.append(f"{name} " + " ".join(
+                str(Address(name, host, listener.port)) for host in listener.address))
     print("Portcullis listening: " + ", ".join(parts), flush=True)
     sub = config.listeners.submission
     if sub is not None:
-        print(f"Try it: swaks --server {sub.address}:{sub.port} --tls "
+        print(f"Try it: swaks --server {Address('', sub.address[0], sub.port)} --tls "
               "--auth-user LOGIN --auth-password PASSWORD --from LOGIN --to someone@example.org",
               flush=True)
 
 
 def listening_addresses(config: Config) -> list[Address]:
     """Every address the gateway listens on, named by its config field."""
-    found = [Address(f"listeners.{name}", listener.address, listener.port)
+    found = [Address(f"listeners.{name}", host, listener.port, index)
              for name in ("inbound", "submission", "submissions")
-             if (listener := getattr(config.listeners, name)) is not None]
+             if (listener := getattr(config.listeners, name)) is not None
+             for index, host in enumerate(listener.address)]
     if config.http is not None:
         found.append(Address("http", config.http.address, config.http.port))
     return found

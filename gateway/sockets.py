@@ -31,6 +31,13 @@ class Address:
     field: str
     host: str
     port: int
+    # Which of the field's addresses (a listener may have several).
+    index: int = 0
+
+    @property
+    def key(self) -> str:
+        """This address's socket in a slot: the field, and the index after the first."""
+        return self.field if self.index == 0 else f"{self.field}#{self.index}"
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -74,7 +81,7 @@ def _explain(exc: OSError) -> str:
 
 
 def claim(addresses: Iterable[Address], copies: int) -> list[dict[str, socket.socket]]:
-    """``copies`` sockets per address, one set per worker slot, keyed by field.
+    """``copies`` sockets per address, one set per worker slot, keyed by Address.key.
 
     Raises AddressUnavailable (nothing left open) when an address is held by another
     process or cannot be bound.
@@ -86,12 +93,12 @@ def claim(addresses: Iterable[Address], copies: int) -> list[dict[str, socket.so
             try:
                 if copies == 1:
                     # One process: an exclusive socket, nothing to share.
-                    slots[0][address.field] = open_socket(address.host, address.port)
+                    slots[0][address.key] = open_socket(address.host, address.port)
                     continue
                 # The probe: fails with EADDRINUSE if any socket, shared or not, holds it.
                 open_socket(address.host, address.port).close()
                 for slot in slots:
-                    slot[address.field] = open_socket(address.host, address.port, shared=True)
+                    slot[address.key] = open_socket(address.host, address.port, shared=True)
             except OSError as exc:
                 raise AddressUnavailable(address, _explain(exc)) from None
     except AddressUnavailable:

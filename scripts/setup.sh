@@ -20,6 +20,8 @@ APT_PACKAGES=(
   gcc python3-dev libldap2-dev libsasl2-dev
   # The admin console's tests drive a real headless browser (tests/test_admin_console.py).
   chromium chromium-driver
+  # A real balancer speaking PROXY v2 in front of the gateway (tests/test_behind_haproxy.py).
+  haproxy
 )
 [ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()

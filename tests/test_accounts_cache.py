@@ -13,7 +13,7 @@ from passlib.hash import sha512_crypt
 from pydantic import ValidationError
 
 from gateway.accounts.cache import CachedSource
-from gateway.accounts.customers import CustomerMap, allowed_senders, split_senders
+from gateway.accounts.customers import CustomerMap, split_senders
 from gateway.accounts.factory import Deadline, build_source
 from gateway.accounts.source import Identity, Outcome
 from gateway.accounts.yaml_source import YamlAccounts
@@ -203,14 +203,19 @@ def test_bad_senders_from_the_source_are_dropped_and_the_login_is_always_allowed
     assert ident.senders == {"bob@acme.example", "ok@acme.example", "*@shop.acme.example"}
 
 
-def test_allowed_senders_combine_source_yaml_account_and_aliases():
+def test_granted_senders_combine_source_and_yaml_account_aliases_stay_checked_by_membership():
+    from gateway.rules.senders import granted, may_send_as
+
     dir_ = directory(ACME)
+    acme = dir_.customers["acme"]
     from_source = Identity("alice@acme.example", "acme", frozenset({"alice@acme.example", "x@acme.example"}))
-    assert allowed_senders(from_source, dir_) == {
-        "alice@acme.example", "x@acme.example", "ceo@acme.example", "info@acme.example"}
+    widened = granted(from_source, acme, dir_.accounts.get("alice@acme.example"))
+    assert widened.senders == {"alice@acme.example", "x@acme.example", "ceo@acme.example"}
+    assert may_send_as(widened, acme.aliases, "info@acme.example")
     # A customer without a policy file adds nothing; an account of another customer neither.
     elsewhere = Identity("alice@acme.example", "other.example", frozenset({"alice@acme.example"}))
-    assert allowed_senders(elsewhere, dir_) == {"alice@acme.example"}
+    assert granted(elsewhere, None, dir_.accounts.get("alice@acme.example")) == elsewhere
+    assert granted(elsewhere, acme, dir_.accounts.get("alice@acme.example")) == elsewhere
 
 
 # --- the accounts: section ----------------------------------------------------------

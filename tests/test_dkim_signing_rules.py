@@ -128,3 +128,23 @@ def test_selector_meta_round_trips_to_yaml():
     meta = SelectorMeta.model_validate({"algorithm": "rsa-sha256", "not_before": "2027-01-01T00:00:00Z"})
     assert meta.to_yaml_dict() == {"algorithm": "rsa-sha256", "not_before": "2027-01-01T00:00:00Z"}
     assert SelectorMeta.model_validate(meta.to_yaml_dict()) == meta
+
+
+@pytest.mark.parametrize(("senders", "domain", "signable"), [
+    ({"alice@acme.example"}, "acme.example", True),             # the customer's own
+    ({"alice@acme.example"}, "partner.example", False),         # granted nothing there
+    ({"*@partner.example"}, "partner.example", True),           # the source grants the domain
+    ({"sales@partner.example"}, "partner.example", True),       # ... or one address in it
+    ({"*@partner.example"}, "sub.partner.example", False),      # *@domain is that domain only
+])
+def test_signing_domains_are_the_customers_and_the_granted_ones(senders, domain, signable):
+    from gateway.rules.senders import signing_domains
+    from gateway.values.identity import Identity
+
+    domains = signing_domains(Identity("alice@acme.example", "acme", frozenset(senders)),
+                              frozenset(OWNED))
+    assert (domain in domains) is signable
+    # The signing rule then signs it under the customer's policy, as its own domains.
+    decision = decide_signing(facts(domain), domains, DkimPolicy(),
+                              [ActiveKey(domain, "s", "rsa-sha256", _RSA)])
+    assert decision.signs is signable

@@ -36,7 +36,7 @@ def proxied(tmp_path, authdns_factory, downstream, cert_files, password_hash):
     gw = GatewayUnderTest(
         tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
         policies=customer_policies(password_hash), cert=cert_files,
-        extra={"listeners": {"inbound": {"proxy_protocol": True}},
+        extra={"listeners": {"inbound": {"proxy_protocol": {"from": ["127.0.0.0/8"]}}},
                "dns": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 2}})
     gw.start()
     try:
@@ -81,10 +81,94 @@ def test_proxy_protocol_on_implicit_tls_is_a_config_error(tmp_path, capsys):
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "a.yaml").write_text("customer: a\ndomains: [a.example]\n")
     (tmp_path / "g.yaml").write_text(
-        "hostname: mx.test\nlisteners: {submissions: {port: 2465, proxy_protocol: true}}\n"
+        "hostname: mx.test\nlisteners: {submissions: {port: 2465, proxy_protocol: {from: [10.0.0.0/8]}}}\n"
         "downstream: {outbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n")
     assert main(["check-config", "-c", str(tmp_path / "g.yaml")]) == 2
     assert "listeners.submissions.proxy_protocol: not possible" in capsys.readouterr().err
+
+
+def write_config(tmp_path, listener: str) -> str:
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "a.yaml").write_text("customer: a\ndomains: [a.example]\n")
+    (tmp_path / "g.yaml").write_text(
+        f"hostname: mx.test\nlisteners: {{inbound: {{port: 2525, {listener}}}}}\n"
+        "downstream: {inbound: 'smtp://127.0.0.1:25'}\npolicy_dir: policy\n")
+    return str(tmp_path / "g.yaml")
+
+
+def test_proxy_protocol_true_is_a_config_error_naming_the_networks_to_list(tmp_path, capsys):
+    from gateway.cli import main
+
+    # `true` once meant "trust any peer to name the client": it must not pass silently.
+    assert main(["check-config", "-c", write_config(tmp_path, "proxy_protocol: true")]) == 2
+    err = capsys.readouterr().err
+    assert "listeners.inbound.proxy_protocol" in err
+    assert "proxy_protocol: {from: [10.0.0.0/8]}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("networks", ["[]", "[10.0.0.1/8]", "[not-a-network]"])
+def test_proxy_protocol_from_needs_real_networks(tmp_path, capsys, networks):
+    from gateway.cli import main
+
+    path = write_config(tmp_path, f"proxy_protocol: {{from: {networks}}}")
+    assert main(["check-config", "-c", path]) == 2
+    assert "listeners.inbound.proxy_protocol.from" in capsys.readouterr().err
+
+
+def test_proxy_protocol_false_is_off(tmp_path, capsys):
+    from gateway.cli import main
+
+    assert main(["check-config", "-c", write_config(tmp_path, "proxy_protocol: false")]) == 0
+
+
+@pytest.mark.parametrize(("peer", "trusted"), [
+    ("10.1.2.3", True), ("10.255.255.255", True), ("11.0.0.1", False),
+    ("2001:db8::7", True), ("2001:db9::7", False),
+    ("::ffff:10.9.9.9", True),  # a v4 balancer seen on a dual-stack socket
+    ("fe80::1%eth0", False), ("unknown", False),
+])
+def test_only_peers_in_the_balancer_networks_are_trusted(peer, trusted):
+    from gateway.config.model import ProxyProtocol
+
+    rule = ProxyProtocol.model_validate({"from": ["10.0.0.0/8", "2001:db8::/32"]})
+    assert rule.trusts(peer) is trusted
+
+
+@pytest.fixture
+def proxied_from_elsewhere(tmp_path, downstream, cert_files, password_hash):
+    # Only 127.0.0.2 is a balancer: the tests connect from 127.0.0.1.
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"listeners": {"inbound": {"proxy_protocol": {"from": ["127.0.0.2"]}}}})
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("header", [b"", proxy_v1("198.51.100.7"), proxy_v2("198.51.100.7")],
+                         ids=["none", "v1", "v2"])
+def test_a_peer_outside_the_balancer_networks_is_refused_and_logged(
+        proxied_from_elsewhere, downstream, header, caplog):
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", proxied_from_elsewhere.ports["inbound"]),
+                                  timeout=10) as s:
+        s.sendall(header)
+        out = s.recv(4096)
+        assert out.startswith(b"554 5.7.1 "), out
+        assert b"load balancer" in out
+        try:  # and closed (reset, when the header it never read was still queued)
+            assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    assert downstream.messages == []
+    assert "peer 127.0.0.1 is not in proxy_protocol.from, refused" in caplog.text
+    # The connection's line names the peer, never the address the header claimed.
+    assert "client=198.51.100.7" not in caplog.text
+    assert "ended=refused_proxy" in caplog.text
 
 
 class ProxiedSMTP(smtplib.SMTP):
@@ -105,7 +189,7 @@ def proxied_submission(tmp_path, downstream, cert_files, password_hash):
     gw = GatewayUnderTest(
         tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
         policies=customer_policies(password_hash), cert=cert_files,
-        extra={"listeners": {"submission": {"proxy_protocol": True}},
+        extra={"listeners": {"submission": {"proxy_protocol": {"from": ["127.0.0.1"]}}},
                "lockout": {"ip_failures": 3, "login_failures": 100, "failure_delay": 0}})
     gw.start()
     try:

@@ -68,3 +68,18 @@ def test_an_address_not_on_this_host_is_one_line_naming_the_field():
 
 def test_ipv6_addresses_are_written_in_brackets():
     assert str(Address("listeners.inbound", "::1", 25)) == "[::1]:25"
+
+
+def test_a_listener_with_several_addresses_gets_a_socket_for_each_in_every_slot():
+    port = free_port()
+    addresses = [Address("listeners.inbound", "127.0.0.1", port, 0),
+                 Address("listeners.inbound", "::1", port, 1)]
+    slots = claim(addresses, 2)
+    try:
+        for slot in slots:
+            assert set(slot) == {"listeners.inbound", "listeners.inbound#1"}
+            assert slot["listeners.inbound#1"].family == socket.AF_INET6
+        with pytest.raises(AddressUnavailable, match=r"^listeners\.inbound: \[::1\]:"):
+            claim(addresses[1:], 1)
+    finally:
+        release(slots)

@@ -10,7 +10,7 @@ Every account belongs to a customer (docs/accounts.md, "Mapping to policy"):
    without ``@domain``.
 
 Senders: the addresses the source lists, plus the login when it is an address;
-:func:`allowed_senders` adds what the customer's YAML grants (see there).
+gateway/rules/senders.py (``granted``) adds what the customer's YAML grants.
 """
 
 from __future__ import annotations
@@ -92,26 +92,3 @@ class CustomerMap:
             except ValueError:
                 pass
         return Identity(login, self.customer_for(login, customer), frozenset(allowed))
-
-
-def allowed_senders(identity: Identity, directory: Directory) -> frozenset[str]:
-    """Everything ``identity`` may send as: the source's list, combined with the YAML.
-
-    The union of
-      * ``identity.senders`` (the source's list and the login itself);
-      * the ``senders`` of an account with the same login in the customer's
-        policy file, if the file lists it (a YAML entry can widen, never narrow);
-      * every alias of the customer's policy file that names the login as a member.
-    A customer without a policy file contributes nothing (gateway defaults).
-    """
-    out = set(identity.senders)
-    policy = directory.customers.get(identity.customer)
-    if policy is None:
-        return frozenset(out)
-    found = directory.accounts.get(identity.login)
-    if found is not None and found[0] == identity.customer:
-        out.update(found[1].senders)
-    for alias, members in policy.aliases.items():
-        if identity.login in members:
-            out.add(alias)
-    return frozenset(out)

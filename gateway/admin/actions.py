@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.config.content import HoldSettings
+from gateway.config.default_policy import DefaultPolicy
 from gateway.config.directory import Directory
 from gateway.config.quota import QuotaSettings
 from gateway.downstream.base import Downstream
 from gateway.metering import AccountStatus, Metering
 from gateway.ops import explain
-from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.rules.quota import AccountQuota, quota_for_known_login
 from gateway.store.base import Event, JournalEntry, Store
 from gateway.store.held import ExpiryDecision, HeldMessage, HeldStore, ReleaseResult
 
@@ -44,12 +45,13 @@ def clean_reason(reason: str) -> str:
 
 # --- accounts ------------------------------------------------------------------
 
-def account_for(directory: Directory, settings: QuotaSettings, login: str) -> AccountQuota:
-    found = directory.account(login)
-    if found is None:
-        return quota_for_login(login, "-", settings.quotas, None, None)
-    policy, account = found
-    return quota_for_login(login, policy.customer, settings.quotas, policy, account)
+def account_for(directory: Directory, settings: QuotaSettings, login: str,
+                default: DefaultPolicy | None = None,
+                default_customer: str = "default") -> AccountQuota:
+    """The account's limits as a session would meter them, also for an account only
+    the ISP's database knows (rules/quota.quota_for_known_login)."""
+    return quota_for_known_login(directory, settings.quotas, login, default or DefaultPolicy(),
+                                 default_customer)
 
 
 async def known_logins(metering: Metering, directory: Directory) -> list[str]:
@@ -60,8 +62,10 @@ async def known_logins(metering: Metering, directory: Directory) -> list[str]:
 
 
 async def account_status(metering: Metering, directory: Directory, login: str,
-                         now: float) -> AccountStatus:
-    return await metering.status(account_for(directory, metering.settings, login.lower()), now)
+                         now: float, default: DefaultPolicy | None = None,
+                         default_customer: str = "default") -> AccountStatus:
+    return await metering.status(account_for(directory, metering.settings, login.lower(),
+                                             default, default_customer), now)
 
 
 async def recent_events(store: Store, login: str, limit: int = 20) -> list[Event]:

@@ -116,14 +116,18 @@ async def list_accounts(desk: Desk, request: web.Request, caller: Caller) -> Any
         metering, desk.runtime.directory)
     directory = desk.runtime.directory
     return {"accounts": [{"login": login,
-                          "customer": actions.account_for(directory, metering.settings, login).customer,
+                          "customer": actions.account_for(
+                              directory, metering.settings, login, desk.runtime.config.default_policy,
+                              desk.runtime.config.accounts.default_customer).customer,
                           "suspension": views.suspension(suspended.get(login))}
                          for login in logins[:MAX_LIST]]}
 
 
 async def get_account(desk: Desk, request: web.Request, caller: Caller) -> Any:
     login = _login(request)
-    status = await actions.account_status(desk.metering, desk.runtime.directory, login, desk.clock())
+    status = await actions.account_status(desk.metering, desk.runtime.directory, login, desk.clock(),
+                                          desk.runtime.config.default_policy,
+                                          desk.runtime.config.accounts.default_customer)
     events = await actions.recent_events(desk.metering.store, login)
     return views.status(status) | {"events": [views.event(e) for e in events]}
 

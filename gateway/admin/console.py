@@ -202,8 +202,10 @@ async def account(desk: Desk, request: web.Request, session: Session) -> web.Res
     login = actions.valid_login(request.match_info["login"])
     if login is None:
         return layout("Not an account", "<p>That is not a login.</p>", session, request, 400)
+    config = desk.runtime.config
     status = views.status(await actions.account_status(desk.metering, desk.runtime.directory,
-                                                       login, desk.clock()))
+                                                       login, desk.clock(), config.default_policy,
+                                                       config.accounts.default_customer))
     events = await actions.recent_events(desk.metering.store, login)
     s = status["suspension"]
     path = quote(login, safe="@")

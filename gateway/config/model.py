@@ -7,6 +7,7 @@ so a misspelt option never silently does nothing.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
@@ -19,6 +20,7 @@ from gateway.config.admin import AdminSettings
 from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
+from gateway.config.default_policy import DefaultPolicy
 from gateway.config.dkim import DkimSettings
 from gateway.config.ops import HTTP
 from gateway.config.publish import PublishSettings
@@ -33,18 +35,93 @@ from gateway.config.reload import ReloadSettings
 from gateway.config.screening import ScreeningSettings
 from gateway.values.domains import normalise_domain
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ProxyProtocol(Strict):
+    """Who may speak the PROXY protocol (v1 or v2, HAProxy and cloud balancers).
+
+    A PROXY header names the client, and every check, limit and log then trusts
+    that name: only the balancers' own networks may send one.  On such a listener
+    a connection from any other peer is refused at the greeting and logged, since
+    the balancer is the only way in."""
+
+    # `from` is a Python keyword: the field is from_, the YAML key `from`.
+    from_: Annotated[tuple[IPNetwork, ...], Field(alias="from", min_length=1)]
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError("a list of the balancers' networks, as in [10.0.0.0/8, 2001:db8::/32]")
+        networks = []
+        for item in value:
+            try:
+                # strict: 10.0.0.1/8 is a typo for 10.0.0.0/8 or 10.0.0.1/32, not a guess.
+                networks.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}") from None
+        return tuple(networks)
+
+    def trusts(self, peer: str) -> bool:
+        """Is ``peer`` (a socket peer address) one of the balancers?"""
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a v4 peer on a dual-stack socket
+        return any(address in network for network in self.from_)
+
 
 class Listener(Strict):
-    address: str = "127.0.0.1"
+    # One address or several, IPv4 and IPv6 (`[0.0.0.0, "::"]` for both families):
+    # each gets its own socket, IPv6 ones IPv6-only so the two families never clash.
+    address: tuple[str, ...] = ("127.0.0.1",)
     port: Port
     # Without tls on a submission listener, `serve` makes a self-signed development
     # certificate and says so in the log: fine for trying it out, not for customers.
     tls: TLSFiles | None = None
     # Refuse new connections past this many at once (aiosmtpd has no cap: #282).
     max_connections: Annotated[int, Field(ge=1)] = 1000
-    # Expect a PROXY protocol header (v1 or v2, HAProxy and cloud balancers) before
-    # SMTP: every check, limit and log then uses the client address it carries.
-    proxy_protocol: bool = False
+    # Expect a PROXY protocol header before SMTP from the balancers in `from`:
+    # every check, limit and log then uses the client address it carries.
+    proxy_protocol: ProxyProtocol | None = None
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("an IP address or a list of them, as in [0.0.0.0, '::']")
+        found: list[str] = []
+        for item in value:
+            try:
+                # An IP literal, not a name: a name may resolve to several addresses,
+                # or to others after a restart.
+                host = str(ipaddress.ip_address(str(item)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address (list each address a "
+                                 "name has)") from None
+            if host in found:
+                raise ValueError(f"{host} is listed twice")
+            found.append(host)
+        return tuple(found)
+
+    @field_validator("proxy_protocol", mode="before")
+    @classmethod
+    def _no_blanket_trust(cls, value: object) -> object:
+        # The old boolean: `false` still means off; `true` trusted any peer to name
+        # any client (spoofing SPF, limits and lockouts), so it is an error now.
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError("true would trust any peer to name the client; list the balancers' "
+                             "networks instead: proxy_protocol: {from: [10.0.0.0/8]}")
+        return value
 
 
 class Listeners(Strict):
@@ -56,7 +133,7 @@ class Listeners(Strict):
     def _need_one(self) -> Listeners:
         if not (self.inbound or self.submission or self.submissions):
             raise ValueError("listeners: at least one of inbound, submission, submissions is required")
-        if self.submissions is not None and self.submissions.proxy_protocol:
+        if self.submissions is not None and self.submissions.proxy_protocol is not None:
             # The TLS handshake would come before the PROXY header (aiosmtpd reads it
             # after): terminate 465 at the balancer, or use 587 behind it.
             raise ValueError("listeners.submissions.proxy_protocol: not possible with TLS from "
@@ -177,6 +254,9 @@ class Config(Strict):
     # Who may log in: the customers' YAML files, or the ISP's Dovecot, SQL or LDAP
     # (gateway/config/accounts.py, docs/accounts.md).
     accounts: AccountsConfig = AccountsConfig()
+    # The policy of every account the source knows and no policy file claims
+    # (gateway/config/default_policy.py, docs/accounts.md).
+    default_policy: DefaultPolicy = DefaultPolicy()
     # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
     dkim: DkimSettings = DkimSettings()
     # Content scanning with rspamd (docs/content.md): off unless configured.

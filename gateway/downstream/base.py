@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.downstream.origin import Origin
 from gateway.message import Buffer
 from gateway.replies import Reply
 
@@ -33,7 +34,9 @@ class Transaction(Protocol):
 class Downstream(Protocol):
     name: str
 
-    def begin(self, sender: str, options: list[str]) -> Transaction: ...
+    def begin(self, sender: str, options: list[str], origin: Origin | None = None) -> Transaction:
+        """``origin``: the client, for a downstream that takes XCLIENT/XFORWARD."""
+        ...
 
     async def probe(self) -> str | None:
         """None when the downstream can take mail now, else what is wrong."""

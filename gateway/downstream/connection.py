@@ -24,6 +24,7 @@ from collections import deque
 
 import aiosmtplib
 
+from gateway.downstream.origin import offered
 from gateway.downstream.replies import relay_reply
 from gateway.message import Buffer, message_parts
 from gateway.replies import Reply
@@ -46,6 +47,14 @@ class DownstreamConnection(asyncio.Protocol):
             raise DownstreamClosed("not connected")
         self.pipelining = client.supports_extension("pipelining")
         self.chunking = client.supports_extension("chunking")
+        # Postfix's XCLIENT / XFORWARD attributes it lets us send (downstream/origin.py).
+        self.xclient = offered(client.esmtp_extensions.get("xclient")) \
+            if client.supports_extension("xclient") else frozenset()
+        self.xforward = offered(client.esmtp_extensions.get("xforward")) \
+            if client.supports_extension("xforward") else frozenset()
+        # Set once an XCLIENT made this session someone's: it must not be handed to
+        # the next client unless a new XCLIENT can change it again.
+        self.impersonating = False
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._lines: list[bytes] = []
@@ -105,6 +114,17 @@ class DownstreamConnection(asyncio.Protocol):
     async def command(self, line: bytes) -> Reply:
         (reply,) = self.send(line + b"\r\n", 1)
         return await reply
+
+    def learn_extensions(self, ehlo: Reply) -> None:
+        """What a new EHLO (after XCLIENT) offers: the session is another now."""
+        keywords = {}
+        for line in ehlo.text.splitlines()[1:]:  # the first line is the server's name
+            word, _, rest = line.strip().partition(" ")
+            keywords[word.lower()] = rest
+        self.pipelining = "pipelining" in keywords
+        self.chunking = "chunking" in keywords
+        self.xclient = offered(keywords["xclient"]) if "xclient" in keywords else frozenset()
+        self.xforward = offered(keywords["xforward"]) if "xforward" in keywords else frozenset()
 
     async def message(self, message: bytes | list[Buffer]) -> Reply:
         """Send the message (whole or in parts): BDAT when offered, else DATA; the final

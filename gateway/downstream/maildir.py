@@ -15,6 +15,7 @@ from itertools import count
 from pathlib import Path
 
 from gateway import replies
+from gateway.downstream.origin import Origin
 from gateway.message import Buffer, message_parts, write_parts
 from gateway.replies import Reply
 
@@ -28,7 +29,8 @@ class MaildirDownstream:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
-    def begin(self, sender: str, options: list[str]) -> MaildirTransaction:
+    def begin(self, sender: str, options: list[str],
+              origin: Origin | None = None) -> MaildirTransaction:
         return MaildirTransaction(self, sender)
 
     async def probe(self) -> str | None:

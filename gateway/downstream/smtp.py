@@ -21,6 +21,7 @@ import aiosmtplib
 from gateway import replies
 from gateway.config.model import Downstream as DownstreamSettings
 from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
+from gateway.downstream.origin import Origin, ehlo_name, xclient_command, xforward_commands
 from gateway.message import Buffer
 from gateway.replies import Reply
 
@@ -39,8 +40,43 @@ class SmtpDownstream:
             self._tls_context.check_hostname = False
             self._tls_context.verify_mode = ssl.CERT_NONE
 
-    def begin(self, sender: str, options: list[str]) -> SmtpTransaction:
-        return SmtpTransaction(self, sender, options)
+    def begin(self, sender: str, options: list[str],
+              origin: Origin | None = None) -> SmtpTransaction:
+        return SmtpTransaction(self, sender, options, origin)
+
+    async def introduce(self, conn: DownstreamConnection, origin: Origin | None) -> None:
+        """Tell the downstream who the client is (XCLIENT, XFORWARD: origin.py),
+        when it offers to listen.  A refusal is logged and the mail still goes: the
+        downstream then sees the gateway, as without these commands."""
+        if conn.impersonating and (origin is None or not conn.xclient):
+            # A session another client's XCLIENT made, and no XCLIENT to change it:
+            # Postfix re-checks smtpd_authorized_xclient_hosts against the client
+            # it was told about, so after one XCLIENT it usually offers no other.
+            conn.close()
+            raise DownstreamClosed("an XCLIENT session cannot serve another client")
+        if origin is None or not (conn.xclient or conn.xforward):
+            return
+        if conn.xclient:
+            reply = await conn.command(xclient_command(origin, conn.xclient))
+            if reply.code != 220:
+                log.warning("downstream %s: XCLIENT refused: %s", self.name, reply)
+                if conn.impersonating:
+                    conn.close()
+                    raise DownstreamClosed("XCLIENT refused on a session made someone's")
+            else:
+                conn.impersonating = True
+                # XCLIENT_README: the server greets anew and forgets the EHLO; the
+                # new EHLO names the client as it named itself (the HELO it logs).
+                ehlo = await conn.command(b"EHLO " + ehlo_name(origin, self._local_hostname))
+                if not ehlo.is_success:
+                    conn.close()
+                    raise DownstreamClosed(f"EHLO after XCLIENT refused: {ehlo}")
+                conn.learn_extensions(ehlo)
+        for line in xforward_commands(origin, conn.xforward, ident_only=conn.impersonating):
+            reply = await conn.command(line)
+            if not reply.is_success:
+                log.warning("downstream %s: XFORWARD refused: %s", self.name, reply)
+                break
 
     async def _connect(self) -> DownstreamConnection:
         s = self.settings
@@ -71,7 +107,9 @@ class SmtpDownstream:
         return await self._connect(), False
 
     def release(self, conn: DownstreamConnection) -> None:
-        if conn.usable and len(self._idle) < self.settings.pool_size:
+        # A session XCLIENT made someone's is pooled only if XCLIENT can change it again.
+        reusable = conn.usable and not (conn.impersonating and not conn.xclient)
+        if reusable and len(self._idle) < self.settings.pool_size:
             self._idle.append(conn)
         else:
             conn.close()
@@ -95,10 +133,12 @@ class SmtpDownstream:
 
 
 class SmtpTransaction:
-    def __init__(self, downstream: SmtpDownstream, sender: str, options: list[str]):
+    def __init__(self, downstream: SmtpDownstream, sender: str, options: list[str],
+                 origin: Origin | None = None):
         self._downstream = downstream
         self._sender = sender
         self._options = options
+        self._origin = origin
         self._conn: DownstreamConnection | None = None
         self._broken: Reply | None = None
         self._accepted = 0
@@ -113,6 +153,7 @@ class SmtpTransaction:
         for attempt in (1, 2):
             conn, pooled = await self._downstream.acquire()
             try:
+                await self._downstream.introduce(conn, self._origin)
                 if conn.pipelining:
                     mail, rcpt = conn.send(mail_command + b"\r\n" + rcpt_command + b"\r\n", 2)
                     mail_reply = await mail

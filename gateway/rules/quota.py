@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, fields
 
 from gateway import replies
+from gateway.config.default_policy import DefaultPolicy, customer_of_login, policy_for
+from gateway.config.directory import Directory
 from gateway.config.policy import Account, CustomerPolicy
 from gateway.config.quota import DEFAULT_QUOTAS, AggregateLimits, CustomerQuotas, QuotaLimits
 from gateway.replies import Reply, Verdict
@@ -211,3 +213,17 @@ def quota_for_login(login: str, customer_id: str, gateway: QuotaLimits | None,
         customer_policy.quotas if customer_policy is not None else None,
         account.quotas if account is not None else None,
         customer_policy.shadow if customer_policy is not None else False)
+
+
+def quota_for_known_login(directory: Directory, gateway: QuotaLimits | None, login: str,
+                          default: DefaultPolicy, default_customer: str) -> AccountQuota:
+    """The limits of ``login`` where its account source cannot be asked (``accounts
+    status``, the console, a complaint about mail sent days ago): its policy-file
+    account; else its domain's customer (config/default_policy.customer_of_login),
+    with that customer's policy file or ``default_policy`` (quotas, shadow mode)."""
+    found = directory.account(login)
+    if found is not None:
+        policy, account = found
+        return quota_for_login(login, policy.customer, gateway, policy, account)
+    customer = customer_of_login(directory, login, default_customer)
+    return quota_for_login(login, customer, gateway, policy_for(directory, default, customer), None)

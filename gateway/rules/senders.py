@@ -4,7 +4,13 @@ An account may use, as envelope sender and in From:/Sender: (and in the
 Resent-From:/Resent-Sender: of a message it resends, RFC 5322 §3.6.6),
 - the addresses and ``*@domain`` patterns its account source lists,
 - its login, when the login is an address,
+- the ``senders:`` of an account with the same login in its customer's policy
+  file (YAML widens what the ISP's database grants, never narrows it),
 - the customer's shared aliases that name the login as a member.
+
+:func:`granted` makes the identity all three checks read (MAIL, the end of DATA,
+and which From: domains may be DKIM-signed: :func:`signing_domains`), so the
+three can never disagree about one address.
 
 The comparison is on the lower-cased address (RFC 5321 lets the receiving host
 decide local-part case; every ISP mailbox system treats it as case-insensitive).
@@ -12,13 +18,58 @@ decide local-part case; every ISP mailbox system treats it as case-insensitive).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from gateway import replies
 from gateway.addresses import NotAMailbox, parse_mailbox
+from gateway.config.policy import Account, CustomerPolicy
 from gateway.message import HeaderField, MalformedHeader, addresses_in, fields_named
 from gateway.replies import Verdict
 from gateway.values.identity import Identity
+
+
+def granted(identity: Identity, customer: CustomerPolicy | None,
+            yaml_account: tuple[str, Account] | None) -> Identity:
+    """``identity`` with every sender it is granted: the source's list and login,
+    plus the ``senders:`` of ``yaml_account`` (customer id, account: the policy
+    files' account with the same login) when it is this customer's."""
+    if customer is None or yaml_account is None or yaml_account[0] != identity.customer:
+        return identity
+    extra = yaml_account[1].senders
+    if not extra or identity.senders.issuperset(extra):
+        return identity
+    return replace(identity, senders=identity.senders | frozenset(extra))
+
+
+class _Either(Collection[str]):
+    """Two sets seen as one for ``in`` (a hosting customer's 100,000 domains are
+    not copied per message to add the few its account source grants)."""
+
+    def __init__(self, first: Collection[str], second: frozenset[str]):
+        self._first, self._second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._second or item in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._first
+        yield from (d for d in self._second if d not in self._first)
+
+    def __len__(self) -> int:
+        return len(self._first) + sum(1 for d in self._second if d not in self._first)
+
+
+def signing_domains(identity: Identity, owned: Collection[str]) -> Collection[str]:
+    """The From: domains this account's mail may be signed for: its customer's
+    domains (``owned``) and the domains of the senders it is granted (a grant from
+    the ISP's database outside the customer's domains passed MAIL and DATA, so
+    refusing it at signing would be a third, different rule).  ``identity``: as
+    :func:`granted` made it."""
+    granted_domains = frozenset(s.rpartition("@")[2] for s in identity.senders if "@" in s)
+    if not granted_domains:
+        return owned
+    return _Either(owned, granted_domains)
 
 
 def may_send_as(

@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from gateway.rules.abuse import Attribution, Report, attribute, is_abuse_mailbox, read_report
-from gateway.rules.quota import quota_for_login
+from gateway.rules.quota import quota_for_known_login
 from gateway.runtime import Runtime
 from gateway.store.base import Charge, StoreUnavailable
 
@@ -66,10 +66,11 @@ async def _count_complaint(rt: Runtime, txid: str, report: Report, a: Attributio
         log.info("txid=%s abuse report about txid=%s login=%s: already counted",
                  txid, a.txid, a.login)
         return False
-    found = rt.directory.account(a.login)
-    customer = found[0] if found is not None else None
-    acct = quota_for_login(a.login, customer.customer if customer else "-", rt.config.quotas,
-                           customer, found[1] if found is not None else None)
+    # The account as its sessions were metered, also when only the ISP's database
+    # knows it: then its customer's policy file or default_policy decides, shadow
+    # mode included (a shadow customer's account is never really suspended).
+    acct = quota_for_known_login(rt.directory, rt.config.quotas, a.login,
+                                 rt.config.default_policy, rt.config.accounts.default_customer)
     evidence = {"report_txid": txid, "about_txid": a.txid, "sent_at": a.sent_at,
                 "report": report.kind, "feedback_type": report.feedback_type,
                 "reported_message_id": report.reported_message_id, "source_ip": report.source_ip}

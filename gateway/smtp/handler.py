@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway import replies
 from gateway.accounts.source import Identity, Outcome
+from gateway.downstream.origin import Origin
 from gateway.message import MalformedHeader, Message
 from gateway.metering import AuthAttempt
 from gateway.replies import Reply
@@ -166,8 +167,11 @@ class GatewayHandler(HookDiscovery):
                 record.decide(limited.rule, limited.facts)
                 server.refuse_client(limited.reply)
                 return str(limited.reply)
+        # Who the client is, for a downstream that takes XCLIENT/XFORWARD.
+        origin = Origin(server.facts.client_ip, session.host_name, server.facts.login,
+                        record.txid, bool(session.extended_smtp))
         downstream = product.downstream(rt).begin(
-            sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)])
+            sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)], origin)
         quota = None
         if acct is not None and rt.metering is not None:
             # Its abort (RSET, disconnect, local refusal) releases the quota holds.

@@ -44,6 +44,7 @@ import inspect
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -131,7 +132,7 @@ class GatewaySMTP(SMTPAdapter):
     def __init__(self, handler: Any, *, listener: str, offers_auth: bool, implicit_tls: bool,
                  max_errors: int, data_timeout: float, max_line_length: int,
                  on_close: Any = None, background: set[asyncio.Task[Any]] | None = None,
-                 **kwargs: Any):
+                 trusts_proxy: Callable[[str], bool] | None = None, **kwargs: Any):
         # aiosmtpd sizes its StreamReader from this class attribute in __init__.
         self.line_length_limit = max_line_length + 1
         self.cid = new_connection_id()
@@ -144,7 +145,7 @@ class GatewaySMTP(SMTPAdapter):
         self.facts = Session(self.cid, listener, self.in_background)
         self.tx: Transaction | None = None
         # How the connection ended, for its log line: quit, disconnect, timeout,
-        # data_timeout, shutdown, too_many_errors, refused_limit.
+        # data_timeout, shutdown, too_many_errors, refused_limit, refused_proxy.
         self.end_reason = "disconnect"
         self._last_reply = ""  # the last reply written (or queued), as sent
         self._verbatim: str | None = None  # a downstream's reply, passed on as it is
@@ -177,6 +178,8 @@ class GatewaySMTP(SMTPAdapter):
         self.screen: Any = None
         # The client's address from a PROXY header (None: the socket peer is the client).
         self.proxied_client: str | None = None
+        # On a listener behind a balancer: is this socket peer one of its balancers?
+        self._trusts_proxy = trusts_proxy
         # aiosmtpd asks a handle_PROXY hook to accept the header; without one it
         # refuses every connection.  The hook is ours: it belongs to the connection.
         self.set_hook("PROXY", self._accept_proxy_header)
@@ -190,13 +193,15 @@ class GatewaySMTP(SMTPAdapter):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS (RFC 3207 §4.2: forget what the client said).
         self.facts.identity = None
-        if self.refuse_with is not None:
+        if self.refuse_with is not None and self.end_reason == "disconnect":
             self.end_reason = "refused_limit"
+        if self._trusts_proxy is not None and not self._greeted:  # not again after STARTTLS
+            self._refuse_unless_balancer(transport)
         if self.metrics is not None and not self._counted:
             self._counted = True
             self.metrics.opened(self.listener)
             self.metrics.connection(self.listener,
-                                    "refused_limit" if self.refuse_with else "accepted")
+                                    self.end_reason if self.refuse_with else "accepted")
         super().connection_made(transport)
         # Read now: once closed, asyncio's TLS transport can no longer say.
         tls = self.facts.tls = self.tls_info()
@@ -204,6 +209,20 @@ class GatewaySMTP(SMTPAdapter):
         if not self._recorded:
             self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
+
+    def _refuse_unless_balancer(self, transport: asyncio.BaseTransport) -> None:
+        """Only a balancer may name the client in a PROXY header: any other peer
+        would spoof SPF, per-IP limits and lockouts, so it is refused (554 at the
+        greeting, the header never read) and logged."""
+        assert self._trusts_proxy is not None
+        peer = transport.get_extra_info("peername")
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        if self._trusts_proxy(peer_ip):
+            return
+        log.warning("cid=%s listener %s expects the PROXY protocol: peer %s is not in "
+                    "proxy_protocol.from, refused", self.cid, self.listener, peer_ip)
+        self.refuse_with = replies.PROXY_PEER_NOT_TRUSTED
+        self.end_reason = "refused_proxy"
 
     def connection_lost(self, error: Exception | None) -> None:
         self._write_records()
@@ -389,7 +408,10 @@ class GatewaySMTP(SMTPAdapter):
         self._stop_commands()
         # On record as the cut transaction's result, with the id that names its line.
         text = self._last_reply = with_id(str(reply), self._current_id())
-        self.record.tempfails += 1
+        if reply.code >= 500:
+            self.record.errors += 1
+        else:
+            self.record.tempfails += 1
         # Replies kept for the next one (see _send) go first, in order.
         pending, self._pending_replies = self._pending_replies, EMPTY
         transport.write(pending + text.encode("ascii", "replace") + b"\r\n")

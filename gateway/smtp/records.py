@@ -239,7 +239,7 @@ def _plain(facts: Mapping[str, object]) -> dict[str, object]:
 
 
 # How a connection ends when we refused it something as a whole.
-_REFUSED_ENDS = frozenset({"refused_limit", "too_many_errors"})
+_REFUSED_ENDS = frozenset({"refused_limit", "refused_proxy", "too_many_errors"})
 
 
 def write_connection(record: ConnectionRecord, *, client: str, ended: str,

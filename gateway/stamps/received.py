@@ -51,9 +51,14 @@ def _date_time(second: datetime, offset: timedelta | None) -> str:
     return format_datetime(second)
 
 
+def _address_literal(ip: str) -> str:
+    # RFC 5321 §4.1.3: an IPv6 address literal carries the "IPv6:" tag.
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+
+
 def received_header(facts: ReceivedFacts, now: datetime) -> bytes:
     tls = facts.tls_version is not None
-    lines = [f"Received: from {_clean(facts.helo or 'unknown')} ([{facts.client_ip}])"]
+    lines = [f"Received: from {_clean(facts.helo or 'unknown')} ({_address_literal(facts.client_ip)})"]
     if tls:
         lines.append(f"\t(using {_clean(facts.tls_version or '')} with cipher {_clean(facts.tls_cipher or '')})")
     with_ = protocol(facts.extended, tls, facts.authenticated)

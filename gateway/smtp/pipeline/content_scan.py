@@ -15,6 +15,7 @@ from gateway.config.policy import CustomerPolicy
 from gateway.rules.content import SPAM_HEADERS
 from gateway.smtp.content_scan import scan
 from gateway.smtp.pipeline.notices import notify
+from gateway.smtp.pipeline.sender_grants import customer_policy
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
@@ -23,7 +24,7 @@ _SPAM_NAMES = frozenset(h.lower().encode() for h in SPAM_HEADERS)
 
 def _senders_customer(tx: Transaction) -> CustomerPolicy | None:
     identity = tx.session.identity
-    return tx.runtime.directory.customers.get(identity.customer) if identity else None
+    return customer_policy(tx.runtime, identity) if identity else None
 
 
 def _recipients_customer(tx: Transaction) -> CustomerPolicy | None:

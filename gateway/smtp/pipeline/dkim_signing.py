@@ -8,20 +8,20 @@ from collections.abc import Collection
 
 from gateway.accounts.source import Identity
 from gateway.config.dkim import DkimPolicy
+from gateway.rules.senders import signing_domains
 from gateway.runtime import Runtime
 from gateway.smtp.outbound_signing import sign_outbound
+from gateway.smtp.pipeline.sender_grants import sender_grants
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 
 def signing_policy(identity: Identity, rt: Runtime) -> tuple[Collection[str], DkimPolicy]:
-    customer = rt.directory.customers.get(identity.customer)
-    if customer is None:
-        # A customer without a policy file (an account from Dovecot/SQL/LDAP): the
-        # gateway's defaults, for the domains its account source vouches for.
-        domains = {a.rpartition("@")[2] for a in identity.senders | {identity.login} if "@" in a}
-        return frozenset(domains), DkimPolicy()
-    return customer.domain_set, customer.dkim
+    widened, _, customer = sender_grants(rt, identity)
+    # Its customer's domains (none for the default policy) and those of the senders
+    # it is granted (checked at MAIL and DATA by the same rule): a grant never passes
+    # MAIL only to fail here.  The DKIM policy is its file's, or default_policy's.
+    return signing_domains(widened, customer.domain_set), customer.dkim
 
 
 async def run(tx: Transaction) -> StepResult:

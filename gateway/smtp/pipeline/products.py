@@ -31,6 +31,7 @@ from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
 from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
+from gateway.smtp.pipeline.sender_grants import customer_policy, sender_grants
 from gateway.smtp.pipeline.step import Step
 from gateway.smtp.records import TransactionRecord
 from gateway.smtp.state import Session
@@ -102,8 +103,8 @@ class Submission:
                            ) -> tuple[Reply | None, AccountQuota | None]:
         identity = session.identity
         assert identity is not None  # AUTH is required before MAIL here
-        customer = rt.directory.customers.get(identity.customer)
-        verdict = decide_envelope_sender(identity, customer.aliases if customer else {}, sender)
+        widened, aliases, _ = sender_grants(rt, identity)
+        verdict = decide_envelope_sender(widened, aliases, sender)
         if not verdict.accept:
             record.decide(verdict.rule, verdict.facts)
             return verdict.reply, None
@@ -128,8 +129,9 @@ PRODUCTS: dict[str, Product] = {"inbound": Inbound(), "outbound": Submission()}
 def account_quota(rt: Runtime, identity: Identity) -> AccountQuota:
     found = rt.directory.account(identity.login)
     return quota_for_login(identity.login, identity.customer, rt.config.quotas,
-                           rt.directory.customers.get(identity.customer),
-                           found[1] if found is not None else None)
+                           customer_policy(rt, identity),
+                           found[1] if found is not None and found[0].customer == identity.customer
+                           else None)
 
 
 def _declared_size(mail_options: list[str]) -> int | None:

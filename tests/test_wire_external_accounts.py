@@ -1,0 +1,212 @@
+"""Accounts from the ISP's database over SMTP: a real PostgreSQL (source `sql`) and a
+real OpenLDAP slapd (source `ldap`), as tests/test_wire_accounts.py does for Dovecot.
+
+AUTH, the sender rules (the source's grants and the policy file's `senders:`, the
+same answer at MAIL, at the end of DATA and at signing), the customer's quotas and
+DKIM signing, each through the real submission listener."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from gateway.accounts import passwords
+from gateway.dkim.keystore import generate_selector
+from tests.conftest import customer_policies
+from tests.support.arf import arf_report
+from tests.support.gateway import GatewayUnderTest
+from tests.support.postgres_server import postgres_fixture, postgres_server, quote  # noqa: F401
+from tests.support.reply_ids import without_id
+from tests.support.slapd_server import (  # noqa: F401
+    PEOPLE,
+    READER_DN,
+    READER_PW,
+    slapd_fixture,
+    slapd_server,
+)
+
+QUERY = "SELECT password, customer, senders FROM mailbox WHERE login = lower($1) AND active"
+# A domain no policy file claims: only the database grants it.
+PARTNER = "shop.partner.example"
+
+
+def _sql_user(pg, login, password, senders=()):
+    send = "ARRAY[" + ",".join(quote(s) for s in senders) + "]" if senders else "NULL"
+    pg.sql(f"INSERT INTO mailbox (login, password, customer, senders) VALUES "
+           f"({quote(login)}, {quote(passwords.hash_password(password))}, NULL, {send})")
+
+
+@pytest.fixture(params=["sql", "ldap"])
+def source(request):
+    """(the gateway's accounts: section, add_user(login, password, senders))."""
+    if request.param == "sql":
+        pg = request.getfixturevalue("postgres")
+        section = {"source": "sql", "auth_timeout": 3, "cache": {"enabled": False},
+                   "sql": {"dsn": pg.dsn, "query": QUERY}}
+        return section, lambda login, pw, senders=(): _sql_user(pg, login, pw, senders)
+    slapd = request.getfixturevalue("slapd")
+    section = {"source": "ldap", "auth_timeout": 3, "cache": {"enabled": False},
+               "ldap": {"url": slapd.url, "timeout": 2, "mode": "compare",
+                        "search_base": PEOPLE, "search_filter": "(mail={login})",
+                        "bind_dn": READER_DN, "bind_password": READER_PW,
+                        "senders_attribute": "portcullisSender"}}
+    return section, lambda login, pw, senders=(): slapd.add_user(login, pw,
+                                                                 senders=list(senders) or None)
+
+
+@pytest.fixture
+def gw(tmp_path, source, downstream, cert_files, password_hash):
+    section, add_user = source
+    add_user("erin@acme.example", "erin secret", [f"*@{PARTNER}"])
+    # Alice is in acme's policy file too (senders: *@sub.acme.example), with another
+    # password: the database says who she is, the file widens what she may send as.
+    add_user("alice@acme.example", "alice from the database")
+    # Domains no policy file claims: default_policy is their customers' policy.
+    add_user("frank@unclaimed.example", "frank secret")
+    add_user("gina@keyed.example", "gina secret")
+    # Globex is in shadow mode: its database accounts must be too.
+    add_user("hank@globex.example", "hank secret")
+    policies = customer_policies(password_hash)
+    policies["globex"]["shadow"] = True
+    policies["acme"]["quotas"] = {"recipients_per_message": 2, "messages_per_hour": 9}
+    gateway = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=policies, cert=cert_files,
+        extra={"accounts": section,
+               "abuse": {"domains": ["isp.example"]},
+               "compromise": {"complaint_minimum": 3, "complaint_rate": 0.5},
+               "default_policy": {"dkim": {"missing_key": "send-unsigned"},
+                                  "quotas": {"recipients_per_message": 1,
+                                             "messages_per_hour": 7}}})
+    generate_selector(gateway.keys_dir, PARTNER, "test", "ed25519-sha256")
+    generate_selector(gateway.keys_dir, "keyed.example", "test", "ed25519-sha256")
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def submit(gw, client_tls, login, password):
+    client = smtplib.SMTP_SSL("127.0.0.1", gw.ports["submissions"], timeout=20, context=client_tls)
+    client.login(login, password)
+    return client
+
+
+def message(sender: str) -> bytes:
+    return f"From: {sender}\r\nTo: x@elsewhere.example\r\nSubject: s\r\n\r\nbody\r\n".encode()
+
+
+def test_auth_checks_the_database_password(gw, client_tls):
+    with smtplib.SMTP_SSL("127.0.0.1", gw.ports["submissions"], timeout=20,
+                          context=client_tls) as client:
+        assert client.login("erin@acme.example", "erin secret")[0] == 235
+    for login, password in [("erin@acme.example", "wrong"), ("nobody@acme.example", "x"),
+                            # The policy file's hash is not the password: the source is.
+                            ("alice@acme.example", "correct horse battery staple")]:
+        with smtplib.SMTP_SSL("127.0.0.1", gw.ports["submissions"], timeout=20,
+                              context=client_tls) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                client.login(login, password)
+            assert (refused.value.smtp_code, without_id(refused.value.smtp_error)) == (
+                535, b"5.7.8 Authentication credentials invalid")
+
+
+def test_a_sender_granted_by_the_database_passes_mail_data_and_is_signed(gw, client_tls, downstream):
+    with submit(gw, client_tls, "erin@acme.example", "erin secret") as client:
+        sender = f"orders@{PARTNER}"
+        assert client.sendmail(sender, ["x@elsewhere.example"], message(sender)) == {}
+    content = downstream.messages[0].content
+    # Signed for the granted domain, not refused at signing (550 5.7.1) after MAIL said yes.
+    assert f"d={PARTNER};".encode() in content.split(b"\r\n\r\n")[0].replace(b"\r\n\t", b" ")
+
+
+def test_a_sender_not_granted_is_refused_at_mail_and_in_from(gw, client_tls, downstream):
+    with submit(gw, client_tls, "erin@acme.example", "erin secret") as client:
+        assert client.mail("bob@acme.example")[0] == 553
+        client.rset()
+        # Envelope granted, From: not: refused at the end of DATA by the same rule.
+        client.mail("erin@acme.example")
+        client.rcpt("x@elsewhere.example")
+        code, text = client.data(message("bob@acme.example"))
+        assert code == 550 and b"<bob@acme.example> not allowed" in text
+    assert downstream.messages == []
+
+
+def test_the_policy_files_senders_widen_a_database_account(gw, client_tls, downstream):
+    with submit(gw, client_tls, "alice@acme.example", "alice from the database") as client:
+        sender = "team@sub.acme.example"
+        assert client.sendmail(sender, ["x@elsewhere.example"], message(sender)) == {}
+    assert b"d=sub.acme.example;" in downstream.messages[0].content.replace(b"\r\n\t", b" ")
+
+
+def test_a_database_account_gets_its_customers_quotas(gw, client_tls):
+    with submit(gw, client_tls, "erin@acme.example", "erin secret") as client:
+        client.mail("erin@acme.example")
+        assert client.rcpt("a@elsewhere.example")[0] == 250
+        assert client.rcpt("b@elsewhere.example")[0] == 250
+        # acme's policy file: recipients_per_message 2.
+        assert client.rcpt("c@elsewhere.example")[0] == 452
+
+
+def test_an_account_no_policy_file_claims_gets_the_default_policy(gw, client_tls, downstream):
+    with submit(gw, client_tls, "frank@unclaimed.example", "frank secret") as client:
+        # No key for unclaimed.example: default_policy says send-unsigned, not 451.
+        assert client.sendmail("frank@unclaimed.example", ["x@elsewhere.example"],
+                               message("frank@unclaimed.example")) == {}
+        # default_policy's quotas: one recipient per message.
+        client.mail("frank@unclaimed.example")
+        assert client.rcpt("a@elsewhere.example")[0] == 250
+        assert client.rcpt("b@elsewhere.example")[0] == 452
+    assert b"DKIM-Signature" not in downstream.messages[0].content
+    with submit(gw, client_tls, "gina@keyed.example", "gina secret") as client:
+        client.sendmail("gina@keyed.example", ["x@elsewhere.example"], message("gina@keyed.example"))
+    # With a key in the key store, the default policy signs (sign: all granted domains).
+    assert b"d=keyed.example;" in downstream.messages[1].content.replace(b"\r\n\t", b" ")
+
+
+def test_check_config_says_what_the_default_policy_does(gw, capsys):
+    from gateway.cli import main
+
+    assert main(["check-config", "-c", str(gw.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("accounts whose customer has no policy file: DKIM signs every granted domain; "
+            "mail from a domain without a key is sent unsigned") in out
+    assert f"keys in the key store for domains no policy file claims: keyed.example, {PARTNER}" in out
+
+
+def test_accounts_status_of_a_database_login_shows_its_customer_and_limits(gw, capsys):
+    from gateway.cli import main
+
+    assert main(["accounts", "-c", str(gw.config_path), "status", "frank@unclaimed.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frank@unclaimed.example (customer unclaimed.example)")
+    # default_policy's limit, not the gateway's 200.
+    assert ["messages_per_hour", "0", "7"] in [line.split() for line in out.splitlines()], out
+    assert main(["accounts", "-c", str(gw.config_path), "status", "erin@acme.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erin@acme.example (customer acme)")
+    assert ["messages_per_hour", "0", "9"] in [line.split() for line in out.splitlines()], out
+
+
+def test_complaints_about_a_shadow_customers_database_account_never_suspend_it(
+        gw, client_tls, downstream, caplog):
+    login = "hank@globex.example"
+    with submit(gw, client_tls, login, "hank secret") as client:
+        for i in range(3):
+            client.sendmail(login, ["victim@mailbox.example"],
+                            message(login).replace(b"body", f"offer {i}".encode()))
+    for original in [m.content for m in downstream.messages]:
+        with smtplib.SMTP("127.0.0.1", gw.ports["inbound"], timeout=15) as mx:
+            mx.ehlo("fbl.mailbox.example")
+            mx.mail("fbl@mailbox.example")
+            assert mx.rcpt("abuse@globex.example")[0] == 250
+            assert mx.data(arf_report(original))[0] == 250
+    events = gw.run(gw.runtime.metering.store.events(login))
+    assert len([e for e in events if e.kind == "complaint"]) == 3
+    # Over the complaint rate: shadow mode logs the suspension it would make, nothing more.
+    assert [e for e in events if e.kind == "suspended"] == []
+    assert f"shadow: would suspend login={login}" in caplog.text
+    with submit(gw, client_tls, login, "hank secret") as client:
+        assert client.mail(login)[0] == 250
