@@ -12,7 +12,7 @@ MODE=${1:-test}
 # Dovecot, PostgreSQL, OpenLDAP, rspamd, Perl Mail::DKIM and OpenDKIM (independent
 # DKIM verifiers), podman (builds and runs the Dockerfile).
 APT_PACKAGES=(
-  python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools
+  python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools opendkim
   dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
   # bonsai (the asyncio LDAP client) is built from source against libldap/libsasl.
   gcc python3-dev libldap2-dev libsasl2-dev
