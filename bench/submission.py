@@ -1,11 +1,12 @@
 """Submission throughput and latency: Portcullis against Postfix and Postfix + OpenDKIM, in one run.
 
     python -m bench.submission [--messages 3000] [--sessions 20] [--size 5120] [--warmup 200]
-                               [--client-processes 2] [--latency-seconds 8] [--baseline CHECKOUT]
+                               [--client-processes 2] [--latency-seconds 8] [--rounds 1]
+                               [--baseline CHECKOUT]
 
 One client (bench/submission_client.py: asyncio + aiosmtplib in a few processes)
 drives every row the same way: ``--sessions`` concurrent sessions, each its own
-account, STARTTLS then AUTH PLAIN, then a fixed share of ``--messages``
+account, STARTTLS then AUTH (PLAIN or LOGIN, half each), then a fixed share of ``--messages``
 one-recipient messages of ``--size`` bytes, each as fast as the last is answered.
 Each row has its own fresh smtp-sink as the place mail is forwarded to:
 
@@ -27,8 +28,9 @@ bench with the reason.
 
 The table: msg/s and its ratio to Postfix + OpenDKIM; p50/p99 of MAIL to the final
 reply after DATA; the median AUTH time per session; the server's CPU per message
-(user + system of its whole process tree, from /proc: Postfix with its Dovecot and
-OpenDKIM, the gateway with its Redis; the sink and the client are not counted);
+(user + system of its whole process tree, from /proc, children that exited
+included: Postfix with its Dovecot and OpenDKIM, the gateway with its Redis; the
+sink and the client are not counted);
 its memory: the sum of its processes' RSS high-water marks (which counts pages
 shared by many processes, Postfix's forty of them, again for each) and its
 largest total PSS sampled every 0.25 s (shared pages split among their users);
@@ -37,6 +39,10 @@ ceiling row shows how fast the client can go here: a row well below it is not
 limited by the client.  Then paced rows: the client sends at half of a row's peak
 rate, and the p50/p99 it sees, with the ceiling at the one-worker gateway's pace
 as the reference for what the gateway adds.
+
+With ``--rounds N`` every row is measured N times, each time from a fresh start,
+rows interleaved (each round starts one row later), and the table has the medians
+and each rate's spread: on a shared machine one round's figures swing widely.
 
 Accounts use SHA512-CRYPT hashes in Dovecot and in the gateway alike.  Needs
 root (Postfix, smtp-sink dropping to nobody, a private Dovecot) and Debian's
@@ -123,6 +129,7 @@ class Row:
     signed: int
     refusal: str
     paced: tuple[float, float, float] | None = None  # (rate, p50, p99)
+    rates: tuple[float, ...] = ()  # each round's, when combined
 
 
 def gateway_row(label: str, workers: str, store: str, checkout: Path | None = None,
@@ -208,6 +215,19 @@ def measure_row(spec: RowSpec, s: Setting) -> Row:
                                                percentile(paced.latencies, 99)))
 
 
+def combine(rounds: list[Row]) -> Row:
+    """One row from its rounds: medians; memory the largest seen; messages all counted."""
+    def median(name: str) -> float:
+        return statistics.median(getattr(r, name) for r in rounds)
+    paced = [r.paced for r in rounds if r.paced is not None]
+    return Row(rounds[0].label, median("rate"), median("p50"), median("p99"), median("auth"),
+               median("cpu_per_message"), max(r.peak_rss for r in rounds),
+               max(r.peak_pss for r in rounds), median("client_cpu_per_message"),
+               sum(r.delivered for r in rounds), sum(r.signed for r in rounds), rounds[0].refusal,
+               tuple(statistics.median(p[i] for p in paced) for i in range(3)) if paced else None,
+               tuple(r.rate for r in rounds))  # type: ignore[arg-type]
+
+
 def paced_load(s: Setting, port: int, rate: float) -> Load:
     return load(s, port, max(len(s.logins), int(rate * s.latency_seconds)), rate)
 
@@ -231,14 +251,16 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
 def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, float, float] | None) -> None:
     reference = next((r.rate for r in rows_seen if r.label == REFERENCE), None)
-    print(f"\nSubmission: {len(s.logins)} sessions (one account each), STARTTLS + AUTH PLAIN, "
+    print(f"\nSubmission: {len(s.logins)} sessions (one account each), STARTTLS + AUTH PLAIN/LOGIN, "
           f"{s.messages} timed messages of {s.size} bytes a row (after {s.warmup} untimed), "
-          f"{os.cpu_count()} cores; latency is MAIL to the final reply after DATA\n")
-    print(f"{'row':<52} {'msg/s':>7} {'× P+OD':>7} {'p50 ms':>7} {'p99 ms':>7} {'AUTH ms':>8} "
+          f"{os.cpu_count()} cores; latency is MAIL to the final reply after DATA; the median "
+          f"of {max(len(r.rates) for r in rows_seen)} round(s)\n")
+    print(f"{'row':<52} {'msg/s':>7} {'(rounds)':>9} {'× P+OD':>7} {'p50 ms':>7} {'p99 ms':>7} {'AUTH ms':>8} "
           f"{'CPU/msg':>9} {'ΣRSS peak':>9} {'PSS peak':>9} {'client CPU/msg':>15}")
     for r in rows_seen:
         ratio = f"{r.rate / reference:>7.2f}" if reference else f"{'':>7}"
-        print(f"{r.label:<52} {r.rate:>7.0f} {ratio} {1e3 * r.p50:>7.1f} {1e3 * r.p99:>7.1f} "
+        spread = f"{min(r.rates):.0f}-{max(r.rates):.0f}" if len(r.rates) > 1 else ""
+        print(f"{r.label:<52} {r.rate:>7.0f} {spread:>9} {ratio} {1e3 * r.p50:>7.1f} {1e3 * r.p99:>7.1f} "
               f"{1e3 * r.auth:>8.1f} {1e6 * r.cpu_per_message:>6.0f} us {r.peak_rss / 2**20:>6.0f} MB "
               f"{r.peak_pss / 2**20:>6.0f} MB "
               f"{1e6 * r.client_cpu_per_message:>12.0f} us")
@@ -277,6 +299,9 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--latency-seconds", type=float, default=8.0,
                         help="length of each paced run (0: none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times every row is measured (each from a fresh start), rows "
+                             "interleaved; the table has the medians")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run every portcullis row from this checkout, same run")
     args = parser.parse_args()
@@ -287,10 +312,17 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         s = Setting(Path(tmp), self_signed(Path(tmp)), accounts(args.sessions), args.messages,
                     args.warmup, args.size, args.client_processes, args.latency_seconds)
-        seen: list[Row] = []
-        for spec in rows(args.baseline):
-            seen.append(measure_row(spec, s))
-            print(f"  {spec.label}: {seen[-1].rate:.0f} msg/s", file=sys.stderr, flush=True)
+        specs = rows(args.baseline)
+        measured: list[list[Row]] = [[] for _ in specs]
+        for round_number in range(args.rounds):
+            # Each round starts one row later: the machine's load drifts, and over the
+            # rounds every row meets the drift at a different place.
+            shift = round_number % len(specs)
+            for i in [*range(shift, len(specs)), *range(shift)]:
+                measured[i].append(measure_row(specs[i], s))
+                print(f"  round {round_number + 1}: {specs[i].label.strip()}: "
+                      f"{measured[i][-1].rate:.0f} msg/s", file=sys.stderr, flush=True)
+        seen = [combine(r) for r in measured]
         gw = next(r for r in seen if r.label == "portcullis --workers 1, sqlite")
         reference_pace = paced_ceiling(s, gw.paced[0]) if gw.paced else None
     print_table(seen, s, reference_pace)

@@ -1,7 +1,7 @@
 """The one submission client every row of bench/submission.py is measured with.
 
-Each session is its own account: connect, EHLO, STARTTLS, EHLO, AUTH PLAIN (timed:
-"AUTH time per session"), then a fixed number of one-recipient messages, each
+Each session is its own account: connect, EHLO, STARTTLS, EHLO, AUTH PLAIN (even
+sessions) or AUTH LOGIN (odd ones), timed ("AUTH time per session"), then a fixed number of one-recipient messages, each
 timed from MAIL to the final reply after DATA (aiosmtplib's ``sendmail``: MAIL,
 RCPT, DATA, the message, the final reply).  The sessions are spread over a few
 client processes (one Python process runs out of CPU before the fastest peer
@@ -77,7 +77,12 @@ async def _session(load: Load, index: int, sessions: int, login: str, password: 
     await smtp.starttls(tls_context=client_tls())
     await smtp.ehlo()  # RFC 3207 §4.2: what was learnt before TLS is forgotten
     began = time.perf_counter()
-    await smtp.auth_plain(login, password)
+    # Half the sessions log in with PLAIN, half with LOGIN (RFC 4954; both are what
+    # mail clients use), so both mechanisms of every peer are exercised.
+    if index % 2:
+        await smtp.auth_login(login, password)
+    else:
+        await smtp.auth_plain(login, password)
     out.auth.append(time.perf_counter() - began)
     await ready.wait()
     bodies = [message(login, k, load.size) for k in range(load.messages_per_session)]
