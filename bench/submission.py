@@ -26,6 +26,11 @@ rsa-sha256 by the right domain where the row signs (a sample verified with
 dkimpy) and unsigned where it does not.  A row that fails a check stops the
 bench with the reason.
 
+Postfix answers 250 once a message is in its queue and forwards it afterwards:
+its msg/s is the rate it accepts mail, and its CPU is counted until the sink has
+every message, so it includes the forwarding (the gateway forwards before it
+answers).
+
 The table: msg/s and its ratio to Postfix + OpenDKIM; p50/p99 of MAIL to the final
 reply after DATA; the median AUTH time per session; the server's CPU per message
 (user + system of its whole process tree, from /proc, children that exited
@@ -264,6 +269,14 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
               f"{1e3 * r.auth:>8.1f} {1e6 * r.cpu_per_message:>6.0f} us {r.peak_rss / 2**20:>6.0f} MB "
               f"{r.peak_pss / 2**20:>6.0f} MB "
               f"{1e6 * r.client_cpu_per_message:>12.0f} us")
+    ceiling = next((r for r in rows_seen if r.label == CEILING), None)
+    fastest = max((r for r in rows_seen if r.label != CEILING), key=lambda r: r.rate, default=None)
+    if ceiling is not None and fastest is not None:
+        headroom = ceiling.rate / fastest.rate
+        print(f"\n× P+OD: msg/s over Postfix + OpenDKIM's.  The client drove the ceiling at "
+              f"{headroom:.1f}× the fastest other row ({fastest.label.strip()}): "
+              + ("it is not what limits the rows." if headroom >= 1.5 else
+                 "TOO CLOSE: the client may limit the rows; raise --client-processes."))
     print("\nChecked: every forwarding row's sink received every message; signing rows: one "
           "rsa-sha256 DKIM-Signature each, a sample verified; sender-mismatch refusals:")
     for r in rows_seen:
