@@ -93,24 +93,32 @@ class Ceiling(Server):
 class OpenDKIM(Server):
     """Debian's opendkim in the foreground, signing mail for DOMAIN as a milter."""
 
-    def __init__(self, key: TestKey) -> None:
-        self.port = free_port()
+    def __init__(self, key: TestKey, unix_socket: bool = True) -> None:
         # OpenDKIM refuses a config or key file under a directory others may write
-        # to (/tmp): keep them in a private directory under /run instead.
+        # to (/tmp): keep them in a directory under /run instead (0755: Postfix's
+        # smtpd, running as postfix, reaches the socket in it).
         self.dir = d = Path(tempfile.mkdtemp(prefix="portcullis-opendkim-", dir="/run"))
+        d.chmod(0o755)
         key_file = d / f"{SELECTOR}.private"
         key_file.write_bytes(key.private)
         key_file.chmod(0o600)
+        # A UNIX socket is Debian's default (/etc/default/opendkim); over loopback TCP
+        # the milter's many small request/reply pairs can wait on Nagle + delayed ACK.
+        self.port = 0 if unix_socket else free_port()
+        path = d / "opendkim.sock"
+        socket = f"local:{path}" if unix_socket else f"inet:{self.port}@127.0.0.1"
+        self.milter = f"unix:{path}" if unix_socket else f"inet:127.0.0.1:{self.port}"
         conf = d / "opendkim.conf"
         conf.write_text(
-            "Syslog no\nMode s\n"
+            "Syslog no\nMode s\nUMask 000\n"
             f"Domain {DOMAIN}\nSelector {SELECTOR}\nKeyFile {key_file}\n"
-            f"Socket inet:{self.port}@127.0.0.1\nPidFile {d / 'opendkim.pid'}\n"
+            f"Socket {socket}\nPidFile {d / 'opendkim.pid'}\n"
             "Canonicalization relaxed/simple\nSignatureAlgorithm rsa-sha256\n")
         self.proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(conf)], start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=(d / "stderr").open("w"))
         try:
-            wait_for("opendkim", lambda: tcp_open(self.port), proc=self.proc, log=d / "stderr")
+            wait_for("opendkim", (lambda: path.exists()) if unix_socket else (lambda: tcp_open(self.port)),
+                     proc=self.proc, log=d / "stderr")
         except BaseException:
             self.stop()
             raise
@@ -149,7 +157,7 @@ class PostfixSubmission(Server):
                 "mynetworks": "",  # loopback must not relay without AUTH
             }
             if dkim is not None:
-                settings.update({"smtpd_milters": f"inet:127.0.0.1:{dkim.port}",
+                settings.update({"smtpd_milters": dkim.milter,
                                  "milter_default_action": "tempfail"})
             self.postfix = PostfixInstance(self.port, f"[127.0.0.1]:{sink_port}",
                                            relay_domains=[], extra=settings)
