@@ -43,7 +43,6 @@ def test_gateway_row_forwards_every_message_signed(setting):
     assert row.refusal.startswith("553 5.7.1"), row.refusal
 
 
-@needs_postfix
 def test_a_server_without_a_sender_check_fails_the_sanity_check(setting, tmp_path):
     logins = setting.logins
     with Ceiling(tmp_path, setting.cert, logins) as ceiling, \
