@@ -117,6 +117,9 @@ async def _process_main(load: Load, first: int, accounts: tuple[tuple[str, str],
     loop = asyncio.get_running_loop()
     conn.send("ready")
     start[0] = await loop.run_in_executor(None, conn.recv)
+    # The start is a moment just ahead, the same for every process: wait for it, or
+    # a process would send before the clock the rate is measured on has started.
+    await asyncio.sleep(max(0.0, start[0] - time.perf_counter()))
     cpu = time.process_time()
     ready.set()
     await asyncio.gather(*tasks)
