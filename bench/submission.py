@@ -6,8 +6,9 @@
 
 One client (bench/submission_client.py: asyncio + aiosmtplib in a few processes)
 drives every row the same way: ``--sessions`` concurrent sessions, each its own
-account, STARTTLS then AUTH (PLAIN or LOGIN, half each), then a fixed share of ``--messages``
-one-recipient messages of ``--size`` bytes, each as fast as the last is answered.
+account, STARTTLS then AUTH (PLAIN or LOGIN, half each), then a fixed share of
+``--messages`` one-recipient messages of ``--size`` bytes, each as fast as the
+last is answered.
 Each row has its own fresh smtp-sink as the place mail is forwarded to:
 
     aiosmtpd ceiling        aiosmtpd STARTTLS + AUTH, no forwarding (bench/submission_ceiling.py)
@@ -35,15 +36,14 @@ The table: msg/s and its ratio to Postfix + OpenDKIM; p50/p99 of MAIL to the fin
 reply after DATA; the median AUTH time per session; the server's CPU per message
 (user + system of its whole process tree, from /proc, children that exited
 included: Postfix with its Dovecot and OpenDKIM, the gateway with its Redis; the
-sink and the client are not counted);
-its memory: the sum of its processes' RSS high-water marks (which counts pages
-shared by many processes, Postfix's forty of them, again for each) and its
-largest total PSS sampled every 0.25 s (shared pages split among their users);
-and the client's own CPU per message.  The
-ceiling row shows how fast the client can go here: a row well below it is not
-limited by the client.  Then paced rows: the client sends at half of a row's peak
-rate, and the p50/p99 it sees, with the ceiling at the one-worker gateway's pace
-as the reference for what the gateway adds.
+sink and the client are not counted); its memory: the sum of its processes' RSS
+high-water marks (which counts pages shared by many processes, Postfix's forty of
+them, again for each) and its largest total PSS sampled every 0.25 s (shared pages
+split among their users); and the client's own CPU per message.  The ceiling row
+shows how fast the client can go here: a row well below it is not limited by the
+client.  Then paced rows: the client sends at half of a row's peak rate, and the
+p50/p99 it sees, with the ceiling at the one-worker gateway's pace as the
+reference for what the gateway adds.
 
 With ``--rounds N`` every row is measured N times, each time from a fresh start,
 rows interleaved (each round starts one row later), and the table has the medians
