@@ -12,7 +12,7 @@ MODE=${1:-test}
 # Dovecot, PostgreSQL, OpenLDAP, rspamd, Perl Mail::DKIM and OpenDKIM (independent
 # DKIM verifiers), podman (builds and runs the Dockerfile).
 APT_PACKAGES=(
-  python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools
+  python3-venv postfix swaks nsd redis-server libmail-dkim-perl opendkim-tools opendkim
   dovecot-core postgresql slapd ldap-utils rspamd podman runc mmdebstrap openssl
   # The audit tests (tests/test_audit_*.py): open and closed proxies on loopback.
   tinyproxy squid dante-server socat
