@@ -53,7 +53,8 @@ from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.ops_endpoint import autoconfig_site, make_endpoint
-from gateway.reload import decide_customer_drop, directory_counts, split_reload
+from gateway.rebuild import Retirement, rebuild
+from gateway.reload import changed_sections, decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
@@ -172,6 +173,8 @@ class Gateway:
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
+        # Objects a reload replaced, closed once their transactions are over.
+        self._retired = Retirement()
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """``sockets``: this worker's, by config field (from `serve`); else opened here."""
@@ -216,7 +219,10 @@ class Gateway:
         """Re-read the config and policy directory; keep the old ones if anything is wrong.
         One at a time: a SIGHUP during a reload reloads again once it has finished."""
         async with self._reload_lock:
-            return await self._reload()
+            done = await self._reload()
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.reloaded(done)
+        return done
 
     async def _reload(self) -> bool:
         """The reload itself.
@@ -266,12 +272,16 @@ class Gateway:
                         one_line(drop.describe()))
         for section in waiting:
             log.warning("reload: %s changed: takes effect at the next restart", section)
+        applied = changed_sections(old.config, config)
+        if applied:
+            log.info("reload: applied %s", ", ".join(applied))
         metering = None
         if old.metering is not None:  # the same store; new limits and thresholds
             metering = Metering(old.metering.store, quota_settings(config))
-        old.accounts.replace_directory(loaded.directory)  # and forgets its cache
+        rebuilt = rebuild(old, config, loaded.directory, metering)
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
-                           sender_ids=sender_ids, keystore=keystore)
+                           sender_ids=sender_ids, keystore=keystore, **rebuilt.changes)
+        self._retired.retire(rebuilt.retired)
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
@@ -290,6 +300,7 @@ class Gateway:
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()
+        await self._retired.close_all()
         rt = self.runtime.current()
         if rt.scanner is not None:
             await rt.scanner.close()
@@ -302,7 +313,7 @@ class Gateway:
         for ds in (self.runtime.inbound, self.runtime.outbound):
             if ds is not None:
                 await ds.close()
-        await self.runtime.accounts.close()
+        await rt.accounts.close()
         if self.runtime.journal is not None:  # the sessions' last decisions
             await self.runtime.journal.drain()
         if self.runtime.metering is not None:

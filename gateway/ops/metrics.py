@@ -126,6 +126,11 @@ class Metrics:
             "screening.dynamic_range, screening.pregreet, screening.connections_per_address, ...).",
             ["rule"], registry=r,
         )
+        self.reloads = Counter(
+            "portcullis_reloads_total",
+            "Configuration reloads (SIGHUP or the admin API), by result (applied, refused).",
+            ["result"], registry=r,
+        )
         self._known_listeners = tuple(listeners)
         # Create the series up front so that rate() works from the first event and
         # a dashboard shows 0 rather than "no data".
@@ -137,6 +142,8 @@ class Metrics:
                 self.auth.labels(listener, result)
         for method in AUTH_METHODS:
             self.auth_results.labels(method, "pass")
+        for result in ("applied", "refused"):
+            self.reloads.labels(result)
         for downstream in downstreams:
             self.downstream_latency.labels(downstream)
 
@@ -203,6 +210,9 @@ class Metrics:
 
     def downstream_error(self, downstream: str, kind: str) -> None:
         self.downstream_errors.labels(downstream, kind).inc()
+
+    def reloaded(self, applied: bool) -> None:
+        self.reloads.labels("applied" if applied else "refused").inc()
 
     def set_suspended(self, count: int) -> None:
         self.suspended.set(count)
