@@ -124,6 +124,24 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     )
 
 
+# Seconds between two readings of the store's gauges (portcullis_suspended_accounts).
+GAUGE_INTERVAL = 10.0
+
+
+def observe_certificates(metrics: Metrics, files: dict[str, tuple[Path, Path]]) -> None:
+    """portcullis_tls_certificate_expiry_timestamp_seconds per listener, from the
+    certificate file it serves (read at start: a new certificate needs a restart)."""
+    from cryptography import x509
+
+    for listener, (cert, _key) in files.items():
+        try:
+            loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("listeners.%s: certificate expiry not exported: %s", listener, exc)
+            continue
+        metrics.certificate_expires(listener, loaded.not_valid_after_utc.timestamp())
+
+
 def tls_files(config: Config) -> dict[str, tuple[Path, Path]]:
     """Certificate and key per listener; a development certificate for submission
     listeners that have none (made once, before workers start, so all share it)."""
@@ -163,6 +181,7 @@ class Gateway:
         self._policy_cache = loaded.policy_cache
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
+        self._tls_files = files
         self.endpoint: OpsHTTPServer | None = None
         # The admin listener (gateway/admin/): in one process only (the first worker),
         # since its console sessions live in that process's memory.
@@ -170,6 +189,7 @@ class Gateway:
         self._runs_admin = admin
         self._supervised = supervised
         self._expiry: asyncio.Task | None = None
+        self._gauges: asyncio.Task | None = None
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -182,6 +202,8 @@ class Gateway:
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
+        self._gauges = asyncio.create_task(self._refresh_gauges(self.runtime.metrics))
+        observe_certificates(self.runtime.metrics, self._tls_files)
         self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
                                       self.listeners.unbound)
         if self.endpoint is not None:
@@ -214,6 +236,21 @@ class Gateway:
                                      {"inbound": rt.inbound, "outbound": rt.outbound})
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
+
+    async def _refresh_gauges(self, metrics: Metrics) -> None:
+        """Facts that live in the store, not in this process, read every
+        GAUGE_INTERVAL seconds (not only when /readyz is asked)."""
+        while True:
+            rt = self.runtime.current()
+            if rt.metering is not None:
+                try:
+                    metrics.set_suspended(len(await rt.metering.store.suspensions()))
+                except Exception as exc:  # the store is down: /readyz says so too
+                    metrics.set_store_up(False)
+                    log.debug("suspended accounts gauge not refreshed: %s", exc)
+                else:
+                    metrics.set_store_up(True)
+            await asyncio.sleep(GAUGE_INTERVAL)
 
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong.
@@ -300,6 +337,8 @@ class Gateway:
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._gauges is not None:
+            self._gauges.cancel()
         await self._retired.close_all()
         rt = self.runtime.current()
         if rt.scanner is not None:

@@ -20,6 +20,8 @@ APT_PACKAGES=(
   gcc python3-dev libldap2-dev libsasl2-dev
   # The admin console's tests drive a real headless browser (tests/test_admin_console.py).
   chromium chromium-driver
+  # promtool checks examples/prometheus-alerts.yml (tests/test_examples_monitoring.py).
+  prometheus
 )
 [ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()
