@@ -22,6 +22,9 @@ APT_PACKAGES=(
   chromium chromium-driver
   # promtool checks examples/prometheus-alerts.yml (tests/test_examples_monitoring.py).
   prometheus
+  # Compose services find each other by name (tests/test_compose.py): podman 4.3's CNI
+  # networks need this plugin for it.
+  golang-github-containernetworking-plugin-dnsname
 )
 [ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()
