@@ -26,6 +26,7 @@ from tests.support.arf import arf_report
 from tests.support.live_gateway import ServeProcess
 from tests.support.ports import free_port
 from tests.support.recorder import RecordingMTA
+from tests.support.redis_server import RedisServer
 from tests.support.submission import auth_plain, message, send
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
@@ -208,3 +209,21 @@ def test_a_failed_handshake_on_465_counts_as_tls_failed(gw):
                 pass
     eventually(lambda: scrape(gw.ports["http"]).get(key, 0.0) >= before + 1, timeout=45)
     assert scrape(gw.ports["http"])[key] == before + 1
+
+
+def test_store_up_follows_the_redis_store_without_readyz(tmp_path, cert_files, password_hash):
+    """The gauges are read from the store every 10 s, by the gateway itself."""
+    redis = RedisServer().start()
+    mta = RecordingMTA().start()
+    gw = None
+    try:
+        gw = ServeProcess(tmp_path, mta, cert_files, password_hash,
+                          extra={"store": {"backend": "redis", "url": redis.url}})
+        eventually(lambda: scrape(gw.ports["http"])["portcullis_store_up"] == 1, timeout=25)
+        redis.stop()
+        eventually(lambda: scrape(gw.ports["http"])["portcullis_store_up"] == 0, timeout=30)
+    finally:
+        if gw is not None:
+            gw.stop()
+        redis.stop()
+        mta.stop()
