@@ -53,7 +53,8 @@ from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.ops_endpoint import autoconfig_site, make_endpoint
-from gateway.reload import decide_customer_drop, directory_counts, split_reload
+from gateway.rebuild import Retirement, rebuild
+from gateway.reload import changed_sections, decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
@@ -123,6 +124,24 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     )
 
 
+# Seconds between two readings of the store's gauges (portcullis_suspended_accounts).
+GAUGE_INTERVAL = 10.0
+
+
+def observe_certificates(metrics: Metrics, files: dict[str, tuple[Path, Path]]) -> None:
+    """portcullis_tls_certificate_expiry_timestamp_seconds per listener, from the
+    certificate file it serves (read at start: a new certificate needs a restart)."""
+    from cryptography import x509
+
+    for listener, (cert, _key) in files.items():
+        try:
+            loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("listeners.%s: certificate expiry not exported: %s", listener, exc)
+            continue
+        metrics.certificate_expires(listener, loaded.not_valid_after_utc.timestamp())
+
+
 def tls_files(config: Config) -> dict[str, tuple[Path, Path]]:
     """Certificate and key per listener; a development certificate for submission
     listeners that have none (made once, before workers start, so all share it)."""
@@ -162,6 +181,7 @@ class Gateway:
         self._policy_cache = loaded.policy_cache
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
         self.listeners = SMTPListeners(self.runtime, files)
+        self._tls_files = files
         self.endpoint: OpsHTTPServer | None = None
         # The admin listener (gateway/admin/): in one process only (the first worker),
         # since its console sessions live in that process's memory.
@@ -169,9 +189,12 @@ class Gateway:
         self._runs_admin = admin
         self._supervised = supervised
         self._expiry: asyncio.Task | None = None
+        self._gauges: asyncio.Task | None = None
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
+        # Objects a reload replaced, closed once their transactions are over.
+        self._retired = Retirement()
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """``sockets``: this worker's, by config field (from `serve`); else opened here."""
@@ -179,6 +202,8 @@ class Gateway:
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
+        self._gauges = asyncio.create_task(self._refresh_gauges(self.runtime.metrics))
+        observe_certificates(self.runtime.metrics, self._tls_files)
         self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
                                       self.listeners.unbound)
         if self.endpoint is not None:
@@ -212,11 +237,29 @@ class Gateway:
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
 
+    async def _refresh_gauges(self, metrics: Metrics) -> None:
+        """Facts that live in the store, not in this process, read every
+        GAUGE_INTERVAL seconds (not only when /readyz is asked)."""
+        while True:
+            rt = self.runtime.current()
+            if rt.metering is not None:
+                try:
+                    metrics.set_suspended(len(await rt.metering.store.suspensions()))
+                except Exception as exc:  # the store is down: /readyz says so too
+                    metrics.set_store_up(False)
+                    log.debug("suspended accounts gauge not refreshed: %s", exc)
+                else:
+                    metrics.set_store_up(True)
+            await asyncio.sleep(GAUGE_INTERVAL)
+
     async def reload(self) -> bool:
         """Re-read the config and policy directory; keep the old ones if anything is wrong.
         One at a time: a SIGHUP during a reload reloads again once it has finished."""
         async with self._reload_lock:
-            return await self._reload()
+            done = await self._reload()
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.reloaded(done)
+        return done
 
     async def _reload(self) -> bool:
         """The reload itself.
@@ -266,12 +309,16 @@ class Gateway:
                         one_line(drop.describe()))
         for section in waiting:
             log.warning("reload: %s changed: takes effect at the next restart", section)
+        applied = changed_sections(old.config, config)
+        if applied:
+            log.info("reload: applied %s", ", ".join(applied))
         metering = None
         if old.metering is not None:  # the same store; new limits and thresholds
             metering = Metering(old.metering.store, quota_settings(config))
-        old.accounts.replace_directory(loaded.directory)  # and forgets its cache
+        rebuilt = rebuild(old, config, loaded.directory, metering)
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
-                           sender_ids=sender_ids, keystore=keystore)
+                           sender_ids=sender_ids, keystore=keystore, **rebuilt.changes)
+        self._retired.retire(rebuilt.retired)
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
@@ -290,6 +337,9 @@ class Gateway:
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._gauges is not None:
+            self._gauges.cancel()
+        await self._retired.close_all()
         rt = self.runtime.current()
         if rt.scanner is not None:
             await rt.scanner.close()
@@ -302,7 +352,7 @@ class Gateway:
         for ds in (self.runtime.inbound, self.runtime.outbound):
             if ds is not None:
                 await ds.close()
-        await self.runtime.accounts.close()
+        await rt.accounts.close()
         if self.runtime.journal is not None:  # the sessions' last decisions
             await self.runtime.journal.drain()
         if self.runtime.metering is not None:

@@ -22,6 +22,11 @@ APT_PACKAGES=(
   chromium chromium-driver
   # A real balancer speaking PROXY v2 in front of the gateway (tests/test_behind_haproxy.py).
   haproxy
+  # promtool checks examples/prometheus-alerts.yml (tests/test_examples_monitoring.py).
+  prometheus
+  # Compose services find each other by name (tests/test_compose.py): podman 4.3's CNI
+  # networks need this plugin for it.
+  golang-github-containernetworking-plugin-dnsname
 )
 [ "$MODE" = run ] && APT_PACKAGES=(python3-venv)
 missing=()

@@ -76,6 +76,7 @@ INTENDED_OVERRIDES = {
     "line_length_limit", "connection_made", "connection_lost", "data_received", "push",
     "handle_exception", "auth_PLAIN", "auth_LOGIN", "smtp_HELO", "smtp_EHLO", "smtp_MAIL",
     "smtp_RCPT", "smtp_RSET", "smtp_VRFY", "smtp_EXPN", "smtp_AUTH", "smtp_QUIT", "smtp_DATA",
+    "smtp_STARTTLS",  # counts a failed handshake as tls_failed (docs/operations.md)
 }
 
 

@@ -120,11 +120,54 @@ class Metrics:
             "Accounts currently suspended (by quota abuse or by an operator).",
             registry=r, multiprocess_mode="mostrecent",
         )
+        self.store_up = Gauge(
+            "portcullis_store_up",
+            "1 when the shared store answered the last reading (every 10 seconds), else 0.",
+            registry=r, multiprocess_mode="mostrecent",
+        )
         self.screening_refusals = Counter(
             "portcullis_screening_total",
             "MX screening refusals and findings, by rule (screening.dnsbl, "
             "screening.dynamic_range, screening.pregreet, screening.connections_per_address, ...).",
             ["rule"], registry=r,
+        )
+        self.scanner_results = Counter(
+            "portcullis_scanner_results_total",
+            "Messages scanned by rspamd, by direction and what our rules made of the answer "
+            "(pass, tag, hold, tempfail, reject).",
+            ["direction", "action"], registry=r,
+        )
+        self.scanner_errors = Counter(
+            "portcullis_scanner_errors_total",
+            "rspamd failed to answer usefully, by direction and kind (connect, timeout, ...).",
+            ["direction", "kind"], registry=r,
+        )
+        self.held = Counter(
+            "portcullis_held_total",
+            "Messages held for review, by direction.",
+            ["direction"], registry=r,
+        )
+        self.lockouts = Counter(
+            "portcullis_auth_lockouts_total",
+            "AUTH attempts refused unchecked because the client address or the login is "
+            "locked out (or has too many attempts in flight).",
+            ["listener"], registry=r,
+        )
+        self.complaints = Counter(
+            "portcullis_complaints_total",
+            "Abuse reports (ARF or forwarded) counted as complaints against an account.",
+            registry=r,
+        )
+        # Seconds since the epoch; one value per listener's certificate file.
+        self.certificate_expiry = Gauge(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate a listener presents stops being valid (notAfter).",
+            ["listener"], registry=r, multiprocess_mode="mostrecent",
+        )
+        self.reloads = Counter(
+            "portcullis_reloads_total",
+            "Configuration reloads (SIGHUP or the admin API), by result (applied, refused).",
+            ["result"], registry=r,
         )
         self._known_listeners = tuple(listeners)
         # Create the series up front so that rate() works from the first event and
@@ -137,6 +180,17 @@ class Metrics:
                 self.auth.labels(listener, result)
         for method in AUTH_METHODS:
             self.auth_results.labels(method, "pass")
+        for result in ("applied", "refused"):
+            self.reloads.labels(result)
+        for listener in self._known_listeners:
+            self.lockouts.labels(listener)
+            self.connections.labels(listener, "accepted")
+            self.messages.labels(listener, "accepted")
+        directions = {"inbound" if n == "inbound" else "outbound" for n in self._known_listeners}
+        for direction in sorted(directions):
+            self.scanner_results.labels(direction, "pass")
+            self.scanner_errors.labels(direction, "connect")
+            self.held.labels(direction)
         for downstream in downstreams:
             self.downstream_latency.labels(downstream)
 
@@ -203,6 +257,29 @@ class Metrics:
 
     def downstream_error(self, downstream: str, kind: str) -> None:
         self.downstream_errors.labels(downstream, kind).inc()
+
+    def scanned(self, direction: str, action: str, error: str | None) -> None:
+        self.scanner_results.labels(direction, action).inc()
+        if error is not None:
+            self.scanner_errors.labels(direction, error).inc()
+
+    def held_for_review(self, direction: str) -> None:
+        self.held.labels(direction).inc()
+
+    def locked_out(self, listener: str) -> None:
+        self.lockouts.labels(listener).inc()
+
+    def complaint(self) -> None:
+        self.complaints.inc()
+
+    def certificate_expires(self, listener: str, not_after: float) -> None:
+        self.certificate_expiry.labels(listener).set(not_after)
+
+    def reloaded(self, applied: bool) -> None:
+        self.reloads.labels("applied" if applied else "refused").inc()
+
+    def set_store_up(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
 
     def set_suspended(self, count: int) -> None:
         self.suspended.set(count)

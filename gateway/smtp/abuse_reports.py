@@ -75,6 +75,8 @@ async def _count_complaint(rt: Runtime, txid: str, report: Report, a: Attributio
                 "report": report.kind, "feedback_type": report.feedback_type,
                 "reported_message_id": report.reported_message_id, "source_ip": report.source_ip}
     suspension = await rt.metering.record_complaint(acct, now, evidence)
+    if rt.metrics is not None:
+        rt.metrics.complaint()
     log.warning("txid=%s abuse report attributed: login=%s about txid=%s kind=%s%s", txid,
                 a.login, a.txid, report.kind, f"; suspended: {suspension.reason}" if suspension else "")
     return True

@@ -96,6 +96,8 @@ class GatewayHandler(HookDiscovery):
                 allowed = attempt.verdict
                 rule = allowed.rule or (
                     "store.unavailable" if allowed.reply == replies.AUTH_TEMPFAIL else "lockout")
+                if rule.startswith("lockout") and rt.metrics is not None:
+                    rt.metrics.locked_out(server.listener)
                 log.info("cid=%s auth refused rule=%s client=%s", server.cid,
                          _auth_refused(server, rule), client_ip)
                 return allowed.reply, None

@@ -47,7 +47,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword, TLSSetupException
 
 from gateway import replies
 from gateway.accounts.source import Identity
@@ -80,6 +80,8 @@ _REWRITE = {
 }
 
 EMPTY = b""
+# gateway/listeners.py's TLS_HANDSHAKE_TIMEOUT (asyncio aborts the handshake then), and a second.
+IMPLICIT_TLS_DEADLINE = 31.0
 # How much DATA is buffered at most while looking for its end (StreamReader limit).
 DATA_CHUNK = 64 * 1024
 
@@ -188,6 +190,14 @@ class GatewaySMTP(SMTPAdapter):
         # Where refusals, holds and suspensions are journalled (gateway/store/journal.py).
         self.journal = getattr(runtime, "journal", None)
         self._counted = False
+        # Implicit TLS (465): asyncio calls connection_made only after the handshake,
+        # and a failed one never reaches this object (nor any hook of ours): a
+        # connection not made by the handshake deadline is counted as tls_failed.
+        self._handshake_deadline: asyncio.TimerHandle | None = None
+        loop = kwargs.get("loop")
+        if implicit_tls and self.metrics is not None and loop is not None:
+            self._handshake_deadline = loop.call_later(
+                IMPLICIT_TLS_DEADLINE, self.metrics.connection, listener, "tls_failed")
 
     # --- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -197,6 +207,9 @@ class GatewaySMTP(SMTPAdapter):
             self.end_reason = "refused_limit"
         if self._trusts_proxy is not None and not self._greeted:  # not again after STARTTLS
             self._refuse_unless_balancer(transport)
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+            self._handshake_deadline = None
         if self.metrics is not None and not self._counted:
             self._counted = True
             self.metrics.opened(self.listener)
@@ -665,6 +678,16 @@ class GatewaySMTP(SMTPAdapter):
 
     async def smtp_EXPN(self, arg: str) -> None:
         await self.push(str(replies.EXPN_REFUSED))
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException:
+            # The handshake failed (aiosmtpd then closes the connection).
+            self.end_reason = "tls_failed"
+            if self.metrics is not None:
+                self.metrics.connection(self.listener, "tls_failed")
+            raise
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.offers_auth:

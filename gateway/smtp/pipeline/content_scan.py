@@ -48,6 +48,10 @@ def _content_scan(customer_of: Callable[[Transaction], CustomerPolicy | None],
             tx.prefix + tx.message.data if tx.prefix else tx.message.data, sender=tx.sender,
             recipients=tx.recipients, client_ip=tx.session.client_ip, helo=tx.helo,
             login=tx.session.login, txid=tx.txid)
+        if rt.metrics is not None:
+            error = content.facts.get("scanner_error")
+            rt.metrics.scanned(tx.direction, content.action,
+                               str(error) if error is not None else None)
         record = tx.record
         record.checks = f"{record.checks} content={content.action}" if record.checks \
             else f"content={content.action}"

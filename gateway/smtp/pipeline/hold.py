@@ -26,6 +26,8 @@ async def run(tx: Transaction) -> StepResult:
         direction=tx.direction, reason="content", reply=str(content.verdict.reply),
         now=rt.clock(), evidence=dict(content.facts), login=tx.session.login, txid=tx.txid,
         mail_options=[o for o in tx.mail_options if o.startswith(_KEPT_MAIL_PARAMS)])
+    if rt.metrics is not None:
+        rt.metrics.held_for_review(tx.direction)
     log.warning("txid=%s held for review as %s: %s", tx.txid, held.id, dict(content.facts))
     notify(tx, "held", content.facts, held.id)
     tx.record.held("content.hold", {**content.facts, "held_id": held.id})
