@@ -288,6 +288,13 @@ def test_publish_applies(gw):
     assert applied(lines, "publish"), lines
 
 
+def test_default_policy_applies(gw):
+    # Read from the runtime in force on every transaction (accounts only an external
+    # source knows; this gateway's accounts all have policy files): nothing to rebuild.
+    lines = gw.reload(default_policy={"dkim": {"missing_key": "send-unsigned"}, "shadow": True})
+    assert applied(lines, "default_policy"), lines
+
+
 def test_the_reload_section_applies(gw):
     (gw.policy / "globex.yaml").rename(gw.tmp / "globex.yaml")
     try:

@@ -65,7 +65,7 @@ def start_mx(tmp_path, downstream, cert_files, password_hash, dns_port, screenin
     gw = GatewayUnderTest(
         tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
         policies=policies or customer_policies(password_hash), cert=cert_files,
-        extra={"listeners": {"inbound": {"proxy_protocol": True}}, "screening": screening,
+        extra={"listeners": {"inbound": {"proxy_protocol": {"from": ["127.0.0.0/8"]}}}, "screening": screening,
                "dns": {"nameservers": ["127.0.0.1"], "port": dns_port, "timeout": 1}, **extra})
     return gw.start()
 
