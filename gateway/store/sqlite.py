@@ -6,19 +6,24 @@ transaction, which takes SQLite's write lock before reading, so two processes
 can never both read "9 of 10 used" and both charge the 10th.
 
 sqlite3 calls block, so they all run in one dedicated thread that owns the
-connection; the event loop only awaits them.
+connection; the event loop only awaits them.  That thread commits in groups:
+every write call queued when it looks runs in one transaction, each in its own
+savepoint (see _serve).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.store.base import (
     AttemptReservation,
@@ -76,6 +81,47 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE TABLE IF NOT EXISTS series_sums (key TEXT PRIMARY KEY, floor REAL NOT NULL, total INTEGER NOT NULL);
 """
 
+# Group commit bounds: one transaction holds SQLite's write lock for at most this many
+# calls or about this long, so another process sharing the file is not starved.
+_BATCH_CALLS = 64
+_BATCH_SECONDS = 0.002
+
+
+@dataclass(slots=True)
+class _Call:
+    """One store call queued for the store's thread; ``fn`` None asks it to close."""
+
+    fn: Callable[[sqlite3.Connection], Any] | None
+    writes: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+_Outcome = tuple[_Call, object, "BaseException | None"]
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Hand results to their callers: one wake-up per event loop per batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, mine in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, mine)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    for call, result, error in outcomes:
+        if call.future.done():  # the caller was cancelled
+            continue
+        if error is not None:
+            call.future.set_exception(error)
+        else:
+            call.future.set_result(result)
+
+
 # A live charge at `now`: inside its window and not a reservation whose lease ran out.
 _LIVE = "key = ? AND ts > ? AND (lease_until IS NULL OR lease_until > ?)"
 
@@ -84,8 +130,11 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path, busy_timeout: float = 5.0):
         self._path = str(path)
         self._busy_ms = int(busy_timeout * 1000)
-        # One thread owns the connection: sqlite3 objects stay in the thread that uses them.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        # One thread owns the connection: sqlite3 objects stay in the thread that uses
+        # them.  It starts with the first call and drains _queue (see _serve).
+        self._queue: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._closed = False
 
@@ -137,26 +186,142 @@ class SQLiteStore(Store):
             time.sleep(pause)  # in the store's own thread, never on the event loop
             pause = min(pause * 2, 0.1)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable("the SQLite store is closed")
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], writes: bool = True) -> T:
+        """Queue ``fn`` for the store's thread and wait for its result.
 
-        def call() -> T:
-            db = self._connect()
-            result = fn(db)
-            # No sqlite3 object may leave this thread (issue 14, defect 8a): a cursor
-            # freed on the event loop's thread resets its prepared statement, which the
-            # connection's statement cache may already have handed to the next call
-            # running here: "InterfaceError: bad parameter or other API misuse".
-            assert not isinstance(result, sqlite3.Cursor), "a store call returned a cursor"
-            return result
+        ``writes``: the call changes state, so it runs inside the thread's next
+        ``BEGIN IMMEDIATE`` transaction (group commit, see _serve); a read runs
+        outside any write transaction when no write is queued before it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        with self._lock:  # closed-check and enqueue as one step: close() cannot slip between
+            if self._closed:
+                raise StoreUnavailable("the SQLite store is closed")
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="sqlite-store", daemon=True)
+                self._worker.start()
+            self._queue.put(_Call(fn, writes, loop, future))
+        return await future
 
+    # --- the store's thread: group commit ------------------------------------------
+    # Every call used to be a thread hop plus its own BEGIN IMMEDIATE ... COMMIT, and
+    # COMMIT was the largest single cost of the submission path (py-spy, issue 16).
+    # The thread now takes every call queued at that moment (up to _BATCH_CALLS, or
+    # _BATCH_SECONDS of work, so another process sharing the file gets the write lock
+    # in turn) and runs them in order in ONE transaction, each inside its own
+    # SAVEPOINT: a call that fails rolls back only its own changes and raises only
+    # to its own caller.  Callers hear their result only after COMMIT, so nothing
+    # uncommitted is ever acted on; BEGIN IMMEDIATE still takes the write lock before
+    # the first read, so limits stay exact across processes.
+
+    def _serve(self) -> None:
+        calls: deque[_Call] = deque()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except sqlite3.Error as exc:  # locked past busy_timeout, I/O error, not a database, misuse
-            raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
-        except RuntimeError as exc:  # executor shut down under us
-            raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+            while True:
+                if not calls:
+                    calls.append(self._queue.get())
+                while len(calls) < _BATCH_CALLS:
+                    try:
+                        calls.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if calls[0].fn is None:  # close(): everything queued before it has run
+                    self._shut(calls)
+                    return
+                outcomes = self._run_reads(calls) if not calls[0].writes else self._run_writes(calls)
+                _deliver(outcomes)
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            with self._lock:
+                self._closed = True
+            while True:
+                try:
+                    calls.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            _deliver([(c, None, StoreUnavailable(f"SQLite store {self._path}: {exc!r}")) for c in calls])
+            raise
+
+    def _shut(self, calls: deque[_Call]) -> None:
+        closing = calls.popleft()
+        error: BaseException | None = None
+        try:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        except sqlite3.Error as exc:
+            error = self._unavailable(exc)
+        # Nothing is queued after close() (the lock refuses it); answer anything anyway.
+        late = [(c, None, StoreUnavailable("the SQLite store is closed")) for c in calls]
+        calls.clear()
+        _deliver([*late, (closing, None, error)])
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        # Locked past busy_timeout, I/O error, not a database, misuse.
+        unavailable = StoreUnavailable(f"SQLite store {self._path}: {exc}")
+        unavailable.__cause__ = exc
+        return unavailable
+
+    def _call(self, db: sqlite3.Connection, call: _Call) -> object:
+        result = call.fn(db)
+        # No sqlite3 object may leave this thread (issue 14, defect 8a): a cursor
+        # freed on the event loop's thread resets its prepared statement, which the
+        # connection's statement cache may already have handed to the next call
+        # running here: "InterfaceError: bad parameter or other API misuse".
+        assert not isinstance(result, sqlite3.Cursor), "a store call returned a cursor"
+        return result
+
+    def _run_reads(self, calls: deque[_Call]) -> list[_Outcome]:
+        """The reads at the head of the queue, each on its own, no write lock taken."""
+        outcomes: list[_Outcome] = []
+        while calls and calls[0].fn is not None and not calls[0].writes:
+            call = calls.popleft()
+            try:
+                outcomes.append((call, self._call(self._connect(), call), None))
+            except sqlite3.Error as exc:
+                outcomes.append((call, None, self._unavailable(exc)))
+            except Exception as exc:
+                outcomes.append((call, None, exc))
+        return outcomes
+
+    def _run_writes(self, calls: deque[_Call]) -> list[_Outcome]:
+        """One BEGIN IMMEDIATE ... COMMIT over the calls at the head of the queue."""
+        try:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # e.g. locked past busy_timeout: so is every queued call
+            failed = self._unavailable(exc)
+            outcomes = []
+            while calls and calls[0].fn is not None:
+                outcomes.append((calls.popleft(), None, failed))
+            return outcomes
+        outcomes = []
+        started = time.monotonic()
+        try:
+            while (calls and calls[0].fn is not None and len(outcomes) < _BATCH_CALLS
+                   and time.monotonic() - started < _BATCH_SECONDS):
+                call = calls.popleft()
+                db.execute("SAVEPOINT call")
+                try:
+                    result = self._call(db, call)
+                except Exception as exc:
+                    # ROLLBACK TO keeps the transaction and the calls before this one.
+                    db.execute("ROLLBACK TO call")
+                    db.execute("RELEASE call")
+                    error = self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                    outcomes.append((call, None, error))
+                    continue
+                db.execute("RELEASE call")
+                outcomes.append((call, result, None))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:  # the transaction itself failed: nothing in it happened
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            failed = self._unavailable(exc)
+            outcomes = [(c, None, e if e is not None else failed) for c, _, e in outcomes]
+        return outcomes
 
     @staticmethod
     def _write(db: sqlite3.Connection, sql: str, args: Sequence | list[tuple]) -> None:
@@ -166,19 +331,6 @@ class SQLiteStore(Store):
             db.executemany(sql, args).close()
         else:
             db.execute(sql, args).close()
-
-    @staticmethod
-    def _transaction(db: sqlite3.Connection, body: Callable[[], T]) -> T:
-        # BEGIN IMMEDIATE takes the write lock first: read-then-write is atomic
-        # across processes, not only across this process's coroutines.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
 
     # --- limits ----------------------------------------------------------------
     # Counters keep a running total (table `totals`) so a check reads one row, not
@@ -271,7 +423,7 @@ class SQLiteStore(Store):
         return ChargeResult(True, tuple(used))
 
     async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
-        return await self._run(lambda db: self._transaction(db, lambda: self._charge_in(db, charges, now, lease)))
+        return await self._run(lambda db: self._charge_in(db, charges, now, lease))
 
     @classmethod
     def _drop_holds(cls, db: sqlite3.Connection, holds: list[str], extra: str, args: tuple) -> None:
@@ -287,14 +439,14 @@ class SQLiteStore(Store):
 
     async def commit(self, holds: Iterable[str], now: float) -> None:
         ids = list(holds)
-        await self._run(lambda db: self._transaction(db, lambda: self._commit_in(db, ids, now)))
+        await self._run(lambda db: self._commit_in(db, ids, now))
 
     async def release(self, holds: Iterable[str], now: float) -> None:
         ids = list(holds)
-        await self._run(lambda db: self._transaction(db, lambda: self._drop_holds(db, ids, "", ())))
+        await self._run(lambda db: self._drop_holds(db, ids, "", ()))
 
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
-        return await self._run(lambda db: tuple(self._used(db, c, now) for c in charges))
+        return await self._run(lambda db: tuple(self._used(db, c, now) for c in charges), writes=False)
 
     # --- concurrent connections --------------------------------------------------
     async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
@@ -309,7 +461,7 @@ class SQLiteStore(Store):
                        (key, lease_id, now + ttl))
             return True
 
-        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+        return await self._run(lambda db: body(db))
 
     async def release_slot(self, key: str, lease_id: str) -> None:
         await self._run(lambda db: self._write(
@@ -317,7 +469,7 @@ class SQLiteStore(Store):
 
     async def slots_in_use(self, key: str, now: float) -> int:
         return await self._run(lambda db: db.execute(
-            "SELECT COUNT(*) FROM slots WHERE key = ? AND until > ?", (key, now)).fetchone()[0])
+            "SELECT COUNT(*) FROM slots WHERE key = ? AND until > ?", (key, now)).fetchone()[0], writes=False)
 
     # --- failed logins and lockouts -------------------------------------------
     async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
@@ -346,7 +498,7 @@ class SQLiteStore(Store):
                            [(key, now, attempt) for key in keys])
             return AttemptReservation(True, tuple(n + 1 for n in counts))
 
-        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+        return await self._run(lambda db: body(db))
 
     async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         await self._run(lambda db: self._write(
@@ -365,7 +517,8 @@ class SQLiteStore(Store):
             return None
         marks = ",".join("?" * len(keys))
         return await self._run(lambda db: db.execute(
-            f"SELECT MAX(until) FROM locks WHERE key IN ({marks}) AND until > ?", (*keys, now)).fetchone()[0])
+            f"SELECT MAX(until) FROM locks WHERE key IN ({marks}) AND until > ?", (*keys, now)).fetchone()[0],
+            writes=False)
 
     # --- suspensions -------------------------------------------------------------
     async def suspend(self, suspension: Suspension) -> bool:
@@ -380,12 +533,13 @@ class SQLiteStore(Store):
 
     async def suspension(self, login: str) -> Suspension | None:
         row = await self._run(lambda db: db.execute(
-            "SELECT login, since, reason, evidence FROM suspensions WHERE login = ?", (login,)).fetchone())
+            "SELECT login, since, reason, evidence FROM suspensions WHERE login = ?", (login,)).fetchone(),
+            writes=False)
         return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
 
     async def suspensions(self) -> list[Suspension]:
         rows = await self._run(lambda db: db.execute(
-            "SELECT login, since, reason, evidence FROM suspensions ORDER BY login").fetchall())
+            "SELECT login, since, reason, evidence FROM suspensions ORDER BY login").fetchall(), writes=False)
         return [Suspension(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     # --- events --------------------------------------------------------------------
@@ -400,7 +554,7 @@ class SQLiteStore(Store):
         else:
             sql = "SELECT ts, kind, subject, data FROM events WHERE subject = ? ORDER BY id DESC LIMIT ?"
             args = (subject, limit)
-        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall(), writes=False)
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     # --- the decision journal -----------------------------------------------------------
@@ -418,12 +572,12 @@ class SQLiteStore(Store):
             self._write(db, "DELETE FROM journal WHERE seq <= ? OR ts <= ?",
                         (seq - max_entries, newest - max_age))
 
-        await self._run(lambda db: self._transaction(db, lambda: write(db)))
+        await self._run(lambda db: write(db))
 
     async def journal_find(self, key: str) -> list[JournalEntry]:
         rows = await self._run(lambda db: db.execute(
             "SELECT id, cid, ts, kind, record FROM journal WHERE id = ? OR cid = ? ORDER BY ts, seq",
-            (key, key)).fetchall())
+            (key, key)).fetchall(), writes=False)
         return [JournalEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # --- series ----------------------------------------------------------------------
@@ -472,12 +626,12 @@ class SQLiteStore(Store):
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
                             retention: float = 31 * 86400) -> None:
         add = SeriesAdd(key, amount, bucket, retention)
-        await self._run(lambda db: self._transaction(db, lambda: self._add_series_in(db, add, now)))
+        await self._run(lambda db: self._add_series_in(db, add, now))
 
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         return await self._run(lambda db: db.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM series WHERE key = ? AND bucket >= ? AND bucket <= ?",
-            (key, since, now)).fetchone()[0])
+            (key, since, now)).fetchone()[0], writes=False)
 
     # --- one round trip per SMTP step ----------------------------------------------------
     @classmethod
@@ -503,7 +657,7 @@ class SQLiteStore(Store):
 
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
         # One BEGIN IMMEDIATE transaction, one hop to the store's thread.
-        return await self._run(lambda db: self._transaction(db, lambda: self._meter_in(db, step, now)))
+        return await self._run(lambda db: self._meter_in(db, step, now))
 
     async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
                             ttl: float) -> Suspension | None:
@@ -516,17 +670,17 @@ class SQLiteStore(Store):
                            (slot_key, lease_id, now + ttl))
             return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
 
-        return await self._run(lambda db: self._transaction(db, lambda: body(db)))
+        return await self._run(lambda db: body(db))
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
-        self._thread.shutdown(wait=True)
+        """Stop taking calls; the ones already queued run (and commit) first."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._worker is None:
+                return
+            self._queue.put(_Call(None, True, loop, done))
+        await done
