@@ -195,12 +195,6 @@ def test_no_module_but_the_adapter_uses_aiosmtpds_private_members():
     assert not found, "aiosmtpd's private members outside the adapter:\n" + "\n".join(found)
 
 
-# Still replaced, and why: pyspf's query.dns() calls the module's DNSLookup and
-# takes no resolver, so gateway/checks/spf.py swaps in a per-thread dispatcher
-# (not yet moved into our own code: the issue-15 report says so).  Nothing else.
-STILL_REPLACED = {"spf.DNSLookup"}
-
-
 def test_importing_the_gateway_changes_nothing_in_the_libraries_it_uses():
     # In a fresh interpreter: the libraries first, a snapshot of their modules and
     # classes, then every module of the gateway, and the snapshot again.
@@ -238,9 +232,7 @@ print("\n".join(changed))
                          cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     changed = set(out.stdout.split())
-    assert changed <= STILL_REPLACED, (
-        "library globals replaced at import:\n" + "\n".join(sorted(changed - STILL_REPLACED)))
-    assert changed == STILL_REPLACED, f"no longer replaced (drop from the list): {STILL_REPLACED - changed}"
+    assert not changed, "library globals replaced at import:\n" + "\n".join(sorted(changed))
 
 
 # --- the pin is the version checked ------------------------------------------------------
