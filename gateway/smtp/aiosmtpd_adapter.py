@@ -317,8 +317,12 @@ class SMTPAdapter(HookDiscovery, SMTP):
 
     async def write(self, data: bytes) -> None:
         """Write ``data`` as it is and wait until the transport takes more."""
-        self._writer.write(data)
-        await self._writer.drain()
+        writer = self._writer
+        writer.write(data)
+        # A reply is a few dozen octets: the socket nearly always takes it at once,
+        # and drain() would only make and await two coroutines to find that out.
+        if writer.transport.get_write_buffer_size():
+            await writer.drain()
 
     @contextmanager
     def reading_data(self, limit: int) -> Iterator[None]:
