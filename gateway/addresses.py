@@ -20,6 +20,8 @@ _DOT_STRING = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*$")
 # Quoted-string: printable ASCII except " and \, or a backslash pair.
 _QUOTED_STRING = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
 _ADDRESS_LITERAL = re.compile(r"^\[[^\[\]\\]*\]$")
+# C0 controls and DEL: never in an address (RFC 5321 §4.1.2 has none of them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class NotAMailbox(ValueError):
@@ -56,7 +58,7 @@ def parse_mailbox(text: str) -> Mailbox:
         raise NotAMailbox("empty or over-long address")
     if not text.isascii():
         raise NotAMailbox("non-ASCII address without SMTPUTF8")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         raise NotAMailbox("control character in address")
     if text.startswith('"'):
         # The quoted string ends at the first unescaped quote.

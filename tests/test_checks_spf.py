@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import pytest
 
 from gateway.checks.dns import Resolver
-from gateway.checks.spf import check_spf, normalise_mail_from
+from gateway.checks.spf import SpfQuery, check_spf, normalise_mail_from
 from tests.support.authdns import zones_from_dir
 
 GOOD_IP = "192.0.2.1"
@@ -122,3 +123,34 @@ def test_warm_cache_gives_the_same_result_without_queries(server):
 
     for cold, warm, sent in asyncio.run(go()):
         assert cold == warm and sent == 0
+
+
+# --- pyspf asks DNS in one place, and ours answers there ----------------------------------
+def test_query_dns_is_the_only_caller_of_pyspfs_dns_driver():
+    # SpfQuery replaces query.dns() (pyspf's code, our DNSLookup): a second caller of
+    # DNSLookup in pyspf would be a look-up that bypasses our resolver.
+    import spf as pyspf
+
+    def code_objects(code):
+        yield code
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                yield from code_objects(const)
+
+    callers = set()
+    for name, value in vars(pyspf).items():
+        members = vars(value).items() if isinstance(value, type) else [(name, value)]
+        for member_name, member in members:
+            if isinstance(member, types.FunctionType):
+                for code in code_objects(member.__code__):
+                    if "DNSLookup" in code.co_names:
+                        callers.add(f"{name}.{member_name}" if isinstance(value, type) else name)
+    assert callers == {"query.dns"}
+
+
+def test_an_spf_query_asks_only_our_resolver(server):
+    # A name only our NSD serves (on its own port): answered, so the look-up went there.
+    assert spf(server, "a@pass.spf.test").result == "pass"
+    query = SpfQuery(i=GOOD_IP, s="a@pass.spf.test", h="mx1.spf.test")
+    with pytest.raises(RuntimeError, match="outside run_query"):
+        query.check()  # no resolver said: it never falls back to pyspf's own driver

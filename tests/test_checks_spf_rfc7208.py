@@ -28,11 +28,10 @@ import dns.rdatatype
 import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
 import pytest
-import spf as pyspf
 import yaml
 
 from gateway.checks.dns import Resolver
-from gateway.checks.spf import evaluate_from_cache, run_query
+from gateway.checks.spf import SpfQuery, evaluate_from_cache, run_query
 from tests.support.authdns import AuthDNS, free_port
 
 SUITE = Path(__file__).parent / "data" / "rfc7208-tests.yml"
@@ -239,8 +238,8 @@ def test_rfc7208_case(suite_dns, index, name, test, zonedata):
     expected = test["result"]
     expected = [expected] if isinstance(expected, str) else list(expected)
 
-    def make_query() -> pyspf.query:
-        query = pyspf.query(i=test["host"], s=test.get("mailfrom", ""), h=test.get("helo", ""),
+    def make_query() -> SpfQuery:
+        query = SpfQuery(i=test["host"], s=test.get("mailfrom", ""), h=test.get("helo", ""),
                             strict=test.get("strict", True))
         query.set_default_explanation("DEFAULT")
         return query

@@ -126,6 +126,23 @@ def _step(name: str, result, ran: list[str]) -> Step:
     return Step(name, run)
 
 
+def _plain_step(name: str, result, ran: list[str]) -> Step:
+    def run(tx):
+        ran.append(name)
+        return result
+    return Step(name, run)
+
+
+def test_plain_and_waiting_steps_run_in_their_order():
+    ran: list[str] = []
+    no = refuse(replies.MALFORMED_HEADER, "test.rule")
+    steps = [_plain_step("a", CONTINUE, ran), _step("b", CONTINUE, ran),
+             _plain_step("c", no, ran), _step("d", delivered(replies.OK), ran)]
+    assert [s.waits for s in steps] == [False, True, False, True]
+    assert asyncio.run(run_pipeline(steps, _transaction())) is no
+    assert ran == ["a", "b", "c"]
+
+
 def test_the_runner_stops_at_the_first_refusal_and_runs_nothing_after_it():
     ran: list[str] = []
     no = refuse(replies.MALFORMED_HEADER, "test.rule", {"why": "test"})
@@ -157,5 +174,6 @@ def test_a_pipeline_that_never_delivers_is_an_error_not_a_silent_250():
 def test_each_step_module_declares_one_named_step():
     for pipeline in (INBOUND, SUBMISSION):
         for step in pipeline:
-            assert isinstance(step, Step) and step.name and asyncio.iscoroutinefunction(step.run)
+            assert isinstance(step, Step) and step.name and callable(step.run)
+            assert step.waits is asyncio.iscoroutinefunction(step.run)
     assert forward.STEP in INBOUND and forward.STEP in SUBMISSION

@@ -23,15 +23,20 @@ a dictionary look-up.  When no record consulted holds a macro (``%``, RFC 7208
 kept under that key and serves every local part (VERP senders); otherwise
 under the whole (address, sender, HELO, receiver).
 
-pyspf calls the module-level function ``spf.DNSLookup``; we replace it once
-with a dispatcher that finds the resolver of the *current thread*
-(``threading.local``), so several resolvers (tests, reloads) never mix.
+pyspf takes no resolver: its ``query.dns()`` asks the module-level function
+``spf.DNSLookup``.  Nothing of pyspf's is rebound for that: :class:`SpfQuery`'s
+``dns()`` is pyspf's own code (its cache, CNAME chain, time and void-lookup
+limits) run against a copy of pyspf's namespace in which ``DNSLookup`` is ours,
+a dispatcher that finds the look-up of the evaluation running on the *current
+thread* (``threading.local``), so several resolvers (tests, reloads) never mix.
+Any other user of pyspf in the process keeps pyspf's own driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import types
 from concurrent.futures import Executor
 
 import spf as pyspf
@@ -69,7 +74,7 @@ async def check_spf(
     if spf is not None:
         return spf
     identity, sender, helo, domain = _identity(mail_from, helo)
-    query = pyspf.query(
+    query = SpfQuery(
         i=client_ip, s=sender, h=helo, receiver=receiver, querytime=SPF_TOTAL_TIME
     )
     # Something was not cached: the full path, in a thread.
@@ -97,7 +102,7 @@ def check_spf_cached(
     outcome = resolver.recall(by_domain) or resolver.recall(exact)
     if outcome is None:
         try:
-            query = pyspf.query(
+            query = SpfQuery(
                 i=client_ip, s=sender, h=helo, receiver=receiver, querytime=SPF_TOTAL_TIME
             )
         except pyspf.PermError as e:  # an unparsable client address
@@ -129,7 +134,7 @@ def _made(result: str, identity: str, sender: str, domain: str, explanation: str
 
 
 async def run_query(
-    resolver: Resolver, query: pyspf.query, *, executor: Executor | None = None
+    resolver: Resolver, query: SpfQuery, *, executor: Executor | None = None
 ) -> tuple[str, str]:
     """Evaluate a prepared pyspf query in a worker thread, its DNS through ``resolver``.
 
@@ -141,7 +146,7 @@ async def run_query(
 
 
 def _evaluate(
-    resolver: Resolver, loop: asyncio.AbstractEventLoop, query: pyspf.query
+    resolver: Resolver, loop: asyncio.AbstractEventLoop, query: SpfQuery
 ) -> tuple[str, str]:
     """Run pyspf in this (worker) thread with DNS answered by ``resolver`` on ``loop``."""
     _local.lookup = _bridge(resolver, loop)
@@ -156,7 +161,7 @@ class _CacheMiss(BaseException):
     """Raised into pyspf by the cache-only look-up; BaseException so pyspf's handlers pass it."""
 
 
-def evaluate_from_cache(resolver: Resolver, query: pyspf.query) -> tuple[str, str] | None:
+def evaluate_from_cache(resolver: Resolver, query: SpfQuery) -> tuple[str, str] | None:
     """Evaluate on the calling thread if every answer is cached; None at the first miss.
 
     With a warm cache the whole evaluation is ~60 us of CPU: cheaper on the loop
@@ -168,7 +173,7 @@ def evaluate_from_cache(resolver: Resolver, query: pyspf.query) -> tuple[str, st
 
 
 def _evaluate_cached(
-    resolver: Resolver, query: pyspf.query
+    resolver: Resolver, query: SpfQuery
 ) -> tuple[tuple[str, str], float, bool] | None:
     """(outcome, when the earliest answer used expires, whether a TXT record had a macro)."""
     missed = False
@@ -233,16 +238,32 @@ def _pyspf_value(qtype: str, rdata) -> object:
 
 
 _local = threading.local()
-_pyspf_own_lookup = pyspf.DNSLookup
 
 
 def _dispatch(name, qtype, strict=True, timeout=None):
+    # The signature of pyspf's DNSLookup drivers, as query.dns() calls them.
     lookup = getattr(_local, "lookup", None)
     if lookup is None:
-        # Not one of our evaluations (a tool calling pyspf directly): pyspf's own driver.
-        return _pyspf_own_lookup(name, qtype, strict, timeout)
+        raise RuntimeError("an SpfQuery evaluated outside run_query/evaluate_from_cache")
     return lookup(name, qtype)
 
 
-if getattr(pyspf.DNSLookup, "__name__", "") != "_dispatch":
-    pyspf.DNSLookup = _dispatch
+def _dns_with_our_lookup() -> types.FunctionType:
+    """pyspf's ``query.dns``, its code unchanged, reading ``DNSLookup`` from a
+    namespace of its own: a copy of pyspf's module globals with ours in."""
+    own = pyspf.query.dns
+    if "DNSLookup" not in own.__code__.co_names:
+        # pyspf changed how it asks DNS: our look-ups would silently not be used.
+        raise ImportError("pyspf's query.dns() no longer calls DNSLookup: see gateway/checks/spf.py")
+    namespace = {**vars(pyspf), "DNSLookup": _dispatch}
+    return types.FunctionType(own.__code__, namespace, own.__name__, own.__defaults__,
+                              own.__closure__)
+
+
+class SpfQuery(pyspf.query):
+    """pyspf's query, its DNS answered by our resolver (see the module's notes).
+
+    Evaluate it with :func:`run_query` or :func:`evaluate_from_cache`, which say
+    which resolver answers; evaluated any other way it raises."""
+
+    dns = _dns_with_our_lookup()

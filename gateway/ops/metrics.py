@@ -23,6 +23,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client import multiprocess as prom_multiprocess
@@ -170,6 +171,7 @@ class Metrics:
             ["result"], registry=r,
         )
         self._known_listeners = tuple(listeners)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Create the series up front so that rate() works from the first event and
         # a dashboard shows 0 rather than "no data".
         for listener in self._known_listeners:
@@ -198,18 +200,28 @@ class Metrics:
     def screening(self, rule: str) -> None:
         self.screening_refusals.labels(rule).inc()
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # Called per connection and per message: prometheus_client's labels()
+        # validates on every call (about 2 us); the labelled child is kept instead.
+        # Label values here come from the code and the configuration (few).
+        key = (id(metric), labels)  # the metrics live as long as this object
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def connection(self, listener: str, outcome: str) -> None:
-        self.connections.labels(listener, outcome).inc()
+        self._child(self.connections, listener, outcome).inc()
 
     def opened(self, listener: str) -> None:
         """A connection was taken; pair with :meth:`closed` (try/finally)."""
-        self.connections_open.labels(listener).inc()
+        self._child(self.connections_open, listener).inc()
 
     def closed(self, listener: str) -> None:
-        self.connections_open.labels(listener).dec()
+        self._child(self.connections_open, listener).dec()
 
     def message(self, listener: str, outcome: str) -> None:
-        self.messages.labels(listener, outcome).inc()
+        self._child(self.messages, listener, outcome).inc()
 
     def reply(self, listener: str, code: int) -> None:
         # Several replies per message: the labelled child is looked up once per

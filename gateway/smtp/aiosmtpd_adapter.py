@@ -18,21 +18,27 @@ running that test.
 Hook discovery without patching aiosmtpd: ``SMTP.__init__`` finds its AUTH
 mechanisms, handler hooks and commands with ``inspect.getmembers`` and ``dir()``
 on the connection and on the handler, for every connection: with the full
-attribute lists, GatewaySMTP() took 92-130 µs instead of 21 (bench/connection_setup.py),
-and getattr ran every property of the handler.  Both read ``dir()``, which asks
-``__dir__``: :class:`HookDiscovery`
-answers with the names aiosmtpd looks for, cached per class; aiosmtpd still takes
-each with ``getattr``, so methods stay bound to the right object.
+attribute lists GatewaySMTP() took 92-130 µs, with :class:`HookDiscovery`
+(``dir()`` lists only the names aiosmtpd looks for) still 33-44 µs, two thirds
+of it in that introspection (bench/connection_setup.py).  So :class:`SMTPAdapter`
+does not run ``SMTP.__init__``: :meth:`SMTPAdapter.init_as_aiosmtpd` leaves the
+connection as ``SMTP.__init__`` would, with the names of the hooks, commands and
+mechanisms found once per (connection class, handler class) and only bound per
+connection.  tests/test_aiosmtpd_adapter.py builds connections both ways and
+compares every attribute, so an aiosmtpd that sets something new fails there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
 
 # The release this module was checked against; pyproject.toml pins the same.
@@ -54,9 +60,10 @@ def hook_names(cls: type) -> list[str]:
 class HookDiscovery:
     """``dir()`` of an instance lists only the names aiosmtpd looks hooks up by.
 
-    For the handler and the SMTP connection: aiosmtpd runs ``dir()`` and
-    ``inspect.getmembers()`` (which calls ``dir()`` and then ``getattr`` on every
-    name, properties included) on both, per connection.  Only the class's names:
+    For the handler and the SMTP connection, wherever aiosmtpd's own
+    ``SMTP.__init__`` runs (our connections skip it: :meth:`SMTPAdapter.init_as_aiosmtpd`):
+    it runs ``dir()`` and ``inspect.getmembers()`` (which calls ``dir()`` and then
+    ``getattr`` on every name, properties included) on both.  Only the class's names:
     scanning each instance's attributes would cost as much again, and no hook of
     ours is an instance attribute (tests/test_aiosmtpd_adapter.py checks that
     aiosmtpd finds what a full ``dir()`` would, and that each hook of ours is one
@@ -66,6 +73,50 @@ class HookDiscovery:
 
     def __dir__(self) -> list[str]:
         return hook_names(type(self))
+
+
+@dataclass(frozen=True, slots=True)
+class _HookNames:
+    """What ``SMTP.__init__`` looks up by name, found once per pair of classes:
+    (mechanism, attribute, on the connection?), (hook, attribute), (command,
+    attribute), in the order aiosmtpd's own look-ups find them."""
+
+    mechanisms: tuple[tuple[str, str, bool], ...]
+    hooks: tuple[tuple[str, str], ...]
+    commands: tuple[tuple[str, str], ...]
+    ehlo_hook_version: str | None
+
+    @staticmethod
+    def of(cls: type, handler: Any) -> _HookNames:
+        found = _hook_names_by_pair.get((cls, type(handler)))
+        if found is None:
+            found = _hook_names_by_pair[(cls, type(handler))] = _HookNames._find(cls, handler)
+        return found
+
+    @staticmethod
+    def _find(cls: type, handler: Any) -> _HookNames:
+        handler_cls = type(handler)
+        # Names on the classes only: no hook of ours is an instance attribute (the
+        # contract test compares with aiosmtpd's own look-up on instances).
+        mechanisms = [
+            (getattr(getattr(owner, name), "__auth_mechanism_name__",
+                     name.replace("auth_", "").replace("__", "-")), name, owner is cls)
+            for owner in (cls, handler_cls)
+            for name in dir(owner)  # sorted, as inspect.getmembers returns them
+            if name.startswith("auth_")]
+        hooks = [(n.replace("handle_", ""), n) for n in dir(handler_cls) if n.startswith("handle_")]
+        version = None
+        if hasattr(handler_cls, "handle_EHLO"):
+            # aiosmtpd counts the bound hook's parameters: 4 (old form) or 5.
+            count = len(inspect.signature(handler.handle_EHLO).parameters)
+            if count not in (4, 5):
+                raise RuntimeError("Unsupported EHLO Hook")
+            version = "old" if count == 4 else "new"
+        commands = [(n.replace("smtp_", ""), n) for n in dir(cls) if n.startswith("smtp_")]
+        return _HookNames(tuple(mechanisms), tuple(hooks), tuple(commands), version)
+
+
+_hook_names_by_pair: dict[tuple[type, type], _HookNames] = {}
 
 
 class _ClosingOnce(asyncio.StreamWriter):
@@ -94,13 +145,83 @@ class SMTPAdapter(HookDiscovery, SMTP):
     """
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+        self.init_as_aiosmtpd(handler, **kwargs)
         # aiosmtpd keeps command_size_limits on its class, one dict for every
         # connection: each new connection clears it (in SMTP.__init__), each EHLO
         # changes MAIL's.  A MAIL line that EHLO allowed (RFC 1870 §3: 26 octets more
         # for SIZE=) was refused as too long once another client connected.
         self.command_size_limits = collections.defaultdict(
             lambda limit=self.command_size_limit: limit)
+
+    def init_as_aiosmtpd(
+            self, handler: Any, *, data_size_limit: int | None = aiosmtpd.smtp.DATA_SIZE_DEFAULT,
+            enable_SMTPUTF8: bool = False, decode_data: bool = False,
+            hostname: str | None = None, ident: str | None = None, tls_context: Any = None,
+            require_starttls: bool = False, timeout: float = 300, auth_required: bool = False,
+            auth_require_tls: bool = True, auth_exclude_mechanism: Iterable[str] | None = None,
+            auth_callback: Any = None, command_call_limit: int | dict[str, int] | None = None,
+            authenticator: Any = None, proxy_protocol_timeout: float | None = None,
+            loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """What ``SMTP.__init__`` leaves on a new connection, same arguments, same
+        attributes (its advisory log lines about the TLS context and AUTH settings
+        are left out: they are configuration, checked once at start-up)."""
+        self.__ident__ = ident or aiosmtpd.smtp.__ident__
+        self.loop = loop if loop else aiosmtpd.smtp.make_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected, loop=self.loop)
+        self.event_handler = handler
+        assert data_size_limit is None or isinstance(data_size_limit, int)
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self.command_size_limits.clear()
+        self.hostname = hostname or aiosmtpd.smtp.socket.getfqdn()
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        if proxy_protocol_timeout is not None and proxy_protocol_timeout <= 0:
+            raise ValueError("proxy_protocol_timeout must be > 0")
+        self._proxy_timeout = proxy_protocol_timeout
+        if authenticator is not None:
+            self._authenticator, self._auth_callback = authenticator, None
+        else:
+            self._auth_callback = auth_callback or aiosmtpd.smtp.login_always_fail
+            self._authenticator = None
+        self._auth_required = auth_required
+        names = _HookNames.of(type(self), handler)
+        self._auth_methods = {
+            mechanism: aiosmtpd.smtp._AuthMechAttr(getattr(self if own else handler, name), own)
+            for mechanism, name, own in names.mechanisms}
+        for mechanism in auth_exclude_mechanism or ():
+            self._auth_methods.pop(mechanism, None)
+        self._handle_hooks = {hook: getattr(handler, name) for hook, name in names.hooks}
+        self._ehlo_hook_ver = names.ehlo_hook_version
+        self._smtp_methods = {command: getattr(self, name) for command, name in names.commands}
+        if command_call_limit is None:
+            self._enforce_call_limit = False
+        else:
+            self._enforce_call_limit = True
+            if isinstance(command_call_limit, int):
+                self._call_limit_base = {}
+                self._call_limit_default = command_call_limit
+            elif isinstance(command_call_limit, dict):
+                if not all(isinstance(v, int) for v in command_call_limit.values()):
+                    raise TypeError("All command_call_limit values must be int")
+                self._call_limit_base = command_call_limit
+                self._call_limit_default = command_call_limit.get(
+                    "*", aiosmtpd.smtp.CALL_LIMIT_DEFAULT)
+            else:
+                raise TypeError("command_call_limit must be int or Dict[str, int]")
 
     # --- aiosmtpd calls these; each hands over to our name -------------------------
     async def _handle_client(self) -> None:
@@ -200,8 +321,12 @@ class SMTPAdapter(HookDiscovery, SMTP):
 
     async def write(self, data: bytes) -> None:
         """Write ``data`` as it is and wait until the transport takes more."""
-        self._writer.write(data)
-        await self._writer.drain()
+        writer = self._writer
+        writer.write(data)
+        # A reply is a few dozen octets: the socket nearly always takes it at once,
+        # and drain() would only make and await two coroutines to find that out.
+        if writer.transport.get_write_buffer_size():
+            await writer.drain()
 
     @contextmanager
     def reading_data(self, limit: int) -> Iterator[None]:

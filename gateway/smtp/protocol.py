@@ -578,16 +578,20 @@ class GatewaySMTP(SMTPAdapter):
         if not arg.startswith("<"):
             return None, None
         end, quoted, escaped = -1, False, False
-        for i, c in enumerate(arg[1:], start=1):
-            if escaped:
-                escaped = False
-            elif c == "\\" and quoted:
-                escaped = True
-            elif c == '"':
-                quoted = not quoted
-            elif c == ">" and not quoted:
-                end = i
-                break
+        if '"' not in arg:
+            # Nothing quoted (nearly every path): the first ">" ends it.
+            end = arg.find(">")
+        else:
+            for i, c in enumerate(arg[1:], start=1):
+                if escaped:
+                    escaped = False
+                elif c == "\\" and quoted:
+                    escaped = True
+                elif c == '"':
+                    quoted = not quoted
+                elif c == ">" and not quoted:
+                    end = i
+                    break
         if end < 0:
             return None, None
         inner, rest = arg[1:end], arg[end + 1:]

@@ -2,7 +2,8 @@
 
 ``pipelines.INBOUND`` (the MX) and ``pipelines.SUBMISSION`` (587/465) name the
 steps in the order they run; each step is a small module with one signature,
-``async run(tx: Transaction) -> StepResult`` (step.py), that reads the
+``run(tx: Transaction) -> StepResult`` (step.py; ``async`` when it waits for
+something), that reads the
 transaction's facts, adds its own, and continues, refuses or holds.  run.py is
 the loop.  products.py holds what differs between the two listeners before
 DATA (MAIL and RCPT) and which list each one runs.

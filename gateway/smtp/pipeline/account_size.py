@@ -10,7 +10,7 @@ from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 
-async def run(tx: Transaction) -> StepResult:
+def run(tx: Transaction) -> StepResult:
     quota = tx.quota
     if quota is None:  # quotas off
         return CONTINUE

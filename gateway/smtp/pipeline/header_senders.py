@@ -9,7 +9,7 @@ from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
 
 
-async def run(tx: Transaction) -> StepResult:
+def run(tx: Transaction) -> StepResult:
     identity = tx.session.identity
     assert identity is not None  # submission listeners require AUTH before MAIL
     widened, aliases, _ = sender_grants(tx.runtime, identity)

@@ -10,7 +10,7 @@ from gateway.smtp.state import Transaction
 from gateway.stamps.received import ReceivedFacts, received_header
 
 
-async def run(tx: Transaction) -> StepResult:
+def run(tx: Transaction) -> StepResult:
     session, tls = tx.session, tx.session.tls
     tx.on_top(received_header(ReceivedFacts(
         helo=tx.helo,

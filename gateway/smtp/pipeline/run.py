@@ -22,7 +22,7 @@ async def run_pipeline(steps: Sequence[Step], tx: Transaction) -> StepResult:
     trail = tx.record.trail
     for i, step in enumerate(steps):
         mark = len(trail)
-        result = await step.run(tx)
+        result = await step.run(tx) if step.waits else step.run(tx)  # type: ignore[misc]
         action = result.action
         if action is Action.CONTINUE:
             continue

@@ -8,7 +8,7 @@ from gateway.smtp.state import Transaction
 from gateway.stamps.sender_id import sender_id_header, strip_sender_id_headers
 
 
-async def run(tx: Transaction) -> StepResult:
+def run(tx: Transaction) -> StepResult:
     rt = tx.runtime
     login = tx.session.login
     if rt.sender_ids is None or login is None:

@@ -2,14 +2,16 @@
 
 A step reads the transaction (gateway/smtp/state.py), puts what it found on it
 (the message it changed, the fields it adds, its summary on the record) and
-returns a :class:`StepResult`.  It never writes to the connection: the runner
+returns a :class:`StepResult` (a plain function, or a coroutine function when
+it waits for something).  It never writes to the connection: the runner
 (run.py) and the handler turn results into the reply.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from gateway.replies import Reply
@@ -52,7 +54,15 @@ def delivered(reply: Reply) -> StepResult:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """A named step: ``name`` is what docs/flow.md and the logs call it."""
+    """A named step: ``name`` is what docs/flow.md and the logs call it.
+
+    ``run`` is a coroutine function when the step waits for something (DNS, the
+    scanner, the downstream, the store), else a plain function: the runner calls
+    it without making and awaiting a coroutine per message."""
 
     name: str
-    run: Callable[[Transaction], Awaitable[StepResult]]
+    run: Callable[[Transaction], Awaitable[StepResult]] | Callable[[Transaction], StepResult]
+    waits: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "waits", inspect.iscoroutinefunction(self.run))
