@@ -55,6 +55,10 @@ class DownstreamConnection(asyncio.Protocol):
         # Set once an XCLIENT made this session someone's: it must not be handed to
         # the next client unless a new XCLIENT can change it again.
         self.impersonating = False
+        # XCLIENT answered with anything but 220: the downstream will not take it from
+        # us on this connection, so it is not asked again (a round trip and a warning
+        # a message, issue 16); XFORWARD carries the client instead.
+        self.xclient_refused = False
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._lines: list[bytes] = []

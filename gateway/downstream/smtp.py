@@ -44,9 +44,10 @@ class SmtpDownstream:
               origin: Origin | None = None) -> SmtpTransaction:
         return SmtpTransaction(self, sender, options, origin)
 
-    async def introduce(self, conn: DownstreamConnection, origin: Origin | None) -> None:
+    async def introduce(self, conn: DownstreamConnection, origin: Origin | None) -> list[bytes]:
         """Tell the downstream who the client is (XCLIENT, XFORWARD: origin.py),
-        when it offers to listen.  A refusal is logged and the mail still goes: the
+        when it offers to listen; the XFORWARD commands are returned, for the caller
+        to send with MAIL FROM.  A refusal is logged and the mail still goes: the
         downstream then sees the gateway, as without these commands."""
         if conn.impersonating and (origin is None or not conn.xclient):
             # A session another client's XCLIENT made, and no XCLIENT to change it:
@@ -55,10 +56,11 @@ class SmtpDownstream:
             conn.close()
             raise DownstreamClosed("an XCLIENT session cannot serve another client")
         if origin is None or not (conn.xclient or conn.xforward):
-            return
-        if conn.xclient:
+            return []
+        if conn.xclient and not conn.xclient_refused:
             reply = await conn.command(xclient_command(origin, conn.xclient))
             if reply.code != 220:
+                conn.xclient_refused = True
                 log.warning("downstream %s: XCLIENT refused: %s", self.name, reply)
                 if conn.impersonating:
                     conn.close()
@@ -72,11 +74,11 @@ class SmtpDownstream:
                     conn.close()
                     raise DownstreamClosed(f"EHLO after XCLIENT refused: {ehlo}")
                 conn.learn_extensions(ehlo)
-        for line in xforward_commands(origin, conn.xforward, ident_only=conn.impersonating):
-            reply = await conn.command(line)
-            if not reply.is_success:
-                log.warning("downstream %s: XFORWARD refused: %s", self.name, reply)
-                break
+        return xforward_commands(origin, conn.xforward, ident_only=conn.impersonating)
+
+    def heard_xforward(self, reply: Reply) -> None:
+        if not reply.is_success:
+            log.warning("downstream %s: XFORWARD refused: %s", self.name, reply)
 
     async def _connect(self) -> DownstreamConnection:
         s = self.settings
@@ -153,13 +155,21 @@ class SmtpTransaction:
         for attempt in (1, 2):
             conn, pooled = await self._downstream.acquire()
             try:
-                await self._downstream.introduce(conn, self._origin)
+                xforward = await self._downstream.introduce(conn, self._origin)
                 if conn.pipelining:
-                    mail, rcpt = conn.send(mail_command + b"\r\n" + rcpt_command + b"\r\n", 2)
+                    # XFORWARD is not among the commands RFC 2920 §3.1 says must end
+                    # a group: it goes in the same write as MAIL FROM and RCPT TO.
+                    *forwarded, mail, rcpt = conn.send(
+                        b"".join(line + b"\r\n" for line in
+                                 [*xforward, mail_command, rcpt_command]), len(xforward) + 2)
+                    for heard in forwarded:
+                        self._downstream.heard_xforward(await heard)
                     mail_reply = await mail
                     # Read even when MAIL was refused: the RCPT's answer is on its way.
                     rcpt_reply: Reply | None = await rcpt
                 else:
+                    for line in xforward:
+                        self._downstream.heard_xforward(await conn.command(line))
                     mail_reply = await conn.command(mail_command)
                     rcpt_reply = None
             except DownstreamClosed:
