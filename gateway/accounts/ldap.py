@@ -201,6 +201,12 @@ class _LdapBase:
                 conn = await self._pool.client(s.bind_dn, s.bind_password).connect(
                     is_async=True, timeout=s.timeout)
                 conn.close()
+            if s.domain_filter is not None:
+                # A filter the server refuses would defer every unclaimed domain's mail.
+                try:
+                    await self.hosts_domain("probe.invalid")
+                except SourceUnavailable as exc:
+                    raise ValueError(f"domain_filter: {exc}") from None
         except SourceUnavailable as exc:
             raise ValueError(f"{s.url}: {exc}") from None
         except _UNAVAILABLE as exc:

@@ -149,6 +149,12 @@ class SqlAccounts:
                 columns = {a.name for a in statement.get_attributes()}
                 if "password" not in columns:
                     raise ValueError(f"the query returns {sorted(columns)}, with no 'password' column")
+                if s.domain_query is not None:
+                    # A typo in the domain query would defer every unclaimed domain's mail.
+                    try:
+                        await conn.prepare(s.domain_query, timeout=s.query_timeout)
+                    except asyncpg.PostgresError as exc:
+                        raise ValueError(f"domain_query: {' '.join(str(exc).split())}") from None
                 if login is not None:
                     rows = await statement.fetch(login, timeout=s.query_timeout)
                     if len(rows) != 1:
