@@ -45,3 +45,23 @@ def test_a_listed_domain_gets_the_default_policys_inbound_content_rules(
     finally:
         gw.stop()
     assert [m.rcpt_tos for m in downstream.messages] == [["someone@hosted.example"]]
+
+
+def test_a_domains_file_is_read_at_start_and_again_at_reload(
+        tmp_path, downstream, cert_files, password_hash):
+    hosted = tmp_path / "hosted-domains"
+    hosted.write_text("# one a line, as Postfix's relay_domains\nfirst.example\n")
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"inbound_checks": False,
+               "default_policy": {"domains_file": "hosted-domains"}}).start()
+    try:
+        assert send(gw, "a@first.example")[0] == 250
+        assert send(gw, "a@second.example") == (550, b"5.7.1 Relaying denied")
+        hosted.write_text("first.example\nsecond.example  # signed up today\n")
+        assert gw.reload()
+        assert send(gw, "a@second.example")[0] == 250
+    finally:
+        gw.stop()
+    assert [m.rcpt_tos for m in downstream.messages] == [["a@first.example"], ["a@second.example"]]

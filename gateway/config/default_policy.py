@@ -15,6 +15,8 @@ file has that customer, this section is its policy: DKIM signing, quotas (with a
       inbound: {default: {spf_fail: quarantine}}   # as a policy file's inbound:
       domains: [isp-customer.example]  # hosted domains the MX accepts mail for, with
                                        # any source (Dovecot cannot list them)
+      domains_file: hosted-domains     # more of them, one a line (# comments), as
+                                       # Postfix's relay_domains; read at load and reload
 
 The MX accepts mail for a domain no policy file claims when it is listed under
 ``domains`` here or the source says it hosts it (``accounts.sql.domain_query``,
@@ -26,6 +28,7 @@ Left out, it is what a policy file with only ``customer:`` and ``domains:`` gets
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
 from pydantic import Field, PrivateAttr
 
@@ -36,7 +39,7 @@ from gateway.config.dkim import DkimPolicy
 from gateway.config.inbound import InboundDomainPolicy, InboundPolicy
 from gateway.config.policy import CustomerPolicy
 from gateway.config.quota import CustomerQuotas
-from gateway.values.domains import DomainNames
+from gateway.values.domains import DomainNames, normalise_domain
 
 
 class DefaultPolicy(Strict):
@@ -50,6 +53,8 @@ class DefaultPolicy(Strict):
     inbound: InboundPolicy | None = None
     # Domains the ISP hosts, whatever the source (like Postfix's relay_domains).
     domains: DomainNames = ()
+    # Relative to the gateway file; its domains are added to ``domains`` by the loader.
+    domains_file: Path | None = None
     _listed: frozenset[str] = PrivateAttr(default=frozenset())
 
     def model_post_init(self, context: object) -> None:
@@ -66,6 +71,26 @@ class DefaultPolicy(Strict):
         return CustomerPolicy.model_construct(
             customer=customer, domains=(), accounts=(), aliases={}, dkim=self.dkim,
             content=self.content, inbound=self.inbound, quotas=self.quotas, shadow=self.shadow)
+
+
+def read_domains_file(path: Path, max_bytes: int = 64 * 1024 * 1024) -> tuple[str, ...]:
+    """One domain a line; blank lines and ``#`` comments skipped.  Raises ValueError
+    naming the line of the first bad name."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ValueError(f"{path} is larger than {max_bytes} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    names = []
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.partition("#")[0].strip()
+        if name:
+            try:
+                names.append(normalise_domain(name))
+            except ValueError as exc:
+                raise ValueError(f"{path} line {number}: {exc}") from None
+    return tuple(names)
 
 
 def policy_for(directory: Directory, default: DefaultPolicy, customer: str) -> CustomerPolicy:
