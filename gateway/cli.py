@@ -48,6 +48,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if loaded.config.accounts.source != "yaml":
         for line in _default_policy_report(loaded):
             print(f"{args.config}: {line}")
+    if loaded.config.listeners.inbound is not None:
+        for line in _default_inbound_report(loaded):
+            print(f"{args.config}: {line}")
     return 0
 
 
@@ -66,6 +69,16 @@ def _default_policy_report(loaded: Loaded) -> list[str]:
     accounts = loaded.config.accounts
     return describe_default(loaded.config.default_policy, loaded.directory, accounts.source,
                             active, accounts.probe_login)
+
+
+def _default_inbound_report(loaded: Loaded) -> list[str]:
+    """What the MX does for domains no policy file claims (default_policy.inbound)."""
+    from gateway.config.default_policy import describe_inbound
+
+    accounts = loaded.config.accounts
+    lookup = ("accounts.sql.domain_query" if accounts.sql and accounts.sql.domain_query else
+              "accounts.ldap.domain_filter" if accounts.ldap and accounts.ldap.domain_filter else None)
+    return describe_inbound(loaded.config.default_policy, loaded.directory, lookup)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

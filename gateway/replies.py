@@ -110,6 +110,9 @@ ACCOUNT_BUSY = Reply(454, "4.7.0", "Too many simultaneous sessions for this acco
 
 # --- relay and senders ---------------------------------------------------------
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+# RFC 3463 §3.5 X.4.3 (directory server failure): the account database that says
+# which domains we host cannot be asked now; the sender's MTA retries.
+HOSTED_DOMAINS_UNAVAILABLE = Reply(451, "4.4.3", "Cannot check whether we accept mail for this domain right now; try again later")
 RECIPIENT_ROUTING_REFUSED = Reply(
     553, "5.1.3", "Recipient address with routing characters (% ! @ in the local part) refused"
 )

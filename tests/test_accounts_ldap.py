@@ -210,3 +210,13 @@ def test_probe_finds_the_probe_login_and_reports_a_wrong_service_password(slapd)
         "source": "ldap", "ldap": {**settings(slapd, "compare"), "bind_password": "nope"}})
     [line] = run(probe(bad))
     assert line.startswith(f"accounts.ldap: {slapd.url}: ") and "nvalid credentials" in line
+
+
+def test_probe_reports_a_domain_filter_the_server_refuses(slapd):
+    good = AccountsConfig.model_validate({"source": "ldap", "ldap": settings(
+        slapd, "compare", domain_filter="(mail=*@{domain})")})
+    assert run(probe(good)) == []
+    broken = AccountsConfig.model_validate({"source": "ldap", "ldap": settings(
+        slapd, "compare", domain_filter="(mail=*@{domain}")})  # unbalanced
+    [line] = run(probe(broken))
+    assert line.startswith("accounts.ldap: domain_filter: "), line

@@ -225,3 +225,14 @@ def test_probe_checks_the_query_columns_and_the_probe_login(postgres):
 def test_dsn_password_is_redacted_in_messages():
     assert redact_dsn("postgresql://u:secret@db:5432/mail") == "postgresql://u:***@db:5432/mail"
     assert redact_dsn("postgresql://db/mail") == "postgresql://db/mail"
+
+
+def test_probe_reports_a_domain_query_postgresql_refuses(postgres):
+    good = AccountsConfig.model_validate({"source": "sql", "sql": {
+        "dsn": postgres.dsn, "query": QUERY,
+        "domain_query": "SELECT 1 FROM mailbox WHERE split_part(login, '@', 2) = $1"}})
+    assert run(probe(good)) == []
+    typo = AccountsConfig.model_validate({"source": "sql", "sql": {
+        "dsn": postgres.dsn, "query": QUERY, "domain_query": "SELECT 1 FROM domian WHERE name = $1"}})
+    [line] = run(probe(typo))
+    assert line == 'accounts.sql: domain_query: relation "domian" does not exist'

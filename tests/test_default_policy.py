@@ -62,3 +62,28 @@ def test_describe_default_names_the_fate_of_unkeyed_domains():
         "default_policy: probe_login x@nokey.example: customer nokey.example (default policy); "
         "its mail from nokey.example is deferred (451 4.7.0) until a key is active",
     ]
+
+
+def test_describe_inbound_without_a_domain_list_says_only_policy_files_are_accepted():
+    from gateway.config.default_policy import describe_inbound
+
+    assert describe_inbound(DefaultPolicy(), DIRECTORY, None) == [
+        "default_policy: inbound: the MX accepts mail only for policy-file domains (no "
+        "default_policy.domains, no domain look-up in the account source); any other domain "
+        "is refused as relay (550 5.7.1)"]
+
+
+def test_describe_inbound_names_the_domains_the_lookup_and_the_policy():
+    from gateway.config.default_policy import describe_inbound
+
+    default = DefaultPolicy.model_validate({
+        "domains": ["acme.example", "a.example", "b.example"],
+        "inbound": {"default": {"spf_fail": "quarantine"}}})
+    assert describe_inbound(default, DIRECTORY, "accounts.ldap.domain_filter") == [
+        "default_policy: inbound: the MX also accepts mail for domains no policy file claims "
+        "that are listed under default_policy.domains (a.example, b.example) or found by "
+        "accounts.ldap.domain_filter (if it cannot answer: deferred, 451 4.4.3); their inbound "
+        "policy: dmarc_reject=reject, dmarc_quarantine=tag, spf_fail=quarantine, temperror=tag",
+        "default_policy: domains also in a policy file (that file's policy applies): acme.example",
+    ]
+    assert default.lists_domain("b.example") and not default.lists_domain("c.example")

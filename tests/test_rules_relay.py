@@ -72,3 +72,33 @@ def test_submission_may_send_anywhere_but_not_through_a_hidden_route():
                   '"a@b.example"@elsewhere.example'):
         verdict, _ = decide_outbound_recipient(trick)
         assert (verdict.reply.code, verdict.reply.enhanced) == (553, "5.1.3"), trick
+
+
+# --- domains no policy file claims: the fact "hosted" gathered from the source -------
+
+@pytest.mark.parametrize("hosted, code, enhanced", [
+    (True, 250, "2.1.5"),    # default_policy.domains, or the source hosts it
+    (False, 550, "5.7.1"),   # a stranger's domain
+    (None, 451, "4.4.3"),    # the source cannot tell now: never 550, never accepted
+])
+def test_an_unclaimed_domain_is_judged_by_what_the_source_says(hosted, code, enhanced):
+    verdict, mailbox = decide_inbound_recipient("user@db-only.example", owner, hosted)
+    assert (verdict.reply.code, verdict.reply.enhanced) == (code, enhanced)
+    assert verdict.accept is (hosted is True)
+    assert (mailbox is not None) is (hosted is True)
+
+
+@pytest.mark.parametrize("address", [
+    "user%other.example@db-only.example",
+    "other.example!user@db-only.example",
+    '"user@other.example"@db-only.example',
+    "user@[192.0.2.1]",
+])
+def test_relay_tricks_stay_refused_for_a_hosted_domain(address):
+    verdict, _ = decide_inbound_recipient(address, owner, True)
+    assert (verdict.reply.code, verdict.reply.enhanced) == (550, "5.7.1")
+
+
+def test_a_policy_file_domain_needs_no_answer_from_the_source():
+    verdict, _ = decide_inbound_recipient("user@acme.example", owner, None)
+    assert verdict.accept

@@ -19,7 +19,9 @@ def gw(tmp_path, dovecot, downstream, cert_files, password_hash):
         policies=customer_policies(password_hash), cert=cert_files,
         extra={"accounts": {"source": "dovecot", "auth_timeout": 3,
                             "dovecot": {"address": f"inet:127.0.0.1:{dovecot.port}"},
-                            "cache": {"enabled": False}}}).start()
+                            "cache": {"enabled": False}},
+               # Dovecot cannot list domains: the MX's list of hosted ones is here.
+               "default_policy": {"domains": ["hosted.example"]}}).start()
     try:
         yield gw
     finally:
@@ -56,3 +58,22 @@ def test_dovecot_down_gives_454_then_recovers(gw, dovecot, client_tls):
         454, b"4.7.0 Temporary authentication failure")
     dovecot.start()
     assert login(gw, client_tls, "dave@acme.example", "dovecot secret")[0] == 235
+
+
+def mx_rcpt(gw, recipient):
+    with smtplib.SMTP("127.0.0.1", gw.ports["inbound"], timeout=20) as mx:
+        mx.ehlo("mail.sender.example")
+        mx.mail("someone@sender.example")
+        code, text = mx.rcpt(recipient)
+        return code, (text if code == 250 else without_id(text))
+
+
+def test_with_dovecot_the_mx_takes_listed_domains_and_never_asks_dovecot(gw, dovecot):
+    dovecot.set_user("erin@hosted.example", "erin secret")
+    assert mx_rcpt(gw, "erin@hosted.example") == (250, b"2.1.5 Recipient OK")
+    assert mx_rcpt(gw, "erin@stranger.example") == (550, b"5.7.1 Relaying denied")
+    dovecot.stop()
+    try:
+        assert mx_rcpt(gw, "erin@hosted.example") == (250, b"2.1.5 Recipient OK")
+    finally:
+        dovecot.start()

@@ -37,27 +37,37 @@ def _sql_user(pg, login, password, senders=()):
            f"({quote(login)}, {quote(passwords.hash_password(password))}, NULL, {send})")
 
 
+# The MX's question "do we host this domain?": a domain is ours if an account has it.
+DOMAIN_QUERY = "SELECT 1 FROM mailbox WHERE split_part(login, '@', 2) = $1 AND active LIMIT 1"
+# Hosted with no account in the database yet: the gateway file lists it (any source).
+LISTED = "listed.example"
+
+
 @pytest.fixture(params=["sql", "ldap"])
 def source(request):
-    """(the gateway's accounts: section, add_user(login, password, senders))."""
+    """(the gateway's accounts: section, add_user(login, password, senders), stop the
+    source's server: the fixture starts it again for the next test)."""
     if request.param == "sql":
         pg = request.getfixturevalue("postgres")
         section = {"source": "sql", "auth_timeout": 3, "cache": {"enabled": False},
-                   "sql": {"dsn": pg.dsn, "query": QUERY}}
-        return section, lambda login, pw, senders=(): _sql_user(pg, login, pw, senders)
+                   "sql": {"dsn": pg.dsn, "query": QUERY, "domain_query": DOMAIN_QUERY,
+                           "connect_timeout": 1}}
+        return section, lambda login, pw, senders=(): _sql_user(pg, login, pw, senders), pg.stop
     slapd = request.getfixturevalue("slapd")
     section = {"source": "ldap", "auth_timeout": 3, "cache": {"enabled": False},
                "ldap": {"url": slapd.url, "timeout": 2, "mode": "compare",
                         "search_base": PEOPLE, "search_filter": "(mail={login})",
+                        "domain_filter": "(mail=*@{domain})",
                         "bind_dn": READER_DN, "bind_password": READER_PW,
                         "senders_attribute": "portcullisSender"}}
-    return section, lambda login, pw, senders=(): slapd.add_user(login, pw,
-                                                                 senders=list(senders) or None)
+    return (section, lambda login, pw, senders=(): slapd.add_user(login, pw,
+                                                                  senders=list(senders) or None),
+            slapd.stop)
 
 
 @pytest.fixture
 def gw(tmp_path, source, downstream, cert_files, password_hash):
-    section, add_user = source
+    section, add_user, _ = source
     add_user("erin@acme.example", "erin secret", [f"*@{PARTNER}"])
     # Alice is in acme's policy file too (senders: *@sub.acme.example), with another
     # password: the database says who she is, the file widens what she may send as.
@@ -78,7 +88,11 @@ def gw(tmp_path, source, downstream, cert_files, password_hash):
                "compromise": {"complaint_minimum": 3, "complaint_rate": 0.5},
                "default_policy": {"dkim": {"missing_key": "send-unsigned"},
                                   "quotas": {"recipients_per_message": 1,
-                                             "messages_per_hour": 7}}})
+                                             "messages_per_hour": 7},
+                                  # The tests' resolver answers nothing: every message's
+                                  # checks end in temperror, which this turns into a flag.
+                                  "inbound": {"default": {"temperror": "quarantine"}},
+                                  "domains": [LISTED]}})
     generate_selector(gateway.keys_dir, PARTNER, "test", "ed25519-sha256")
     generate_selector(gateway.keys_dir, "keyed.example", "test", "ed25519-sha256")
     gateway.start()
@@ -210,3 +224,72 @@ def test_complaints_about_a_shadow_customers_database_account_never_suspend_it(
     assert f"shadow: would suspend login={login}" in caplog.text
     with submit(gw, client_tls, login, "hank secret") as client:
         assert client.mail(login)[0] == 250
+
+
+# --- the MX: domains only the database (or the gateway file) knows ----------------------
+
+def deliver(gw, recipient: str) -> tuple[int, bytes]:
+    """One message to ``recipient`` on the MX: the reply to RCPT (and DATA if accepted)."""
+    with smtplib.SMTP("127.0.0.1", gw.ports["inbound"], timeout=30) as mx:
+        mx.ehlo("mail.sender.example")
+        mx.mail("someone@sender.example")
+        code, text = mx.rcpt(recipient)
+        if code != 250:
+            return code, without_id(text)
+        body = f"From: someone@sender.example\r\nTo: {recipient}\r\nSubject: hi\r\n\r\nhi\r\n"
+        return mx.data(body.encode())[0], b""
+
+
+def test_mail_for_a_domain_only_the_database_knows_is_accepted_with_the_default_inbound_policy(
+        gw, downstream):
+    assert deliver(gw, "frank@unclaimed.example") == (250, b"")
+    assert deliver(gw, "bob@acme.example") == (250, b"")  # acme's policy file: no inbound:
+    first, second = downstream.messages
+    assert first.rcpt_tos == ["frank@unclaimed.example"]
+    # default_policy.inbound (temperror: quarantine) applied; acme's own built-in
+    # default (temperror: tag) only tags.
+    assert b"X-Portcullis-Quarantine:" in first.content.split(b"\r\n\r\n")[0]
+    assert b"X-Portcullis-Quarantine:" not in second.content.split(b"\r\n\r\n")[0]
+
+
+def test_a_domain_listed_in_default_policy_is_hosted_whatever_the_source(gw, downstream):
+    assert deliver(gw, f"new.customer@{LISTED}") == (250, b"")
+    assert downstream.messages[0].rcpt_tos == [f"new.customer@{LISTED}"]
+    assert b"X-Portcullis-Quarantine:" in downstream.messages[0].content
+
+
+@pytest.mark.parametrize("recipient", [
+    "frank@stranger.example",
+    # An LDAP filter or SQL pattern hidden in the domain must not widen the look-up.
+    "frank@*", "frank@*.example", "frank@unclaimed.example.stranger.example",
+])
+def test_a_strangers_domain_is_refused_as_relay(gw, downstream, recipient):
+    code, text = deliver(gw, recipient)
+    assert code in (550, 501, 553) and (code != 550 or text == b"5.7.1 Relaying denied")
+    assert downstream.messages == []
+
+
+def test_with_the_source_down_a_database_domain_is_deferred_and_policy_file_domains_work(
+        gw, source, downstream):
+    _, _, stop = source
+    stop()
+    assert deliver(gw, "frank@unclaimed.example") == (
+        451, b"4.4.3 Cannot check whether we accept mail for this domain right now; try again later")
+    # A stranger's domain is not accepted either while the source cannot say.
+    assert deliver(gw, "x@stranger.example")[0] == 451
+    assert deliver(gw, "bob@acme.example") == (250, b"")
+    assert deliver(gw, f"someone@{LISTED}") == (250, b"")
+    assert [m.rcpt_tos for m in downstream.messages] == [["bob@acme.example"], [f"someone@{LISTED}"]]
+
+
+def test_check_config_says_what_the_mx_does_for_unclaimed_domains(gw, capsys):
+    from gateway.cli import main
+
+    assert main(["check-config", "-c", str(gw.config_path)]) == 0
+    out = capsys.readouterr().out
+    lookup = ("accounts.sql.domain_query" if "domain_query" in gw.config_path.read_text()
+              else "accounts.ldap.domain_filter")
+    assert (f"inbound: the MX also accepts mail for domains no policy file claims that are "
+            f"listed under default_policy.domains ({LISTED}) or found by {lookup} (if it "
+            "cannot answer: deferred, 451 4.4.3); their inbound policy: dmarc_reject=reject, "
+            "dmarc_quarantine=tag, spf_fail=tag, temperror=quarantine") in out

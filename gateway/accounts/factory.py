@@ -18,6 +18,7 @@ import time
 
 from gateway.accounts.cache import CachedSource, Clock
 from gateway.accounts.customers import CustomerMap
+from gateway.accounts.hosted_domains import DomainLister, HostedDomains
 from gateway.accounts.source import AccountSource, AuthAnswer, Outcome
 from gateway.accounts.verifier import PasswordVerifier
 from gateway.config.accounts import AccountsConfig
@@ -29,10 +30,20 @@ log = logging.getLogger(__name__)
 class Deadline:
     """Any source, answering within ``timeout`` and never raising."""
 
-    def __init__(self, source: AccountSource, timeout: float):
+    def __init__(self, source: AccountSource, timeout: float,
+                 domains: HostedDomains | None = None):
         self.source = source
         self.name = source.name
         self._timeout = timeout
+        self._domains = domains
+
+    async def hosts_domain(self, domain: str) -> bool | None:
+        """The MX's fact for a domain no policy file claims: True (the source hosts
+        it), False (it does not, or the source cannot list domains), None (the source
+        cannot tell now).  Cached and time-bounded (accounts/hosted_domains.py)."""
+        if self._domains is None:
+            return False
+        return await self._domains.hosts(domain)
 
     async def authenticate(self, login: str, password: str) -> AuthAnswer:
         try:
@@ -58,6 +69,8 @@ class Deadline:
         replace = getattr(self.source, "replace_directory", None)
         if replace is not None:
             replace(directory)
+        if self._domains is not None:
+            self._domains.forget()
 
     async def close(self) -> None:
         await self.source.close()
@@ -95,10 +108,18 @@ def build_source(config: AccountsConfig, directory: Directory, *,
     Call ``replace_directory(new)`` on it at hot reload; ``await close()`` at shutdown.
     """
     source = build_backend(config, directory, verifier)
+    domains = None
+    if isinstance(source, DomainLister) and source.lists_domains():
+        cache = config.cache
+        on = cache.enabled
+        domains = HostedDomains(source, ttl=cache.domain_ttl if on else 0,
+                                negative_ttl=cache.domain_negative_ttl if on else 0,
+                                max_entries=cache.max_entries, timeout=config.auth_timeout,
+                                clock=clock)
     if config.cache.enabled:
         source = CachedSource(source, ttl=config.cache.ttl, negative_ttl=config.cache.negative_ttl,
                               max_entries=config.cache.max_entries, clock=clock)
-    return Deadline(source, config.auth_timeout)
+    return Deadline(source, config.auth_timeout, domains)
 
 
 async def probe(config: AccountsConfig, directory: Directory | None = None) -> list[str]:

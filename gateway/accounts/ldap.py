@@ -166,6 +166,26 @@ class _LdapBase:
         senders = entry.all(s.senders_attribute and s.senders_attribute.lower()) if entry else []
         return self._customers.identity(login, customer, senders)
 
+    def lists_domains(self) -> bool:
+        return self._settings.domain_filter is not None
+
+    async def hosts_domain(self, domain: str) -> bool:
+        """Any entry matching ``domain_filter`` under ``domain_base`` means ours.
+        The domain is escaped per RFC 4515 (a ``*`` in it must not widen the filter)."""
+        s = self._settings
+        assert s.domain_filter is not None
+        base = s.domain_base or s.search_base
+        assert base is not None
+        filter_exp = s.domain_filter.format(domain=bonsai.escape_filter_exp(domain))
+        try:
+            # "1.1": no attributes (RFC 4511 §4.5.1.8); one entry is enough to say yes.
+            found = await self._pool.search(base, bonsai.LDAPSearchScope.SUBTREE, filter_exp, ["1.1"])
+        except _UNAVAILABLE as exc:
+            log.warning("ldap accounts at %s unavailable for the domain search: %s: %s",
+                        s.url, type(exc).__name__, exc)
+            raise SourceUnavailable(str(exc)) from None
+        return bool(found)
+
     async def probe(self, login: str | None = None) -> None:
         """check-config: bind as the service account and find ``login`` (or the base)."""
         s = self._settings
@@ -181,6 +201,12 @@ class _LdapBase:
                 conn = await self._pool.client(s.bind_dn, s.bind_password).connect(
                     is_async=True, timeout=s.timeout)
                 conn.close()
+            if s.domain_filter is not None:
+                # A filter the server refuses would defer every unclaimed domain's mail.
+                try:
+                    await self.hosts_domain("probe.invalid")
+                except SourceUnavailable as exc:
+                    raise ValueError(f"domain_filter: {exc}") from None
         except SourceUnavailable as exc:
             raise ValueError(f"{s.url}: {exc}") from None
         except _UNAVAILABLE as exc:

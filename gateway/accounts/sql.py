@@ -100,6 +100,23 @@ class SqlAccounts:
             raise SourceUnavailable("no password column")
         return rows[0] if rows else None
 
+    def lists_domains(self) -> bool:
+        return self._settings.domain_query is not None
+
+    async def hosts_domain(self, domain: str) -> bool:
+        """``domain_query`` with ``$1`` = the domain: any row means ours."""
+        s = self._settings
+        assert s.domain_query is not None
+        try:
+            pool = await asyncio.wait_for(self._get_pool(), s.connect_timeout)
+            async with pool.acquire(timeout=s.connect_timeout) as conn:
+                row = await conn.fetchrow(s.domain_query, domain, timeout=s.query_timeout)
+        except _UNAVAILABLE as exc:
+            log.warning("sql accounts at %s unavailable for the domain query: %s: %s",
+                        self._where, type(exc).__name__, " ".join(str(exc).split()))
+            raise SourceUnavailable(str(exc)) from None
+        return row is not None
+
     async def stamp(self, login: str) -> str | None:
         row = await self._row(login)
         if row is None or row["password"] is None:
@@ -132,6 +149,12 @@ class SqlAccounts:
                 columns = {a.name for a in statement.get_attributes()}
                 if "password" not in columns:
                     raise ValueError(f"the query returns {sorted(columns)}, with no 'password' column")
+                if s.domain_query is not None:
+                    # A typo in the domain query would defer every unclaimed domain's mail.
+                    try:
+                        await conn.prepare(s.domain_query, timeout=s.query_timeout)
+                    except asyncpg.PostgresError as exc:
+                        raise ValueError(f"domain_query: {' '.join(str(exc).split())}") from None
                 if login is not None:
                     rows = await statement.fetch(login, timeout=s.query_timeout)
                     if len(rows) != 1:

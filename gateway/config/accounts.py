@@ -69,6 +69,9 @@ class SqlSettings(Strict):
     #   senders   text[] or a comma-separated text of addresses / *@domain (NULL: none)
     # and at most one row.
     query: str
+    # Optional: which domains the ISP hosts, for the MX (docs/accounts.md).  $1 is
+    # the domain (lower-case, no trailing dot); any row means "ours".
+    domain_query: str | None = None
     pool_min: Annotated[int, Field(ge=0, le=100)] = 1
     pool_max: Annotated[int, Field(ge=1, le=100)] = 10
     connect_timeout: Seconds = 3.0
@@ -88,6 +91,14 @@ class SqlSettings(Strict):
             raise ValueError("must use $1 for the login (it is passed as a parameter, never pasted in)")
         if "$2" in value:
             raise ValueError("only $1 (the login) is available")
+        return value
+
+    @field_validator("domain_query")
+    @classmethod
+    def _domain_query(cls, value: str | None) -> str | None:
+        if value is not None and ("$1" not in value or "$2" in value):
+            raise ValueError("must use $1 for the domain, and only $1 (it is passed as a "
+                             "parameter, never pasted in)")
         return value
 
     @model_validator(mode="after")
@@ -116,6 +127,11 @@ class LdapSettings(Strict):
     password_attribute: str = "userPassword"
     customer_attribute: str | None = None
     senders_attribute: str | None = None
+    # Optional: which domains the ISP hosts, for the MX (docs/accounts.md).  A domain
+    # is ours if this filter ({domain} escaped per RFC 4515) finds an entry under
+    # domain_base (default: search_base), e.g. `(associatedDomain={domain})`.
+    domain_filter: str | None = None
+    domain_base: str | None = None
     pool_size: Annotated[int, Field(ge=1, le=100)] = 4
     timeout: Seconds = 3.0
 
@@ -135,6 +151,11 @@ class LdapSettings(Strict):
             raise ValueError("bind_dn: compare mode reads the hash, which needs a service account")
         if (self.bind_dn is None) != (self.bind_password is None):
             raise ValueError("bind_password: bind_dn and bind_password go together")
+        if self.domain_filter is not None:
+            if "{domain}" not in self.domain_filter:
+                raise ValueError("domain_filter: must contain {domain}")
+            if not (self.domain_base or self.search_base):
+                raise ValueError("domain_base: domain_filter needs domain_base or search_base")
         return self
 
 
@@ -151,6 +172,11 @@ class CacheSettings(Strict):
     # answered from memory instead of reaching the database.
     negative_ttl: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    # The MX's "is this domain ours?" answers (sql domain_query, ldap domain_filter):
+    # a hosted domain is remembered this long, a stranger's this long (a domain added
+    # to the database is accepted at most domain_negative_ttl later).
+    domain_ttl: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    domain_negative_ttl: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
 
 class AccountsConfig(Strict):

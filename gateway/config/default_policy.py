@@ -12,6 +12,15 @@ file has that customer, this section is its policy: DKIM signing, quotas (with a
       quotas: {messages_per_hour: 200}     # on top of the gateway's quotas:
       content: {outbound: {actions: {reject: hold}}}
       shadow: false
+      inbound: {default: {spf_fail: quarantine}}   # as a policy file's inbound:
+      domains: [isp-customer.example]  # hosted domains the MX accepts mail for, with
+                                       # any source (Dovecot cannot list them)
+      domains_file: hosted-domains     # more of them, one a line (# comments), as
+                                       # Postfix's relay_domains; read at load and reload
+
+The MX accepts mail for a domain no policy file claims when it is listed under
+``domains`` here or the source says it hosts it (``accounts.sql.domain_query``,
+``accounts.ldap.domain_filter``); ``inbound`` is then the domain's inbound policy.
 
 Left out, it is what a policy file with only ``customer:`` and ``domains:`` gets.
 """
@@ -19,15 +28,18 @@ Left out, it is what a policy file with only ``customer:`` and ``domains:`` gets
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from gateway.config.base import Strict
 from gateway.config.content import CustomerContent
 from gateway.config.directory import Directory
 from gateway.config.dkim import DkimPolicy
+from gateway.config.inbound import InboundDomainPolicy, InboundPolicy
 from gateway.config.policy import CustomerPolicy
 from gateway.config.quota import CustomerQuotas
+from gateway.values.domains import DomainNames, normalise_domain
 
 
 class DefaultPolicy(Strict):
@@ -37,6 +49,20 @@ class DefaultPolicy(Strict):
     content: CustomerContent | None = None
     quotas: CustomerQuotas | None = None
     shadow: bool = False
+    # The inbound policy of every domain the MX accepts without a policy file.
+    inbound: InboundPolicy | None = None
+    # Domains the ISP hosts, whatever the source (like Postfix's relay_domains).
+    domains: DomainNames = ()
+    # Relative to the gateway file; its domains are added to ``domains`` by the loader.
+    domains_file: Path | None = None
+    _listed: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def model_post_init(self, context: object) -> None:
+        self._listed = frozenset(self.domains)  # asked at every RCPT: a set, not a scan
+
+    def lists_domain(self, domain: str) -> bool:
+        """``domain`` (normalised) is under ``domains:``."""
+        return domain in self._listed
 
     def for_customer(self, customer: str) -> CustomerPolicy:
         """This default as the policy of ``customer``, which owns no domain here (the
@@ -44,7 +70,27 @@ class DefaultPolicy(Strict):
         # Not validated again: a policy file must own a domain, this one cannot.
         return CustomerPolicy.model_construct(
             customer=customer, domains=(), accounts=(), aliases={}, dkim=self.dkim,
-            content=self.content, inbound=None, quotas=self.quotas, shadow=self.shadow)
+            content=self.content, inbound=self.inbound, quotas=self.quotas, shadow=self.shadow)
+
+
+def read_domains_file(path: Path, max_bytes: int = 64 * 1024 * 1024) -> tuple[str, ...]:
+    """One domain a line; blank lines and ``#`` comments skipped.  Raises ValueError
+    naming the line of the first bad name."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ValueError(f"{path} is larger than {max_bytes} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    names = []
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.partition("#")[0].strip()
+        if name:
+            try:
+                names.append(normalise_domain(name))
+            except ValueError as exc:
+                raise ValueError(f"{path} line {number}: {exc}") from None
+    return tuple(names)
 
 
 def policy_for(directory: Directory, default: DefaultPolicy, customer: str) -> CustomerPolicy:
@@ -67,6 +113,34 @@ def customer_of_login(directory: Directory, login: str, default_customer: str) -
     domain = domain.rstrip(".")
     owner = directory.customer_for_domain(domain)
     return owner if owner is not None else domain
+
+
+def describe_inbound(default: DefaultPolicy, directory: Directory,
+                     domain_lookup: str | None) -> list[str]:
+    """What check-config says the MX does for domains no policy file claims.
+    ``domain_lookup``: the source's domain look-up in force (its field name), or None."""
+    claimed = [d for d in default.domains if directory.customer_for_domain(d) is not None]
+    listed = [d for d in default.domains if d not in claimed]
+    where = []
+    if listed:
+        shown = ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+        where.append(f"listed under default_policy.domains ({shown})")
+    if domain_lookup:
+        where.append(f"found by {domain_lookup} (if it cannot answer: deferred, 451 4.4.3)")
+    if not where:
+        return ["default_policy: inbound: the MX accepts mail only for policy-file domains "
+                "(no default_policy.domains, no domain look-up in the account source); "
+                "any other domain is refused as relay (550 5.7.1)"]
+    policy = (default.inbound.default if default.inbound is not None else InboundDomainPolicy())
+    actions = ", ".join(f"{name}={getattr(policy, name).value}" for name in
+                        ("dmarc_reject", "dmarc_quarantine", "spf_fail", "temperror"))
+    lines = [f"default_policy: inbound: the MX also accepts mail for domains no policy file "
+             f"claims that are {' or '.join(where)}; their inbound policy: {actions}"
+             + ("" if default.inbound is not None else " (built-in defaults)")]
+    if claimed:
+        lines.append("default_policy: domains also in a policy file (that file's policy "
+                     "applies): " + ", ".join(claimed))
+    return lines
 
 
 def describe_default(default: DefaultPolicy, directory: Directory, source: str,

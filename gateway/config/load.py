@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gateway.config.default_policy import read_domains_file
 from gateway.config.directory import Directory
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.model import Config
@@ -401,6 +402,7 @@ def load_config(path: str | Path, *, policy_cache: PolicyCache | None = None) ->
     except ValidationError as exc:
         raise ConfigErrors(validation_errors(path, exc)) from None
     config = _with_resolved_paths(config, base)
+    config = _with_domains_file(path, config, base, errors)
     _check_files(path, config, errors)
     if not config.policy_dir.is_dir():
         errors.append(ConfigError(str(path), "policy_dir", f"{config.policy_dir} is not a directory"))
@@ -427,6 +429,25 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
         "dkim": config.dkim.model_copy(update={"keys_dir": _resolve(base, config.dkim.keys_dir)}),
         "listeners": config.listeners.model_copy(update=listeners),
     })
+
+
+def _with_domains_file(path: Path, config: Config, base: Path,
+                       errors: list[ConfigError]) -> Config:
+    """default_policy.domains_file's names join default_policy.domains."""
+    default = config.default_policy
+    if default.domains_file is None:
+        return config
+    file = _resolve(base, default.domains_file)
+    try:
+        names = read_domains_file(file)
+    except ValueError as exc:
+        errors.append(ConfigError(str(path), "default_policy.domains_file", str(exc)))
+        return config
+    merged = tuple(dict.fromkeys((*default.domains, *names)))
+    # Validated again, not model_copy'd: the set behind lists_domain is built at init.
+    again = type(default).model_validate(
+        {**default.model_dump(), "domains": merged, "domains_file": file})
+    return config.model_copy(update={"default_policy": again})
 
 
 def _check_files(path: Path, config: Config, errors: list[ConfigError]) -> None:

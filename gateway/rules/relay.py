@@ -26,11 +26,15 @@ _ROUTING_CHARACTERS = "%!@"
 
 
 def decide_inbound_recipient(
-    address: str, owner_of: Callable[[str], str | None]
+    address: str, owner_of: Callable[[str], str | None], hosted: bool | None = False
 ) -> tuple[Verdict, Mailbox | None]:
     """May the inbound (MX) listener accept mail for ``address``?
 
     ``owner_of(domain)`` returns the customer owning a normalised domain, or None.
+    ``hosted``: for a domain no policy file claims, whether the ISP hosts it
+    (``default_policy.domains`` or the account source); None when the source
+    cannot tell now, which defers (never a 550 for a real customer's domain,
+    never an acceptance for a stranger's).
     Returns the verdict and, when accepted, the mailbox to pass downstream
     (domain normalised: no trailing dot, lower-case).
     """
@@ -43,8 +47,12 @@ def decide_inbound_recipient(
     if any(c in mailbox.unquoted_local for c in _ROUTING_CHARACTERS):
         return Verdict.refuse(replies.RELAY_DENIED, "relay.routing", recipient=address), None
     if owner_of(mailbox.domain) is None:
-        return Verdict.refuse(replies.RELAY_DENIED, "relay", recipient=address,
-                              domain=mailbox.domain), None
+        if hosted is None:
+            return Verdict.refuse(replies.HOSTED_DOMAINS_UNAVAILABLE, "relay.source_unavailable",
+                                  recipient=address, domain=mailbox.domain), None
+        if not hosted:
+            return Verdict.refuse(replies.RELAY_DENIED, "relay", recipient=address,
+                                  domain=mailbox.domain), None
     return Verdict.ok(replies.RECIPIENT_OK), mailbox
 
 

@@ -193,7 +193,7 @@ class GatewayHandler(HookDiscovery):
         if len(tx.recipients) >= rt.config.limits.max_recipients:
             record.recipient_refused("limits.max_recipients")
             return str(replies.TOO_MANY_RECIPIENTS)
-        verdict, mailbox, role = self.product.check_recipient(rt, address)
+        verdict, mailbox, role = await self.product.check_recipient(rt, address)
         if verdict.accept and mailbox is not None and server.screen is not None:
             # MX screening's verdict comes here, after the recipient is known:
             # abuse@ and postmaster@ get in from any client (RFC 5321 §4.5.1).

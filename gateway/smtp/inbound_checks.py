@@ -41,7 +41,9 @@ def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[Inbound
     for domain in sorted({r.rpartition("@")[2] for r in recipients}):
         customer_id = runtime.directory.customer_for_domain(domain)
         customer = runtime.directory.customers.get(customer_id) if customer_id else None
-        inbound = customer.inbound if customer is not None else None
+        # A domain no policy file claims was accepted as hosted (default_policy.domains
+        # or the account source): the default policy's inbound section is its policy.
+        inbound = customer.inbound if customer is not None else runtime.config.default_policy.inbound
         yield inbound.for_domain(domain) if inbound else _DEFAULT_POLICY
 
 

@@ -328,5 +328,6 @@ class ConnectionScreen:
 def _customer_screening(rt: Runtime, domain: str) -> CustomerScreening | None:
     customer_id = rt.directory.customer_for_domain(domain)
     customer = rt.directory.customers.get(customer_id) if customer_id else None
-    inbound = customer.inbound if customer is not None else None
+    # A hosted domain without a policy file: the default policy's (docs/accounts.md).
+    inbound = customer.inbound if customer is not None else rt.config.default_policy.inbound
     return inbound.screening if inbound is not None else None

@@ -33,6 +33,12 @@ def _recipients_customer(tx: Transaction) -> CustomerPolicy | None:
         owner = directory.customer_for_domain(rcpt.rpartition("@")[2])
         if owner is not None:
             return directory.customers.get(owner)
+    # Only hosted domains no policy file claims (and role mailboxes): the default
+    # policy's content rules, as for their accounts (docs/accounts.md).
+    hosted = [rcpt for rcpt in tx.recipients if rcpt not in tx.role_recipients]
+    default = tx.runtime.config.default_policy
+    if hosted and default.content is not None:
+        return default.for_customer(hosted[0].rpartition("@")[2])
     return None
 
 

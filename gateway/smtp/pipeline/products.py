@@ -7,7 +7,10 @@ never which product it is.
                MAIL                                        RCPT
 =============  ==========================================  ===================
 Inbound (MX)   anyone may send                             our customers'
-                                                           domains, abuse@ and
+                                                           domains (policy files,
+                                                           default_policy.domains,
+                                                           the account source),
+                                                           abuse@ and
                                                            postmaster@ (ours)
 Submission     the account may use the sender              any domain; the
                (rules/senders.py); suspended? SIZE=?       account's rate and
@@ -29,6 +32,7 @@ from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
+from gateway.smtp.pipeline.hosted_domains import hosted_by_source
 from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.sender_grants import customer_policy, sender_grants
@@ -52,7 +56,7 @@ class Product(Protocol):
         quota holds the transaction takes (None: not metered)."""
         ...
 
-    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+    async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         """At RCPT: the verdict, the mailbox to relay, and whether it is a role
         mailbox of ours (abuse@, postmaster@)."""
         ...
@@ -73,7 +77,8 @@ class Inbound:
                            ) -> tuple[Reply | None, AccountQuota | None]:
         return None, None  # anyone may send to our customers: the checks come at DATA
 
-    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+    async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+        hosted: bool | None = False
         if address.lower() == "postmaster":
             # RFC 5321 §4.5.1: the unqualified <Postmaster> is the ISP's own postmaster.
             domains = rt.config.abuse.domains
@@ -83,8 +88,14 @@ class Inbound:
             # RFC 2142 / RFC 5321 §4.5.1: abuse@ and postmaster@ of every domain we
             # serve are ours, the ISP's own domains included.
             role = is_role_recipient(address, lambda d: _serves(rt, d))
-        owner = (lambda d: "role mailbox") if role else rt.directory.customer_for_domain
-        verdict, mailbox = decide_inbound_recipient(address, owner)
+            if not role:  # the source is asked only for a domain nothing here claims
+                hosted_domain, hosted = await hosted_by_source(rt, address)
+                role = hosted is True and is_role_recipient(address, lambda d: d == hosted_domain)
+        if role:
+            verdict, mailbox = decide_inbound_recipient(address, lambda d: "role mailbox")
+        else:
+            verdict, mailbox = decide_inbound_recipient(
+                address, rt.directory.customer_for_domain, hosted)
         return verdict, mailbox, role
 
 
@@ -117,7 +128,7 @@ class Submission:
             return decision.verdict.reply, None
         return None, acct
 
-    def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
+    async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         verdict, mailbox = decide_outbound_recipient(address)
         return verdict, mailbox, False
 
