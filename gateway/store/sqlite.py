@@ -33,8 +33,10 @@ from gateway.store.base import (
     Store,
     StoreUnavailable,
     Suspension,
+    TakenReport,
     retry_after_for,
 )
+from gateway.values.dmarc_reports import report_id
 
 T = TypeVar("T")
 
@@ -530,3 +532,84 @@ class SQLiteStore(Store):
 
         await asyncio.get_running_loop().run_in_executor(self._thread, shut)
         self._thread.shutdown(wait=True)
+
+    # --- DMARC aggregate report counts ----------------------------------------------------
+    # Their own tables, made on first use (the main schema is left as it is).
+    _DMARC_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS dmarc_counts (
+        period INTEGER NOT NULL, domain TEXT NOT NULL, row TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (period, domain, row));
+    CREATE TABLE IF NOT EXISTS dmarc_reports (
+        id TEXT PRIMARY KEY, period INTEGER NOT NULL, domain TEXT NOT NULL, seq INTEGER NOT NULL,
+        rows TEXT NOT NULL, state TEXT NOT NULL, claimed REAL NOT NULL, finished REAL);
+    CREATE INDEX IF NOT EXISTS dmarc_reports_open ON dmarc_reports (state) WHERE finished IS NULL;
+    """
+
+    def _dmarc(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        if not getattr(self, "_dmarc_ready", False):
+            self._retry_locked(db, self._DMARC_SCHEMA)
+            self._dmarc_ready = True
+        return db
+
+    async def dmarc_add(self, counts: Sequence[tuple[int, str, str, int]]) -> None:
+        if not counts:
+            return
+        rows = [(p, d, r, n) for p, d, r, n in counts]
+
+        def write(db: sqlite3.Connection) -> None:
+            # An upsert: every process on the host adds to the same row.
+            self._write(self._dmarc(db), "INSERT INTO dmarc_counts (period, domain, row, n) "
+                        "VALUES (?,?,?,?) ON CONFLICT (period, domain, row) DO UPDATE SET n = n + excluded.n",
+                        rows)
+
+        await self._run(lambda db: self._transaction(self._dmarc(db), lambda: write(db)))
+
+    async def dmarc_periods(self, before: int) -> list[tuple[int, str]]:
+        rows = await self._run(lambda db: self._dmarc(db).execute(
+            "SELECT DISTINCT period, domain FROM dmarc_counts WHERE period < ? ORDER BY period, domain",
+            (before,)).fetchall())
+        return [(int(p), str(d)) for p, d in rows]
+
+    async def dmarc_take(self, period: int, domain: str, now: float) -> str | None:
+        def body(db: sqlite3.Connection) -> str | None:
+            rows = db.execute("SELECT row, n FROM dmarc_counts WHERE period = ? AND domain = ? ORDER BY row",
+                              (period, domain)).fetchall()
+            if not rows:
+                return None
+            (seq,) = db.execute("SELECT COUNT(*) FROM dmarc_reports WHERE period = ? AND domain = ?",
+                                (period, domain)).fetchone()
+            rid = report_id(period, seq, domain)
+            self._write(db, "INSERT INTO dmarc_reports (id, period, domain, seq, rows, state, claimed) "
+                        "VALUES (?,?,?,?,?, 'taken', 0)", (rid, period, domain, seq, json.dumps(rows)))
+            self._write(db, "DELETE FROM dmarc_counts WHERE period = ? AND domain = ?", (period, domain))
+            return rid
+
+        return await self._run(lambda db: self._transaction(self._dmarc(db), lambda: body(db)))
+
+    async def dmarc_unsent(self) -> list[TakenReport]:
+        rows = await self._run(lambda db: self._dmarc(db).execute(
+            "SELECT id, period, domain, seq, rows, state, claimed FROM dmarc_reports "
+            "WHERE finished IS NULL ORDER BY period, domain, seq").fetchall())
+        return [TakenReport(r[0], r[1], r[2], r[3], tuple((k, n) for k, n in json.loads(r[4])), r[5], r[6])
+                for r in rows]
+
+    async def dmarc_claim(self, report_id: str, now: float, stale: float) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE dmarc_reports SET state = 'sending', claimed = ? WHERE id = ? AND "
+                             "finished IS NULL AND (state = 'taken' OR claimed <= ?)",
+                             (now, report_id, now - stale))
+            changed = cur.rowcount
+            cur.close()
+            return changed == 1
+
+        return await self._run(lambda db: self._transaction(self._dmarc(db), lambda: body(db)))
+
+    async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, "UPDATE dmarc_reports SET state = ?, finished = ? WHERE id = ?",
+                        (state, now, report_id))
+            # Finished reports are kept a while (their seq numbers the follow-ups), then go.
+            self._write(db, "DELETE FROM dmarc_reports WHERE finished IS NOT NULL AND finished < ?",
+                        (now - keep,))
+
+        await self._run(lambda db: self._transaction(self._dmarc(db), lambda: body(db)))
