@@ -69,7 +69,8 @@ def add_dmarc_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     r.add_argument("--stale", type=float, default=3600.0,
                    help="seconds after which a report another run began sending is taken "
                         "to be abandoned and sent again (default 3600)")
-    r.add_argument("--now", type=float, help="act as if it were this time (seconds since the epoch)")
+    r.add_argument("--now", type=float, help="decide which periods are over, and which claims "
+                   "are stale, as if it were this time (seconds since the epoch)")
     r.set_defaults(func=cmd_report)
     return p
 
@@ -97,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(error, file=sys.stderr)
         return EXIT_USAGE
     now = args.now if args.now is not None else time.time()
-    if not keystore.active(reporter.domain, now):
+    if not keystore.active(reporter.domain, time.time()):
         print(f"{keys_dir}: no active DKIM key for {reporter.domain}: reports must pass DMARC "
               f"(RFC 9990 \"Email\"); make one with `portcullis keys`", file=sys.stderr)
         return EXIT_USAGE
@@ -169,8 +170,11 @@ async def _send_one(store: Store, resolver: Resolver, downstream: Downstream, ke
     report = Report(rid, taken.period, taken.period + DAY - 1, taken.seq, policy,
                     tuple((ReportRow.from_key(k), n) for k, n in taken.rows))
     recipients = list(dest.addresses)
-    message = report_message(report, reporter, recipients, now)
-    signature = await sign_message_off_loop(message, keystore.active(reporter.domain, now), int(now))
+    # --now moves the periods and claims only: the mail is dated and signed now (a
+    # t= in the future fails at the receiver).
+    wall = time.time()
+    message = report_message(report, reporter, recipients, wall)
+    signature = await sign_message_off_loop(message, keystore.active(reporter.domain, wall), int(wall))
     tx = downstream.begin(reporter.email, [])
     accepted = [r for r in recipients if (await tx.rcpt(r, [])).is_success]
     if not accepted:
