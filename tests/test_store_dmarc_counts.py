@@ -61,7 +61,12 @@ def test_a_report_is_claimed_once_and_never_again_once_finished(any_store):  # n
         assert not await store.dmarc_claim(rid, now=1001.0, stale=600)  # another run: hands off
         # The run that claimed it stopped: after `stale` seconds it may be sent again.
         assert await store.dmarc_claim(rid, now=1700.0, stale=600)
+        # Given back unsent (DNS failure): the next run claims it at once.
+        await store.dmarc_release(rid)
+        assert (await store.dmarc_unsent())[0].state == "taken"
+        assert await store.dmarc_claim(rid, now=1702.0, stale=600)
         await store.dmarc_finish(rid, "sent", now=1701.0)
+        await store.dmarc_release(rid)  # a finished report stays finished
         assert not await store.dmarc_claim(rid, now=99999.0, stale=600)
         assert await store.dmarc_unsent() == []
 

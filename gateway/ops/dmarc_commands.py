@@ -133,8 +133,16 @@ async def _report(loaded: Loaded, reporter: Reporter, keystore: KeyStore,
         for taken in await store.dmarc_unsent():
             if not await store.dmarc_claim(taken.report_id, now, args.stale):
                 continue  # another run is sending it
-            state = await _send_one(store, resolver, downstream, keystore, reporter, taken, now)
-            waiting += state == "later"
+            try:
+                state = await _send_one(store, resolver, downstream, keystore, reporter, taken, now)
+            except Exception as exc:  # the downstream went away mid-send: it may have the
+                # report, so it stays claimed and goes again only after --stale.
+                log.error("dmarc: report %s: %s: %s", taken.report_id, type(exc).__name__, exc)
+                waiting += 1
+                continue
+            if state == "later":  # not sent: the next run may try at once
+                await store.dmarc_release(taken.report_id)
+                waiting += 1
         return EXIT_LATER if waiting else EXIT_OK
     finally:
         await downstream.close()

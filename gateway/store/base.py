@@ -237,6 +237,11 @@ class Store(abc.ABC):
         (it was taken, or its last run claimed it more than ``stale`` seconds ago)."""
 
     @abc.abstractmethod
+    async def dmarc_release(self, report_id: str) -> None:
+        """Give a claimed report back unsent ("taken" again): it could not go out now
+        (DNS failure, a 4xx), and the next run may try at once."""
+
+    @abc.abstractmethod
     async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
         """Mark a report sent (or failed, skipped): it is never sent again.  Finished
         reports older than ``keep`` seconds are dropped."""

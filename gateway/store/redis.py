@@ -792,6 +792,10 @@ class RedisStore(Store):
         return bool(await self._call(script(keys=[self._k("dmarc:r", report_id)],
                                             args=[_num(now), _num(now - stale)])))
 
+    async def dmarc_release(self, report_id: str) -> None:
+        script = self._dmarc_script("release", _DMARC_RELEASE)
+        await self._call(script(keys=[self._k("dmarc:r", report_id)]))
+
     async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
         pipe = self._r.pipeline(transaction=True)
         key = self._k("dmarc:r", report_id)
@@ -828,6 +832,13 @@ local claimed = tonumber(redis.call('HGET', KEYS[1], 'claimed') or '0')
 if state == 'taken' or (state == 'sending' and claimed <= tonumber(ARGV[2])) then
   redis.call('HSET', KEYS[1], 'state', 'sending', 'claimed', ARGV[1])
   return 1
+end
+return 0
+"""
+
+_DMARC_RELEASE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'finished') == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'taken', 'claimed', '0')
 end
 return 0
 """

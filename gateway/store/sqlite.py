@@ -604,6 +604,11 @@ class SQLiteStore(Store):
 
         return await self._run(lambda db: self._transaction(self._dmarc(db), lambda: body(db)))
 
+    async def dmarc_release(self, report_id: str) -> None:
+        await self._run(lambda db: self._write(
+            self._dmarc(db), "UPDATE dmarc_reports SET state = 'taken', claimed = 0 "
+            "WHERE id = ? AND finished IS NULL", (report_id,)))
+
     async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
         def body(db: sqlite3.Connection) -> None:
             self._write(db, "UPDATE dmarc_reports SET state = ?, finished = ? WHERE id = ?",
