@@ -292,3 +292,22 @@ def test_a_run_killed_between_send_and_mark_resumes_and_sends_each_report_once_m
     assert a[0]["Message-ID"] == b[0]["Message-ID"] and a[1] == b[1] and a[2] == b[2]
     assert run_report(mx, later + 20000).returncode == 0
     assert counts() == {crashed: 2, other: 1}
+
+
+def test_a_report_that_cannot_go_out_for_dns_waits_for_the_next_run_not_for_stale(mx, downstream):
+    """RFC 9990 "Report Delivery": the receiver "MAY cache that data and try again
+    later".  With DNS down the run exits 1 and sends nothing; the reports are given
+    back, so the next run (well within --stale) sends each once."""
+    now = time.time()
+    mail_in(mx)
+    mx.stop()
+    mx.dns.stop()
+    later = period_begin(now) + DAY + 3600
+    done = run_report(mx, later)
+    assert done.returncode == 1, done.stderr
+    assert reports_by_domain(downstream) == {}
+    mx.dns.start()
+    done = run_report(mx, later + 60)
+    assert done.returncode == 0, done.stderr
+    assert {d: len(ms) for d, ms in reports_by_domain(downstream).items()} == \
+        {"sender.test": 1, "spoof.test": 1}
