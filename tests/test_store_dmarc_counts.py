@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
-from gateway.values.dmarc_reports import DAY
+from gateway.values.dmarc_reports import DAY, RETENTION
 from tests.support.redis_server import redis_server  # noqa: F401
 from tests.support.stores import any_store  # noqa: F401
 
@@ -121,3 +121,17 @@ def test_redis_counts_from_two_nodes_add_up(redis_server):  # noqa: F811
             await b.close()
 
     assert asyncio.run(main()) == {"row-a": 40, "row-b": 80}
+
+
+def test_counts_never_taken_expire_after_the_retention(any_store):  # noqa: F811
+    """No report run for 14 days: the old counts go, the store does not grow forever."""
+    async def body(store):
+        await store.dmarc_add([(P, "example.org", "row-a", 1)])
+        await store.dmarc_add([(P + RETENTION + DAY, "example.org", "row-a", 1)])
+        if any_store.name == "sqlite":  # Redis: the hash's TTL, checked below
+            assert await store.dmarc_periods(P + 100 * DAY) == [(P + RETENTION + DAY, "example.org")]
+        else:
+            ttl = await store._r.ttl(f"test:dmarc:c:{P}:example.org")
+            assert 0 < ttl <= DAY + RETENTION
+
+    any_store.run(body)

@@ -311,3 +311,20 @@ def test_a_report_that_cannot_go_out_for_dns_waits_for_the_next_run_not_for_stal
     assert done.returncode == 0, done.stderr
     assert {d: len(ms) for d, ms in reports_by_domain(downstream).items()} == \
         {"sender.test": 1, "spoof.test": 1}
+
+
+@pytest.mark.parametrize("sender, problem", [
+    ("dmarc@nokey.test", "no active DKIM key for nokey.test"),
+    ("not-an-address", "is not an address"),
+])
+def test_operator_errors_are_one_line_and_exit_2(tmp_path, downstream, cert_files, password_hash,
+                                                 sender, problem):
+    gw = GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+                          policies=customer_policies(password_hash), cert=cert_files)
+    cmd = [sys.executable, "-m", "gateway.cli", "dmarc", "-c", str(gw.config_path), "report",
+           "--from", sender, "--org-name", "ISP Test"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr

@@ -216,7 +216,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def dmarc_add(self, counts: Sequence[tuple[int, str, str, int]]) -> None:
-        """Add each (period, policy domain, row key, count), in one store call."""
+        """Add each (period, policy domain, row key, count), in one store call; counts of
+        periods older than ``RETENTION`` before the oldest added go (never reported)."""
 
     @abc.abstractmethod
     async def dmarc_periods(self, before: int) -> list[tuple[int, str]]:

@@ -55,6 +55,7 @@ from gateway.store.base import (
     Suspension,
     TakenReport,
 )
+from gateway.values.dmarc_reports import DAY, RETENTION
 
 # Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
 # c:<key>:n (running total of live amounts, so a check reads one number).
@@ -752,7 +753,11 @@ class RedisStore(Store):
             return
         pipe = self._r.pipeline(transaction=True)
         for period, domain, row, n in counts:
-            pipe.hincrby(self._k("dmarc:c", f"{period}:{domain}"), row, n)
+            key = self._k("dmarc:c", f"{period}:{domain}")
+            pipe.hincrby(key, row, n)
+            # Never taken within RETENTION after its period: gone (a take of a missing
+            # hash drops it from dmarc:open).
+            pipe.expire(key, DAY + RETENTION)
             pipe.sadd(self._prefix + "dmarc:open", f"{period} {domain}")
         await self._call(pipe.execute())
 

@@ -36,7 +36,7 @@ from gateway.store.base import (
     TakenReport,
     retry_after_for,
 )
-from gateway.values.dmarc_reports import report_id
+from gateway.values.dmarc_reports import RETENTION, report_id
 
 T = TypeVar("T")
 
@@ -555,12 +555,15 @@ class SQLiteStore(Store):
         if not counts:
             return
         rows = [(p, d, r, n) for p, d, r, n in counts]
+        expired = min(p for p, _, _, _ in counts) - RETENTION
 
         def write(db: sqlite3.Connection) -> None:
             # An upsert: every process on the host adds to the same row.
             self._write(self._dmarc(db), "INSERT INTO dmarc_counts (period, domain, row, n) "
                         "VALUES (?,?,?,?) ON CONFLICT (period, domain, row) DO UPDATE SET n = n + excluded.n",
                         rows)
+            # The primary key leads with period: a range delete, usually of nothing.
+            self._write(db, "DELETE FROM dmarc_counts WHERE period < ?", (expired,))
 
         await self._run(lambda db: self._transaction(self._dmarc(db), lambda: write(db)))
 

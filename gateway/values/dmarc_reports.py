@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 # RFC 9990 "Aggregate Reports": "daily (or more frequent)" reports.
 DAY = 86400
+# Counts no report run has taken within this long after their period are dropped:
+# a gateway whose operator never runs `dmarc report` must not grow its store forever.
+RETENTION = 14 * DAY
 
 
 @dataclass(frozen=True, slots=True)
