@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.audit.commands import add_audit_parser
     from gateway.dkim.commands import add_keys_parser
     from gateway.held_commands import add_held_parser
+    from gateway.ops.dmarc_commands import add_dmarc_parser
     from gateway.ops.dns_commands import add_dns_parser
     from gateway.screening_commands import add_screening_parser
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     add_keys_parser(sub)
     add_dns_parser(sub)
+    add_dmarc_parser(sub)
     add_held_parser(sub)
     add_screening_parser(sub)
     return parser

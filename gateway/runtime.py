@@ -21,6 +21,7 @@ from gateway.metering import Metering
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
+from gateway.store.dmarc_tally import DmarcTally
 from gateway.store.held import HeldStore
 from gateway.store.journal import Journal
 
@@ -51,6 +52,8 @@ class Runtime:
     # Seconds since the epoch; every quota decision takes `now` from here, so a
     # test can move time to slide the windows.
     clock: Callable[[], float] = time.time
+    # Counts for DMARC aggregate reports, written to the store in batches (None: no store).
+    dmarc_tally: DmarcTally | None = None
     # Shared by every Runtime of this process: points at the newest one.
     live: Live = field(default_factory=lambda: Live(), compare=False, repr=False)
 

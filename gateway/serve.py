@@ -59,6 +59,7 @@ from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
 from gateway.store import open_store
+from gateway.store.dmarc_tally import DmarcTally
 from gateway.store.held import HeldStore
 from gateway.store.journal import Journal
 from gateway.tls import make_dev_certificate
@@ -118,6 +119,10 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         journal=(Journal(metering.store, config.store.journal, clock)
                  if metering is not None else None),
         sender_ids=make_sender_ids(config, create=True),
+        # Only where inbound checks run: they are what the reports count.
+        dmarc_tally=(DmarcTally(metering.store, clock=clock)
+                     if metering is not None and config.listeners.inbound and config.inbound_checks
+                     else None),
         metrics=Metrics(listeners=[n for n in ("inbound", "submission", "submissions")
                                    if getattr(config.listeners, n) is not None]),
         clock=clock,
@@ -355,6 +360,8 @@ class Gateway:
         await rt.accounts.close()
         if self.runtime.journal is not None:  # the sessions' last decisions
             await self.runtime.journal.drain()
+        if self.runtime.dmarc_tally is not None:  # the last DMARC report counts
+            await self.runtime.dmarc_tally.drain()
         if self.runtime.metering is not None:
             await self.runtime.metering.store.close()
         log.info("stopped")

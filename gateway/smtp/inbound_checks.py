@@ -15,9 +15,10 @@ from gateway.checks.inbound import authenticate_inbound
 from gateway.config.inbound import InboundDomainPolicy
 from gateway.message import HeaderField, Message
 from gateway.replies import Reply
-from gateway.rules.inbound import OUR_HEADERS, decide_inbound
+from gateway.rules.inbound import OUR_HEADERS, InboundDecision, decide_inbound
 from gateway.runtime import Runtime
 from gateway.stamps.authresults import authentication_results, claims_authserv_id
+from gateway.values.evidence import InboundEvidence
 
 _OUR_FIELDS = frozenset(h.lower().encode() for h in OUR_HEADERS)
 _DEFAULT_POLICY = InboundDomainPolicy()  # frozen: one shared instance, not one per message
@@ -33,6 +34,9 @@ class InboundOutcome:
     rule: str = ""
     facts: tuple[tuple[str, object], ...] = ()
     prefix: bytes = b""  # our fields to go out above the message (Authentication-Results)
+    # What was found and decided, for the DMARC aggregate report counts (docs/dmarc-reports.md).
+    evidence: InboundEvidence | None = None
+    decision: InboundDecision | None = None
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -65,7 +69,8 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
                ("dmarc", evidence.dmarc.result))
     if not decision.verdict.accept:
         return InboundOutcome(decision.verdict.reply, message, summary, results,
-                              decision.verdict.rule, decision.verdict.facts)
+                              decision.verdict.rule, decision.verdict.facts,
+                              evidence=evidence, decision=decision)
     # One pass over the header removes what a sender may not set: fields only we add
     # (a quarantine flag), and A-R fields claiming our authserv-id (RFC 8601 §5).
     ours = runtime.config.our_authserv_id.strip().lower()
@@ -77,4 +82,5 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
     stamp = authentication_results(runtime.config.our_authserv_id, evidence, iprev)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp
-    return InboundOutcome(None, message, summary, results, prefix=stamp)
+    return InboundOutcome(None, message, summary, results, prefix=stamp,
+                          evidence=evidence, decision=decision)

@@ -34,10 +34,12 @@ from gateway.values.charges import (
     SeriesSum,
     Suspension,
 )
+from gateway.values.dmarc_reports import TakenReport
 
 __all__ = [
     "AttemptReservation", "Charge", "ChargeResult", "Event", "MeterResult", "MeterStep",
-    "SeriesAdd", "SeriesSum", "Store", "StoreUnavailable", "Suspension", "retry_after_for",
+    "SeriesAdd", "SeriesSum", "Store", "StoreUnavailable", "Suspension", "TakenReport",
+    "retry_after_for",
 ]
 
 
@@ -206,6 +208,45 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    # --- DMARC aggregate report counts (docs/dmarc-reports.md) -------------------------
+    # Counts add up per (period, policy domain, row) from every worker and node; a
+    # report run *takes* a closed period's counts out of the running counts into a
+    # report of its own in one atomic step, so each count is in exactly one report:
+    # counts that arrive after the take stay behind for the next report.
+
+    @abc.abstractmethod
+    async def dmarc_add(self, counts: Sequence[tuple[int, str, str, int]]) -> None:
+        """Add each (period, policy domain, row key, count), in one store call; counts of
+        periods older than ``RETENTION`` before the oldest added go (never reported)."""
+
+    @abc.abstractmethod
+    async def dmarc_periods(self, before: int) -> list[tuple[int, str]]:
+        """(period, policy domain) of the running counts whose period began before ``before``."""
+
+    @abc.abstractmethod
+    async def dmarc_take(self, period: int, domain: str, now: float) -> str | None:
+        """Move the counts of (period, domain) into a new report (state "taken");
+        its id, or None when there were none."""
+
+    @abc.abstractmethod
+    async def dmarc_unsent(self) -> list[TakenReport]:
+        """Reports taken but not finished (taken, or sending when a run stopped)."""
+
+    @abc.abstractmethod
+    async def dmarc_claim(self, report_id: str, now: float, stale: float) -> bool:
+        """Mark a report "sending" before it is sent: True for the run that may send it
+        (it was taken, or its last run claimed it more than ``stale`` seconds ago)."""
+
+    @abc.abstractmethod
+    async def dmarc_release(self, report_id: str) -> None:
+        """Give a claimed report back unsent ("taken" again): it could not go out now
+        (DNS failure, a 4xx), and the next run may try at once."""
+
+    @abc.abstractmethod
+    async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
+        """Mark a report sent (or failed, skipped): it is never sent again.  Finished
+        reports older than ``keep`` seconds are dropped."""
+
 
 def retry_after_for(entries: Sequence[tuple[float, int]], used: int, amount: int,
                     limit: int, window: float, now: float) -> float | None:
@@ -220,3 +261,4 @@ def retry_after_for(entries: Sequence[tuple[float, int]], used: int, amount: int
         if dropped >= need:
             return max(0.0, ts + window - now)
     return None
+

@@ -53,7 +53,9 @@ from gateway.store.base import (
     Store,
     StoreUnavailable,
     Suspension,
+    TakenReport,
 )
+from gateway.values.dmarc_reports import DAY, RETENTION
 
 # Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
 # c:<key>:n (running total of live amounts, so a check reads one number).
@@ -735,3 +737,113 @@ class RedisStore(Store):
             await self._r.aclose()
         except (RedisError, OSError):
             pass
+
+    # --- DMARC aggregate report counts ----------------------------------------------------
+    # dmarc:c:<period>:<domain> is a hash row → count (HINCRBY: every node adds to it);
+    # dmarc:open the set of "<period> <domain>" with counts; dmarc:r:<id> one taken
+    # report; dmarc:unsent the ids not finished; dmarc:seq the follow-up numbers.
+    def _dmarc_script(self, name: str, source: str) -> Any:
+        scripts = self.__dict__.setdefault("_dmarc_scripts", {})
+        if name not in scripts:
+            scripts[name] = self._r.register_script(source)
+        return scripts[name]
+
+    async def dmarc_add(self, counts: Sequence[tuple[int, str, str, int]]) -> None:
+        if not counts:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        for period, domain, row, n in counts:
+            key = self._k("dmarc:c", f"{period}:{domain}")
+            pipe.hincrby(key, row, n)
+            # Never taken within RETENTION after its period: gone (a take of a missing
+            # hash drops it from dmarc:open).
+            pipe.expire(key, DAY + RETENTION)
+            pipe.sadd(self._prefix + "dmarc:open", f"{period} {domain}")
+        await self._call(pipe.execute())
+
+    async def dmarc_periods(self, before: int) -> list[tuple[int, str]]:
+        members = await self._call(self._r.smembers(self._prefix + "dmarc:open"))
+        found = []
+        for m in members:
+            period, _, domain = m.partition(" ")
+            if int(period) < before:
+                found.append((int(period), domain))
+        return sorted(found)
+
+    async def dmarc_take(self, period: int, domain: str, now: float) -> str | None:
+        script = self._dmarc_script("take", _DMARC_TAKE)
+        rid = await self._call(script(
+            keys=[self._k("dmarc:c", f"{period}:{domain}"), self._prefix + "dmarc:open",
+                  self._prefix + "dmarc:seq", self._prefix + "dmarc:unsent"],
+            args=[str(period), domain, self._prefix]))
+        return rid or None
+
+    async def dmarc_unsent(self) -> list[TakenReport]:
+        ids = sorted(await self._call(self._r.smembers(self._prefix + "dmarc:unsent")))
+        reports = []
+        for rid in ids:
+            h = await self._call(self._r.hgetall(self._k("dmarc:r", rid)))
+            if not h:
+                continue
+            rows = json.loads(h["rows"])
+            # cjson turns an empty hash into {}; HGETALL's flat list is [k1, v1, k2, v2 ...].
+            pairs = tuple((rows[i], int(rows[i + 1])) for i in range(0, len(rows), 2)) if rows else ()
+            reports.append(TakenReport(rid, int(h["period"]), h["domain"], int(h["seq"]),
+                                       tuple(sorted(pairs)), h["state"], float(h["claimed"])))
+        return sorted(reports, key=lambda r: (r.period, r.domain, r.seq))
+
+    async def dmarc_claim(self, report_id: str, now: float, stale: float) -> bool:
+        script = self._dmarc_script("claim", _DMARC_CLAIM)
+        return bool(await self._call(script(keys=[self._k("dmarc:r", report_id)],
+                                            args=[_num(now), _num(now - stale)])))
+
+    async def dmarc_release(self, report_id: str) -> None:
+        script = self._dmarc_script("release", _DMARC_RELEASE)
+        await self._call(script(keys=[self._k("dmarc:r", report_id)]))
+
+    async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        key = self._k("dmarc:r", report_id)
+        pipe.hset(key, mapping={"state": state, "finished": _num(now)})
+        pipe.expire(key, max(1, int(keep)))
+        pipe.srem(self._prefix + "dmarc:unsent", report_id)
+        await self._call(pipe.execute())
+
+
+# Take a period's counts into a report, atomically: a count added after this runs
+# starts the hash anew and goes into the next report.
+_DMARC_TAKE = r"""
+local member = ARGV[1] .. ' ' .. ARGV[2]
+local rows = redis.call('HGETALL', KEYS[1])
+if #rows == 0 then
+  redis.call('SREM', KEYS[2], member)
+  return false
+end
+local seq = redis.call('HINCRBY', KEYS[3], member, 1) - 1
+local id = ARGV[1] .. '.' .. seq .. '.' .. ARGV[2]
+redis.call('HSET', ARGV[3] .. 'dmarc:r:' .. id, 'rows', cjson.encode(rows), 'period', ARGV[1],
+           'domain', ARGV[2], 'seq', seq, 'state', 'taken', 'claimed', '0')
+redis.call('SADD', KEYS[4], id)
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], member)
+return id
+"""
+
+# taken → sending; or sending again when the run that claimed it stopped long ago.
+_DMARC_CLAIM = r"""
+if redis.call('HEXISTS', KEYS[1], 'finished') == 1 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+local claimed = tonumber(redis.call('HGET', KEYS[1], 'claimed') or '0')
+if state == 'taken' or (state == 'sending' and claimed <= tonumber(ARGV[2])) then
+  redis.call('HSET', KEYS[1], 'state', 'sending', 'claimed', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_DMARC_RELEASE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'finished') == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'taken', 'claimed', '0')
+end
+return 0
+"""

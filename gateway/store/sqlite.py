@@ -38,8 +38,10 @@ from gateway.store.base import (
     Store,
     StoreUnavailable,
     Suspension,
+    TakenReport,
     retry_after_for,
 )
+from gateway.values.dmarc_reports import RETENTION, report_id
 
 T = TypeVar("T")
 
@@ -79,6 +81,15 @@ CREATE TABLE IF NOT EXISTS series (
 -- A running sum per series: its buckets that start at or after `floor` (the last
 -- `since` read), so reading a sum moves the floor over a few buckets, not the series.
 CREATE TABLE IF NOT EXISTS series_sums (key TEXT PRIMARY KEY, floor REAL NOT NULL, total INTEGER NOT NULL);
+-- DMARC aggregate report counts (gateway/ops/dmarc_commands.py)
+CREATE TABLE IF NOT EXISTS dmarc_counts (
+    period INTEGER NOT NULL, domain TEXT NOT NULL, row TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (period, domain, row));
+CREATE TABLE IF NOT EXISTS dmarc_reports (
+    id TEXT PRIMARY KEY, period INTEGER NOT NULL, domain TEXT NOT NULL, seq INTEGER NOT NULL,
+    rows TEXT NOT NULL, state TEXT NOT NULL, claimed REAL NOT NULL, finished REAL);
+CREATE INDEX IF NOT EXISTS dmarc_reports_open ON dmarc_reports (state) WHERE finished IS NULL;
+
 """
 
 # Group commit bounds: one transaction holds SQLite's write lock for at most this many
@@ -684,3 +695,75 @@ class SQLiteStore(Store):
                 return
             self._queue.put(_Call(None, True, loop, done))
         await done
+
+    # --- DMARC aggregate report counts ----------------------------------------------------
+    async def dmarc_add(self, counts: Sequence[tuple[int, str, str, int]]) -> None:
+        if not counts:
+            return
+        rows = [(p, d, r, n) for p, d, r, n in counts]
+        expired = min(p for p, _, _, _ in counts) - RETENTION
+
+        def write(db: sqlite3.Connection) -> None:
+            # An upsert: every process on the host adds to the same row.
+            self._write(db, "INSERT INTO dmarc_counts (period, domain, row, n) "
+                        "VALUES (?,?,?,?) ON CONFLICT (period, domain, row) DO UPDATE SET n = n + excluded.n",
+                        rows)
+            # The primary key leads with period: a range delete, usually of nothing.
+            self._write(db, "DELETE FROM dmarc_counts WHERE period < ?", (expired,))
+
+        await self._run(write)
+
+    async def dmarc_periods(self, before: int) -> list[tuple[int, str]]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT DISTINCT period, domain FROM dmarc_counts WHERE period < ? ORDER BY period, domain",
+            (before,)).fetchall(), writes=False)
+        return [(int(p), str(d)) for p, d in rows]
+
+    async def dmarc_take(self, period: int, domain: str, now: float) -> str | None:
+        def body(db: sqlite3.Connection) -> str | None:
+            rows = db.execute("SELECT row, n FROM dmarc_counts WHERE period = ? AND domain = ? ORDER BY row",
+                              (period, domain)).fetchall()
+            if not rows:
+                return None
+            (seq,) = db.execute("SELECT COUNT(*) FROM dmarc_reports WHERE period = ? AND domain = ?",
+                                (period, domain)).fetchone()
+            rid = report_id(period, seq, domain)
+            self._write(db, "INSERT INTO dmarc_reports (id, period, domain, seq, rows, state, claimed) "
+                        "VALUES (?,?,?,?,?, 'taken', 0)", (rid, period, domain, seq, json.dumps(rows)))
+            self._write(db, "DELETE FROM dmarc_counts WHERE period = ? AND domain = ?", (period, domain))
+            return rid
+
+        return await self._run(body)
+
+    async def dmarc_unsent(self) -> list[TakenReport]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT id, period, domain, seq, rows, state, claimed FROM dmarc_reports "
+            "WHERE finished IS NULL ORDER BY period, domain, seq").fetchall(), writes=False)
+        return [TakenReport(r[0], r[1], r[2], r[3], tuple((k, n) for k, n in json.loads(r[4])), r[5], r[6])
+                for r in rows]
+
+    async def dmarc_claim(self, report_id: str, now: float, stale: float) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE dmarc_reports SET state = 'sending', claimed = ? WHERE id = ? AND "
+                             "finished IS NULL AND (state = 'taken' OR claimed <= ?)",
+                             (now, report_id, now - stale))
+            changed = cur.rowcount
+            cur.close()
+            return changed == 1
+
+        return await self._run(body)
+
+    async def dmarc_release(self, report_id: str) -> None:
+        await self._run(lambda db: self._write(
+            db, "UPDATE dmarc_reports SET state = 'taken', claimed = 0 "
+            "WHERE id = ? AND finished IS NULL", (report_id,)))
+
+    async def dmarc_finish(self, report_id: str, state: str, now: float, keep: float = 31 * 86400) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, "UPDATE dmarc_reports SET state = ?, finished = ? WHERE id = ?",
+                        (state, now, report_id))
+            # Finished reports are kept a while (their seq numbers the follow-ups), then go.
+            self._write(db, "DELETE FROM dmarc_reports WHERE finished IS NOT NULL AND finished < ?",
+                        (now - keep,))
+
+        await self._run(body)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from gateway.smtp.inbound_checks import check_inbound
+from gateway.rules.dmarc_reporting import report_observation
+from gateway.smtp.inbound_checks import InboundOutcome, check_inbound
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
+from gateway.store.dmarc_tally import DmarcTally
 
 log = logging.getLogger("portcullis.smtp")
 
@@ -28,14 +30,29 @@ async def run(tx: Transaction) -> StepResult:
     if rt.metrics is not None:
         for method, result in outcome.results:
             rt.metrics.auth_result(method, result)
+    exempt = outcome.refusal is not None and len(tx.role_recipients) == len(tx.recipients)
+    if rt.dmarc_tally is not None:
+        _count_for_report(rt.dmarc_tally, outcome, tx.session.client_ip, exempt)
     if outcome.refusal is not None:
-        if len(tx.role_recipients) < len(tx.recipients):
+        if not exempt:
             return refuse(outcome.refusal, outcome.rule, outcome.facts)
         log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                  tx.txid, outcome.refusal)
     tx.message = outcome.message
     tx.on_top(outcome.prefix)
     return CONTINUE
+
+
+def _count_for_report(tally: DmarcTally, outcome: InboundOutcome, client_ip: str,
+                      exempt: bool) -> None:
+    """One count for the author's DMARC aggregate report: a dict increment here, the
+    store write later in the background (gateway/store/dmarc_tally.py)."""
+    if outcome.evidence is None or outcome.decision is None:
+        return
+    observation = report_observation(outcome.evidence, outcome.decision.action, client_ip=client_ip,
+                                     arc_override=outcome.decision.arc_override, exempt=exempt)
+    if observation is not None:
+        tally.add(observation)
 
 
 STEP = Step("inbound checks", run)
