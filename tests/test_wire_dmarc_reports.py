@@ -110,8 +110,8 @@ def store_counts(gw) -> dict[tuple[str, str], int]:
             periods = await store.dmarc_periods(2**40)
             out: dict[tuple[str, str], int] = {}
             for period, domain in periods:
-                rows = await store._run(lambda db, p=period, d=domain: store._dmarc(db).execute(
-                    "SELECT row, n FROM dmarc_counts WHERE period = ? AND domain = ?", (p, d)).fetchall())
+                rows = await store._run(lambda db, p=period, d=domain: db.execute(
+                    "SELECT row, n FROM dmarc_counts WHERE period = ? AND domain = ?", (p, d)).fetchall(), writes=False)
                 for key, n in rows:
                     k = (domain, ReportRow.from_key(key).disposition)
                     out[k] = out.get(k, 0) + n
