@@ -31,6 +31,7 @@ from gateway.checks.dmarc_record import DmarcRecord, is_dmarc_text, parse_record
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.spf import SpfResult
 from gateway.message import HeaderField, MalformedHeader, Message
+from gateway.values.domains import normalise_domain
 from gateway.values.evidence import DmarcResult
 
 __all__ = ["DmarcRecord", "DmarcResult", "RecordLookup", "Walk", "alignment_org_domains", "evaluate",
@@ -103,6 +104,13 @@ def _from_domain_parsed(value: str) -> str | None:
     if len(domains) != 1:
         return None
     domain = domains.pop()
+    if domain and not domain.isascii():
+        # RFC 6532 header, U-label domain: compared (and looked up) as its A-label,
+        # the form d= and the SPF domain have (gateway/values/domains.py).
+        try:
+            domain = normalise_domain(domain)
+        except ValueError:
+            return None
     return domain or None
 
 

@@ -162,6 +162,11 @@ class GatewayHandler(HookDiscovery):
         sender = "" if address == "<>" else address
         if server.dsn_refusal is not None:
             return server.answer(server.dsn_refusal)
+        utf8 = bool(getattr(envelope, "smtp_utf8", False))
+        if utf8 and "smtputf8" not in server.downstream_offers:
+            return str(replies.SMTPUTF8_NOT_OFFERED)
+        if not utf8 and not address.isascii():
+            return str(replies.NON_ASCII_ADDRESS)
         record = _record(server)
         record.sender = sender
         # Hot reload: the transaction runs to its end under the config in force now.
@@ -201,6 +206,9 @@ class GatewayHandler(HookDiscovery):
         if server.dsn_refusal is not None:
             record.recipient_refused("smtp.dsn_parameters")
             return server.answer(server.dsn_refusal)
+        if not address.isascii() and "SMTPUTF8" not in tx.mail_options:
+            record.recipient_refused("smtp.smtputf8")
+            return str(replies.NON_ASCII_ADDRESS)
         dsn = server.dsn_parameters
         if len(tx.recipients) >= rt.config.limits.max_recipients:
             record.recipient_refused("limits.max_recipients")

@@ -546,6 +546,9 @@ class GatewaySMTP(SMTPAdapter):
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
+        if not hostname.isascii():  # RFC 6531 §3.7.1: the EHLO name is ASCII (A-labels)
+            await self.push(str(replies.NON_ASCII_HELO))
+            return
         self.reset_state()
         assert self.session is not None
         self.session.extended_smtp = False
@@ -555,6 +558,9 @@ class GatewaySMTP(SMTPAdapter):
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        if not hostname.isascii():  # RFC 6531 §3.7.1: the EHLO name is ASCII (A-labels)
+            await self.push(str(replies.NON_ASCII_HELO))
             return
         self.reset_state()
         assert self.session is not None
@@ -569,6 +575,8 @@ class GatewaySMTP(SMTPAdapter):
         self.downstream_offers = await offers() if offers is not None else frozenset()
         if "dsn" in self.downstream_offers:
             lines.append("DSN")
+        if "smtputf8" in self.downstream_offers:  # RFC 6531 §3.2
+            lines.append("SMTPUTF8")
         if self.tls_context and not self.started_tls:
             lines.append("STARTTLS")
         if self.offers_auth and self.encrypted:
@@ -615,7 +623,9 @@ class GatewaySMTP(SMTPAdapter):
             # RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> needs no domain and must be accepted.
             return inner, rest.strip()
         try:
-            parse_mailbox(inner)
+            # UTF-8 is syntax here; whether this transaction may use it (SMTPUTF8 on
+            # MAIL, offered by us) the MAIL and RCPT hooks decide: 553 5.6.7, not 5.1.3.
+            parse_mailbox(inner, utf8=True)
         except NotAMailbox:
             return None, None
         return inner, rest.strip()
