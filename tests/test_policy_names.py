@@ -4,10 +4,10 @@ gateway/config/policy.py): each is compared with the previous code, kept here.""
 
 from __future__ import annotations
 
+import idna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import idna
 from pydantic import ValidationError
 
 from gateway.config.policy import Account, CustomerPolicy, normalise_sender_pattern

@@ -17,7 +17,7 @@ from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.checks.dmarc import from_domain
 from gateway.checks.spf import _identity
 from gateway.values.domains import normalise_domain
-from tests.conftest import customer_policies
+from tests.conftest import PASSWORD, customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.ports import free_port
 from tests.support.postfix import PostfixInstance, postfix_available
@@ -143,6 +143,23 @@ def test_internationalized_mail_goes_through_when_postfix_offers_smtputf8(gatewa
     flags = int(next(line for line in text.splitlines()
                      if line.startswith("message_size:")).split()[-1])
     assert flags == 1 | 2 | 4, text
+
+
+@needs_postfix
+def test_submission_sends_internationalized_mail_when_postfix_offers_smtputf8(
+        gateway_before, client_tls):
+    gw, postfix = gateway_before(smtputf8=True)
+    port = gw.ports["submission"]
+    assert "smtputf8" in keywords_once_learnt(port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+        c.starttls(context=client_tls)
+        c.login("alice@acme.example", PASSWORD)
+        c.sendmail("alice@acme.example", ["info@bücher.example"],
+                   "From: alice@acme.example\r\nTo: Jürgen <info@bücher.example>\r\n"
+                   "Subject: Grüße\r\n\r\nHallo\r\n".encode(), mail_options=["SMTPUTF8"])
+    [text] = queued(postfix)
+    assert f"recipient: info@{BUECHER}" in text and "Subject: Grüße" in text, text
+    assert "DKIM-Signature:" in text  # signed on the way, UTF-8 header and all
 
 
 @needs_postfix

@@ -680,7 +680,10 @@ class GatewaySMTP(SMTPAdapter):
         """``arg`` without its DSN parameters, which (or their refusal) wait for the
         hook: aiosmtpd's checks (HELO first, no nested MAIL, the path) come first."""
         self.dsn_parameters, self.dsn_refusal = [], None
-        body = self.strip_keyword(keyword, arg) if arg is not None else None
+        # The common command has none: one upper() and a few searches, not a second parse.
+        if arg is None or not any(f"{name}=" in arg.upper() for name in names):
+            return arg
+        body = self.strip_keyword(keyword, arg)
         if not body:
             return arg
         try:
