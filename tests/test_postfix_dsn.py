@@ -28,8 +28,9 @@ MESSAGE = b"From: someone@other.example\r\nSubject: dsn\r\n\r\nhello\r\n"
 
 def start_postfix(downstream, extra: dict[str, str]) -> PostfixInstance:
     return PostfixInstance(free_port(), f"[127.0.0.1]:{downstream.port}",
-                           relay_domains=["acme.example"],
-                           recipients=["bob@acme.example", "alice@acme.example"],
+                           relay_domains=["acme.example", "mx.gateway.test"],
+                           recipients=["bob@acme.example", "alice@acme.example",
+                                       "postmaster@mx.gateway.test"],
                            # Keep every message in the queue, for postcat.
                            extra={"defer_transports": "relay smtp", **extra}).start()
 
@@ -112,6 +113,26 @@ def test_dsn_parameters_reach_postfix_as_sent(downstream, run_gateway):
     # Postfix's default would be the recipient itself, lower case: this is our ORCPT.
     assert "named_attribute: dsn_orig_rcpt=rfc822;Bob@acme.example\n" in text, text
     assert "named_attribute: encoding=8bit\n" in text, text  # BODY=8BITMIME arrived
+
+
+def test_unqualified_postmaster_takes_dsn_parameters_too(downstream, run_gateway):
+    # RFC 5321 §4.1.1.3: <Postmaster> needs no domain; its NOTIFY must not be lost.
+    postfix = start_postfix(downstream, {})
+    try:
+        gw = run_gateway(postfix)
+        port = gw.ports["inbound"]
+        assert advertised_after_learning(port, "dsn")
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+            c.ehlo("sender.example")
+            assert c.mail("someone@other.example")[0] == 250
+            code, msg = c.docmd("RCPT TO:<Postmaster> NOTIFY=FAILURE")
+            assert code == 250, msg
+            assert c.data(MESSAGE)[0] == 250
+        [text] = queued(postfix)
+    finally:
+        postfix.stop()
+    assert "recipient: postmaster@mx.gateway.test" in text, text
+    assert "named_attribute: notify_flags=4\n" in text, text  # Postfix: FAILURE is 4
 
 
 def test_without_dsn_downstream_the_gateway_offers_none_and_refuses_the_parameters(

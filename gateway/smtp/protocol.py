@@ -703,12 +703,12 @@ class GatewaySMTP(SMTPAdapter):
         return command[: len(command) - len(rest)] + kept
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        arg = self._take_dsn_parameters(arg, "TO:", RCPT_NAMES)
         record = self.tx_record
         counted = (record.rcpts, record.refused_rcpts) if record is not None else None
         self._last_reply = ""
-        self._in_rcpt = True
+        self._in_rcpt = True  # parse_path: <Postmaster> without a domain (RFC 5321 §4.1.1.3)
         try:
+            arg = self._take_dsn_parameters(arg, "TO:", RCPT_NAMES)
             await self._in_group(super().smtp_RCPT, arg)
         finally:
             self._in_rcpt = False
