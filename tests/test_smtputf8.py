@@ -14,9 +14,11 @@ import time
 import pytest
 
 from gateway.addresses import NotAMailbox, parse_mailbox
-from gateway.checks.dmarc import from_domain
+from gateway.checks.dkim_verify import key_name
+from gateway.checks.dmarc import RecordLookup, evaluate, from_domain, parse_record
 from gateway.checks.spf import _identity
 from gateway.values.domains import normalise_domain
+from gateway.values.evidence import DkimResult
 from tests.conftest import PASSWORD, customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.ports import free_port
@@ -71,6 +73,16 @@ def test_dmarc_from_domain_and_spf_domain_are_a_labels():
     identity, sender, _, domain = _identity("jürgen@bücher.example", "mx.other.example")
     assert (identity, domain) == ("mailfrom", BUECHER)
     assert sender == f"jürgen@{BUECHER}"  # pyspf takes the domain from it
+
+
+def test_a_u_label_dkim_domain_is_looked_up_and_aligned_as_its_a_label():
+    assert key_name(b"s1", "bücher.example".encode()) == f"s1._domainkey.{BUECHER}"
+    record = parse_record("v=DMARC1; p=reject; adkim=s")
+    lookup = RecordLookup(record, found_at=BUECHER, org_domain=BUECHER)
+    signature = DkimResult("pass", "Bücher.example", "s1", "ed25519-sha256", "abcdefgh")
+    result = evaluate(lookup, from_domain("From: a@bücher.example\r\n\r\n".encode()), None,
+                      [signature])
+    assert result.result == "pass" and result.dkim_aligned
 
 
 # --- over the wire, in front of a real Postfix --------------------------------------------

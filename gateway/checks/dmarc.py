@@ -327,7 +327,18 @@ def _mailfrom_identifier(spf: SpfResult | None) -> str:
 
 
 def _dkim_identifiers(dkim: Sequence[DkimResult]) -> list[str]:
-    return [r.domain.rstrip(".").lower() for r in dkim if r.result == "pass" and r.domain]
+    return [_a_label(r.domain) for r in dkim if r.result == "pass" and r.domain]
+
+
+def _a_label(domain: str) -> str:
+    """d= compared in the From domain's form: a U-label d= (RFC 8616) as its A-label."""
+    domain = domain.rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return normalise_domain(domain)
+    except ValueError:
+        return domain  # aligns with nothing: the From domain is a valid name
 
 
 def _walks_needed(lookup: RecordLookup | None, author: str | None,
