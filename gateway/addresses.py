@@ -52,12 +52,31 @@ class Mailbox:
         return f"{self.unquoted_local.lower()}@{self.domain}"
 
 
-def parse_mailbox(text: str) -> Mailbox:
-    """Parse ``local@domain`` (no angle brackets); raise NotAMailbox when it is not one."""
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def parse_mailbox(text: str, *, utf8: bool = False) -> Mailbox:
+    """Parse ``local@domain`` (no angle brackets); raise NotAMailbox when it is not one.
+
+    ``utf8``: an internationalized address (RFC 6531 §3.3: atext and qtext also take
+    any non-ASCII UTF-8 character; the domain may be U-labels, kept as its A-label)."""
     if not text or len(text) > 320:
         raise NotAMailbox("empty or over-long address")
     if not text.isascii():
-        raise NotAMailbox("non-ASCII address without SMTPUTF8")
+        # Surrogates (bytes that were not UTF-8) and other unprintables are not text.
+        if not utf8 or not text.isprintable():
+            raise NotAMailbox("non-ASCII address without SMTPUTF8")
+        mailbox = parse_mailbox(_NON_ASCII.sub("a", text))  # the syntax, as ASCII
+        local = text[: len(mailbox.local)]
+        if len(local.encode()) > 64:
+            raise NotAMailbox("local part longer than 64 octets")
+        domain = text[len(mailbox.local) + 1:]
+        if mailbox.is_address_literal:
+            return Mailbox(local, domain, mailbox.quoted)
+        try:
+            return Mailbox(local, normalise_domain(domain), mailbox.quoted)
+        except ValueError:
+            raise NotAMailbox("bad domain") from None
     if _CONTROL.search(text):
         raise NotAMailbox("control character in address")
     if text.startswith('"'):

@@ -119,7 +119,9 @@ class SMTPListeners:
             hostname=cfg.hostname,
             ident="ESMTP Portcullis",
             data_size_limit=limits.max_message_size,
-            enable_SMTPUTF8=False,
+            # Lines are read as UTF-8 (RFC 6531); whether a transaction may use it is
+            # ours to say (SMTPUTF8 advertised when the downstream offers it).
+            enable_SMTPUTF8=True,
             decode_data=False,
             tls_context=context if name != "submissions" else None,
             require_starttls=name == "submission",

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from gateway.ops import metrics as metrics_module
 from gateway.ops.autoconfig import client_settings_from_config
-from gateway.ops.http import AutoconfigSite, OpsHTTPServer
+from gateway.ops.http import AutoconfigSite, MtaStsSite, OpsHTTPServer
 from gateway.ops.metrics import Metrics
+from gateway.ops.mta_sts import gateway_policy
 from gateway.runtime import Runtime
 from gateway.tls import server_context
 
@@ -29,6 +30,20 @@ def autoconfig_site(runtime: Runtime) -> AutoconfigSite | None:
     # Looked up on every request: a policy reload is seen at once.
     return AutoconfigSite(
         settings, lambda domain: runtime.current().directory.customer_for_domain(domain) is not None)
+
+
+def mta_sts_site(runtime: Runtime) -> MtaStsSite | None:
+    """The policy `dns records` prints (publish.mta_sts), served for a TLS front end."""
+    config = runtime.config
+    sts = config.publish.mta_sts
+    if sts is None:
+        return None
+    mx_host = config.publish.mx_host or (config.hostname if config.listeners.inbound else None)
+    policy = gateway_policy(sts.mode, mx_host, sts.mx, sts.max_age)
+    if policy is None:
+        return None
+    return MtaStsSite(
+        policy, lambda domain: runtime.current().directory.customer_for_domain(domain) is not None)
 
 
 def make_endpoint(runtime: Runtime, metrics: Metrics,
@@ -57,4 +72,5 @@ def make_endpoint(runtime: Runtime, metrics: Metrics,
     ssl_context = server_context(http.tls.cert, http.tls.key) if http.tls else None
     return OpsHTTPServer(http.address, http.port, registry=registry, readiness=readiness,
                          autoconfig_site=autoconfig_site(runtime),
-                         readiness_timeout=http.readiness_timeout, ssl_context=ssl_context)
+                         readiness_timeout=http.readiness_timeout, ssl_context=ssl_context,
+                         mta_sts_site=mta_sts_site(runtime))

@@ -82,6 +82,15 @@ LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 section 4.5.3.1.6 a
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 BAD_PARAMETER = Reply(501, "5.5.4", "Invalid command parameter")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "MAIL or RCPT parameter not recognised")
+# RFC 3461 §4: DSN parameters only where DSN was advertised (we advertise it when the
+# downstream offers it: it is the one that sends the notifications).
+# RFC 6531 §3.4: an internationalized address in a transaction without SMTPUTF8, and
+# SMTPUTF8 where it is not offered (we offer it when the downstream does).
+NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII addresses need MAIL FROM with SMTPUTF8")
+SMTPUTF8_NOT_OFFERED = Reply(555, "5.6.7", "SMTPUTF8 is not offered here: "
+                             "internationalized addresses cannot be delivered")
+NON_ASCII_HELO = Reply(501, "5.5.4", "The HELO/EHLO name must be ASCII (A-labels for IDNs)")
+DSN_NOT_OFFERED = Reply(555, "5.5.4", "DSN parameters are not offered here (no DSN in EHLO)")
 BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
 BARE_NEWLINE = Reply(
     550, "5.5.2", "Message refused: bare <CR> or <LF> in message (RFC 5321 section 2.3.8 requires CRLF)"

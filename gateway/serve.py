@@ -52,7 +52,7 @@ from gateway.ops import metrics as metrics_module
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
-from gateway.ops_endpoint import autoconfig_site, make_endpoint
+from gateway.ops_endpoint import autoconfig_site, make_endpoint, mta_sts_site
 from gateway.rebuild import Retirement, rebuild
 from gateway.reload import changed_sections, decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
@@ -327,6 +327,7 @@ class Gateway:
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
+            self.endpoint.set_mta_sts(mta_sts_site(new))
         settle_heap()
         log.info("reloaded %s: %s (before: %s)", self.path, directory_counts(loaded.directory),
                  before)

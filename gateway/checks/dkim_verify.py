@@ -58,6 +58,7 @@ from gateway.checks.dkim_canon import (
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.memo import remembered
 from gateway.message import HeaderField, MalformedHeader, Message
+from gateway.values.domains import normalise_domain
 from gateway.values.evidence import DkimResult
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
@@ -128,6 +129,13 @@ def key_name(selector: bytes | str, domain: bytes | str) -> str:
     # Tags come from the sender: never let odd bytes raise here.
     s = selector.decode("utf-8", "replace") if isinstance(selector, bytes) else selector
     d = domain.decode("utf-8", "replace") if isinstance(domain, bytes) else domain
+    if not d.isascii():
+        # A d= in U-labels (internationalized mail, RFC 8616): its key is at the A-label,
+        # IDNA 2008 as everywhere (gateway/values/domains.py), not dnspython's IDNA 2003.
+        try:
+            d = normalise_domain(d)
+        except ValueError:
+            pass  # no such name: the lookup answers NXDOMAIN, the signature permerror
     return f"{s}._domainkey.{d}"
 
 

@@ -31,6 +31,7 @@ from gateway.checks.dmarc_record import DmarcRecord, is_dmarc_text, parse_record
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.spf import SpfResult
 from gateway.message import HeaderField, MalformedHeader, Message
+from gateway.values.domains import normalise_domain
 from gateway.values.evidence import DmarcResult
 
 __all__ = ["DmarcRecord", "DmarcResult", "RecordLookup", "Walk", "alignment_org_domains", "evaluate",
@@ -103,6 +104,13 @@ def _from_domain_parsed(value: str) -> str | None:
     if len(domains) != 1:
         return None
     domain = domains.pop()
+    if domain and not domain.isascii():
+        # RFC 6532 header, U-label domain: compared (and looked up) as its A-label,
+        # the form d= and the SPF domain have (gateway/values/domains.py).
+        try:
+            domain = normalise_domain(domain)
+        except ValueError:
+            return None
     return domain or None
 
 
@@ -319,7 +327,18 @@ def _mailfrom_identifier(spf: SpfResult | None) -> str:
 
 
 def _dkim_identifiers(dkim: Sequence[DkimResult]) -> list[str]:
-    return [r.domain.rstrip(".").lower() for r in dkim if r.result == "pass" and r.domain]
+    return [_a_label(r.domain) for r in dkim if r.result == "pass" and r.domain]
+
+
+def _a_label(domain: str) -> str:
+    """d= compared in the From domain's form: a U-label d= (RFC 8616) as its A-label."""
+    domain = domain.rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return normalise_domain(domain)
+    except ValueError:
+        return domain  # aligns with nothing: the From domain is a valid name
 
 
 def _walks_needed(lookup: RecordLookup | None, author: str | None,

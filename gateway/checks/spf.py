@@ -42,6 +42,7 @@ from concurrent.futures import Executor
 import spf as pyspf
 
 from gateway.checks.dns import DnsTempError, Resolver
+from gateway.values.domains import normalise_domain
 from gateway.values.evidence import SpfResult
 
 # RFC 7208 §4.6.4: an evaluation may be limited to at least 20 seconds in all.
@@ -122,7 +123,16 @@ def _identity(mail_from: str, helo: str) -> tuple[str, str, str, str]:
     sender = normalise_mail_from(mail_from)
     helo = (helo or "").strip().rstrip(".")
     if sender:
-        return "mailfrom", sender, helo, sender.rpartition("@")[2] or helo
+        domain = sender.rpartition("@")[2] or helo
+        if not domain.isascii():  # RFC 6531: a U-label domain is its A-label in DNS
+            try:
+                domain = normalise_domain(domain)
+            except ValueError:
+                pass  # left as sent: pyspf answers permerror/none for it
+            else:
+                # pyspf takes the domain from the sender: give it the A-label too.
+                sender = f"{sender.rpartition('@')[0]}@{domain}"
+        return "mailfrom", sender, helo, domain
     # RFC 7208 §2.4: for the null sender, check postmaster@<HELO domain>.
     return "helo", f"postmaster@{helo}" if helo else "", helo, helo
 

@@ -9,6 +9,8 @@ customers to put in their zones (docs/dns.md).
       mx_priority: 10
       submission_host: smtp.isp.example # default: http.autoconfig.hostname, else hostname
       autoconfig_host: autoconfig.isp.example   # where the autoconfig paths are served
+      mta_sts: {mode: testing, max_age: 604800, mx: [], host: null}   # RFC 8461; default none
+      tls_rpt: mailto:tlsrpt@isp.example   # RFC 8460 report address(es); unset: no record
 
 Portcullis does not know which machines finally send its customers' mail to the
 Internet (the downstream outbound MTA, often behind NAT), so the SPF default is
@@ -24,7 +26,7 @@ C suggests starting with; raise it once reports show every sender aligned.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +55,41 @@ def _optional_domain(value: str | None) -> str | None:
     return normalise_domain(value) if value is not None else None
 
 
+def _report_uri(value: str) -> str:
+    # RFC 8460 §3: rua is one or more comma-separated mailto: or https: URIs.
+    for uri in value.split(","):
+        uri = uri.strip()
+        if not (uri.startswith("mailto:") and "@" in uri or uri.startswith("https://")):
+            raise ValueError(f"{uri!r} is not a mailto: or https: URI (RFC 8460 §3)")
+    return value
+
+
+class MtaStsSettings(Strict):
+    """The MTA-STS policy every customer domain publishes (RFC 8461)."""
+
+    # RFC 8461 §5: "testing" first (failures are reported, not enforced), then "enforce".
+    mode: Literal["enforce", "testing", "none"] = "testing"
+    # RFC 8461 §3.2: at most 31557600; a week lets a changed MX list spread in days.
+    max_age: Annotated[int, Field(ge=0, le=31557600)] = 604800
+    # MX names beside publish.mx_host (another MX of the ISP, or "*.mx.isp.example").
+    mx: tuple[str, ...] = ()
+    # Target of the mta-sts.DOMAIN CNAME: the HTTPS front end that serves the policy
+    # (default: the gateway's hostname, whose http: port serves it behind that front end).
+    host: str | None = None
+
+    @field_validator("mx")
+    @classmethod
+    def _mx(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # RFC 8461 §4.1: a pattern may start with "*." (one leftmost label).
+        return tuple(("*." + normalise_domain(v[2:])) if v.startswith("*.")
+                     else normalise_domain(v) for v in value)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return _optional_domain(value)
+
+
 class PublishSettings(Strict):
     # The whole SPF record (RFC 7208 §4.5: it starts with "v=spf1").
     spf: str | None = None
@@ -69,6 +106,16 @@ class PublishSettings(Strict):
     # the HTTPS host in front of the gateway's autoconfig paths.  Setting it publishes
     # those records even without an `http:` section.
     autoconfig_host: str | None = None
+    # MTA-STS (RFC 8461) for the MX above, opt-in (`mta_sts: {}` for the defaults):
+    # it needs an HTTPS front end with a certificate for mta-sts.DOMAIN of every domain.
+    mta_sts: MtaStsSettings | None = None
+    # TLS-RPT (RFC 8460) report address(es), e.g. "mailto:tlsrpt@isp.example".
+    tls_rpt: str | None = None
+
+    @field_validator("tls_rpt")
+    @classmethod
+    def _tls_rpt(cls, value: str | None) -> str | None:
+        return _report_uri(_record_text(value, "")) if value is not None else None
 
     @field_validator("spf")
     @classmethod

@@ -38,6 +38,11 @@ class Downstream(Protocol):
         """``origin``: the client, for a downstream that takes XCLIENT/XFORWARD."""
         ...
 
+    async def extensions(self) -> frozenset[str]:
+        """Its EHLO keywords, lower case: the listeners advertise DSN and SMTPUTF8 only
+        when the downstream offers them (it is the one that honours them)."""
+        ...
+
     async def probe(self) -> str | None:
         """None when the downstream can take mail now, else what is wrong."""
         ...

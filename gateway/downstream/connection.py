@@ -47,6 +47,9 @@ class DownstreamConnection(asyncio.Protocol):
             raise DownstreamClosed("not connected")
         self.pipelining = client.supports_extension("pipelining")
         self.chunking = client.supports_extension("chunking")
+        # Every EHLO keyword, lower case: which MAIL/RCPT parameters may go on
+        # (downstream/parameters.py).
+        self.extensions = frozenset(k.lower() for k in client.esmtp_extensions)
         # Postfix's XCLIENT / XFORWARD attributes it lets us send (downstream/origin.py).
         self.xclient = offered(client.esmtp_extensions.get("xclient")) \
             if client.supports_extension("xclient") else frozenset()
@@ -125,6 +128,7 @@ class DownstreamConnection(asyncio.Protocol):
         for line in ehlo.text.splitlines()[1:]:  # the first line is the server's name
             word, _, rest = line.strip().partition(" ")
             keywords[word.lower()] = rest
+        self.extensions = frozenset(keywords)
         self.pipelining = "pipelining" in keywords
         self.chunking = "chunking" in keywords
         self.xclient = offered(keywords["xclient"]) if "xclient" in keywords else frozenset()

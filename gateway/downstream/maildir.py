@@ -33,6 +33,10 @@ class MaildirDownstream:
               origin: Origin | None = None) -> MaildirTransaction:
         return MaildirTransaction(self, sender)
 
+    async def extensions(self) -> frozenset[str]:
+        # A file takes 8-bit and UTF-8 as they come; it sends no DSN (no "dsn").
+        return frozenset({"8bitmime", "smtputf8", "size"})
+
     async def probe(self) -> str | None:
         if not os.access(self.path / "tmp", os.W_OK):
             return f"{self.name}: not writable"

@@ -22,6 +22,7 @@ from gateway import replies
 from gateway.config.model import Downstream as DownstreamSettings
 from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
 from gateway.downstream.origin import Origin, ehlo_name, xclient_command, xforward_commands
+from gateway.downstream.parameters import MAIL_PARAMETERS, RCPT_PARAMETERS, passed
 from gateway.message import Buffer
 from gateway.replies import Reply
 
@@ -35,6 +36,10 @@ class SmtpDownstream:
         self.name = f"{direction}:{settings.redacted()}"
         self._local_hostname = local_hostname
         self._idle: deque[DownstreamConnection] = deque()
+        # The EHLO keywords of the newest connection: what the listeners advertise
+        # on its behalf (DSN, SMTPUTF8) before a transaction picks a connection.
+        self.offered: frozenset[str] | None = None
+        self._learning: asyncio.Task[None] | None = None
         self._tls_context = ssl.create_default_context()
         if not settings.tls_verify:
             self._tls_context.check_hostname = False
@@ -97,7 +102,27 @@ class SmtpDownstream:
         if client.last_ehlo_response is None:
             await client.ehlo()
         # Opened, secured and logged in by aiosmtplib; the transactions are ours.
-        return DownstreamConnection(client)
+        conn = DownstreamConnection(client)
+        self.offered = conn.extensions
+        return conn
+
+    async def extensions(self) -> frozenset[str]:
+        """The downstream's EHLO keywords as of its newest connection.  Before the first
+        one, nothing: a connection is opened in the background (never awaited here, so
+        an EHLO does not wait for a slow downstream) and later sessions see the answer."""
+        if self.offered is None and self._learning is None:
+            self._learning = asyncio.get_running_loop().create_task(self._learn())
+        return self.offered or frozenset()
+
+    async def _learn(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                conn, _ = await self.acquire()
+            self.release(conn)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            log.warning("downstream %s: its extensions are not known yet: %s", self.name, exc)
+        finally:
+            self._learning = None
 
     async def acquire(self) -> tuple[DownstreamConnection, bool]:
         """A connection, and whether it came from the pool (and may be stale)."""
@@ -130,6 +155,8 @@ class SmtpDownstream:
         return None
 
     async def close(self) -> None:
+        if self._learning is not None:
+            self._learning.cancel()
         while self._idle:
             self._idle.pop().close()
 
@@ -146,16 +173,36 @@ class SmtpTransaction:
         self._accepted = 0
 
 
-    async def _start(self, rcpt_command: bytes) -> tuple[Reply, Reply | None]:
+    def _commands(self, conn: DownstreamConnection, recipient: str,
+                  options: list[str]) -> tuple[bytes, bytes]:
+        """MAIL and the first RCPT, with the parameters this connection offers."""
+        mail_options, dropped = passed(self._options, MAIL_PARAMETERS, conn.extensions)
+        rcpt_options, dropped_rcpt = passed(options, RCPT_PARAMETERS, conn.extensions)
+        if dropped or dropped_rcpt:
+            # The listener advertised what the newest connection offered; this one
+            # (older, or the downstream changed) does not: RFC 3461 §5.2.2 lets a relay
+            # pass the message on without them.
+            log.warning("downstream %s: not offered, not passed: %s", self._downstream.name,
+                        " ".join(dropped + dropped_rcpt))
+        return (_command(f"MAIL FROM:<{self._sender}>", mail_options),
+                _command(f"RCPT TO:<{recipient}>", rcpt_options))
+
+    def _rcpt_command(self, recipient: str, options: list[str]) -> bytes:
+        assert self._conn is not None
+        sent, _ = passed(options, RCPT_PARAMETERS, self._conn.extensions)
+        return _command(f"RCPT TO:<{recipient}>", sent)
+
+    async def _start(self, recipient: str, options: list[str]) -> tuple[Reply, Reply | None]:
         """Connect (or reuse) and send MAIL FROM, with the first RCPT TO in the same
         write when the downstream pipelines (RFC 2920).  (MAIL reply, RCPT reply or
         None when it was not sent.)  A pooled connection may have been closed by the
         downstream while idle: that one is retried once, fresh."""
-        mail_command = _command(f"MAIL FROM:<{self._sender}>", self._options)
         for attempt in (1, 2):
             conn, pooled = await self._downstream.acquire()
             try:
                 xforward = await self._downstream.introduce(conn, self._origin)
+                # After introduce: an XCLIENT's new EHLO may offer other extensions.
+                mail_command, rcpt_command = self._commands(conn, recipient, options)
                 if conn.pipelining:
                     # XFORWARD is not among the commands RFC 2920 §3.1 says must end
                     # a group: it goes in the same write as MAIL FROM and RCPT TO.
@@ -187,20 +234,24 @@ class SmtpTransaction:
     async def rcpt(self, recipient: str, options: list[str]) -> Reply:
         if self._broken is not None:
             return self._broken
-        command = _command(f"RCPT TO:<{recipient}>", options)
+        # Every parameter as given, before any is left out for this connection: a
+        # control character is a bug upstream of us, refused before we connect.
+        _command(f"RCPT TO:<{recipient}>", options)
+        if self._conn is None:
+            _command(f"MAIL FROM:<{self._sender}>", self._options)
         try:
             async with asyncio.timeout(self._downstream.settings.timeout):
                 if self._conn is None:
-                    mail_reply, reply = await self._start(command)
+                    mail_reply, reply = await self._start(recipient, options)
                     if not mail_reply.is_success:
                         # The downstream refused the sender: every recipient hears why.
                         self._broken = mail_reply
                         return mail_reply
                     if reply is None:
                         assert self._conn is not None
-                        reply = await self._conn.command(command)
+                        reply = await self._conn.command(self._rcpt_command(recipient, options))
                 else:
-                    reply = await self._conn.command(command)
+                    reply = await self._conn.command(self._rcpt_command(recipient, options))
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError) as exc:

@@ -45,6 +45,8 @@ from gateway.ops.dns_records import (
     table_text,
     zone_text,
 )
+from gateway.ops.mta_sts import POLICY_PATH, gateway_policy, judge_policy
+from gateway.ops.mta_sts_fetch import fetch_policy
 from gateway.values.domains import normalise_domain
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
@@ -61,7 +63,8 @@ def add_dns_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
     rec = sub.add_parser("records", help="print the records, ready to paste into the zone")
     rec.add_argument("domain")
-    rec.add_argument("--format", choices=("zone", "table"), default="zone")
+    rec.add_argument("--format", choices=("zone", "table", "mta-sts-policy"), default="zone",
+                     help="mta-sts-policy: the MTA-STS policy file text instead of records")
     rec.set_defaults(func=cmd_records)
 
     chk = sub.add_parser("check", help="ask DNS for each record: ok / missing / different")
@@ -69,6 +72,9 @@ def add_dns_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     chk.add_argument("--nameserver", help="ask this server (IP address) instead of the system's")
     chk.add_argument("--port", type=int, default=53)
     chk.add_argument("--timeout", type=float, default=5.0, help="seconds per question (default 5)")
+    chk.add_argument("--https-port", type=int, default=443,
+                     help="port of https://mta-sts.DOMAIN/ for the policy file (default 443)")
+    chk.add_argument("--cafile", help="CA certificates for that HTTPS server (default: system)")
     chk.set_defaults(func=cmd_check)
     return dns_
 
@@ -143,12 +149,35 @@ def domain_facts(loaded: Loaded, domain: str, store: KeyStore,
         imap=mailbox(auto.imap) if auto else None,
         pop3=mailbox(auto.pop3) if auto else None,
         autoconfig_host=autoconfig_host,
+        **_mta_sts_facts(publish, mx_host, config.hostname, notes),
     )
     if publish.spf is None and publish.spf_include is None:
         notes.append("SPF is the default `v=spf1 mx ~all`: set publish.spf_include to the "
                      "ISP's SPF record for its outbound MTAs (docs/dns.md)")
     notes += dmarc_report_notes(domain, publish.dmarc, organisational_domain)
     return facts, notes
+
+
+def _mta_sts_facts(publish: PublishSettings, mx_host: str | None, hostname: str,
+                   notes: list[str]) -> dict:
+    """MTA-STS and TLS-RPT only where the gateway is the MX: they describe its TLS."""
+    if mx_host is None:
+        return {}
+    facts: dict = {}
+    sts = publish.mta_sts
+    if sts is not None:
+        facts["mta_sts"] = gateway_policy(sts.mode, mx_host, sts.mx, sts.max_age)
+        facts["mta_sts_host"] = sts.host or hostname
+        if sts.host is None:
+            notes.append(f"mta-sts.DOMAIN points at {hostname}: an HTTPS front end with a "
+                         f"certificate for mta-sts.DOMAIN must serve {POLICY_PATH} there "
+                         "(the gateway's http: port serves it); or set publish.mta_sts.host")
+    if publish.tls_rpt is not None:
+        facts["tls_rpt"] = publish.tls_rpt
+    elif sts is not None:
+        notes.append("no TLS-RPT record: set publish.tls_rpt (e.g. mailto:tlsrpt@ISP) to "
+                     "hear of senders' TLS failures before mta_sts.mode is enforce (RFC 8460)")
+    return facts
 
 
 def _prepare(args: argparse.Namespace, err: TextIO,
@@ -191,12 +220,22 @@ def cmd_records(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         return prepared
     facts, notes = prepared
     records = required_records(facts)
+    if args.format == "mta-sts-policy":
+        if facts.mta_sts is None:
+            print(f"dns records: {facts.domain} has no MTA-STS policy (no MX of ours, or "
+                  "publish.mta_sts is null)", file=err)
+            return EXIT_USAGE
+        out.write(facts.mta_sts.text())
+        return EXIT_OK
     if args.format == "table":
         for note in notes:
             print(f"dns records: note: {note}", file=err)
         out.write(table_text(records))
     else:
         header = [f"DNS records for {facts.domain}, from `portcullis dns records`", *notes]
+        if facts.mta_sts is not None:
+            header += [f"MTA-STS policy file, served as https://mta-sts.{facts.domain}"
+                       f"{POLICY_PATH} (text/plain):", *facts.mta_sts.text().splitlines()]
         out.write(zone_text(records, header))
     return EXIT_OK
 
@@ -225,6 +264,32 @@ async def check_records(resolver: dns.asyncresolver.Resolver,
     return [judge(r, f) for r, f in zip(records, found, strict=True)]
 
 
+async def check_policy_file(resolver: dns.asyncresolver.Resolver, facts: DomainFacts,
+                            args: argparse.Namespace) -> Finding:
+    """RFC 8461 §3.3: the policy a sender would fetch, compared with the one we publish."""
+    assert facts.mta_sts is not None
+    record = Record(f"mta-sts.{facts.domain}", "HTTPS", facts.mta_sts.text().replace("\n", " "),
+                    "MTA-STS policy file", "mta-sts")
+    fetched = await fetch_policy(resolver, facts.domain, port=getattr(args, "https_port", 443),
+                                 cafile=getattr(args, "cafile", None), seconds=args.timeout)
+    if fetched.error:
+        return Finding(record, "failed", f"{POLICY_PATH} could not be fetched: {fetched.error}")
+    if fetched.status == 404:
+        return Finding(record, "missing", f"{POLICY_PATH} answers 404: serve it")
+    ok, detail = judge_policy(facts.mta_sts, fetched.status, fetched.content_type, fetched.body)
+    return Finding(record, "ok" if ok else "different", detail,
+                   () if ok else (fetched.body[:300].decode("utf-8", "replace")
+                                  .replace("\n", " "),))
+
+
+async def check_all(resolver: dns.asyncresolver.Resolver, facts: DomainFacts,
+                    args: argparse.Namespace) -> list[Finding]:
+    findings = await check_records(resolver, required_records(facts))
+    if facts.mta_sts is not None:
+        findings.append(await check_policy_file(resolver, facts, args))
+    return findings
+
+
 def report_text(findings: list[Finding]) -> str:
     lines = []
     for f in findings:
@@ -250,7 +315,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     for note in notes:
         print(f"dns check: note: {note}", file=err)
     resolver = make_resolver(args.nameserver, args.port, args.timeout)
-    findings = asyncio.run(check_records(resolver, required_records(facts)))
+    findings = asyncio.run(check_all(resolver, facts, args))
     out.write(report_text(findings))
     return EXIT_OK if all(f.ok for f in findings) else EXIT_NOT_OK
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.dkim.keystore import zone_record
+from gateway.ops.mta_sts import Policy, tls_rpt_record
 
-Kind = Literal["mx", "spf", "dkim", "dmarc", "srv", "cname"]
+Kind = Literal["mx", "spf", "dkim", "dmarc", "srv", "cname", "mta-sts", "tls-rpt"]
 Status = Literal["ok", "missing", "different", "failed"]
 
 # RFC 6186 §3.1 / RFC 8314 §5.1: implicit TLS (465) is preferred over STARTTLS (587):
@@ -58,6 +59,9 @@ class DomainFacts:
     imap: Mailbox | None = None
     pop3: Mailbox | None = None
     autoconfig_host: str | None = None  # None: no autoconfig records
+    mta_sts: Policy | None = None  # None: no MTA-STS records
+    mta_sts_host: str = ""  # target of mta-sts.DOMAIN: the HTTPS host serving the policy
+    tls_rpt: str | None = None  # RFC 8460 rua; None: no TLS-RPT record
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,19 @@ def required_records(f: DomainFacts) -> list[Record]:
         out.append(Record(f"_submission._tcp.{d}", "SRV",
                           f"{SUBMISSION_PRIORITY} 1 {f.submission_port} {_fqdn(f.submission_host)}",
                           "mail clients: submission with STARTTLS (RFC 6186)", "srv"))
+    if f.mta_sts is not None:
+        out += [
+            Record(f"_mta-sts.{d}", "TXT", f.mta_sts.sts_record(),
+                   f"MTA-STS: senders insist on TLS to the MX, mode {f.mta_sts.mode}; "
+                   "the id changes with the policy (RFC 8461 §3.1)", "mta-sts"),
+            Record(f"mta-sts.{d}", "CNAME", _fqdn(f.mta_sts_host),
+                   "MTA-STS: the HTTPS host serving /.well-known/mta-sts.txt (RFC 8461 §3.3)",
+                   "cname"),
+        ]
+    if f.tls_rpt is not None:
+        out.append(Record(f"_smtp._tls.{d}", "TXT", tls_rpt_record(f.tls_rpt),
+                          "TLS-RPT: where senders report TLS failures to the MX (RFC 8460 §3)",
+                          "tls-rpt"))
     out += _mailbox_records(d, "imap", f.imap)
     out += _mailbox_records(d, "pop3", f.pop3)
     if f.autoconfig_host:
@@ -225,7 +242,8 @@ def judge(expected: Record, found: Found) -> Finding:
     """Is ``expected`` published?  ``found`` holds every value at its name and type."""
     if found.error:
         return Finding(expected, "failed", f"DNS did not answer, try again: {found.error}")
-    judge_kind = {"spf": _judge_spf, "dmarc": _judge_dmarc, "dkim": _judge_dkim}.get(
+    judge_kind = {"spf": _judge_spf, "dmarc": _judge_dmarc, "dkim": _judge_dkim,
+                  "mta-sts": _judge_sts, "tls-rpt": _judge_tls_rpt}.get(
         expected.kind, _judge_exact)
     return judge_kind(expected, found)
 
@@ -313,3 +331,30 @@ def _judge_dkim(expected: Record, found: Found) -> Finding:
         return Finding(expected, "different", "the published key is not the one in the key store",
                        found.values)
     return Finding(expected, "ok", "published", found.values)
+
+
+def _judge_versioned(expected: Record, found: Found, version: str, rfc: str,
+                     tags: tuple[str, ...]) -> Finding:
+    """MTA-STS and TLS-RPT: exactly one TXT starting with ``v=<version>``, with our tags."""
+    ours = [v for v in found.values if v.replace(" ", "").startswith(f"v={version};")
+            or v.strip() == f"v={version}"]
+    if not ours:
+        return _missing(expected, found, f"no v={version} record")
+    if len(ours) > 1:
+        return Finding(expected, "different", f"{len(ours)} v={version} records: senders then "
+                       f"use none ({rfc}); keep one", tuple(ours))
+    have, want = _tags(ours[0]), _tags(expected.value)
+    wrong = [f"{k}={have.get(k, '(absent)')}, not {k}={want[k]}" for k in tags
+             if have.get(k, "").replace(" ", "") != want[k].replace(" ", "")]
+    if wrong:
+        return Finding(expected, "different", "; ".join(wrong), tuple(ours))
+    return Finding(expected, "ok", "published", tuple(ours))
+
+
+def _judge_sts(expected: Record, found: Found) -> Finding:
+    # The id must be ours: it is what tells senders the policy file changed.
+    return _judge_versioned(expected, found, "STSv1", "RFC 8461 §3.1", ("id",))
+
+
+def _judge_tls_rpt(expected: Record, found: Found) -> Finding:
+    return _judge_versioned(expected, found, "TLSRPTv1", "RFC 8460 §3", ("rua",))

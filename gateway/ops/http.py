@@ -12,6 +12,7 @@ each worker runs one, on its own socket for the same port (see docs/operations.m
     /.well-known/autoconfig/mail/config-v1.1.xml
     /autodiscover/autodiscover.xml         Outlook Autodiscover POX (POST)
     /mobileconfig                          Apple profile (?emailaddress=)
+    /.well-known/mta-sts.txt               MTA-STS policy (Host: mta-sts.DOMAIN, RFC 8461)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from gateway.ops import autoconfig
+from gateway.ops.mta_sts import POLICY_PATH, Policy
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ class AutoconfigSite:
     is_served_domain: Callable[[str], bool]
 
 
+@dataclass(frozen=True, slots=True)
+class MtaStsSite:
+    policy: Policy
+    is_served_domain: Callable[[str], bool]
+
+
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -79,6 +87,7 @@ class OpsHTTPServer:
         autoconfig_site: AutoconfigSite | None = None,
         readiness_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        mta_sts_site: MtaStsSite | None = None,
     ) -> None:
         self.address = address
         self.port = port
@@ -89,6 +98,11 @@ class OpsHTTPServer:
         # Outlook only asks Autodiscover over HTTPS; Thunderbird and Apple prefer it.
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
+        self._mta_sts = mta_sts_site
+
+    def set_mta_sts(self, site: MtaStsSite | None) -> None:
+        """Swap the MTA-STS policy (on reload)."""
+        self._mta_sts = site
 
     def set_autoconfig(self, site: AutoconfigSite | None) -> None:
         """Swap the autoconfig facts (on reload); requests in flight keep the old ones."""
@@ -113,6 +127,7 @@ class OpsHTTPServer:
         app.router.add_post("/autodiscover/autodiscover.xml", self._autodiscover)
         app.router.add_post("/Autodiscover/Autodiscover.xml", self._autodiscover)
         app.router.add_get("/mobileconfig", self._mobileconfig)
+        app.router.add_get(POLICY_PATH, self._mta_sts_policy)
         app.on_response_prepare.append(self._headers)
         return app
 
@@ -229,6 +244,18 @@ class OpsHTTPServer:
             content_type=autoconfig.MOBILECONFIG_TYPE,
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
+
+
+    async def _mta_sts_policy(self, request: web.Request) -> web.Response:
+        # RFC 8461 §3.3: fetched as https://mta-sts.DOMAIN/...; the TLS-terminating front
+        # end passes the Host on.  Answer only for our customers' domains.
+        site = self._mta_sts
+        host = (request.host or "").rsplit(":", 1)[0].rstrip(".").lower()
+        domain = host.removeprefix("mta-sts.")
+        if site is None or domain == host or not site.is_served_domain(domain):
+            return web.Response(status=404, text="no MTA-STS policy here\n")
+        # RFC 8461 §3.2: media type text/plain; senders cache it per max_age, not HTTP.
+        return web.Response(text=site.policy.text(), content_type="text/plain")
 
 
 def _refusal(answer: autoconfig.Lookup) -> web.Response:

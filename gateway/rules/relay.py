@@ -39,7 +39,7 @@ def decide_inbound_recipient(
     (domain normalised: no trailing dot, lower-case).
     """
     try:
-        mailbox = parse_mailbox(address)
+        mailbox = parse_mailbox(address, utf8=True)  # RFC 6531: the hooks gate UTF-8
     except NotAMailbox:
         return Verdict.refuse(replies.BAD_ADDRESS, "address.syntax", recipient=address), None
     if mailbox.is_address_literal:
@@ -63,7 +63,7 @@ def decide_outbound_recipient(address: str) -> tuple[Verdict, Mailbox | None]:
     did not check, so the same routing characters are refused here too.
     """
     try:
-        mailbox = parse_mailbox(address)
+        mailbox = parse_mailbox(address, utf8=True)  # RFC 6531: the hooks gate UTF-8
     except NotAMailbox:
         return Verdict.refuse(replies.BAD_ADDRESS, "address.syntax", recipient=address), None
     if any(c in mailbox.unquoted_local for c in _ROUTING_CHARACTERS):

@@ -76,7 +76,7 @@ def may_send_as(
     identity: Identity, aliases: Mapping[str, tuple[str, ...]], address: str
 ) -> bool:
     try:
-        key = parse_mailbox(address).key()
+        key = parse_mailbox(address, utf8=True).key()
     except NotAMailbox:
         return False
     if key in identity.senders or f"*@{key.rpartition('@')[2]}" in identity.senders:

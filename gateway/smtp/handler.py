@@ -50,8 +50,9 @@ from gateway.smtp.state import Transaction
 
 log = logging.getLogger("portcullis.smtp")
 
-# MAIL parameters we pass on when the downstream supports them (RFC 1870, RFC 6152).
-_PASSED_MAIL_PARAMS = ("SIZE=", "BODY=")
+# MAIL parameters we pass on; the downstream transaction sends each only when the
+# connection it picks offers the extension (gateway/downstream/parameters.py).
+_PASSED_MAIL_PARAMS = ("SIZE=", "BODY=", "SMTPUTF8")
 
 
 class GatewayHandler(HookDiscovery):
@@ -149,12 +150,23 @@ class GatewayHandler(HookDiscovery):
         on_disconnect(server, lambda: metering.close_session(acct, cid))
         return None
 
+    async def downstream_extensions(self) -> frozenset[str]:
+        """What this listener's downstream offers (asked at EHLO, gateway/smtp/protocol.py)."""
+        return await self.product.downstream(self.runtime.current()).extensions()
+
     # --- MAIL --------------------------------------------------------------------------
     async def handle_MAIL(self, server: GatewaySMTP, session: Any, envelope: Any,
                           address: str, mail_options: list[str]) -> str:
         # aiosmtpd hands the null sender over as "<>" (and needs mail_from truthy);
         # the rules and the downstream see "".
         sender = "" if address == "<>" else address
+        if server.dsn_refusal is not None:
+            return server.answer(server.dsn_refusal)
+        utf8 = bool(getattr(envelope, "smtp_utf8", False))
+        if utf8 and "smtputf8" not in server.downstream_offers:
+            return str(replies.SMTPUTF8_NOT_OFFERED)
+        if not utf8 and not address.isascii():
+            return str(replies.NON_ASCII_ADDRESS)
         record = _record(server)
         record.sender = sender
         # Hot reload: the transaction runs to its end under the config in force now.
@@ -173,7 +185,8 @@ class GatewayHandler(HookDiscovery):
         origin = Origin(server.facts.client_ip, session.host_name, server.facts.login,
                         record.txid, bool(session.extended_smtp))
         downstream = product.downstream(rt).begin(
-            sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)], origin)
+            sender, [o for o in mail_options if o.startswith(_PASSED_MAIL_PARAMS)]
+            + server.dsn_parameters, origin)
         quota = None
         if acct is not None and rt.metering is not None:
             # Its abort (RSET, disconnect, local refusal) releases the quota holds.
@@ -190,6 +203,13 @@ class GatewayHandler(HookDiscovery):
                           address: str, rcpt_options: list[str]) -> str:
         tx = _transaction(server)
         rt, record = tx.runtime, tx.record
+        if server.dsn_refusal is not None:
+            record.recipient_refused("smtp.dsn_parameters")
+            return server.answer(server.dsn_refusal)
+        if not address.isascii() and "SMTPUTF8" not in tx.mail_options:
+            record.recipient_refused("smtp.smtputf8")
+            return str(replies.NON_ASCII_ADDRESS)
+        dsn = server.dsn_parameters
         if len(tx.recipients) >= rt.config.limits.max_recipients:
             record.recipient_refused("limits.max_recipients")
             return str(replies.TOO_MANY_RECIPIENTS)
@@ -213,7 +233,7 @@ class GatewayHandler(HookDiscovery):
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
         assert tx.downstream is not None
-        reply = await tx.downstream.rcpt(str(mailbox), [])
+        reply = await tx.downstream.rcpt(str(mailbox), dsn)
         if reply.is_success:
             tx.recipients.append(str(mailbox))  # envelope.rcpt_tos: aiosmtpd's DATA needs one
             if role:

@@ -55,6 +55,7 @@ from gateway.addresses import NotAMailbox, parse_mailbox
 from gateway.replies import Reply
 from gateway.smtp.aiosmtpd_adapter import SMTPAdapter, help_only_when, keep_help_texts
 from gateway.smtp.data_scanner import DataScanner
+from gateway.smtp.dsn_parameters import MAIL_NAMES, RCPT_NAMES, take_dsn_parameters
 from gateway.smtp.records import (
     ConnectionRecord,
     TransactionRecord,
@@ -175,6 +176,13 @@ class GatewaySMTP(SMTPAdapter):
         self._progress_seen = 0
         # Set by the listener when the connection cap is reached: greet with 421, close.
         self.refuse_with: Reply | None = None
+        # EHLO keywords of the downstream, asked at each EHLO: DSN and SMTPUTF8 are
+        # advertised only when it offers them (it honours them, not us).
+        self.downstream_offers: frozenset[str] = frozenset()
+        # The DSN parameters of the MAIL / RCPT being answered (RFC 3461 §4), as sent,
+        # or why they are refused: read by the handler's MAIL and RCPT hooks.
+        self.dsn_parameters: list[str] = []
+        self.dsn_refusal: Reply | None = None
         # MX screening (gateway/smtp/screening.py), set by the listener when the
         # gateway file has a screening: section; None costs nothing.
         self.screen: Any = None
@@ -538,6 +546,9 @@ class GatewaySMTP(SMTPAdapter):
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
+        if not hostname.isascii():  # RFC 6531 §3.7.1: the EHLO name is ASCII (A-labels)
+            await self.push(str(replies.NON_ASCII_HELO))
+            return
         self.reset_state()
         assert self.session is not None
         self.session.extended_smtp = False
@@ -548,6 +559,9 @@ class GatewaySMTP(SMTPAdapter):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
+        if not hostname.isascii():  # RFC 6531 §3.7.1: the EHLO name is ASCII (A-labels)
+            await self.push(str(replies.NON_ASCII_HELO))
+            return
         self.reset_state()
         assert self.session is not None
         self.session.extended_smtp = True
@@ -557,6 +571,12 @@ class GatewaySMTP(SMTPAdapter):
             lines.append(f"SIZE {self.data_size_limit}")
             self.command_size_limits["MAIL"] = 512 + 26
         lines += ["8BITMIME", "ENHANCEDSTATUSCODES"]
+        offers = getattr(self.event_handler, "downstream_extensions", None)
+        self.downstream_offers = await offers() if offers is not None else frozenset()
+        if "dsn" in self.downstream_offers:
+            lines.append("DSN")
+        if "smtputf8" in self.downstream_offers:  # RFC 6531 §3.2
+            lines.append("SMTPUTF8")
         if self.tls_context and not self.started_tls:
             lines.append("STARTTLS")
         if self.offers_auth and self.encrypted:
@@ -607,7 +627,9 @@ class GatewaySMTP(SMTPAdapter):
             # RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> needs no domain and must be accepted.
             return inner, rest.strip()
         try:
-            parse_mailbox(inner)
+            # UTF-8 is syntax here; whether this transaction may use it (SMTPUTF8 on
+            # MAIL, offered by us) the MAIL and RCPT hooks decide: 553 5.6.7, not 5.1.3.
+            parse_mailbox(inner, utf8=True)
         except NotAMailbox:
             return None, None
         return inner, rest.strip()
@@ -624,6 +646,7 @@ class GatewaySMTP(SMTPAdapter):
         if arg is not None and self.offers_auth:
             arg = self._without_auth_parameter(arg)
         # A MAIL inside a transaction is an error in it (503), not a new one.
+        arg = self._take_dsn_parameters(arg, "FROM:", MAIL_NAMES)
         opened = self.tx_record is None
         if opened:
             self.begin_transaction()
@@ -656,12 +679,40 @@ class GatewaySMTP(SMTPAdapter):
             return arg
         return command[: len(command) - len(rest)] + "".join(" " + p for p in kept)
 
+    def _take_dsn_parameters(self, arg: str | None, keyword: str,
+                             names: tuple[str, ...]) -> str | None:
+        """``arg`` without its DSN parameters, which (or their refusal) wait for the
+        hook: aiosmtpd's checks (HELO first, no nested MAIL, the path) come first."""
+        self.dsn_parameters, self.dsn_refusal = [], None
+        # The common command has none: one upper() and a few searches, not a second parse.
+        if arg is None or not any(f"{name}=" in arg.upper() for name in names):
+            return arg
+        body = self.strip_keyword(keyword, arg)
+        if not body:
+            return arg
+        try:
+            address, rest = self.parse_path(body)
+        except Exception:  # the parser's own errors: leave the command to aiosmtpd
+            return arg
+        command = arg.rstrip()
+        if address is None or not rest or not command.endswith(rest):
+            return arg
+        kept, taken, refusal = take_dsn_parameters(rest, names, "dsn" in self.downstream_offers)
+        if refusal is None and not taken:
+            return arg
+        self.dsn_parameters, self.dsn_refusal = taken, refusal
+        # A refused one is taken out too, so that the hook answers with its reply.
+        if refusal is not None:
+            kept = " ".join(p for p in rest.split() if p.partition("=")[0].upper() not in names)
+        return command[: len(command) - len(rest)] + kept
+
     async def smtp_RCPT(self, arg: str | None) -> None:
         record = self.tx_record
         counted = (record.rcpts, record.refused_rcpts) if record is not None else None
         self._last_reply = ""
-        self._in_rcpt = True
+        self._in_rcpt = True  # parse_path: <Postmaster> without a domain (RFC 5321 §4.1.1.3)
         try:
+            arg = self._take_dsn_parameters(arg, "TO:", RCPT_NAMES)
             await self._in_group(super().smtp_RCPT, arg)
         finally:
             self._in_rcpt = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
+import idna
 from pydantic import BeforeValidator
 
 # The common case, checked at C speed: ASCII labels of letters, digits, '-' and '_',
@@ -16,18 +17,22 @@ _PLAIN_NAME = re.compile(
 
 
 def normalise_domain(domain: str) -> str:
-    """Lower-case, without a trailing dot, IDNA (punycode) for non-ASCII labels.
+    """Lower-case, without a trailing dot, A-labels (IDNA 2008) for non-ASCII labels.
 
     ``Example.COM.`` and ``example.com`` are the same domain (RFC 5321 §2.4: domains
-    are case-insensitive; a trailing dot only makes a name absolute).
+    are case-insensitive; a trailing dot only makes a name absolute).  ``bücher.example``
+    and ``xn--bcher-kva.example`` are the same domain too: RFC 6531 §3.2 lets a client
+    send either, so the relay and sender rules, SPF, DKIM and DMARC all compare the
+    A-label.  IDNA 2008 (RFC 5891) with the UTS #46 mapping, non-transitional: Python's
+    own "idna" codec is IDNA 2003, which maps "faß" to "fass", another domain.
     """
     name = domain.strip().rstrip(".").lower()
     if len(name) <= 253 and _PLAIN_NAME.fullmatch(name):
         return name
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
+            name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
             raise ValueError(f"not a valid domain name: {domain!r}") from exc
     if not name or len(name) > 253:
         raise ValueError(f"not a valid domain name: {domain!r}")
