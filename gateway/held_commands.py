@@ -19,8 +19,12 @@ from email.policy import compat32
 from pathlib import Path
 from typing import TextIO
 
+from gateway.accounts_commands import quota_settings
 from gateway.admin import actions
 from gateway.config.content import HoldSettings
+from gateway.config.directory import Directory
+from gateway.metering import Metering
+from gateway.store import open_store
 from gateway.store.held import HeldBusy, HeldMessage, HeldNotFound, HeldStore
 
 EXIT_NOT_FOUND = 4
@@ -90,7 +94,7 @@ def format_details(h: HeldMessage, message: bytes) -> str:
 
 
 async def held_command(args: argparse.Namespace, config: object, store: HeldStore,
-                       out: TextIO, now: float) -> int:
+                       out: TextIO, now: float, directory: Directory | None = None) -> int:
     command = args.held_command
     if command == "list":
         held = await actions.list_held(store)
@@ -124,13 +128,21 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
     # release
     h = await store.get(args.id)
     downstreams = _downstreams(config)
+    # Released mail is charged to its account's quota: the shared store, as `accounts`.
+    metering = None
+    if directory is not None and h.login and h.direction == "outbound":
+        settings = quota_settings(config)
+        metering = Metering(open_store(settings.store, config.base_dir), settings)  # type: ignore[attr-defined]
     try:
-        result = await actions.release_held(store, args.id, downstreams, force=args.force)
+        result = await actions.release_held(store, args.id, downstreams, force=args.force,
+                                            metering=metering, directory=directory, now=now)
     except actions.NoDownstream:
         print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
         return EXIT_NOT_DELIVERED
     finally:
         await _close(downstreams)
+        if metering is not None:
+            await metering.store.close()
     for rcpt in result.delivered:
         print(f"{h.id}: delivered to <{rcpt}>", file=out)
     for rcpt, reply in result.refused:
@@ -167,7 +179,8 @@ def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     store = held_store(loaded.config)
     try:
-        return asyncio.run(held_command(args, loaded.config, store, out, time.time()))
+        return asyncio.run(held_command(args, loaded.config, store, out, time.time(),
+                                        loaded.directory))
     except HeldNotFound:
         print(f"portcullis held: no held message {args.id!r}", file=sys.stderr)
         return EXIT_NOT_FOUND

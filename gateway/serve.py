@@ -107,9 +107,9 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
                  if config.scanner is not None else None),
-        # Holding is what content scanning does: no scanner, no hold directory to make.
-        held=(HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path)
-              if config.scanner is not None else None),
+        # Any rule can hold (a limit, a suspension, inbound policy, content; reloaded
+        # policy files can start to at any time): the hold store always exists.
+        held=HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path),
         notifier=notifier,
         resolver=(Resolver.from_settings(config.dns)
                   if config.listeners.inbound and config.inbound_checks else None),

@@ -8,6 +8,7 @@ and return plain values; printing, JSON and HTML are the callers' business.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -127,13 +128,23 @@ async def show_held(store: HeldStore, held_id: str) -> tuple[HeldMessage, bytes]
 
 
 async def release_held(store: HeldStore, held_id: str, downstreams: Mapping[str, Downstream | None],
-                       force: bool = False) -> ReleaseResult:
-    """Raises HeldNotFound, HeldBusy, or NoDownstream."""
+                       force: bool = False, metering: Metering | None = None,
+                       directory: Directory | None = None, now: float = 0.0) -> ReleaseResult:
+    """Raises HeldNotFound, HeldBusy, or NoDownstream.
+
+    With ``metering`` and ``directory``, a submitted message is charged to its
+    account's quota for what was delivered: held mail is charged when released,
+    not when held (docs/abuse.md)."""
     held = await store.get(held_id)
     downstream = downstreams.get(held.direction)
     if downstream is None:
         raise NoDownstream(held.direction)
-    return await store.release(held_id, downstream, force=force)
+    result = await store.release(held_id, downstream, force=force)
+    if result.delivered and held.login and held.direction == "outbound" \
+            and metering is not None and directory is not None:
+        acct = account_for(directory, metering.settings, held.login)
+        await metering.charge_released(acct, result.delivered, now or time.time())
+    return result
 
 
 async def delete_held(store: HeldStore, held_id: str, by: str = "an operator") -> HeldMessage:

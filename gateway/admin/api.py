@@ -176,7 +176,9 @@ async def show_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 async def release_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     held_id = request.match_info["id"]
     try:
-        result = await actions.release_held(desk.held, held_id, desk.downstreams())
+        result = await actions.release_held(desk.held, held_id, desk.downstreams(),
+                                                 metering=desk.runtime.metering,
+                                                 directory=desk.runtime.directory, now=desk.clock())
     except (HeldNotFound, HeldBusy, actions.NoDownstream) as exc:
         await desk.changed(request, caller, "release", held_id, "failed", type(exc).__name__)
         raise

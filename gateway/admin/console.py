@@ -301,7 +301,9 @@ async def change_held(desk: Desk, request: web.Request, session: Session) -> web
     held_id, what = request.match_info["id"], request.match_info["what"]
     try:
         if what == "release":
-            result = await actions.release_held(desk.held, held_id, desk.downstreams())
+            result = await actions.release_held(desk.held, held_id, desk.downstreams(),
+                                                 metering=desk.runtime.metering,
+                                                 directory=desk.runtime.directory, now=desk.clock())
             await desk.changed(request, session.caller, "release", held_id,
                                "done" if result.ok else "failed",
                                f"delivered {len(result.delivered)}, deferred {len(result.deferred)}")

@@ -38,7 +38,7 @@ from gateway.rules.lockout import verification_budget
 from gateway.runtime import Runtime
 from gateway.smtp.aiosmtpd_adapter import HookDiscovery
 from gateway.smtp.metered import MeteredDownstream, on_disconnect
-from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota
+from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota, contained_by
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.run import run_pipeline
 from gateway.smtp.pipeline.step import StepResult, refuse
@@ -157,7 +157,8 @@ class GatewayHandler(HookDiscovery):
         # Hot reload: the transaction runs to its end under the config in force now.
         rt = self.runtime.current()
         product = self.product
-        refusal, acct = await product.check_sender(server.facts, rt, record, sender, mail_options)
+        refusal, acct, contained = await product.check_sender(server.facts, rt, record, sender,
+                                                              mail_options)
         if refusal is not None:
             return str(refusal)
         if server.screen is not None:  # MX screening: messages per minute from this client
@@ -176,6 +177,7 @@ class GatewayHandler(HookDiscovery):
         server.tx = Transaction(
             server.facts, record, rt, product.direction, sender, session.host_name,
             bool(session.extended_smtp), envelope.rcpt_tos, mail_options, downstream, quota)
+        server.tx.contained = contained
         envelope.mail_from = address  # aiosmtpd's own: a transaction is open
         return str(replies.SENDER_OK)
 
@@ -206,6 +208,8 @@ class GatewayHandler(HookDiscovery):
                 quota.acct, quota.tx, mailbox.domain, rt.clock())
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
+            if decision.held is not None and tx.contained is None:
+                tx.contained = contained_by(decision, tx.session.login or "-")
         assert tx.downstream is not None
         reply = await tx.downstream.rcpt(str(mailbox), [])
         if reply.is_success:

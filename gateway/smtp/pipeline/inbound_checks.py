@@ -1,16 +1,19 @@
 """MX: SPF, DKIM, ARC and DMARC, then the recipients' domains' policy
 (gateway/smtp/inbound_checks.py); our Authentication-Results on top.
 
-Mail only for abuse@/postmaster@ is never refused here (RFC 2142: the role
-mailboxes must reach a person, whatever the sender's DMARC says)."""
+Mail only for abuse@/postmaster@ is never refused or held here (RFC 2142: the
+role mailboxes must reach a person, whatever the sender's DMARC says), and is
+stamped and cleaned like any other.  A policy ``hold`` marks the transaction for
+the hold step (pipeline/hold.py)."""
 
 from __future__ import annotations
 
 import logging
 
+from gateway.replies import HELD_FOR_REVIEW
 from gateway.smtp.inbound_checks import check_inbound
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
-from gateway.smtp.state import Transaction
+from gateway.smtp.state import Containment, Transaction
 
 log = logging.getLogger("portcullis.smtp")
 
@@ -28,11 +31,19 @@ async def run(tx: Transaction) -> StepResult:
     if rt.metrics is not None:
         for method, result in outcome.results:
             rt.metrics.auth_result(method, result)
+    role_only = len(tx.role_recipients) == len(tx.recipients)
     if outcome.refusal is not None:
-        if len(tx.role_recipients) < len(tx.recipients):
+        if not role_only:
             return refuse(outcome.refusal, outcome.rule, outcome.facts)
         log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                  tx.txid, outcome.refusal)
+    elif outcome.hold_rule:
+        if not role_only:
+            tx.contained = Containment("inbound", outcome.hold_rule, HELD_FOR_REVIEW,
+                                       outcome.facts)
+        else:
+            log.info("txid=%s to role mailboxes only: inbound hold not applied (%s)",
+                     tx.txid, outcome.hold_rule)
     tx.message = outcome.message
     tx.on_top(outcome.prefix)
     return CONTINUE

@@ -7,16 +7,20 @@ from collections.abc import Iterable, Mapping
 from gateway.ops.notify import Incident
 from gateway.smtp.state import Transaction
 
-# One plain sentence per incident.
+# One plain sentence per incident (and, for a hold, per reason: HeldMessage.reason).
 _REASONS = {
     "held": "our content filter classified a message as spam and held it for review",
+    "held:quota": "the account reached a sending limit and its message was held for review",
+    "held:suspended": "the account is suspended and its message was held for review",
+    "held:inbound": "a message failed the recipient domain's authentication policy and was held",
     "rejected": "our content filter classified a message as spam and refused it",
     "suspended": "the account sent far more than usual or than its limits allow, and was suspended",
 }
 
 
 def notify(tx: Transaction, kind: str | None,
-           facts: Iterable[tuple[str, object]] | Mapping[str, object], reference: str) -> None:
+           facts: Iterable[tuple[str, object]] | Mapping[str, object], reference: str,
+           why: str = "") -> None:
     """Queue a notice about the account that sent ``tx`` (none without a login)."""
     identity, rt = tx.session.identity, tx.runtime
     if rt.notifier is None or kind is None or identity is None:
@@ -24,5 +28,5 @@ def notify(tx: Transaction, kind: str | None,
     rt.notifier.submit(Incident(
         kind, identity.login, rt.clock(),
         account_address=identity.login if "@" in identity.login else None,
-        customer=identity.customer, reason=_REASONS.get(kind, kind),
+        customer=identity.customer, reason=_REASONS.get(f"{kind}:{why}", _REASONS.get(kind, kind)),
         reference=reference, evidence=dict(facts), direction=tx.direction))

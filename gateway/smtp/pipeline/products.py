@@ -25,7 +25,7 @@ from gateway.addresses import Mailbox
 from gateway.downstream.base import Downstream
 from gateway.replies import Reply, Verdict
 from gateway.rules.abuse import is_role_recipient
-from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.rules.quota import AccountQuota, QuotaDecision, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
@@ -33,7 +33,7 @@ from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.step import Step
 from gateway.smtp.records import TransactionRecord
-from gateway.smtp.state import Session
+from gateway.smtp.state import Containment, Session
 
 
 class Product(Protocol):
@@ -46,9 +46,10 @@ class Product(Protocol):
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
         """At MAIL: a refusal (its rule on ``record``), or None and the account whose
-        quota holds the transaction takes (None: not metered)."""
+        quota holds the transaction takes (None: not metered), and whether its
+        message is to be held (a suspended account whose action is ``hold``)."""
         ...
 
     def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
@@ -69,8 +70,8 @@ class Inbound:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
-        return None, None  # anyone may send to our customers: the checks come at DATA
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
+        return None, None, None  # anyone may send to our customers: the checks come at DATA
 
     def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         if address.lower() == "postmaster":
@@ -99,22 +100,26 @@ class Submission:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
         identity = session.identity
         assert identity is not None  # AUTH is required before MAIL here
         customer = rt.directory.customers.get(identity.customer)
         verdict = decide_envelope_sender(identity, customer.aliases if customer else {}, sender)
         if not verdict.accept:
             record.decide(verdict.rule, verdict.facts)
-            return verdict.reply, None
+            return verdict.reply, None, None
         if rt.metering is None:
-            return None, None
+            return None, None, None
         acct = account_quota(rt, identity)
         decision = await rt.metering.check_mail(
             acct, _declared_size(mail_options), rt.clock(), lease_id=session.cid)
         if quota_refusal(record, decision, rt, identity.login) is not None:
-            return decision.verdict.reply, None
-        return None, acct
+            return decision.verdict.reply, None, None
+        if decision.held is not None:
+            # Suspended, held: accepted and kept, and not metered (nothing is charged
+            # until the abuse desk releases it).
+            return None, None, contained_by(decision, identity.login)
+        return None, acct, None
 
     def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         verdict, mailbox = decide_outbound_recipient(address)
@@ -130,6 +135,15 @@ def account_quota(rt: Runtime, identity: Identity) -> AccountQuota:
     return quota_for_login(identity.login, identity.customer, rt.config.quotas,
                            rt.directory.customers.get(identity.customer),
                            found[1] if found is not None else None)
+
+
+def contained_by(decision: QuotaDecision, login: str) -> Containment:
+    """A quota decision whose action is ``hold``, as the transaction's containment."""
+    assert decision.held is not None
+    reason = "suspended" if decision.limit == "suspended" else "quota"
+    return Containment(reason, "quota." + decision.limit.replace(" ", "."), decision.held,
+                       (("login", login), ("limit", decision.limit),
+                        ("would_answer", str(decision.held))))
 
 
 def _declared_size(mail_options: list[str]) -> int | None:
