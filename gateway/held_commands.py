@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 import time
@@ -111,7 +112,7 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
             print(format_details(h, message), file=out)
         return 0
     if command == "delete":
-        h = await actions.delete_held(store, args.id)
+        h = await actions.delete_held(store, args.id, by=_who())
         print(f"{h.id}: deleted", file=out)
         return 0
     if command == "expire":
@@ -135,7 +136,8 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
         metering = Metering(open_store(settings.store, config.base_dir), settings)  # type: ignore[attr-defined]
     try:
         result = await actions.release_held(store, args.id, downstreams, force=args.force,
-                                            metering=metering, directory=directory, now=now)
+                                            metering=metering, directory=directory, now=now,
+                                            by=_who())
     except actions.NoDownstream:
         print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
         return EXIT_NOT_DELIVERED
@@ -151,6 +153,14 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
         print(f"{h.id}: still held for <{rcpt}>: {reply}", file=out)
     print(f"{h.id}: {'released and removed' if result.removed else 'still held'}", file=out)
     return 0 if result.ok else EXIT_NOT_DELIVERED
+
+
+def _who() -> str:
+    """The operator at the command line, for the journal."""
+    try:
+        return f"{getpass.getuser()} (command line)"
+    except (KeyError, OSError):
+        return "an operator (command line)"
 
 
 def _downstreams(config: object) -> dict:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
+from gateway.admin import actions
 from gateway.admin.server import AdminServer
 from gateway.checks.dmarc import default_suffix_list
 from gateway.checks.dns import Resolver
@@ -200,15 +201,16 @@ class Gateway:
 
     async def _expire_held(self) -> None:
         """Held mail never expires silently: every minute, what is past hold.max_age is
-        released or deleted by policy, each decision logged (gateway/store/held.py)."""
+        released or deleted by policy, each decision logged and journaled (admin/actions.py)."""
         while True:
             await asyncio.sleep(60)
             rt = self.runtime.current()
             if rt.held is None:
                 continue
             try:
-                await rt.held.expire(rt.clock(), rt.config.hold.max_age, rt.config.hold.at_max_age,
-                                     {"inbound": rt.inbound, "outbound": rt.outbound})
+                await actions.expire_held(rt.held, rt.config.hold,
+                                          {"inbound": rt.inbound, "outbound": rt.outbound},
+                                          rt.clock(), rt.metering)
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
 

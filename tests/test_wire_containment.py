@@ -201,3 +201,30 @@ def test_mail_for_abuse_is_never_held_by_inbound_policy(mx_with, downstream):
     code, _ = mx_send(gw, "abuse@acme.example", SPOOF)
     assert code == 250
     assert held(gw) == [] and len(downstream.messages) == 1
+
+
+# --- each decision on held mail, on record with who made it --------------------------------
+def test_release_delete_and_expiry_are_journaled_with_who(make_gateway, client_tls, downstream):
+    clock = Clock()
+    gw = make_gateway(alice={"messages_per_hour": 1, "at_limit": "hold"}, clock=clock)
+    with logged_in(gw, client_tls) as c:
+        assert send(c, ["x@elsewhere.example"])["data"][0] == 250
+        for rcpt in ("a@elsewhere.example", "b@elsewhere.example", "c@elsewhere.example"):
+            assert b"held for review" in send(c, [rcpt])["data"][1]
+    rt = gw.runtime
+    first, second, third = sorted(held(gw), key=lambda h: h.recipients)
+    gw.run(actions.release_held(rt.held, first.id, {"outbound": rt.outbound}, metering=rt.metering,
+                                directory=rt.directory, now=clock(), by="desk:dana"))
+    gw.run(actions.delete_held(rt.held, second.id, by="desk:erik", metering=rt.metering, now=clock()))
+    clock.advance(rt.config.hold.max_age + 1)
+    decisions = gw.run(actions.expire_held(rt.held, rt.config.hold, {"outbound": rt.outbound},
+                                           clock(), rt.metering))
+    assert [d.id for d in decisions] == [third.id]
+    found = {}
+    for h in (first, second, third):
+        [entry] = [e for e in gw.run(rt.metering.store.journal_find(h.txid)) if e.kind == "held"]
+        found[h.id] = (entry.record["decision"], entry.record["by"])
+    assert found == {first.id: ("released", "desk:dana"), second.id: ("deleted", "desk:erik"),
+                     third.id: ("expired (released)", "policy hold.max_age")}
+    events = [e.kind for e in gw.run(rt.metering.store.events(ALICE))]
+    assert {"held released", "held deleted"} <= set(events)

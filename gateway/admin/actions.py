@@ -7,6 +7,7 @@ and return plain values; printing, JSON and HTML are the callers' business.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -19,8 +20,10 @@ from gateway.downstream.base import Downstream
 from gateway.metering import AccountStatus, Metering
 from gateway.ops import explain
 from gateway.rules.quota import AccountQuota, quota_for_login
-from gateway.store.base import Event, JournalEntry, Store
+from gateway.store.base import Event, JournalEntry, Store, StoreUnavailable
 from gateway.store.held import ExpiryDecision, HeldMessage, HeldStore, ReleaseResult
+
+log = logging.getLogger("portcullis.held")
 
 # A login as the accounts sources know it: an address or a bare name, no controls,
 # no spaces.  Anything else is refused before it reaches the store.
@@ -129,7 +132,8 @@ async def show_held(store: HeldStore, held_id: str) -> tuple[HeldMessage, bytes]
 
 async def release_held(store: HeldStore, held_id: str, downstreams: Mapping[str, Downstream | None],
                        force: bool = False, metering: Metering | None = None,
-                       directory: Directory | None = None, now: float = 0.0) -> ReleaseResult:
+                       directory: Directory | None = None, now: float = 0.0,
+                       by: str = "an operator") -> ReleaseResult:
     """Raises HeldNotFound, HeldBusy, or NoDownstream.
 
     With ``metering`` and ``directory``, a submitted message is charged to its
@@ -140,20 +144,56 @@ async def release_held(store: HeldStore, held_id: str, downstreams: Mapping[str,
     if downstream is None:
         raise NoDownstream(held.direction)
     result = await store.release(held_id, downstream, force=force)
+    now = now or time.time()
     if result.delivered and held.login and held.direction == "outbound" \
             and metering is not None and directory is not None:
         acct = account_for(directory, metering.settings, held.login)
-        await metering.charge_released(acct, result.delivered, now or time.time())
+        await metering.charge_released(acct, result.delivered, now)
+    await record_held_decision(metering, held, "released" if result.ok else "release failed", by, now,
+                               f"delivered {len(result.delivered)}, deferred {len(result.deferred)}, "
+                               f"refused {len(result.refused)}")
     return result
 
 
-async def delete_held(store: HeldStore, held_id: str, by: str = "an operator") -> HeldMessage:
-    return await store.delete(held_id, why=f"deleted by {by}")
+async def record_held_decision(metering: Metering | None, held: HeldMessage, decision: str,
+                               by: str, now: float, detail: str = "") -> None:
+    """Every decision on held mail, with who made it: a log line, an event on the
+    account (``accounts status``) and an entry in the journal under the held
+    transaction's id (``portcullis explain``).  Without a store: the log line only."""
+    record = {"decision": decision, "by": by, "held_id": held.id, "reason": held.reason,
+              "login": held.login, "detail": detail}
+    log.warning("held %s (%s, login=%s): %s by %s%s", held.id, held.reason, held.login or "-",
+                decision, by, f": {detail}" if detail else "")
+    if metering is None:
+        return
+    try:
+        if held.login:
+            await metering.store.log_event(Event(now, f"held {decision}", held.login, record))
+        journal = metering.settings.store.journal
+        await metering.store.journal_add([JournalEntry(held.txid or held.id, "", now, "held", record)],
+                                         journal.max_entries, journal.max_age)
+    except StoreUnavailable as exc:  # said, never silent
+        log.error("held %s: %s by %s not journalled: %s", held.id, decision, by, exc)
+
+
+async def delete_held(store: HeldStore, held_id: str, by: str = "an operator",
+                      metering: Metering | None = None, now: float = 0.0) -> HeldMessage:
+    held = await store.delete(held_id, why=f"deleted by {by}")
+    await record_held_decision(metering, held, "deleted", by, now or time.time())
+    return held
 
 
 async def expire_held(store: HeldStore, settings: HoldSettings,
-                      downstreams: Mapping[str, Downstream | None], now: float) -> list[ExpiryDecision]:
-    return await store.expire(now, settings.max_age, settings.at_max_age, downstreams)
+                      downstreams: Mapping[str, Downstream | None], now: float,
+                      metering: Metering | None = None) -> list[ExpiryDecision]:
+    """Expiry is a decision too: journaled as made by ``hold.max_age``."""
+    before = {h.id: h for h in await store.list()}
+    decisions = await store.expire(now, settings.max_age, settings.at_max_age, downstreams)
+    for d in decisions:
+        if d.id in before:
+            await record_held_decision(metering, before[d.id], f"expired ({d.action})",
+                                       "policy hold.max_age", now, d.detail)
+    return decisions
 
 
 # --- decisions -----------------------------------------------------------------

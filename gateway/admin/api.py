@@ -178,7 +178,8 @@ async def release_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     try:
         result = await actions.release_held(desk.held, held_id, desk.downstreams(),
                                                  metering=desk.runtime.metering,
-                                                 directory=desk.runtime.directory, now=desk.clock())
+                                                 directory=desk.runtime.directory, now=desk.clock(),
+                                                 by=desk.who(request, caller))
     except (HeldNotFound, HeldBusy, actions.NoDownstream) as exc:
         await desk.changed(request, caller, "release", held_id, "failed", type(exc).__name__)
         raise
@@ -192,7 +193,8 @@ async def release_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 async def delete_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     held_id = request.match_info["id"]
     try:
-        h = await actions.delete_held(desk.held, held_id, by=desk.who(request, caller))
+        h = await actions.delete_held(desk.held, held_id, by=desk.who(request, caller),
+                                      metering=desk.runtime.metering, now=desk.clock())
     except (HeldNotFound, HeldBusy) as exc:
         await desk.changed(request, caller, "delete", held_id, "failed", type(exc).__name__)
         raise
@@ -202,7 +204,7 @@ async def delete_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 
 async def expire_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     decisions = await actions.expire_held(desk.held, desk.runtime.config.hold, desk.downstreams(),
-                                          desk.clock())
+                                          desk.clock(), desk.runtime.metering)
     await desk.changed(request, caller, "expire", "held", "done",
                        f"{len(decisions)} past max_age")
     return {"decisions": [views.expiry(d) for d in decisions]}

@@ -303,13 +303,15 @@ async def change_held(desk: Desk, request: web.Request, session: Session) -> web
         if what == "release":
             result = await actions.release_held(desk.held, held_id, desk.downstreams(),
                                                  metering=desk.runtime.metering,
-                                                 directory=desk.runtime.directory, now=desk.clock())
+                                                 directory=desk.runtime.directory, now=desk.clock(),
+                                                 by=desk.who(request, session.caller))
             await desk.changed(request, session.caller, "release", held_id,
                                "done" if result.ok else "failed",
                                f"delivered {len(result.delivered)}, deferred {len(result.deferred)}")
             done = "released" if result.ok else "not-released"
         else:
-            await actions.delete_held(desk.held, held_id, by=desk.who(request, session.caller))
+            await actions.delete_held(desk.held, held_id, by=desk.who(request, session.caller),
+                                      metering=desk.runtime.metering, now=desk.clock())
             await desk.changed(request, session.caller, "delete", held_id, "done")
             done = "deleted"
     except (HeldNotFound, HeldBusy, actions.NoDownstream) as exc:
