@@ -25,8 +25,8 @@ from gateway.admin import actions
 from gateway.config.content import HoldSettings
 from gateway.config.directory import Directory
 from gateway.metering import Metering
-from gateway.store import open_store
-from gateway.store.held import HeldBusy, HeldMessage, HeldNotFound, HeldStore
+from gateway.store import open_held_store, open_store
+from gateway.store.held import HeldBusy, HeldMail, HeldMessage, HeldNotFound
 
 EXIT_NOT_FOUND = 4
 EXIT_NOT_DELIVERED = 5
@@ -55,10 +55,8 @@ def hold_settings(config: object) -> HoldSettings:
     return getattr(config, "hold", None) or HoldSettings()
 
 
-def held_store(config: object) -> HeldStore:
-    path = hold_settings(config).path
-    base = getattr(config, "base_dir", Path("."))
-    return HeldStore(path if path.is_absolute() else base / path)
+def held_store(config: object) -> HeldMail:
+    return open_held_store(hold_settings(config), getattr(config, "base_dir", Path(".")))
 
 
 def _when(ts: float) -> str:
@@ -94,7 +92,7 @@ def format_details(h: HeldMessage, message: bytes) -> str:
     return "\n".join(lines)
 
 
-async def held_command(args: argparse.Namespace, config: object, store: HeldStore,
+async def held_command(args: argparse.Namespace, config: object, store: HeldMail,
                        out: TextIO, now: float, directory: Directory | None = None) -> int:
     command = args.held_command
     if command == "list":

@@ -21,7 +21,7 @@ from gateway.metering import Metering
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
-from gateway.store.held import HeldStore
+from gateway.store.held import HeldMail
 from gateway.store.journal import Journal
 
 
@@ -34,7 +34,7 @@ class Runtime:
     outbound: Downstream | None
     # rspamd, the hold store and the notifier (None when not configured).
     scanner: RspamdClient | None = None
-    held: HeldStore | None = None
+    held: HeldMail | None = None
     notifier: Notifier | None = None
     # Prometheus counters of this worker (gateway/ops/metrics.py).
     metrics: Metrics | None = None

@@ -58,8 +58,7 @@ from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
-from gateway.store import open_store
-from gateway.store.held import HeldStore
+from gateway.store import open_held_store, open_store
 from gateway.store.journal import Journal
 from gateway.tls import make_dev_certificate
 
@@ -93,12 +92,16 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     settings = quota_settings(config)
     metering = Metering(open_store(settings.store, config.base_dir), settings) if quotas else None
     outbound = make_downstream(config.downstream.outbound, config, "outbound")
+    if config.store.backend == "redis" and config.hold.postgres is None:
+        # Several gateways share the quota store: held mail must be shared too.
+        log.warning("hold: held mail is kept in %s, reachable only by gateways that share that "
+                    "directory; with several gateways set hold.postgres (docs/content.md, "
+                    "\"Several gateways\")", config.hold.path)
     notifier = None
     if config.notify is not None and outbound is not None and metering is not None:
         # Notices are plain operator mail: not counted against any quota, not signed
         # with a customer's key; rate-limited through the shared store.
         notifier = Notifier(config.notify, outbound, metering.store, config.hostname)
-    hold_path = config.hold.path
     return Runtime(
         config=config,
         directory=loaded.directory,
@@ -110,7 +113,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                  if config.scanner is not None else None),
         # Any rule can hold (a limit, a suspension, inbound policy, content; reloaded
         # policy files can start to at any time): the hold store always exists.
-        held=HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path),
+        held=open_held_store(config.hold, config.base_dir),
         notifier=notifier,
         resolver=(Resolver.from_settings(config.dns)
                   if config.listeners.inbound and config.inbound_checks else None),
@@ -309,6 +312,8 @@ class Gateway:
             await self.runtime.journal.drain()
         if self.runtime.metering is not None:
             await self.runtime.metering.store.close()
+        if self.runtime.held is not None:
+            await self.runtime.held.close()
         log.info("stopped")
 
 

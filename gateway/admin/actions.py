@@ -21,7 +21,7 @@ from gateway.metering import AccountStatus, Metering
 from gateway.ops import explain
 from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.store.base import Event, JournalEntry, Store, StoreUnavailable
-from gateway.store.held import ExpiryDecision, HeldMessage, HeldStore, ReleaseResult
+from gateway.store.held import ExpiryDecision, HeldMail, HeldMessage, ReleaseResult
 
 log = logging.getLogger("portcullis.held")
 
@@ -116,7 +116,7 @@ def customer_of(directory: Directory, held: HeldMessage) -> str | None:
     return None
 
 
-async def list_held(store: HeldStore, directory: Directory | None = None,
+async def list_held(store: HeldMail, directory: Directory | None = None,
                     where: HeldFilter = HeldFilter(), now: float = 0.0) -> list[HeldMessage]:
     held = await store.list()
     if where == HeldFilter():
@@ -125,12 +125,12 @@ async def list_held(store: HeldStore, directory: Directory | None = None,
             if where.matches(h, customer_of(directory, h) if directory else None, now)]
 
 
-async def show_held(store: HeldStore, held_id: str) -> tuple[HeldMessage, bytes]:
+async def show_held(store: HeldMail, held_id: str) -> tuple[HeldMessage, bytes]:
     """Raises HeldNotFound (also for an id that is not ours: never a path)."""
     return await store.get(held_id), await store.message(held_id)
 
 
-async def release_held(store: HeldStore, held_id: str, downstreams: Mapping[str, Downstream | None],
+async def release_held(store: HeldMail, held_id: str, downstreams: Mapping[str, Downstream | None],
                        force: bool = False, metering: Metering | None = None,
                        directory: Directory | None = None, now: float = 0.0,
                        by: str = "an operator") -> ReleaseResult:
@@ -176,14 +176,14 @@ async def record_held_decision(metering: Metering | None, held: HeldMessage, dec
         log.error("held %s: %s by %s not journalled: %s", held.id, decision, by, exc)
 
 
-async def delete_held(store: HeldStore, held_id: str, by: str = "an operator",
+async def delete_held(store: HeldMail, held_id: str, by: str = "an operator",
                       metering: Metering | None = None, now: float = 0.0) -> HeldMessage:
     held = await store.delete(held_id, why=f"deleted by {by}")
     await record_held_decision(metering, held, "deleted", by, now or time.time())
     return held
 
 
-async def expire_held(store: HeldStore, settings: HoldSettings,
+async def expire_held(store: HeldMail, settings: HoldSettings,
                       downstreams: Mapping[str, Downstream | None], now: float,
                       metering: Metering | None = None) -> list[ExpiryDecision]:
     """Expiry is a decision too: journaled as made by ``hold.max_age``."""

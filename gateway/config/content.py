@@ -146,9 +146,20 @@ class HoldSettings(Strict):
     # store relies only on atomic rename within the directory).  Relative paths are
     # relative to the gateway file.
     path: Path = Path("held")
+    # Or in PostgreSQL (postgresql://user:password@host/db), reached by every gateway:
+    # for several gateways without a shared directory (gateway/store/held_postgres.py).
+    postgres: str | None = None
     # Held mail never expires silently: at this age it is released or deleted, and logged.
     max_age: Seconds = 7 * 86400.0
     at_max_age: Literal["release", "delete"] = "release"
+
+
+    @field_validator("postgres")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("needs a postgresql:// URL, as in postgresql://portcullis:PASSWORD@db/mail")
+        return value
 
 
 class NotifySettings(Strict):
