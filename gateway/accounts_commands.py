@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
 from datetime import UTC, datetime
@@ -77,9 +78,33 @@ async def accounts_status(metering: Metering, directory: Directory, login: str |
     return 0
 
 
+def operator_name() -> str:
+    """Who acts at the command line, for the journal and the notices."""
+    try:
+        return f"{getpass.getuser()} (command line)"
+    except (KeyError, OSError):
+        return "an operator (command line)"
+
+
 async def accounts_suspend(metering: Metering, login: str, now: float, out: TextIO,
-                           reason: str = "suspended by an operator") -> int:
-    if await actions.suspend_account(metering, login, now, reason):
+                           reason: str = "suspended by an operator", config: object = None,
+                           directory: Directory | None = None) -> int:
+    # Notified like any suspension (notify: in the gateway file), signed as the gateway signs.
+    notifier, downstream = None, None
+    if config is not None and getattr(config, "notify", None) is not None:
+        from gateway.serve import build_notifier, make_downstream
+
+        downstream = make_downstream(config.downstream.outbound, config, "outbound")  # type: ignore[attr-defined]
+        notifier = build_notifier(config, downstream, metering.store)  # type: ignore[arg-type]
+    try:
+        done = await actions.suspend_account(metering, login, now, reason, by=operator_name(),
+                                             notifier=notifier, directory=directory)
+    finally:
+        if notifier is not None:
+            await notifier.aclose()
+        if downstream is not None:
+            await downstream.close()
+    if done:
         print(f"{login.lower()}: suspended (every gateway refuses its mail from the next MAIL)", file=out)
     else:
         print(f"{login.lower()}: was already suspended", file=out)
@@ -114,7 +139,8 @@ def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if args.accounts_command == "status":
                 return await accounts_status(metering, loaded.directory, args.login, now, out)
             if args.accounts_command == "suspend":
-                return await accounts_suspend(metering, args.login, now, out, args.reason)
+                return await accounts_suspend(metering, args.login, now, out, args.reason,
+                                              loaded.config, loaded.directory)
             return await accounts_unsuspend(metering, args.login, now, out)
         except StoreUnavailable as exc:
             print(f"portcullis accounts: the store cannot be reached: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ from email.policy import compat32
 from pathlib import Path
 from typing import TextIO
 
-from gateway.accounts_commands import quota_settings
+from gateway.accounts_commands import operator_name, quota_settings
 from gateway.admin import actions
 from gateway.config.content import HoldSettings
 from gateway.config.directory import Directory
@@ -110,7 +109,7 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
             print(format_details(h, message), file=out)
         return 0
     if command == "delete":
-        h = await actions.delete_held(store, args.id, by=_who())
+        h = await actions.delete_held(store, args.id, by=operator_name())
         print(f"{h.id}: deleted", file=out)
         return 0
     if command == "expire":
@@ -135,7 +134,7 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
     try:
         result = await actions.release_held(store, args.id, downstreams, force=args.force,
                                             metering=metering, directory=directory, now=now,
-                                            by=_who())
+                                            by=operator_name())
     except actions.NoDownstream:
         print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
         return EXIT_NOT_DELIVERED
@@ -151,14 +150,6 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
         print(f"{h.id}: still held for <{rcpt}>: {reply}", file=out)
     print(f"{h.id}: {'released and removed' if result.removed else 'still held'}", file=out)
     return 0 if result.ok else EXIT_NOT_DELIVERED
-
-
-def _who() -> str:
-    """The operator at the command line, for the journal."""
-    try:
-        return f"{getpass.getuser()} (command line)"
-    except (KeyError, OSError):
-        return "an operator (command line)"
 
 
 def _downstreams(config: object) -> dict:

@@ -270,7 +270,11 @@ class Metering:
             result = found.charged
             decision = quota.decide_charge(acct, result)
             if not result.accepted and decision.would_refuse is None:
-                await self._assess(acct, found, now)
+                # The ceiling crossed by refused attempts: the suspension goes back with
+                # the decision, for the handler to put on record and notify.
+                suspension = await self._assess(acct, found, now)
+                if suspension is not None:
+                    decision = replace(decision, suspension=suspension)
         except StoreUnavailable as exc:
             log.error("quota store unavailable: %s", exc)
             return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
@@ -44,7 +45,9 @@ from gateway.config.load import Loaded
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.sign import sign_message_off_loop
 from gateway.dkim.signing_keys import load_signing_keys, load_with_keys
+from gateway.downstream.base import Downstream as DownstreamClient
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
@@ -52,13 +55,13 @@ from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
-from gateway.ops.notify import Notifier
+from gateway.ops.notify import Notice, Notifier, Signer
 from gateway.ops_endpoint import autoconfig_site, make_endpoint
 from gateway.reload import decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
-from gateway.store import open_held_store, open_store
+from gateway.store import Store, open_held_store, open_store
 from gateway.store.journal import Journal
 from gateway.tls import make_dev_certificate
 
@@ -84,6 +87,37 @@ def make_sender_ids(config: Config, create: bool = False) -> SenderIds:
     return SenderIds(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, create))
 
 
+def build_notifier(config: Config, outbound: DownstreamClient | None, store: Store,
+                   keystore: KeyStore | None = None) -> Notifier | None:
+    """Notices are the ISP's own mail: not counted against any quota, rate-limited
+    through the shared store, and DKIM-signed with the key of the notice sender's
+    domain (``notify.sender``, else postmaster@hostname) from ``dkim.keys_dir``."""
+    if config.notify is None or outbound is None:
+        return None
+    sender = config.notify.sender or f"postmaster@{config.hostname}"
+    domain = sender.rpartition("@")[2].lower()
+    keys = keystore if keystore is not None else KeyStore.load(config.dkim.keys_dir,
+                                                                config.dkim.publish_grace_days)
+    if not keys.active(domain, time.time()):
+        log.warning("notify: no active DKIM key for %s in %s: notices go out unsigned "
+                    "(portcullis dkim generate %s)", domain, config.dkim.keys_dir, domain)
+    return Notifier(config.notify, outbound, store, config.hostname,
+                    sign=notice_signer(keys, domain))
+
+
+def notice_signer(keys: KeyStore, domain: str) -> Signer:
+    async def sign(notice: Notice) -> Notice:
+        now = time.time()
+        active = keys.active(domain, now)
+        if not active:
+            return notice
+        # RFC 6376 §5: the signature covers the notice as sent; signed off the loop.
+        header = await sign_message_off_loop(notice.message, active, int(now))
+        return replace(notice, message=header + notice.message)
+
+    return sign
+
+
 def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                   quotas: bool = True) -> Runtime:
     """``quotas=False`` runs submission unmetered (benchmarks only: a gateway started
@@ -97,16 +131,14 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         log.warning("hold: held mail is kept in %s, reachable only by gateways that share that "
                     "directory; with several gateways set hold.postgres (docs/content.md, "
                     "\"Several gateways\")", config.hold.path)
-    notifier = None
-    if config.notify is not None and outbound is not None and metering is not None:
-        # Notices are plain operator mail: not counted against any quota, not signed
-        # with a customer's key; rate-limited through the shared store.
-        notifier = Notifier(config.notify, outbound, metering.store, config.hostname)
+    keystore = load_signing_keys(config, loaded.directory)
+    notifier = (build_notifier(config, outbound, metering.store, keystore)
+                if metering is not None else None)
     return Runtime(
         config=config,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
-        keystore=load_signing_keys(config, loaded.directory),
+        keystore=keystore,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)

@@ -19,6 +19,7 @@ from gateway.config.quota import QuotaSettings
 from gateway.downstream.base import Downstream
 from gateway.metering import AccountStatus, Metering
 from gateway.ops import explain
+from gateway.ops.notify import Notifier, suspension_incident
 from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.store.base import Event, JournalEntry, Store, StoreUnavailable
 from gateway.store.held import ExpiryDecision, HeldMail, HeldMessage, ReleaseResult
@@ -73,9 +74,19 @@ async def recent_events(store: Store, login: str, limit: int = 20) -> list[Event
 
 
 async def suspend_account(metering: Metering, login: str, now: float,
-                          reason: str = "suspended by an operator", by: str = "operator") -> bool:
-    """False when it already was (the first evidence is kept)."""
-    return await metering.suspend(login, now, clean_reason(reason) or "suspended by an operator", by=by)
+                          reason: str = "suspended by an operator", by: str = "operator",
+                          notifier: Notifier | None = None,
+                          directory: Directory | None = None) -> bool:
+    """False when it already was (the first evidence is kept).  A suspension made
+    here is notified like any other: the account holder, the abuse desk, the webhook."""
+    reason = clean_reason(reason) or "suspended by an operator"
+    done = await metering.suspend(login, now, reason, by=by)
+    if done and notifier is not None:
+        found = directory.account(login.lower()) if directory is not None else None
+        await notifier.notify(suspension_incident(
+            login.lower(), found[0].customer if found is not None else None, reason, {}, now,
+            None, by=by), now)
+    return done
 
 
 async def unsuspend_account(metering: Metering, login: str, now: float, by: str = "operator",

@@ -132,7 +132,9 @@ async def suspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
     login, reason = _login(request), await _reason(request)
     done = await actions.suspend_account(desk.metering, login, desk.clock(),
                                          reason or "suspended by an operator",
-                                         by=desk.who(request, caller))
+                                         by=desk.who(request, caller),
+                                         notifier=desk.runtime.notifier,
+                                         directory=desk.runtime.directory)
     await desk.changed(request, caller, "suspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
     return {"login": login, "suspended": True, "changed": done}

@@ -248,7 +248,9 @@ async def change_account(desk: Desk, request: web.Request, session: Session) -> 
         await desk.changed(request, session.caller, "unsuspend", login, "done" if done else "unchanged")
         raise _see("/console/", "unsuspended" if done else "not-suspended")
     done = await actions.suspend_account(desk.metering, login, desk.clock(),
-                                         reason or "suspended by an operator", by=who)
+                                         reason or "suspended by an operator", by=who,
+                                         notifier=desk.runtime.notifier,
+                                         directory=desk.runtime.directory)
     await desk.changed(request, session.caller, "suspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
     raise _see(f"/console/accounts/{quote(login, safe='@')}", "suspended")

@@ -60,6 +60,29 @@ class Incident:
     direction: str = "outbound"
 
 
+# How each path to a suspension reads to the account holder (Suspension.reason is
+# the rule's own words, for the abuse desk's evidence).
+_SUSPENDED_BECAUSE = {
+    "operator": "our abuse desk stopped it from sending",
+    "complaints": "recipients reported mail from it as spam",
+    "recipients refused downstream": "it sent to many addresses that do not exist",
+}
+
+
+def suspension_incident(login: str, customer: str | None, reason: str, evidence: Mapping[str, Any],
+                        at: float, reference: str | None, by: str | None = None) -> Incident:
+    """A suspension by any path (the end of DATA, RCPT, a dead-address run, a
+    complaint, an operator) as the incident its notices and webhook carry."""
+    if by is not None:
+        plain = _SUSPENDED_BECAUSE["operator"]
+    else:
+        plain = next((v for k, v in _SUSPENDED_BECAUSE.items() if k in reason),
+                     "it sent far more mail than usual or than its limits allow")
+    return Incident("suspended", login, at, account_address=login if "@" in login else None,
+                    customer=customer, reason=plain, reference=reference,
+                    evidence={"reason": reason, **dict(evidence), **({"by": by} if by else {})})
+
+
 @dataclass(frozen=True)
 class Notice:
     """One message to send: sign its bytes, then relay with this envelope."""

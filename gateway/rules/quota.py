@@ -82,6 +82,8 @@ class QuotaDecision:
     would_refuse: Reply | None = None
     limit: str = ""
     held: Reply | None = None
+    # This refusal crossed a compromise threshold and suspended the account (RCPT).
+    suspension: Suspension | None = None
 
     @property
     def accept(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.ops.notify import suspension_incident
 from gateway.rules.abuse import Attribution, Report, attribute, is_abuse_mailbox, read_report
 from gateway.rules.quota import quota_for_login
 from gateway.runtime import Runtime
@@ -74,6 +75,10 @@ async def _count_complaint(rt: Runtime, txid: str, report: Report, a: Attributio
                 "report": report.kind, "feedback_type": report.feedback_type,
                 "reported_message_id": report.reported_message_id, "source_ip": report.source_ip}
     suspension = await rt.metering.record_complaint(acct, now, evidence)
+    if suspension is not None and rt.notifier is not None:
+        rt.notifier.submit(suspension_incident(
+            a.login, customer.customer if customer else None, suspension.reason,
+            dict(suspension.evidence), now, a.txid), now)
     log.warning("txid=%s abuse report attributed: login=%s about txid=%s kind=%s%s", txid,
                 a.login, a.txid, report.kind, f"; suspended: {suspension.reason}" if suspension else "")
     return True

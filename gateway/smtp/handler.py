@@ -38,6 +38,7 @@ from gateway.rules.lockout import verification_budget
 from gateway.runtime import Runtime
 from gateway.smtp.aiosmtpd_adapter import HookDiscovery
 from gateway.smtp.metered import MeteredDownstream, on_disconnect
+from gateway.smtp.pipeline.notices import suspended
 from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota, contained_by
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.run import run_pipeline
@@ -178,6 +179,9 @@ class GatewayHandler(HookDiscovery):
             server.facts, record, rt, product.direction, sender, session.host_name,
             bool(session.extended_smtp), envelope.rcpt_tos, mail_options, downstream, quota)
         server.tx.contained = contained
+        if quota is not None:
+            tx = server.tx
+            quota.on_suspended = lambda s: suspended(tx, s, "end of a transaction refused downstream")
         envelope.mail_from = address  # aiosmtpd's own: a transaction is open
         return str(replies.SENDER_OK)
 
@@ -206,6 +210,8 @@ class GatewayHandler(HookDiscovery):
         if quota is not None:
             decision = await quota.metering.check_recipient(
                 quota.acct, quota.tx, mailbox.domain, rt.clock())
+            if decision.suspension is not None:  # the ceiling, crossed by this attempt
+                suspended(tx, decision.suspension, "RCPT")
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
             if decision.held is not None and tx.contained is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
-from gateway.ops.notify import Incident
+from gateway.ops.notify import Incident, suspension_incident
 from gateway.smtp.state import Transaction
+from gateway.store.base import Suspension
+
+log = logging.getLogger("portcullis.smtp")
 
 # One plain sentence per incident (and, for a hold, per reason: HeldMessage.reason).
 _REASONS = {
@@ -30,3 +34,21 @@ def notify(tx: Transaction, kind: str | None,
         account_address=identity.login if "@" in identity.login else None,
         customer=identity.customer, reason=_REASONS.get(f"{kind}:{why}", _REASONS.get(kind, kind)),
         reference=reference, evidence=dict(facts), direction=tx.direction))
+
+
+def suspended(tx: Transaction, suspension: Suspension, where: str) -> None:
+    """A suspension this transaction triggered (``where``: end of DATA, RCPT, the
+    teardown of a dead-address run): on the record's trail, logged, and notified
+    to the account holder, the abuse desk and the webhook (once per burst:
+    the notifier's interval)."""
+    facts = {"login": suspension.login, "reason": suspension.reason, "at": where,
+             **dict(suspension.evidence)}
+    tx.record.suspended(facts)  # the journal keeps it (``portcullis explain``)
+    log.warning("txid=%s login=%s suspended at %s: %s evidence=%s", tx.txid, suspension.login,
+                where, suspension.reason, dict(suspension.evidence))
+    identity, rt = tx.session.identity, tx.runtime
+    if rt.notifier is None or identity is None:
+        return
+    rt.notifier.submit(suspension_incident(
+        suspension.login, identity.customer, suspension.reason,
+        {**dict(suspension.evidence), "detected_at": where}, rt.clock(), tx.txid))
