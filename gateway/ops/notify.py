@@ -64,7 +64,7 @@ class Incident:
 # the rule's own words, for the abuse desk's evidence).
 _SUSPENDED_BECAUSE = {
     "operator": "our abuse desk stopped it from sending",
-    "complaints": "recipients reported mail from it as spam",
+    "complaint": "recipients reported mail from it as spam",
     "recipients refused downstream": "it sent to many addresses that do not exist",
 }
 

@@ -78,7 +78,8 @@ async def _count_complaint(rt: Runtime, txid: str, report: Report, a: Attributio
     if suspension is not None and rt.notifier is not None:
         rt.notifier.submit(suspension_incident(
             a.login, customer.customer if customer else None, suspension.reason,
-            dict(suspension.evidence), now, a.txid), now)
+            {**dict(suspension.evidence), "report_txid": txid, "about_txid": a.txid,
+             "report": report.kind}, now, a.txid), now)
     log.warning("txid=%s abuse report attributed: login=%s about txid=%s kind=%s%s", txid,
                 a.login, a.txid, report.kind, f"; suspended: {suspension.reason}" if suspension else "")
     return True
