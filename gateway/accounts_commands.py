@@ -35,6 +35,8 @@ def add_accounts_parser(subparsers: argparse._SubParsersAction) -> None:
     su.add_argument("--reason", default="suspended by an operator")
     un = sub.add_parser("unsuspend", help="let a suspended account send again")
     un.add_argument("login")
+    un.add_argument("--release-held", action="store_true",
+                    help="and release every message of it held for review (charged, journaled)")
     p.set_defaults(func=run_accounts)
 
 
@@ -111,12 +113,34 @@ async def accounts_suspend(metering: Metering, login: str, now: float, out: Text
     return 0
 
 
-async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO) -> int:
-    if await actions.unsuspend_account(metering, login, now):
-        print(f"{login.lower()}: unsuspended", file=out)
-        return 0
-    print(f"{login.lower()}: was not suspended", file=out)
-    return 1
+async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO,
+                             config: object = None, directory: Directory | None = None,
+                             release_held: bool = False) -> int:
+    lifted = await actions.unsuspend_account(metering, login, now, by=operator_name())
+    print(f"{login.lower()}: {'unsuspended' if lifted else 'was not suspended'}", file=out)
+    if not release_held or config is None:
+        return 0 if lifted else 1
+    from gateway.serve import make_downstream
+    from gateway.store import open_held_store
+
+    settings = config.downstream  # type: ignore[attr-defined]
+    downstreams = {d: make_downstream(getattr(settings, d), config, d)  # type: ignore[arg-type]
+                   for d in ("outbound", "inbound")}
+    store = open_held_store(config.hold, config.base_dir)  # type: ignore[attr-defined]
+    try:
+        released = await actions.release_account(store, login, downstreams, metering, directory, now,
+                                                 by=operator_name())
+    finally:
+        await store.close()
+        for ds in downstreams.values():
+            if ds is not None:
+                await ds.close()
+    for held, result in released:
+        what = result if isinstance(result, str) else (
+            f"delivered to {len(result.delivered)}" + ("" if result.removed else ", still held"))
+        print(f"{held.id}: {what}", file=out)
+    print(f"{login.lower()}: {len(released)} held messages released", file=out)
+    return 0 if all(not isinstance(r, str) and r.removed for _, r in released) else 5
 
 
 def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -141,7 +165,8 @@ def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if args.accounts_command == "suspend":
                 return await accounts_suspend(metering, args.login, now, out, args.reason,
                                               loaded.config, loaded.directory)
-            return await accounts_unsuspend(metering, args.login, now, out)
+            return await accounts_unsuspend(metering, args.login, now, out, loaded.config,
+                                            loaded.directory, args.release_held)
         except StoreUnavailable as exc:
             print(f"portcullis accounts: the store cannot be reached: {exc}", file=sys.stderr)
             return 3

@@ -53,6 +53,8 @@ from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
 from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
+from gateway.ops.held_page import PATH as HELD_PAGE
+from gateway.ops.held_page import HeldLinks
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notice, Notifier, Signer
@@ -87,8 +89,16 @@ def make_sender_ids(config: Config, create: bool = False) -> SenderIds:
     return SenderIds(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, create))
 
 
+def make_held_links(config: Config) -> HeldLinks:
+    """The account holder's links are signed with the abuse secret (every gateway of
+    a cluster shares it: docs/abuse.md, "The secret")."""
+    a = config.abuse
+    return HeldLinks(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, True))
+
+
 def build_notifier(config: Config, outbound: DownstreamClient | None, store: Store,
-                   keystore: KeyStore | None = None) -> Notifier | None:
+                   keystore: KeyStore | None = None,
+                   links: HeldLinks | None = None) -> Notifier | None:
     """Notices are the ISP's own mail: not counted against any quota, rate-limited
     through the shared store, and DKIM-signed with the key of the notice sender's
     domain (``notify.sender``, else postmaster@hostname) from ``dkim.keys_dir``."""
@@ -101,8 +111,16 @@ def build_notifier(config: Config, outbound: DownstreamClient | None, store: Sto
     if not keys.active(domain, time.time()):
         log.warning("notify: no active DKIM key for %s in %s: notices go out unsigned "
                     "(portcullis dkim generate %s)", domain, config.dkim.keys_dir, domain)
+    page, days = config.notify.held_page_url, config.notify.held_page_days
+    link_for = None
+    if page is not None:
+        links = links or make_held_links(config)
+
+        def link_for(login: str, now: float) -> str:
+            return f"{page}{HELD_PAGE}?t={links.make(login, now + days * 86400)}"
+
     return Notifier(config.notify, outbound, store, config.hostname,
-                    sign=notice_signer(keys, domain))
+                    sign=notice_signer(keys, domain), link_for=link_for)
 
 
 def notice_signer(keys: KeyStore, domain: str) -> Signer:
@@ -132,7 +150,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                     "directory; with several gateways set hold.postgres (docs/content.md, "
                     "\"Several gateways\")", config.hold.path)
     keystore = load_signing_keys(config, loaded.directory)
-    notifier = (build_notifier(config, outbound, metering.store, keystore)
+    held_links = make_held_links(config)
+    notifier = (build_notifier(config, outbound, metering.store, keystore, held_links)
                 if metering is not None else None)
     return Runtime(
         config=config,
@@ -146,6 +165,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         # Any rule can hold (a limit, a suspension, inbound policy, content; reloaded
         # policy files can start to at any time): the hold store always exists.
         held=open_held_store(config.hold, config.base_dir),
+        held_links=held_links,
         notifier=notifier,
         resolver=(Resolver.from_settings(config.dns)
                   if config.listeners.inbound and config.inbound_checks else None),

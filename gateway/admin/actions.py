@@ -22,7 +22,14 @@ from gateway.ops import explain
 from gateway.ops.notify import Notifier, suspension_incident
 from gateway.rules.quota import AccountQuota, quota_for_login
 from gateway.store.base import Event, JournalEntry, Store, StoreUnavailable
-from gateway.store.held import ExpiryDecision, HeldMail, HeldMessage, ReleaseResult
+from gateway.store.held import (
+    ExpiryDecision,
+    HeldBusy,
+    HeldMail,
+    HeldMessage,
+    HeldNotFound,
+    ReleaseResult,
+)
 
 log = logging.getLogger("portcullis.held")
 
@@ -164,6 +171,26 @@ async def release_held(store: HeldMail, held_id: str, downstreams: Mapping[str, 
                                f"delivered {len(result.delivered)}, deferred {len(result.deferred)}, "
                                f"refused {len(result.refused)}")
     return result
+
+
+async def release_account(store: HeldMail, login: str, downstreams: Mapping[str, Downstream | None],
+                          metering: Metering | None, directory: Directory | None, now: float,
+                          by: str = "an operator") -> list[tuple[HeldMessage, ReleaseResult | str]]:
+    """Every held message of ``login``, released (the abuse desk's one command after a
+    suspension or a hold run turns out to be the customer's own mail): each charged
+    and journaled as a single release; one that cannot go now stays held, and says why."""
+    done: list[tuple[HeldMessage, ReleaseResult | str]] = []
+    for held in await store.list():
+        if (held.login or "").lower() != login.lower() or held.state != "held":
+            continue
+        try:
+            done.append((held, await release_held(store, held.id, downstreams, metering=metering,
+                                                  directory=directory, now=now, by=by)))
+        except (HeldNotFound, HeldBusy):
+            done.append((held, "released or deleted meanwhile"))
+        except NoDownstream:
+            done.append((held, f"no {held.direction} downstream to release to"))
+    return done
 
 
 async def record_held_decision(metering: Metering | None, held: HeldMessage, decision: str,

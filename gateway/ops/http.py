@@ -54,6 +54,8 @@ def readiness_from(checks: Mapping[str, Callable[[], Awaitable[object]]]) -> Rea
     return probe
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 @dataclass(frozen=True, slots=True)
 class AutoconfigSite:
     settings: autoconfig.ClientSettings
@@ -79,6 +81,7 @@ class OpsHTTPServer:
         autoconfig_site: AutoconfigSite | None = None,
         readiness_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        pages: Mapping[str, Handler] | None = None,
     ) -> None:
         self.address = address
         self.port = port
@@ -89,6 +92,8 @@ class OpsHTTPServer:
         # Outlook only asks Autodiscover over HTTPS; Thunderbird and Apple prefer it.
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
+        # GET pages the wiring adds (ops_endpoint.py: the account holder's held mail).
+        self._pages = dict(pages or {})
 
     def set_autoconfig(self, site: AutoconfigSite | None) -> None:
         """Swap the autoconfig facts (on reload); requests in flight keep the old ones."""
@@ -113,6 +118,8 @@ class OpsHTTPServer:
         app.router.add_post("/autodiscover/autodiscover.xml", self._autodiscover)
         app.router.add_post("/Autodiscover/Autodiscover.xml", self._autodiscover)
         app.router.add_get("/mobileconfig", self._mobileconfig)
+        for path, handler in self._pages.items():
+            app.router.add_get(path, handler)
         app.on_response_prepare.append(self._headers)
         return app
 
