@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -166,6 +167,13 @@ async def _close(downstreams: dict) -> None:
             await ds.close()
 
 
+async def _closing(store: HeldMail, work: Awaitable[int]) -> int:
+    try:
+        return await work
+    finally:
+        await store.close()  # a database store's connections, in the loop that made them
+
+
 def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     from gateway.config.errors import ConfigErrors
@@ -178,8 +186,8 @@ def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     store = held_store(loaded.config)
     try:
-        return asyncio.run(held_command(args, loaded.config, store, out, time.time(),
-                                        loaded.directory))
+        return asyncio.run(_closing(store, held_command(args, loaded.config, store, out, time.time(),
+                                                        loaded.directory)))
     except HeldNotFound:
         print(f"portcullis held: no held message {args.id!r}", file=sys.stderr)
         return EXIT_NOT_FOUND

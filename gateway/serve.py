@@ -110,7 +110,7 @@ def build_notifier(config: Config, outbound: DownstreamClient | None, store: Sto
                                                                 config.dkim.publish_grace_days)
     if not keys.active(domain, time.time()):
         log.warning("notify: no active DKIM key for %s in %s: notices go out unsigned "
-                    "(portcullis dkim generate %s)", domain, config.dkim.keys_dir, domain)
+                    "(portcullis keys generate %s --selector S)", domain, config.dkim.keys_dir, domain)
     page, days = config.notify.held_page_url, config.notify.held_page_days
     link_for = None
     if page is not None:

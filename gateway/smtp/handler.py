@@ -207,6 +207,7 @@ class GatewayHandler(HookDiscovery):
             record.recipient_refused(verdict.rule, verdict.facts)
             return str(verdict.reply)
         quota = tx.quota
+        charged = quota is not None
         if quota is not None:
             decision = await quota.metering.check_recipient(
                 quota.acct, quota.tx, mailbox.domain, rt.clock())
@@ -214,8 +215,10 @@ class GatewayHandler(HookDiscovery):
                 suspended(tx, decision.suspension, "RCPT")
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
-            if decision.held is not None and tx.contained is None:
-                tx.contained = contained_by(decision, tx.session.login or "-")
+            if decision.held is not None:  # accepted to be held: nothing was charged
+                charged = False
+                if tx.contained is None:
+                    tx.contained = contained_by(decision, tx.session.login or "-")
         assert tx.downstream is not None
         reply = await tx.downstream.rcpt(str(mailbox), [])
         if reply.is_success:
@@ -226,7 +229,7 @@ class GatewayHandler(HookDiscovery):
             # RFC 3463 §3.2: X.1.5, destination address valid; whatever the downstream
             # said (a bare "250 OK" becomes 2.0.0), the recipient is ours to confirm.
             return str(replies.RECIPIENT_OK)
-        if quota is not None:
+        if quota is not None and charged:
             # Refused downstream: its hold is released (and the refusal counted
             # toward the compromise signal at the end of the transaction).
             await quota.metering.recipient_refused(quota.tx, rt.clock())
