@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import sys
+import time
 
 import pytest
 
@@ -147,7 +148,9 @@ def mx_with(tmp_path, authdns_factory, downstream, cert_files, password_hash):
         gw = GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
                               policies=policies, cert=cert_files,
                               extra={"dns": {"nameservers": ["127.0.0.1"], "port": dns.port,
-                                             "timeout": 2}})
+                                             "timeout": 2},
+                                     "notify": {"abuse_address": "abuse@isp.example",
+                                                "sender": "postmaster@isp.example"}})
         started.append(gw.start())
         return gw
 
@@ -184,7 +187,7 @@ def test_inbound_policy_hold_keeps_the_stamped_message_for_review(mx_with, downs
     gw = mx_with("hold")
     code, text = mx_send(gw, "bob@acme.example", SPOOF)
     assert code == 250 and b"held for review" in text
-    assert downstream.messages == []
+    assert all(m.rcpt_tos != ["bob@acme.example"] for m in downstream.messages)  # nothing left
     [h] = held(gw)
     assert (h.reason, h.direction, h.recipients) == ("inbound", "inbound", ("bob@acme.example",))
     assert h.evidence["header_from"] == "spoof.test"
@@ -194,6 +197,14 @@ def test_inbound_policy_hold_keeps_the_stamped_message_for_review(mx_with, downs
     assert b"Authentication-Results: mx.gateway.test;" in head and b"dmarc=fail" in head
     assert b"forged by the sender" not in head
     assert b"X-Portcullis-Quarantine: DMARC policy of spoof.test (reject)" in head
+    # No account holder inbound: the abuse desk is told, with the held id.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not downstream.messages:
+        time.sleep(0.05)
+    [notice] = downstream.messages
+    assert notice.rcpt_tos == ["abuse@isp.example"] and notice.mail_from == "postmaster@isp.example"
+    assert f"portcullis held release {h.id}".encode() in notice.content
+    assert b"Customer:  acme" in notice.content
 
 
 def test_mail_for_abuse_is_never_held_by_inbound_policy(mx_with, downstream):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from gateway import replies
-from gateway.smtp.pipeline.notices import notify
+from gateway.smtp.pipeline.notices import held_inbound, notify
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, hold
 from gateway.smtp.state import Transaction
 
@@ -38,7 +38,10 @@ async def run(tx: Transaction) -> StepResult:
         now=rt.clock(), evidence=facts, login=tx.session.login, txid=tx.txid,
         mail_options=[o for o in tx.mail_options if o.startswith(_KEPT_MAIL_PARAMS)])
     log.warning("txid=%s held for review as %s (%s): %s", tx.txid, held.id, rule, facts)
-    notify(tx, "held", facts, held.id, why=reason)
+    if tx.session.identity is not None:
+        notify(tx, "held", facts, held.id, why=reason)
+    else:
+        held_inbound(tx, facts, held.id, reason)
     tx.record.held(rule, {**facts, "held_id": held.id})
     return hold(reply, rule, facts)
 

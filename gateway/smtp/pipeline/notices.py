@@ -36,6 +36,22 @@ def notify(tx: Transaction, kind: str | None,
         reference=reference, evidence=dict(facts), direction=tx.direction))
 
 
+def held_inbound(tx: Transaction, facts: Mapping[str, object], held_id: str, why: str) -> None:
+    """Inbound mail held for review has no account holder: the abuse desk and the
+    webhook are told, once per interval per recipient customer."""
+    rt = tx.runtime
+    if rt.notifier is None:
+        return
+    directory = rt.directory
+    owner = next((o for r in tx.recipients
+                  if (o := directory.customer_for_domain(r.rpartition("@")[2])) is not None), None)
+    rt.notifier.submit(Incident(
+        "held", f"inbound:{owner or '-'}", rt.clock(), customer=owner,
+        reason=_REASONS.get(f"held:{why}", _REASONS["held"]), reference=held_id,
+        evidence={**dict(facts), "sender": tx.sender, "recipients": list(tx.recipients)},
+        direction="inbound"))
+
+
 def suspended(tx: Transaction, suspension: Suspension, where: str) -> None:
     """A suspension this transaction triggered (``where``: end of DATA, RCPT, the
     teardown of a dead-address run): on the record's trail, logged, and notified
