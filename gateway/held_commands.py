@@ -109,15 +109,33 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
         else:
             print(format_details(h, message), file=out)
         return 0
+    # Decisions are journaled and released mail charged: the shared store, as `accounts`.
+    metering = _metering(config) if directory is not None else None
+    try:
+        return await _decide(args, config, store, out, now, directory, metering)
+    finally:
+        if metering is not None:
+            await metering.store.close()
+
+
+def _metering(config: object) -> Metering:
+    settings = quota_settings(config)
+    return Metering(open_store(settings.store, config.base_dir), settings)  # type: ignore[attr-defined]
+
+
+async def _decide(args: argparse.Namespace, config: object, store: HeldMail, out: TextIO, now: float,
+                  directory: Directory | None, metering: Metering | None) -> int:
+    command = args.held_command
     if command == "delete":
-        h = await actions.delete_held(store, args.id, by=operator_name())
+        h = await actions.delete_held(store, args.id, by=operator_name(), metering=metering, now=now)
         print(f"{h.id}: deleted", file=out)
         return 0
     if command == "expire":
         settings = hold_settings(config)
         downstreams = _downstreams(config)
         try:
-            decisions = await actions.expire_held(store, settings, downstreams, now)
+            decisions = await actions.expire_held(store, settings, downstreams, now, metering,
+                                                  directory)
         finally:
             await _close(downstreams)
         for d in decisions:
@@ -127,11 +145,6 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
     # release
     h = await store.get(args.id)
     downstreams = _downstreams(config)
-    # Released mail is charged to its account's quota: the shared store, as `accounts`.
-    metering = None
-    if directory is not None and h.login and h.direction == "outbound":
-        settings = quota_settings(config)
-        metering = Metering(open_store(settings.store, config.base_dir), settings)  # type: ignore[attr-defined]
     try:
         result = await actions.release_held(store, args.id, downstreams, force=args.force,
                                             metering=metering, directory=directory, now=now,
@@ -141,8 +154,6 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldMail
         return EXIT_NOT_DELIVERED
     finally:
         await _close(downstreams)
-        if metering is not None:
-            await metering.store.close()
     for rcpt in result.delivered:
         print(f"{h.id}: delivered to <{rcpt}>", file=out)
     for rcpt, reply in result.refused:

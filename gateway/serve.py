@@ -265,7 +265,7 @@ class Gateway:
             try:
                 await actions.expire_held(rt.held, rt.config.hold,
                                           {"inbound": rt.inbound, "outbound": rt.outbound},
-                                          rt.clock(), rt.metering)
+                                          rt.clock(), rt.metering, rt.directory)
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
 

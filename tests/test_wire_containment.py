@@ -229,8 +229,12 @@ def test_release_delete_and_expiry_are_journaled_with_who(make_gateway, client_t
     gw.run(actions.delete_held(rt.held, second.id, by="desk:erik", metering=rt.metering, now=clock()))
     clock.advance(rt.config.hold.max_age + 1)
     decisions = gw.run(actions.expire_held(rt.held, rt.config.hold, {"outbound": rt.outbound},
-                                           clock(), rt.metering))
+                                           clock(), rt.metering, rt.directory))
     assert [d.id for d in decisions] == [third.id]
+    # Released at max age: charged then, like any release (the week before has left the window).
+    acct = actions.account_for(rt.directory, rt.metering.settings, ALICE)
+    status = gw.run(rt.metering.status(acct, clock()))
+    assert next(u.used for u in status.usage if u.name == "messages_per_hour") == 1
     found = {}
     for h in (first, second, third):
         [entry] = [e for e in gw.run(rt.metering.store.journal_find(h.txid)) if e.kind == "held"]

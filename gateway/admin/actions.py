@@ -165,8 +165,7 @@ async def release_held(store: HeldMail, held_id: str, downstreams: Mapping[str, 
     now = now or time.time()
     if result.delivered and held.login and held.direction == "outbound" \
             and metering is not None and directory is not None:
-        acct = account_for(directory, metering.settings, held.login)
-        await metering.charge_released(acct, result.delivered, now)
+        await _charge(metering, directory, held, result.delivered, now)
     await record_held_decision(metering, held, "released" if result.ok else "release failed", by, now,
                                f"delivered {len(result.delivered)}, deferred {len(result.deferred)}, "
                                f"refused {len(result.refused)}")
@@ -191,6 +190,16 @@ async def release_account(store: HeldMail, login: str, downstreams: Mapping[str,
         except NoDownstream:
             done.append((held, f"no {held.direction} downstream to release to"))
     return done
+
+
+async def _charge(metering: Metering, directory: Directory, held: HeldMessage,
+                  delivered: Sequence[str], now: float) -> None:
+    try:
+        await metering.charge_released(account_for(directory, metering.settings, held.login or ""),
+                                       delivered, now)
+    except StoreUnavailable as exc:  # it went out: say it was not charged, never raise
+        log.error("held %s: released to %d but not charged to %s: %s", held.id, len(delivered),
+                  held.login, exc)
 
 
 async def record_held_decision(metering: Metering | None, held: HeldMessage, decision: str,
@@ -223,14 +232,21 @@ async def delete_held(store: HeldMail, held_id: str, by: str = "an operator",
 
 async def expire_held(store: HeldMail, settings: HoldSettings,
                       downstreams: Mapping[str, Downstream | None], now: float,
-                      metering: Metering | None = None) -> list[ExpiryDecision]:
-    """Expiry is a decision too: journaled as made by ``hold.max_age``."""
+                      metering: Metering | None = None,
+                      directory: Directory | None = None) -> list[ExpiryDecision]:
+    """Expiry is a decision too: journaled as made by ``hold.max_age``; what it
+    releases is charged like any release."""
     before = {h.id: h for h in await store.list()}
     decisions = await store.expire(now, settings.max_age, settings.at_max_age, downstreams)
     for d in decisions:
-        if d.id in before:
-            await record_held_decision(metering, before[d.id], f"expired ({d.action})",
-                                       "policy hold.max_age", now, d.detail)
+        held = before.get(d.id)
+        if held is None:
+            continue
+        if d.delivered and held.login and held.direction == "outbound" \
+                and metering is not None and directory is not None:
+            await _charge(metering, directory, held, d.delivered, now)
+        await record_held_decision(metering, held, f"expired ({d.action})",
+                                   "policy hold.max_age", now, d.detail)
     return decisions
 
 

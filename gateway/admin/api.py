@@ -206,7 +206,8 @@ async def delete_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 
 async def expire_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     decisions = await actions.expire_held(desk.held, desk.runtime.config.hold, desk.downstreams(),
-                                          desk.clock(), desk.runtime.metering)
+                                          desk.clock(), desk.runtime.metering,
+                                          desk.runtime.directory)
     await desk.changed(request, caller, "expire", "held", "done",
                        f"{len(decisions)} past max_age")
     return {"decisions": [views.expiry(d) for d in decisions]}

@@ -120,6 +120,8 @@ class ExpiryDecision:
     age: float
     action: str  # "released" | "deleted" | "kept"
     detail: str
+    # Who got it, when released (held mail is charged to its account then).
+    delivered: tuple[str, ...] = ()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -308,7 +310,8 @@ class HeldMail:
             return ExpiryDecision(held.id, age, "kept", f"{type(exc).__name__}: {exc}")
         if result.ok:
             return ExpiryDecision(held.id, age, "released",
-                                  f"delivered to {len(result.delivered)}, DATA: {result.data_reply}")
+                                  f"delivered to {len(result.delivered)}, DATA: {result.data_reply}",
+                                  result.delivered)
         return ExpiryDecision(held.id, age, "kept",
                               "downstream refused: " + "; ".join(r for _, r in result.deferred[:1]
                                                                  + result.refused[:1]))
