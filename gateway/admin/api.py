@@ -142,11 +142,23 @@ async def suspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
 
 async def unsuspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
     login, reason = _login(request), await _reason(request)
-    done = await actions.unsuspend_account(desk.metering, login, desk.clock(),
-                                           by=desk.who(request, caller), reason=reason)
+    who = desk.who(request, caller)
+    done = await actions.unsuspend_account(desk.metering, login, desk.clock(), by=who, reason=reason)
     await desk.changed(request, caller, "unsuspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
-    return {"login": login, "suspended": False, "changed": done}
+    answer: dict[str, Any] = {"login": login, "suspended": False, "changed": done}
+    if request.query.get("release_held") == "1":
+        # The desk's one step: lift it and let its held mail go (each charged, journaled).
+        rt = desk.runtime
+        released = await actions.release_account(desk.held, login, desk.downstreams(), rt.metering,
+                                                 rt.directory, desk.clock(), by=who)
+        answer["released"] = [
+            {"id": h.id, "kept": r} if isinstance(r, str) else
+            {"id": h.id, "delivered": list(r.delivered), "removed": r.removed}
+            for h, r in released]
+        await desk.changed(request, caller, "release", login, "done",
+                           f"{len(released)} held messages")
+    return answer
 
 
 # --- held mail -----------------------------------------------------------------------
