@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ def add_accounts_parser(subparsers: argparse._SubParsersAction) -> None:
     su.add_argument("--reason", default="suspended by an operator")
     un = sub.add_parser("unsuspend", help="let a suspended account send again")
     un.add_argument("login")
+    un.add_argument("--release-held", action="store_true",
+                    help="and release every message of it held for review (charged, journaled)")
     p.set_defaults(func=run_accounts)
 
 
@@ -82,21 +85,67 @@ async def accounts_status(metering: Metering, directory: Directory, login: str |
     return 0
 
 
+def operator_name() -> str:
+    """Who acts at the command line, for the journal and the notices."""
+    try:
+        return f"{getpass.getuser()} (command line)"
+    except (KeyError, OSError):
+        return "an operator (command line)"
+
+
 async def accounts_suspend(metering: Metering, login: str, now: float, out: TextIO,
-                           reason: str = "suspended by an operator") -> int:
-    if await actions.suspend_account(metering, login, now, reason):
+                           reason: str = "suspended by an operator", config: object = None,
+                           directory: Directory | None = None) -> int:
+    # Notified like any suspension (notify: in the gateway file), signed as the gateway signs.
+    notifier, downstream = None, None
+    if config is not None and getattr(config, "notify", None) is not None:
+        from gateway.serve import build_notifier, make_downstream
+
+        downstream = make_downstream(config.downstream.outbound, config, "outbound")  # type: ignore[attr-defined]
+        notifier = build_notifier(config, downstream, metering.store)  # type: ignore[arg-type]
+    try:
+        done = await actions.suspend_account(metering, login, now, reason, by=operator_name(),
+                                             notifier=notifier, directory=directory)
+    finally:
+        if notifier is not None:
+            await notifier.aclose()
+        if downstream is not None:
+            await downstream.close()
+    if done:
         print(f"{login.lower()}: suspended (every gateway refuses its mail from the next MAIL)", file=out)
     else:
         print(f"{login.lower()}: was already suspended", file=out)
     return 0
 
 
-async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO) -> int:
-    if await actions.unsuspend_account(metering, login, now):
-        print(f"{login.lower()}: unsuspended", file=out)
-        return 0
-    print(f"{login.lower()}: was not suspended", file=out)
-    return 1
+async def accounts_unsuspend(metering: Metering, login: str, now: float, out: TextIO,
+                             config: object = None, directory: Directory | None = None,
+                             release_held: bool = False) -> int:
+    lifted = await actions.unsuspend_account(metering, login, now, by=operator_name())
+    print(f"{login.lower()}: {'unsuspended' if lifted else 'was not suspended'}", file=out)
+    if not release_held or config is None:
+        return 0 if lifted else 1
+    from gateway.serve import make_downstream
+    from gateway.store import open_held_store
+
+    settings = config.downstream  # type: ignore[attr-defined]
+    downstreams = {d: make_downstream(getattr(settings, d), config, d)  # type: ignore[arg-type]
+                   for d in ("outbound", "inbound")}
+    store = open_held_store(config.hold, config.base_dir)  # type: ignore[attr-defined]
+    try:
+        released = await actions.release_account(store, login, downstreams, metering, directory, now,
+                                                 by=operator_name())
+    finally:
+        await store.close()
+        for ds in downstreams.values():
+            if ds is not None:
+                await ds.close()
+    for held, result in released:
+        what = result if isinstance(result, str) else (
+            f"delivered to {len(result.delivered)}" + ("" if result.removed else ", still held"))
+        print(f"{held.id}: {what}", file=out)
+    print(f"{login.lower()}: {len(released)} held messages released", file=out)
+    return 0 if all(not isinstance(r, str) and r.removed for _, r in released) else 5
 
 
 def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -121,8 +170,10 @@ def run_accounts(args: argparse.Namespace, out: TextIO | None = None) -> int:
                                              loaded.config.default_policy,
                                              loaded.config.accounts.default_customer)
             if args.accounts_command == "suspend":
-                return await accounts_suspend(metering, args.login, now, out, args.reason)
-            return await accounts_unsuspend(metering, args.login, now, out)
+                return await accounts_suspend(metering, args.login, now, out, args.reason,
+                                              loaded.config, loaded.directory)
+            return await accounts_unsuspend(metering, args.login, now, out, loaded.config,
+                                            loaded.directory, args.release_held)
         except StoreUnavailable as exc:
             print(f"portcullis accounts: the store cannot be reached: {exc}", file=sys.stderr)
             return 3

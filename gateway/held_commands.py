@@ -13,15 +13,20 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
 from typing import TextIO
 
+from gateway.accounts_commands import operator_name, quota_settings
 from gateway.admin import actions
 from gateway.config.content import HoldSettings
-from gateway.store.held import HeldBusy, HeldMessage, HeldNotFound, HeldStore
+from gateway.config.directory import Directory
+from gateway.metering import Metering
+from gateway.store import open_held_store, open_store
+from gateway.store.held import HeldBusy, HeldMail, HeldMessage, HeldNotFound
 
 EXIT_NOT_FOUND = 4
 EXIT_NOT_DELIVERED = 5
@@ -50,10 +55,8 @@ def hold_settings(config: object) -> HoldSettings:
     return getattr(config, "hold", None) or HoldSettings()
 
 
-def held_store(config: object) -> HeldStore:
-    path = hold_settings(config).path
-    base = getattr(config, "base_dir", Path("."))
-    return HeldStore(path if path.is_absolute() else base / path)
+def held_store(config: object) -> HeldMail:
+    return open_held_store(hold_settings(config), getattr(config, "base_dir", Path(".")))
 
 
 def _when(ts: float) -> str:
@@ -89,8 +92,8 @@ def format_details(h: HeldMessage, message: bytes) -> str:
     return "\n".join(lines)
 
 
-async def held_command(args: argparse.Namespace, config: object, store: HeldStore,
-                       out: TextIO, now: float) -> int:
+async def held_command(args: argparse.Namespace, config: object, store: HeldMail,
+                       out: TextIO, now: float, directory: Directory | None = None) -> int:
     command = args.held_command
     if command == "list":
         held = await actions.list_held(store)
@@ -106,15 +109,33 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
         else:
             print(format_details(h, message), file=out)
         return 0
+    # Decisions are journaled and released mail charged: the shared store, as `accounts`.
+    metering = _metering(config) if directory is not None else None
+    try:
+        return await _decide(args, config, store, out, now, directory, metering)
+    finally:
+        if metering is not None:
+            await metering.store.close()
+
+
+def _metering(config: object) -> Metering:
+    settings = quota_settings(config)
+    return Metering(open_store(settings.store, config.base_dir), settings)  # type: ignore[attr-defined]
+
+
+async def _decide(args: argparse.Namespace, config: object, store: HeldMail, out: TextIO, now: float,
+                  directory: Directory | None, metering: Metering | None) -> int:
+    command = args.held_command
     if command == "delete":
-        h = await actions.delete_held(store, args.id)
+        h = await actions.delete_held(store, args.id, by=operator_name(), metering=metering, now=now)
         print(f"{h.id}: deleted", file=out)
         return 0
     if command == "expire":
         settings = hold_settings(config)
         downstreams = _downstreams(config)
         try:
-            decisions = await actions.expire_held(store, settings, downstreams, now)
+            decisions = await actions.expire_held(store, settings, downstreams, now, metering,
+                                                  directory)
         finally:
             await _close(downstreams)
         for d in decisions:
@@ -125,7 +146,9 @@ async def held_command(args: argparse.Namespace, config: object, store: HeldStor
     h = await store.get(args.id)
     downstreams = _downstreams(config)
     try:
-        result = await actions.release_held(store, args.id, downstreams, force=args.force)
+        result = await actions.release_held(store, args.id, downstreams, force=args.force,
+                                            metering=metering, directory=directory, now=now,
+                                            by=operator_name())
     except actions.NoDownstream:
         print(f"{h.id}: no downstream.{h.direction} in the config to release to", file=sys.stderr)
         return EXIT_NOT_DELIVERED
@@ -155,6 +178,13 @@ async def _close(downstreams: dict) -> None:
             await ds.close()
 
 
+async def _closing(store: HeldMail, work: Awaitable[int]) -> int:
+    try:
+        return await work
+    finally:
+        await store.close()  # a database store's connections, in the loop that made them
+
+
 def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     from gateway.config.errors import ConfigErrors
@@ -167,7 +197,8 @@ def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     store = held_store(loaded.config)
     try:
-        return asyncio.run(held_command(args, loaded.config, store, out, time.time()))
+        return asyncio.run(_closing(store, held_command(args, loaded.config, store, out, time.time(),
+                                                        loaded.directory)))
     except HeldNotFound:
         print(f"portcullis held: no held message {args.id!r}", file=sys.stderr)
         return EXIT_NOT_FOUND

@@ -29,7 +29,8 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from gateway import replies
 from gateway.config.quota import QuotaSettings
@@ -234,16 +235,17 @@ class Metering:
 
     async def check_mail(self, acct: AccountQuota, size: int | None, now: float,
                          lease_id: str | None = None) -> QuotaDecision:
-        """Suspended? (550 5.7.1)  Declared SIZE= over the account's limit? (552 5.3.4)"""
+        """Suspended? (550 5.7.1, or as the account's ``when_suspended`` says: a
+        ``held`` decision)  Declared SIZE= over the account's limit? (552 5.3.4)"""
         try:
             suspension = await self.store.begin_message(acct.login, f"conn:{acct.login}", lease_id,
                                                         now, SESSION_LEASE)
         except StoreUnavailable as exc:
             log.error("suspension state unavailable: %s", exc)
             return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
-        verdict = quota.decide_suspended(suspension)
-        if not verdict.accept:
-            return QuotaDecision(verdict, limit="suspended")
+        decision = quota.decide_suspended(suspension, acct.limits.when_suspended)
+        if not decision.accept or decision.held is not None:
+            return decision
         return quota.decide_size(acct, size)
 
     # --- RCPT ------------------------------------------------------------------------
@@ -268,11 +270,15 @@ class Metering:
             result = found.charged
             decision = quota.decide_charge(acct, result)
             if not result.accepted and decision.would_refuse is None:
-                await self._assess(acct, found, now)
+                # The ceiling crossed by refused attempts: the suspension goes back with
+                # the decision, for the handler to put on record and notify.
+                suspension = await self._assess(acct, found, now)
+                if suspension is not None:
+                    decision = replace(decision, suspension=suspension)
         except StoreUnavailable as exc:
             log.error("quota store unavailable: %s", exc)
             return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
-        if decision.accept:
+        if decision.accept and decision.held is None:  # held mail is charged at release
             tx.recipient_holds.append(hold)
             tx.accepted += 1
         if decision.would_refuse is not None or count.would_refuse is not None:
@@ -326,6 +332,20 @@ class Metering:
             await self.store.release(tx.holds, now)
         except StoreUnavailable as exc:
             log.error("could not release txid=%s: %s", tx.txid, exc)
+
+    async def charge_released(self, acct: AccountQuota, recipients: Sequence[str], now: float) -> None:
+        """A held message was released and delivered to ``recipients``: it is charged
+        now, as a delivered message would have been, past the limits if need be
+        (the abuse desk decided; nothing is refused at this point)."""
+        charges: list[Charge] = []
+        for i, rcpt in enumerate(recipients):
+            charges += [replace(c, hold=None, limit=None) for c in quota.recipient_charges(
+                acct, rcpt.rpartition("@")[2], i == 0, "", "")]
+        login = acct.login
+        await self.store.meter(MeterStep(
+            counts=tuple(charges),
+            series=(SeriesAdd(f"sent:{login}", len(recipients)),
+                    SeriesAdd(f"messages:{login}", 1, bucket=86400))), now)
 
     # --- compromise --------------------------------------------------------------------
     async def record_complaint(self, acct: AccountQuota, now: float, evidence: dict) -> Suspension | None:

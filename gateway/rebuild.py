@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gateway.accounts.factory import build_source
 from gateway.checks.dns import Resolver
@@ -24,7 +23,7 @@ from gateway.config.model import Config
 from gateway.metering import Metering
 from gateway.ops.notify import Notifier
 from gateway.runtime import Runtime
-from gateway.store.held import HeldStore
+from gateway.store import open_held_store
 
 log = logging.getLogger("portcullis")
 
@@ -40,14 +39,11 @@ class Rebuilt:
     retired: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-def _hold_dir(config: Config) -> Path:
-    path = config.hold.path
-    return path if path.is_absolute() else config.base_dir / path
-
-
 def rebuild(old: Runtime, config: Config, directory: Directory,
-            metering: Metering | None) -> Rebuilt:
-    """The objects ``config`` needs that ``old`` was not built for."""
+            metering: Metering | None,
+            make_notifier: Callable[[Config, Metering], Notifier | None]) -> Rebuilt:
+    """The objects ``config`` needs that ``old`` was not built for.  ``make_notifier``
+    is serve's (it signs notices with the key store and links to held mail)."""
     out = Rebuilt()
     was = old.config
     if config.accounts != was.accounts:
@@ -60,15 +56,13 @@ def rebuild(old: Runtime, config: Config, directory: Directory,
                                   if config.scanner is not None else None)
         if old.scanner is not None:
             out.retired.append(old.scanner.close)
-    # Holding is what content scanning does: no scanner, no hold directory.
-    wants_held = config.scanner is not None
-    if wants_held != (old.held is not None) or (wants_held and _hold_dir(config) != _hold_dir(was)):
-        out.changes["held"] = HeldStore(_hold_dir(config)) if wants_held else None
+    # Any rule can hold: the hold store always exists, a new one when `hold:` moved it.
+    if config.hold != was.hold:
+        out.changes["held"] = open_held_store(config.hold, config.base_dir)
+        if old.held is not None:
+            out.retired.append(old.held.close)
     if config.notify != was.notify:
-        notifier = None
-        if config.notify is not None and old.outbound is not None and metering is not None:
-            notifier = Notifier(config.notify, old.outbound, metering.store, config.hostname)
-        out.changes["notifier"] = notifier
+        out.changes["notifier"] = make_notifier(config, metering) if metering is not None else None
         if old.notifier is not None:
             out.retired.append(old.notifier.aclose)
     wants_resolver = bool(config.listeners.inbound and config.inbound_checks)

@@ -114,6 +114,13 @@ ACCOUNT_SUSPENDED = Reply(
     550, "5.7.1",
     "This account is suspended from sending mail; please contact your provider's support",
 )
+# The same two, for customers whose action at a limit is ``reject`` or whose
+# suspended accounts are deferred (config/quota.py LimitAction).
+RATE_LIMIT_REFUSED = Reply(550, "5.7.1", "Sending limit reached for this account; message refused")
+ACCOUNT_SUSPENDED_DEFERRED = Reply(
+    451, "4.7.1",
+    "This account is suspended from sending mail; please contact your provider's support",
+)
 QUOTA_STORE_UNAVAILABLE = Reply(451, "4.3.0", "Sending limits cannot be checked right now; try again later")
 ACCOUNT_BUSY = Reply(454, "4.7.0", "Too many simultaneous sessions for this account; try again later")
 

@@ -18,11 +18,12 @@ from gateway.config.model import Config
 from gateway.dkim.keystore import KeyStore
 from gateway.downstream.base import Downstream
 from gateway.metering import Metering
+from gateway.ops.held_page import HeldLinks
 from gateway.ops.metrics import Metrics
 from gateway.ops.notify import Notifier
 from gateway.stamps.sender_id import SenderIds
 from gateway.store.dmarc_tally import DmarcTally
-from gateway.store.held import HeldStore
+from gateway.store.held import HeldMail
 from gateway.store.journal import Journal
 
 
@@ -35,7 +36,9 @@ class Runtime:
     outbound: Downstream | None
     # rspamd, the hold store and the notifier (None when not configured).
     scanner: RspamdClient | None = None
-    held: HeldStore | None = None
+    held: HeldMail | None = None
+    # Signs and opens the account holder's link to their held mail (ops/held_page.py).
+    held_links: HeldLinks | None = None
     notifier: Notifier | None = None
     # Prometheus counters of this worker (gateway/ops/metrics.py).
     metrics: Metrics | None = None

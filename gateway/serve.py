@@ -31,9 +31,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.accounts.factory import build_source
+from gateway.admin import actions
 from gateway.admin.server import AdminServer
 from gateway.checks.dmarc import default_suffix_list
 from gateway.checks.dns import Resolver
@@ -43,24 +45,27 @@ from gateway.config.load import Loaded
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.sign import sign_message_off_loop
 from gateway.dkim.signing_keys import load_signing_keys, load_with_keys
+from gateway.downstream.base import Downstream as DownstreamClient
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
 from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
+from gateway.ops.held_page import PATH as HELD_PAGE
+from gateway.ops.held_page import HeldLinks
 from gateway.ops.http import OpsHTTPServer
 from gateway.ops.metrics import Metrics
-from gateway.ops.notify import Notifier
+from gateway.ops.notify import Notice, Notifier, Signer
 from gateway.ops_endpoint import autoconfig_site, make_endpoint, mta_sts_site
 from gateway.rebuild import Retirement, rebuild
 from gateway.reload import changed_sections, decide_customer_drop, directory_counts, split_reload
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
-from gateway.store import open_store
+from gateway.store import Store, open_held_store, open_store
 from gateway.store.dmarc_tally import DmarcTally
-from gateway.store.held import HeldStore
 from gateway.store.journal import Journal
 from gateway.tls import make_dev_certificate
 
@@ -86,6 +91,53 @@ def make_sender_ids(config: Config, create: bool = False) -> SenderIds:
     return SenderIds(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, create))
 
 
+def make_held_links(config: Config) -> HeldLinks:
+    """The account holder's links are signed with the abuse secret (every gateway of
+    a cluster shares it: docs/abuse.md, "The secret")."""
+    a = config.abuse
+    return HeldLinks(load_secrets(a.secret, a.secret_file, a.previous_secrets, config.base_dir, True))
+
+
+def build_notifier(config: Config, outbound: DownstreamClient | None, store: Store,
+                   keystore: KeyStore | None = None,
+                   links: HeldLinks | None = None) -> Notifier | None:
+    """Notices are the ISP's own mail: not counted against any quota, rate-limited
+    through the shared store, and DKIM-signed with the key of the notice sender's
+    domain (``notify.sender``, else postmaster@hostname) from ``dkim.keys_dir``."""
+    if config.notify is None or outbound is None:
+        return None
+    sender = config.notify.sender or f"postmaster@{config.hostname}"
+    domain = sender.rpartition("@")[2].lower()
+    keys = keystore if keystore is not None else KeyStore.load(config.dkim.keys_dir,
+                                                                config.dkim.publish_grace_days)
+    if not keys.active(domain, time.time()):
+        log.warning("notify: no active DKIM key for %s in %s: notices go out unsigned "
+                    "(portcullis keys generate %s --selector S)", domain, config.dkim.keys_dir, domain)
+    page, days = config.notify.held_page_url, config.notify.held_page_days
+    link_for = None
+    if page is not None:
+        links = links or make_held_links(config)
+
+        def link_for(login: str, now: float) -> str:
+            return f"{page}{HELD_PAGE}?t={links.make(login, now + days * 86400)}"
+
+    return Notifier(config.notify, outbound, store, config.hostname,
+                    sign=notice_signer(keys, domain), link_for=link_for)
+
+
+def notice_signer(keys: KeyStore, domain: str) -> Signer:
+    async def sign(notice: Notice) -> Notice:
+        now = time.time()
+        active = keys.active(domain, now)
+        if not active:
+            return notice
+        # RFC 6376 §5: the signature covers the notice as sent; signed off the loop.
+        header = await sign_message_off_loop(notice.message, active, int(now))
+        return replace(notice, message=header + notice.message)
+
+    return sign
+
+
 def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                   quotas: bool = True) -> Runtime:
     """``quotas=False`` runs submission unmetered (benchmarks only: a gateway started
@@ -94,24 +146,28 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     settings = quota_settings(config)
     metering = Metering(open_store(settings.store, config.base_dir), settings) if quotas else None
     outbound = make_downstream(config.downstream.outbound, config, "outbound")
-    notifier = None
-    if config.notify is not None and outbound is not None and metering is not None:
-        # Notices are plain operator mail: not counted against any quota, not signed
-        # with a customer's key; rate-limited through the shared store.
-        notifier = Notifier(config.notify, outbound, metering.store, config.hostname)
-    hold_path = config.hold.path
+    if config.store.backend == "redis" and config.hold.postgres is None:
+        # Several gateways share the quota store: held mail must be shared too.
+        log.warning("hold: held mail is kept in %s, reachable only by gateways that share that "
+                    "directory; with several gateways set hold.postgres (docs/content.md, "
+                    "\"Several gateways\")", config.hold.path)
+    keystore = load_signing_keys(config, loaded.directory)
+    held_links = make_held_links(config)
+    notifier = (build_notifier(config, outbound, metering.store, keystore, held_links)
+                if metering is not None else None)
     return Runtime(
         config=config,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
-        keystore=load_signing_keys(config, loaded.directory),
+        keystore=keystore,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
                  if config.scanner is not None else None),
-        # Holding is what content scanning does: no scanner, no hold directory to make.
-        held=(HeldStore(hold_path if hold_path.is_absolute() else config.base_dir / hold_path)
-              if config.scanner is not None else None),
+        # Any rule can hold (a limit, a suspension, inbound policy, content; reloaded
+        # policy files can start to at any time): the hold store always exists.
+        held=open_held_store(config.hold, config.base_dir),
+        held_links=held_links,
         notifier=notifier,
         resolver=(Resolver.from_settings(config.dns)
                   if config.listeners.inbound and config.inbound_checks else None),
@@ -230,15 +286,16 @@ class Gateway:
 
     async def _expire_held(self) -> None:
         """Held mail never expires silently: every minute, what is past hold.max_age is
-        released or deleted by policy, each decision logged (gateway/store/held.py)."""
+        released or deleted by policy, each decision logged and journaled (admin/actions.py)."""
         while True:
             await asyncio.sleep(60)
             rt = self.runtime.current()
             if rt.held is None:
                 continue
             try:
-                await rt.held.expire(rt.clock(), rt.config.hold.max_age, rt.config.hold.at_max_age,
-                                     {"inbound": rt.inbound, "outbound": rt.outbound})
+                await actions.expire_held(rt.held, rt.config.hold,
+                                          {"inbound": rt.inbound, "outbound": rt.outbound},
+                                          rt.clock(), rt.metering, rt.directory)
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
 
@@ -320,7 +377,9 @@ class Gateway:
         metering = None
         if old.metering is not None:  # the same store; new limits and thresholds
             metering = Metering(old.metering.store, quota_settings(config))
-        rebuilt = rebuild(old, config, loaded.directory, metering)
+        rebuilt = rebuild(old, config, loaded.directory, metering,
+                          lambda c, m: build_notifier(c, old.outbound, m.store, keystore,
+                                                      old.held_links))
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
                            sender_ids=sender_ids, keystore=keystore, **rebuilt.changes)
         self._retired.retire(rebuilt.retired)
@@ -365,6 +424,8 @@ class Gateway:
             await self.runtime.dmarc_tally.drain()
         if self.runtime.metering is not None:
             await self.runtime.metering.store.close()
+        if self.runtime.held is not None:
+            await self.runtime.held.close()
         log.info("stopped")
 
 

@@ -247,3 +247,17 @@ def test_admin_token_prints_a_token_once_and_a_hash_the_config_takes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gateway.cli", "admin-token", "Bad Name"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_unsuspend_with_release_held_is_the_desks_one_step(gw, api, downstream):
+    assert api.post("/api/accounts/alice@acme.example/suspend").json["changed"] is True
+    first, second = hold_one(gw, reason="suspended"), hold_one(gw, reason="suspended")
+    hold_one(gw, login="bob@acme.example")  # someone else's: stays
+    done = api.post("/api/accounts/alice@acme.example/unsuspend?release_held=1")
+    assert done.status == 200 and done.json["changed"] is True
+    assert sorted(r["id"] for r in done.json["released"]) == sorted([first.id, second.id])
+    assert all(r["removed"] for r in done.json["released"])
+    assert [h["login"] for h in api.get("/api/held").json["held"]] == ["bob@acme.example"]
+    assert len(downstream.messages) == 2
+    events = [e["kind"] for e in api.get("/api/accounts/alice@acme.example").json["events"]]
+    assert events.count("held released") == 2 and "unsuspended" in events

@@ -33,6 +33,7 @@ PASS = DmarcResult("pass", "example.org", policy="reject", spf_aligned=True,
     (PASS, InboundAction.TAG, False, False, "pass", ()),
     (fail("reject"), InboundAction.REJECT, False, False, "reject", ()),
     (fail("quarantine"), InboundAction.QUARANTINE, False, False, "quarantine", ()),
+    (fail("quarantine"), InboundAction.HOLD, False, False, "quarantine", ()),
     # The customer's inbound policy only tags DMARC failures: local policy.
     (fail("reject"), InboundAction.TAG, False, False, "none", ("local_policy",)),
     # Refused, but only for role mailboxes (RFC 2142): delivered, local policy.

@@ -114,10 +114,58 @@ def test_shadow_mode_accepts_but_says_it_would_refuse():
 
 
 def test_suspended_account_gets_550_5_7_1_with_a_sentence_to_contact_the_isp():
-    v = quota.decide_suspended(Suspension("alice", T0, "spike"))
+    v = quota.decide_suspended(Suspension("alice", T0, "spike")).verdict
     assert (v.reply.code, v.reply.enhanced) == (550, "5.7.1")
     assert "contact" in v.reply.text
     assert quota.decide_suspended(None).accept
+
+
+# --- a choice at every limit (issue 18): defer | hold | reject ------------------------
+@pytest.mark.parametrize(("action", "accept", "code", "enhanced", "held"), [
+    ("defer", False, 451, "4.7.1", None),
+    ("reject", False, 550, "5.7.1", None),
+    ("hold", True, 250, "2.1.5", 451),
+])
+def test_a_rate_limit_is_answered_as_the_accounts_action_says(action, accept, code, enhanced, held):
+    a = acct(messages_per_hour=10, at_limit=action)
+    mph = next(c for c in quota.recipient_charges(a, "b.example", True, "m", "r")
+               if c.name == "messages_per_hour")
+    d = quota.decide_charge(a, ChargeResult(False, (10,), mph, 60))
+    assert d.accept is accept and (d.verdict.reply.code, d.verdict.reply.enhanced) == (code, enhanced)
+    assert (d.held.code if d.held else None) == held
+    assert d.limit == "messages_per_hour"
+    assert "at most 10 messages per hour" in (d.held or d.verdict.reply).text
+    # A refusal for good does not tell the client to retry.
+    assert ("try again" in d.verdict.reply.text) is (action == "defer")
+
+
+@pytest.mark.parametrize(("action", "accept", "code", "held"), [
+    ("reject", False, 550, None), ("defer", False, 451, 0), ("hold", True, 250, 550),
+])
+def test_a_suspended_accounts_mail_is_answered_as_its_action_says(action, accept, code, held):
+    d = quota.decide_suspended(Suspension("alice", T0, "spike"), action)
+    assert d.accept is accept and d.verdict.reply.code == code and d.limit == "suspended"
+    assert (d.held.code if d.held else None) == (held or None)
+
+
+def test_shadow_mode_never_holds():
+    a = acct(shadow=True, messages_per_hour=1, at_limit="hold")
+    mph = next(c for c in quota.recipient_charges(a, "b.example", True, "m", "r")
+               if c.name == "messages_per_hour")
+    d = quota.decide_charge(a, ChargeResult(False, (1,), mph, 60))
+    assert d.accept and d.held is None and d.would_refuse is not None
+
+
+def test_the_limit_actions_inherit_gateway_customer_account():
+    gw = QuotaLimits(at_limit="hold")
+    cust = CustomerQuotas(when_suspended="defer")
+    assert effective_limits(gw, cust, None).at_limit == "hold"
+    assert effective_limits(gw, cust, None).when_suspended == "defer"
+    assert effective_limits(None, None, None).at_limit == "defer"
+    assert effective_limits(None, None, None).when_suspended == "reject"
+    assert effective_limits(gw, cust, QuotaLimits(at_limit="reject")).at_limit == "reject"
+    with pytest.raises(ValidationError):
+        QuotaLimits(at_limit="bounce")
 
 
 def test_message_counters_charge_with_the_first_recipient_only():

@@ -136,7 +136,9 @@ async def suspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
     login, reason = _login(request), await _reason(request)
     done = await actions.suspend_account(desk.metering, login, desk.clock(),
                                          reason or "suspended by an operator",
-                                         by=desk.who(request, caller))
+                                         by=desk.who(request, caller),
+                                         notifier=desk.runtime.notifier,
+                                         directory=desk.runtime.directory)
     await desk.changed(request, caller, "suspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
     return {"login": login, "suspended": True, "changed": done}
@@ -144,11 +146,23 @@ async def suspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
 
 async def unsuspend(desk: Desk, request: web.Request, caller: Caller) -> Any:
     login, reason = _login(request), await _reason(request)
-    done = await actions.unsuspend_account(desk.metering, login, desk.clock(),
-                                           by=desk.who(request, caller), reason=reason)
+    who = desk.who(request, caller)
+    done = await actions.unsuspend_account(desk.metering, login, desk.clock(), by=who, reason=reason)
     await desk.changed(request, caller, "unsuspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
-    return {"login": login, "suspended": False, "changed": done}
+    answer: dict[str, Any] = {"login": login, "suspended": False, "changed": done}
+    if request.query.get("release_held") == "1":
+        # The desk's one step: lift it and let its held mail go (each charged, journaled).
+        rt = desk.runtime
+        released = await actions.release_account(desk.held, login, desk.downstreams(), rt.metering,
+                                                 rt.directory, desk.clock(), by=who)
+        answer["released"] = [
+            {"id": h.id, "kept": r} if isinstance(r, str) else
+            {"id": h.id, "delivered": list(r.delivered), "removed": r.removed}
+            for h, r in released]
+        await desk.changed(request, caller, "release", login, "done",
+                           f"{len(released)} held messages")
+    return answer
 
 
 # --- held mail -----------------------------------------------------------------------
@@ -180,7 +194,10 @@ async def show_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 async def release_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     held_id = request.match_info["id"]
     try:
-        result = await actions.release_held(desk.held, held_id, desk.downstreams())
+        result = await actions.release_held(desk.held, held_id, desk.downstreams(),
+                                                 metering=desk.runtime.metering,
+                                                 directory=desk.runtime.directory, now=desk.clock(),
+                                                 by=desk.who(request, caller))
     except (HeldNotFound, HeldBusy, actions.NoDownstream) as exc:
         await desk.changed(request, caller, "release", held_id, "failed", type(exc).__name__)
         raise
@@ -194,7 +211,8 @@ async def release_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 async def delete_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     held_id = request.match_info["id"]
     try:
-        h = await actions.delete_held(desk.held, held_id, by=desk.who(request, caller))
+        h = await actions.delete_held(desk.held, held_id, by=desk.who(request, caller),
+                                      metering=desk.runtime.metering, now=desk.clock())
     except (HeldNotFound, HeldBusy) as exc:
         await desk.changed(request, caller, "delete", held_id, "failed", type(exc).__name__)
         raise
@@ -204,7 +222,8 @@ async def delete_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
 
 async def expire_held(desk: Desk, request: web.Request, caller: Caller) -> Any:
     decisions = await actions.expire_held(desk.held, desk.runtime.config.hold, desk.downstreams(),
-                                          desk.clock())
+                                          desk.clock(), desk.runtime.metering,
+                                          desk.runtime.directory)
     await desk.changed(request, caller, "expire", "held", "done",
                        f"{len(decisions)} past max_age")
     return {"decisions": [views.expiry(d) for d in decisions]}

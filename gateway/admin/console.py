@@ -250,7 +250,9 @@ async def change_account(desk: Desk, request: web.Request, session: Session) -> 
         await desk.changed(request, session.caller, "unsuspend", login, "done" if done else "unchanged")
         raise _see("/console/", "unsuspended" if done else "not-suspended")
     done = await actions.suspend_account(desk.metering, login, desk.clock(),
-                                         reason or "suspended by an operator", by=who)
+                                         reason or "suspended by an operator", by=who,
+                                         notifier=desk.runtime.notifier,
+                                         directory=desk.runtime.directory)
     await desk.changed(request, session.caller, "suspend", login, "done" if done else "unchanged",
                        actions.clean_reason(reason))
     raise _see(f"/console/accounts/{quote(login, safe='@')}", "suspended")
@@ -303,13 +305,17 @@ async def change_held(desk: Desk, request: web.Request, session: Session) -> web
     held_id, what = request.match_info["id"], request.match_info["what"]
     try:
         if what == "release":
-            result = await actions.release_held(desk.held, held_id, desk.downstreams())
+            result = await actions.release_held(desk.held, held_id, desk.downstreams(),
+                                                 metering=desk.runtime.metering,
+                                                 directory=desk.runtime.directory, now=desk.clock(),
+                                                 by=desk.who(request, session.caller))
             await desk.changed(request, session.caller, "release", held_id,
                                "done" if result.ok else "failed",
                                f"delivered {len(result.delivered)}, deferred {len(result.deferred)}")
             done = "released" if result.ok else "not-released"
         else:
-            await actions.delete_held(desk.held, held_id, by=desk.who(request, session.caller))
+            await actions.delete_held(desk.held, held_id, by=desk.who(request, session.caller),
+                                      metering=desk.runtime.metering, now=desk.clock())
             await desk.changed(request, session.caller, "delete", held_id, "done")
             done = "deleted"
     except (HeldNotFound, HeldBusy, actions.NoDownstream) as exc:

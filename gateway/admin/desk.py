@@ -19,7 +19,8 @@ from gateway.config.admin import AdminSettings
 from gateway.downstream.base import Downstream
 from gateway.metering import Metering
 from gateway.runtime import Runtime
-from gateway.store.held import HeldStore
+from gateway.store import open_held_store
+from gateway.store.held import HeldMail
 
 log = logging.getLogger("portcullis.admin")
 
@@ -49,10 +50,9 @@ class Desk:
         self.tokens = TokenChecker()
         self.refusals = Refusals(settings.max_failures_per_minute)
         self.sessions = Sessions(settings.session_minutes * 60.0)
-        hold_path = _resolve(base, runtime.config.hold.path)
-        # The gateway's own hold store when it holds mail; else the directory the
+        # The gateway's own hold store (it always has one); else the one the
         # `held` commands read (held mail of other gateways sharing it).
-        self._held = runtime.held or HeldStore(hold_path)
+        self._held = runtime.held or open_held_store(runtime.config.hold, base)
 
     # --- the gateway in force -----------------------------------------------------
     @property
@@ -66,7 +66,7 @@ class Desk:
         return settings
 
     @property
-    def held(self) -> HeldStore:
+    def held(self) -> HeldMail:
         return self.runtime.held or self._held
 
     @property

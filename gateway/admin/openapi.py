@@ -76,7 +76,9 @@ def document() -> dict[str, Any]:
                 errors=("400", "401", "429", "503"), change=True)},
             "/api/accounts/{login}/unsuspend": {"post": _op(
                 "let a suspended account send again", _ok("done, or it was not suspended"),
-                params=[_LOGIN], body=True, errors=("400", "401", "429", "503"), change=True)},
+                params=[_LOGIN, _query("release_held",
+                                       "1: and release every message of it held for review")],
+                body=True, errors=("400", "401", "429", "503"), change=True)},
             "/api/held": {"get": _op(
                 "held messages, oldest first", _ok("held messages"),
                 params=[_query("login", "held for this login"),

@@ -146,9 +146,20 @@ class HoldSettings(Strict):
     # store relies only on atomic rename within the directory).  Relative paths are
     # relative to the gateway file.
     path: Path = Path("held")
+    # Or in PostgreSQL (postgresql://user:password@host/db), reached by every gateway:
+    # for several gateways without a shared directory (gateway/store/held_postgres.py).
+    postgres: str | None = None
     # Held mail never expires silently: at this age it is released or deleted, and logged.
     max_age: Seconds = 7 * 86400.0
     at_max_age: Literal["release", "delete"] = "release"
+
+
+    @field_validator("postgres")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("needs a postgresql:// URL, as in postgresql://portcullis:PASSWORD@db/mail")
+        return value
 
 
 class NotifySettings(Strict):
@@ -165,6 +176,10 @@ class NotifySettings(Strict):
     interval: Seconds = 3600.0
     # Envelope sender and From: of notices; None means postmaster@<gateway hostname>.
     sender: str | None = None
+    # The ops HTTP port as account holders reach it (https://mail.isp.example:8443):
+    # notices then carry a signed link to the list of their held mail, valid this long.
+    held_page_url: str | None = None
+    held_page_days: Annotated[float, Field(gt=0, le=30)] = 7.0
     # Which incidents are notified.
     events: tuple[Literal["suspended", "held", "rejected"], ...] = ("suspended", "held", "rejected")
 
@@ -177,6 +192,16 @@ class NotifySettings(Strict):
         if not at or not local or not domain or any(c.isspace() or c in "<>" for c in value.strip()):
             raise ValueError(f"{value!r} is not an address, as in abuse@isp.example")
         return value.strip()
+
+    @field_validator("held_page_url")
+    @classmethod
+    def _page(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("needs an http:// or https:// URL, as in https://mail.isp.example:8443")
+        return value.rstrip("/")
 
     @field_validator("webhook_url")
     @classmethod

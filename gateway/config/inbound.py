@@ -16,6 +16,8 @@ The ``inbound:`` section of a customer's policy file (optional)::
 Actions (RFC 7372 and RFC 3463 codes in gateway/replies.py):
   reject      550 5.7.1 (SPF) / 550 5.7.26 (DMARC) with the reason
   tempfail    451 4.7.x: the sender retries later
+  hold        accepted (250) and kept in the hold store for the ISP's review, with the
+              quarantine field; nothing reaches the mailbox until it is released
   quarantine  accepted with ``X-Portcullis-Quarantine: <reason>`` for the downstream to act on
   tag         accepted with the Authentication-Results header only
 """
@@ -33,6 +35,7 @@ from gateway.values.domains import normalise_domain
 class InboundAction(StrEnum):
     TAG = "tag"
     QUARANTINE = "quarantine"
+    HOLD = "hold"
     TEMPFAIL = "tempfail"
     REJECT = "reject"
 
@@ -58,7 +61,7 @@ class InboundDomainPolicy(Strict):
         # A DNS failure says nothing about the sender: refusing for good would bounce
         # legitimate mail because of our resolver (RFC 7208 §8.6, RFC 7489 §6.6.2).
         if value is InboundAction.REJECT:
-            raise ValueError("temperror cannot be 'reject'; use tempfail, quarantine or tag")
+            raise ValueError("temperror cannot be 'reject'; use tempfail, hold, quarantine or tag")
         return value
 
     @field_validator("trusted_arc_sealers", mode="before")

@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Count = Annotated[int, Field(ge=1)]
+# What happens to mail at a limit or from a suspended account (docs/abuse.md, "A
+# choice at every limit"): 451 (the client retries: a spam bot only waits), keep it
+# for the abuse desk's review (the client hears 250, nothing leaves), or 550.
+LimitAction = Literal["defer", "hold", "reject"]
 Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
 
 
@@ -39,6 +43,11 @@ class QuotaLimits(Strict):
     max_message_size: Annotated[int, Field(ge=1024)] | None = None
     concurrent_connections: Count | None = None
     recipient_domains_per_hour: Count | None = None
+    # A rate limit reached (messages/recipients per hour or day, domains per hour,
+    # the customer's aggregate): defer, hold or reject.  Inherited like the limits.
+    at_limit: LimitAction = "defer"
+    # Mail from a suspended account: reject (550 5.7.1, as before), defer or hold.
+    when_suspended: LimitAction = "reject"
 
 
 # The root of inheritance: what a gateway enforces for a field no file sets: generous for

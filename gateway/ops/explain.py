@@ -57,6 +57,8 @@ def write_text(entries: Sequence[JournalEntry], out: TextIO) -> None:
             out.write("\n")
         if entry.kind == "connection":
             out.write(_connection(entry))
+        elif entry.kind == "held":
+            out.write(_held_decision(entry))
         else:
             out.write(_transaction(entry))
 
@@ -73,6 +75,15 @@ def _facts(facts: Mapping[str, Any]) -> str:
         return repr(text) if not text or re.search(r"[\s\"'=]", text) else text
 
     return " ".join(f"{k}={value(v)}" for k, v in facts.items())
+
+
+def _held_decision(entry: JournalEntry) -> str:
+    """A decision on a held message (admin/actions.py): what, by whom, when."""
+    r = entry.record
+    return (f"held message {r.get('held_id', '?')} of transaction {entry.id}: "
+            f"{r.get('decision', '?')} by {r.get('by', '?')}, {_when(entry.ts)}\n"
+            f"  held for {r.get('reason', '?')}, login {r.get('login') or '-'}"
+            + (f"; {r['detail']}" if r.get("detail") else "") + "\n")
 
 
 def _transaction(entry: JournalEntry) -> str:

@@ -56,6 +56,8 @@ def readiness_from(checks: Mapping[str, Callable[[], Awaitable[object]]]) -> Rea
     return probe
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 @dataclass(frozen=True, slots=True)
 class AutoconfigSite:
     settings: autoconfig.ClientSettings
@@ -88,6 +90,7 @@ class OpsHTTPServer:
         readiness_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
         mta_sts_site: MtaStsSite | None = None,
+        pages: Mapping[str, Handler] | None = None,
     ) -> None:
         self.address = address
         self.port = port
@@ -99,6 +102,8 @@ class OpsHTTPServer:
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._mta_sts = mta_sts_site
+        # GET pages the wiring adds (ops_endpoint.py: the account holder's held mail).
+        self._pages = dict(pages or {})
 
     def set_mta_sts(self, site: MtaStsSite | None) -> None:
         """Swap the MTA-STS policy (on reload)."""
@@ -128,6 +133,8 @@ class OpsHTTPServer:
         app.router.add_post("/Autodiscover/Autodiscover.xml", self._autodiscover)
         app.router.add_get("/mobileconfig", self._mobileconfig)
         app.router.add_get(POLICY_PATH, self._mta_sts_policy)
+        for path, handler in self._pages.items():
+            app.router.add_get(path, handler)
         app.on_response_prepare.append(self._headers)
         return app
 

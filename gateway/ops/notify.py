@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -58,6 +58,31 @@ class Incident:
     reference: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
     direction: str = "outbound"
+    # A signed, expiring link to the account holder's held mail (ops/held_page.py).
+    link: str | None = None
+
+
+# How each path to a suspension reads to the account holder (Suspension.reason is
+# the rule's own words, for the abuse desk's evidence).
+_SUSPENDED_BECAUSE = {
+    "operator": "our abuse desk stopped it from sending",
+    "complaint": "recipients reported mail from it as spam",
+    "recipients refused downstream": "it sent to many addresses that do not exist",
+}
+
+
+def suspension_incident(login: str, customer: str | None, reason: str, evidence: Mapping[str, Any],
+                        at: float, reference: str | None, by: str | None = None) -> Incident:
+    """A suspension by any path (the end of DATA, RCPT, a dead-address run, a
+    complaint, an operator) as the incident its notices and webhook carry."""
+    if by is not None:
+        plain = _SUSPENDED_BECAUSE["operator"]
+    else:
+        plain = next((v for k, v in _SUSPENDED_BECAUSE.items() if k in reason),
+                     "it sent far more mail than usual or than its limits allow")
+    return Incident("suspended", login, at, account_address=login if "@" in login else None,
+                    customer=customer, reason=plain, reference=reference,
+                    evidence={"reason": reason, **dict(evidence), **({"by": by} if by else {})})
 
 
 @dataclass(frozen=True)
@@ -143,8 +168,10 @@ def compose_notices(incident: Incident, settings: NotifySettings, hostname: str,
     notices = []
     if settings.notify_account and incident.account_address and incident.kind in _ACCOUNT_TEXT:
         subject, text = _ACCOUNT_TEXT[incident.kind]
-        body = (text.format(login=incident.login, when=_when(incident.at), reason=reason)
-                + f"\n\nReference: {reference}\n\n-- \nThe mail service of {hostname}\n")
+        body = text.format(login=incident.login, when=_when(incident.at), reason=reason)
+        if incident.link:
+            body += f"\n\nWhat is held from your account, and why:\n{incident.link}"
+        body += f"\n\nReference: {reference}\n\n-- \nThe mail service of {hostname}\n"
         notices.append(Notice("account", sender, (incident.account_address,),
                               _message(sender, incident.account_address, subject, body,
                                        hostname, now, incident.kind)))
@@ -170,7 +197,9 @@ def compose_notices(incident: Incident, settings: NotifySettings, hostname: str,
             lines += ["", f"Review:  portcullis held show {incident.reference}",
                       f"Release: portcullis held release {incident.reference}"]
         if incident.kind == "suspended":
-            lines += ["", f"Lift:    portcullis accounts unsuspend {incident.login}"]
+            lines += ["", f"Lift:    portcullis accounts unsuspend {incident.login}",
+                      f"Lift and release its held mail: portcullis accounts unsuspend "
+                      f"{incident.login} --release-held"]
         subject = f"[portcullis] {incident.kind}: {incident.login}"
         notices.append(Notice("abuse", sender, (settings.abuse_address,),
                               _message(sender, settings.abuse_address, subject,
@@ -197,12 +226,15 @@ Signer = Callable[[Notice], Awaitable[Notice]]
 
 class Notifier:
     def __init__(self, settings: NotifySettings, downstream: Downstream, store: Store,
-                 hostname: str, sign: Signer | None = None):
+                 hostname: str, sign: Signer | None = None,
+                 link_for: Callable[[str, float], str] | None = None):
         self.settings = settings
         self.downstream = downstream
         self.store = store
         self.hostname = hostname
         self.sign = sign
+        # The account holder's link to their held mail, when the page is on.
+        self.link_for = link_for
         self._tasks: set[asyncio.Task[NotifyOutcome]] = set()
         self._fallback: dict[str, float] = {}  # key → last notice, when the store is down
         self._session: aiohttp.ClientSession | None = None
@@ -237,6 +269,8 @@ class Notifier:
         if not await self._first_in_interval(key, now):
             log.debug("notify: %s for %s suppressed (interval)", incident.kind, incident.login)
             return NotifyOutcome(False, detail="already notified within the interval")
+        if self.link_for is not None and incident.account_address:
+            incident = replace(incident, link=self.link_for(incident.login, now))
         sent = []
         for notice in compose_notices(incident, self.settings, self.hostname, now):
             if await self._send(notice, incident):

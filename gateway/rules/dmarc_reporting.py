@@ -13,8 +13,10 @@ from gateway.values.evidence import DkimResult, InboundEvidence
 # RFC 9990 "DKIM Signatures in Aggregate Reports": "no more than 100 signatures".
 MAX_SIGNATURES = 100
 
+# A policy ``hold`` keeps the message out of the inbox for review: RFC 9990's
+# "quarantine" is the nearest disposition it defines.
 _APPLIED = {InboundAction.REJECT: "reject", InboundAction.QUARANTINE: "quarantine",
-            InboundAction.TAG: "none"}
+            InboundAction.HOLD: "quarantine", InboundAction.TAG: "none"}
 _STRENGTH = {"none": 0, "quarantine": 1, "reject": 2}
 
 

@@ -29,8 +29,9 @@ OUR_HEADERS = (QUARANTINE_HEADER,)
 _SEVERITY = {
     InboundAction.TAG: 0,
     InboundAction.QUARANTINE: 1,
-    InboundAction.TEMPFAIL: 2,
-    InboundAction.REJECT: 3,
+    InboundAction.HOLD: 2,
+    InboundAction.TEMPFAIL: 3,
+    InboundAction.REJECT: 4,
 }
 
 
@@ -92,10 +93,19 @@ def _decide_one(ev: InboundEvidence, policy: InboundDomainPolicy) -> InboundDeci
             worst.action, reasons=reasons,
         )
     headers: tuple[tuple[str, str], ...] = ()
-    if worst.action is InboundAction.QUARANTINE:
-        quarantined = "; ".join(f.reason for f in findings if f.action is InboundAction.QUARANTINE)
+    if worst.action in (InboundAction.QUARANTINE, InboundAction.HOLD):
+        # A held message carries the flag too: once released, the mailbox's filters see it.
+        quarantined = "; ".join(f.reason for f in findings
+                                if f.action in (InboundAction.QUARANTINE, InboundAction.HOLD))
         headers = ((QUARANTINE_HEADER, quarantined),)
-    return InboundDecision(Verdict.ok(), worst.action, headers, reasons, arc_override)
+    verdict = Verdict.ok()
+    if worst.action is InboundAction.HOLD:
+        # The rule on record for the hold ("dmarc.hold"), with the same facts as a refusal.
+        verdict = Verdict(True, verdict.reply, f"{_RULE_NAMES[worst.what]}.hold",
+                          (("spf", ev.spf.result), ("dmarc", ev.dmarc.result),
+                           ("header_from", ev.dmarc.header_from),
+                           ("disposition", ev.dmarc.disposition), ("reason", worst.reason)))
+    return InboundDecision(verdict, worst.action, headers, reasons, arc_override)
 
 
 def _actionable(ev: InboundEvidence) -> bool:

@@ -46,6 +46,8 @@ class Limits:
     max_message_size: int | None = None
     concurrent_connections: int | None = None
     recipient_domains_per_hour: int | None = None
+    at_limit: str = "defer"  # defer | hold | reject (config/quota.py LimitAction)
+    when_suspended: str = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +74,18 @@ class AccountQuota:
 
 @dataclass(frozen=True, slots=True)
 class QuotaDecision:
-    """What to answer, and in shadow mode the refusal that was not sent."""
+    """What to answer, and in shadow mode the refusal that was not sent.
+
+    ``held``: the limit was reached and the account's action is ``hold``: the
+    client is answered as accepted, the refusal it would have had is kept here,
+    and the message is to be held for review, uncharged (pipeline/hold.py)."""
 
     verdict: Verdict
     would_refuse: Reply | None = None
     limit: str = ""
+    held: Reply | None = None
+    # This refusal crossed a compromise threshold and suspended the account (RCPT).
+    suspension: Suspension | None = None
 
     @property
     def accept(self) -> bool:
@@ -124,11 +133,25 @@ def _decide(acct: AccountQuota, reply: Reply | None, limit: str, ok: Reply = rep
     return QuotaDecision(Verdict.refuse(reply), limit=limit)
 
 
-def decide_suspended(suspension: Suspension | None) -> Verdict:
-    """A suspended account may log in but not send (checked at MAIL, in every mode)."""
+def _contain(action: str, reply: Reply, limit: str, ok: Reply,
+             rejected: Reply) -> QuotaDecision:
+    """A limit reached, answered as the account's action says: ``reply`` (defer),
+    ``rejected`` with the same sentence (reject), or accepted to be held."""
+    if action == "hold":
+        return QuotaDecision(Verdict.ok(ok), limit=limit, held=reply)
+    if action == "reject":
+        return QuotaDecision(Verdict.refuse(rejected.with_text(reply.text)), limit=limit)
+    return QuotaDecision(Verdict.refuse(reply), limit=limit)
+
+
+def decide_suspended(suspension: Suspension | None, action: str = "reject") -> QuotaDecision:
+    """A suspended account may log in but not send (checked at MAIL, in every mode,
+    shadow included): its mail is rejected, deferred or held as ``action`` says."""
     if suspension is None:
-        return Verdict.ok(replies.SENDER_OK)
-    return Verdict.refuse(replies.ACCOUNT_SUSPENDED)
+        return QuotaDecision(Verdict.ok(replies.SENDER_OK))
+    return _contain(action, replies.ACCOUNT_SUSPENDED_DEFERRED if action == "defer"
+                    else replies.ACCOUNT_SUSPENDED, "suspended", replies.SENDER_OK,
+                    replies.ACCOUNT_SUSPENDED)
 
 
 def decide_size(acct: AccountQuota, size: int | None) -> QuotaDecision:
@@ -197,8 +220,14 @@ def decide_charge(acct: AccountQuota, result: ChargeResult) -> QuotaDecision:
     name = c.name.removeprefix("customer ")
     unit = RATE_LIMITS.get(name, (0.0, name.replace("_", " ")))[1]
     whose = f"all of {acct.customer}'s accounts together" if c.name.startswith("customer ") else "this account"
-    text = f"Sending limit reached: at most {c.limit} {unit} for {whose}; {describe_wait(result.retry_after)}"
-    return _decide(acct, replies.RATE_LIMITED.with_text(text), c.name, replies.RECIPIENT_OK)
+    action = acct.limits.at_limit
+    then = ("this message was refused by your provider's policy" if action == "reject"
+            else describe_wait(result.retry_after))
+    text = f"Sending limit reached: at most {c.limit} {unit} for {whose}; {then}"
+    if acct.shadow:
+        return _decide(acct, replies.RATE_LIMITED.with_text(text), c.name, replies.RECIPIENT_OK)
+    return _contain(action, replies.RATE_LIMITED.with_text(text), c.name, replies.RECIPIENT_OK,
+                    replies.RATE_LIMIT_REFUSED)
 
 
 def quota_for_login(login: str, customer_id: str, gateway: QuotaLimits | None,

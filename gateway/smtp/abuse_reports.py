@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.ops.notify import suspension_incident
 from gateway.rules.abuse import Attribution, Report, attribute, is_abuse_mailbox, read_report
 from gateway.rules.quota import quota_for_known_login
 from gateway.runtime import Runtime
@@ -77,6 +78,11 @@ async def _count_complaint(rt: Runtime, txid: str, report: Report, a: Attributio
     suspension = await rt.metering.record_complaint(acct, now, evidence)
     if rt.metrics is not None:
         rt.metrics.complaint()
+    if suspension is not None and rt.notifier is not None:
+        rt.notifier.submit(suspension_incident(
+            a.login, acct.customer, suspension.reason,
+            {**dict(suspension.evidence), "report_txid": txid, "about_txid": a.txid,
+             "report": report.kind}, now, a.txid), now)
     log.warning("txid=%s abuse report attributed: login=%s about txid=%s kind=%s%s", txid,
                 a.login, a.txid, report.kind, f"; suspended: {suspension.reason}" if suspension else "")
     return True

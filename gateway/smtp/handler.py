@@ -39,7 +39,8 @@ from gateway.rules.lockout import verification_budget
 from gateway.runtime import Runtime
 from gateway.smtp.aiosmtpd_adapter import HookDiscovery
 from gateway.smtp.metered import MeteredDownstream, on_disconnect
-from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota
+from gateway.smtp.pipeline.notices import suspended
+from gateway.smtp.pipeline.products import PRODUCTS, Product, account_quota, contained_by
 from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.run import run_pipeline
 from gateway.smtp.pipeline.step import StepResult, refuse
@@ -172,7 +173,8 @@ class GatewayHandler(HookDiscovery):
         # Hot reload: the transaction runs to its end under the config in force now.
         rt = self.runtime.current()
         product = self.product
-        refusal, acct = await product.check_sender(server.facts, rt, record, sender, mail_options)
+        refusal, acct, contained = await product.check_sender(server.facts, rt, record, sender,
+                                                              mail_options)
         if refusal is not None:
             return str(refusal)
         if server.screen is not None:  # MX screening: messages per minute from this client
@@ -195,6 +197,10 @@ class GatewayHandler(HookDiscovery):
         server.tx = Transaction(
             server.facts, record, rt, product.direction, sender, session.host_name,
             bool(session.extended_smtp), envelope.rcpt_tos, mail_options, downstream, quota)
+        server.tx.contained = contained
+        if quota is not None:
+            tx = server.tx
+            quota.on_suspended = lambda s: suspended(tx, s, "end of a transaction refused downstream")
         envelope.mail_from = address  # aiosmtpd's own: a transaction is open
         return str(replies.SENDER_OK)
 
@@ -227,11 +233,18 @@ class GatewayHandler(HookDiscovery):
             record.recipient_refused(verdict.rule, verdict.facts)
             return str(verdict.reply)
         quota = tx.quota
+        charged = quota is not None
         if quota is not None:
             decision = await quota.metering.check_recipient(
                 quota.acct, quota.tx, mailbox.domain, rt.clock())
+            if decision.suspension is not None:  # the ceiling, crossed by this attempt
+                suspended(tx, decision.suspension, "RCPT")
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
+            if decision.held is not None:  # accepted to be held: nothing was charged
+                charged = False
+                if tx.contained is None:
+                    tx.contained = contained_by(decision, tx.session.login or "-")
         assert tx.downstream is not None
         reply = await tx.downstream.rcpt(str(mailbox), dsn)
         if reply.is_success:
@@ -242,7 +255,7 @@ class GatewayHandler(HookDiscovery):
             # RFC 3463 §3.2: X.1.5, destination address valid; whatever the downstream
             # said (a bare "250 OK" becomes 2.0.0), the recipient is ours to confirm.
             return str(replies.RECIPIENT_OK)
-        if quota is not None:
+        if quota is not None and charged:
             # Refused downstream: its hold is released (and the refusal counted
             # toward the compromise signal at the end of the transaction).
             await quota.metering.recipient_refused(quota.tx, rt.clock())

@@ -37,6 +37,8 @@ class InboundOutcome:
     # What was found and decided, for the DMARC aggregate report counts (docs/dmarc-reports.md).
     evidence: InboundEvidence | None = None
     decision: InboundDecision | None = None
+    # The policy said ``hold``: its rule and facts (rule is "" otherwise).
+    hold_rule: str = ""
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -67,10 +69,6 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
                f"action={decision.action.value}")
     results = (("spf", evidence.spf.result), *(("dkim", d.result) for d in evidence.dkim),
                ("dmarc", evidence.dmarc.result))
-    if not decision.verdict.accept:
-        return InboundOutcome(decision.verdict.reply, message, summary, results,
-                              decision.verdict.rule, decision.verdict.facts,
-                              evidence=evidence, decision=decision)
     # One pass over the header removes what a sender may not set: fields only we add
     # (a quarantine flag), and A-R fields claiming our authserv-id (RFC 8601 §5).
     ours = runtime.config.our_authserv_id.strip().lower()
@@ -82,5 +80,12 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
     stamp = authentication_results(runtime.config.our_authserv_id, evidence, iprev)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp
-    return InboundOutcome(None, message, summary, results, prefix=stamp,
-                          evidence=evidence, decision=decision)
+    verdict = decision.verdict
+    # A refusal keeps the cleaned message and our stamp too: mail for abuse@ and
+    # postmaster@ is never refused by this policy, and goes on stamped and cleaned.
+    if not verdict.accept:
+        return InboundOutcome(verdict.reply, message, summary, results, verdict.rule,
+                              verdict.facts, prefix=stamp, evidence=evidence, decision=decision)
+    return InboundOutcome(None, message, summary, results, verdict.rule, verdict.facts,
+                          prefix=stamp, evidence=evidence, decision=decision,
+                          hold_rule=verdict.rule)

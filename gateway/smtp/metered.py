@@ -16,6 +16,7 @@ from gateway.downstream.base import Transaction
 from gateway.metering import MeteredTransaction, Metering
 from gateway.replies import Reply
 from gateway.rules.quota import AccountQuota
+from gateway.store.base import Suspension
 
 log = logging.getLogger("portcullis.quota")
 
@@ -30,6 +31,8 @@ class MeteredDownstream:
         self.acct = acct
         self.tx = tx
         self.clock = clock
+        # Told of a suspension this transaction's teardown triggers (a dead-address run).
+        self.on_suspended: Callable[[Suspension], None] | None = None
 
     async def rcpt(self, recipient: str, options: list[str]) -> Reply:
         return await self.inner.rcpt(recipient, options)
@@ -44,7 +47,9 @@ class MeteredDownstream:
                 # when the client never gets to DATA (a run at dead addresses):
                 # settle as "nothing delivered", which releases every hold.
                 self.tx.accepted = 0
-                await self.metering.finish(self.acct, self.tx, False, self.clock())
+                suspension = await self.metering.finish(self.acct, self.tx, False, self.clock())
+                if suspension is not None and self.on_suspended is not None:
+                    self.on_suspended(suspension)
             else:
                 await self.metering.abort(self.tx, self.clock())
         finally:

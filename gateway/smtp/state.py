@@ -32,6 +32,18 @@ from gateway.values.screening import Iprev
 # Until DATA ends: a transaction has no message yet.
 _NO_MESSAGE = Message.parse(b"")
 
+@dataclass(frozen=True, slots=True)
+class Containment:
+    """Why a transaction's message is to be held for review, whatever else it passes
+    (pipeline/hold.py): a limit or a suspension whose action is ``hold``, or an
+    inbound policy ``hold``.  Decided at MAIL, RCPT or by the inbound checks."""
+
+    reason: str  # quota | suspended | inbound: HeldMessage.reason
+    rule: str  # quota.messages_per_hour, quota.suspended, dmarc.hold, ...
+    reply: Reply  # what the client would have heard without the hold
+    facts: tuple[tuple[str, object], ...] = ()
+
+
 @dataclass(slots=True)
 class Session:
     """One connection: who is there, how they came, who they proved to be."""
@@ -79,6 +91,8 @@ class Transaction:
     message: Message = _NO_MESSAGE
     # Our fields, to go out above the message in this order (each step puts its own on top).
     prefix: bytes = b""
+    # To be held for review (a limit, a suspension, the inbound policy); the first wins.
+    contained: Containment | None = None
     content: ContentDecision | None = None  # the scanner's decision (a hold to carry out)
     reply: Reply | None = None  # the downstream's answer, once handed over
 

@@ -120,6 +120,8 @@ class ExpiryDecision:
     age: float
     action: str  # "released" | "deleted" | "kept"
     detail: str
+    # Who got it, when released (held mail is charged to its account then).
+    delivered: tuple[str, ...] = ()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -130,23 +132,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _check_id(held_id: str) -> str:
+def check_held_id(held_id: str) -> str:
     # Ids become file names: nothing but our own format may reach the file system.
     if not _ID.match(held_id):
         raise HeldNotFound(held_id)
     return held_id
 
 
-class HeldStore:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._new = self.path / "new"
-        self._tmp = self.path / "tmp"
-        self._releasing = self.path / "releasing"
-        for d in (self.path, self._new, self._tmp, self._releasing):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+class HeldMail:
+    """What every hold store does the same way: release (claim, relay, settle) and
+    expiry.  A store provides hold, list, get, message, delete, close and the four
+    claim primitives below; HeldStore keeps held mail in a directory, PostgresHeldStore
+    (gateway/store/held_postgres.py) in a database every gateway reaches."""
 
-    # --- writing -------------------------------------------------------------
     async def hold(
         self,
         *,
@@ -179,11 +177,156 @@ class HeldStore:
         )
         if len(held.rcpt_options) != len(held.recipients):
             raise ValueError("rcpt_options needs one entry per recipient")
-        await asyncio.to_thread(self._write, held, parts)
+        await self._store(held, parts)
         log.info("held %s: %s %s from <%s> to %d recipients (login %s, tx %s): %s",
                  held.id, direction, reason, sender, len(recipients), login or "-", txid or "-", reply)
         return held
 
+    async def _store(self, held: HeldMessage, parts: list[Buffer]) -> None:
+        """Keep it durably: return only once it would survive a crash."""
+        raise NotImplementedError
+
+    async def list(self) -> list[HeldMessage]:
+        raise NotImplementedError
+
+    async def get(self, held_id: str) -> HeldMessage:
+        raise NotImplementedError
+
+    async def message(self, held_id: str) -> bytes:
+        raise NotImplementedError
+
+    async def delete(self, held_id: str, why: str = "deleted by an operator") -> HeldMessage:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    # --- the claim: at most one release of a message runs at a time, on any gateway ---
+    async def _claim_for_release(self, held_id: str, force: bool) -> tuple[HeldMessage, bytes]:
+        """Mark it as being released (HeldBusy if it already is, unless ``force``)."""
+        raise NotImplementedError
+
+    async def _give_back(self, held: HeldMessage, rest: HeldMessage | None = None,
+                         message: bytes = b"") -> None:
+        """Held again: whole, or (``rest``) with fewer recipients."""
+        raise NotImplementedError
+
+    async def _released(self, held: HeldMessage) -> None:
+        """Delivered: gone for good."""
+        raise NotImplementedError
+
+    async def _housekeep(self, now: float) -> None:
+        return None
+
+    async def release(self, held_id: str, downstream: Downstream, force: bool = False) -> ReleaseResult:
+        """Send the held message through ``downstream`` with its original envelope and
+        bytes; remove it only once the downstream has taken it."""
+        held, message = await self._claim_for_release(held_id, force)
+        try:
+            result = await self._relay(held, message, downstream)
+        except BaseException:
+            await self._give_back(held)
+            raise
+        remaining = tuple(r for r, _ in result.deferred)
+        if not result.delivered:
+            await self._give_back(held)
+        elif remaining:
+            options = dict(zip(held.recipients, held.rcpt_options, strict=True))
+            rest = replace(held, recipients=remaining, rcpt_options=tuple(options[r] for r in remaining),
+                           state="held")
+            await self._give_back(held, rest, message)
+        else:
+            await self._released(held)
+        result = replace(result, removed=bool(result.delivered) and not remaining)
+        log.info("held %s: release via %s: delivered to %d, deferred %d, refused %d%s; DATA: %s; %s",
+                 held_id, downstream.name, len(result.delivered), len(result.deferred),
+                 len(result.refused),
+                 "".join(f" [{r}: {reply}]" for r, reply in result.refused + result.deferred),
+                 result.data_reply or "-", "removed" if result.removed else "still held")
+        return result
+
+    @staticmethod
+    async def _relay(held: HeldMessage, message: bytes, downstream: Downstream) -> ReleaseResult:
+        tx = downstream.begin(held.sender, list(held.mail_options))
+        delivered: list[str] = []
+        deferred: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        for rcpt, options in zip(held.recipients, held.rcpt_options, strict=True):
+            reply = await tx.rcpt(rcpt, list(options))
+            if reply.is_success:
+                delivered.append(rcpt)
+            elif reply.is_temporary:
+                deferred.append((rcpt, str(reply)))
+            else:
+                refused.append((rcpt, str(reply)))
+        if not delivered:
+            await tx.abort()
+            # Nothing was sent: every recipient stays held, whatever the reason.
+            return ReleaseResult(held.id, (), tuple(deferred + refused), (), None, False)
+        data = await tx.data(message)
+        if not data.is_success:
+            await tx.abort()
+            # DATA refused: nothing was delivered, so the message stays held whole.
+            everyone = tuple((r, str(data)) for r in delivered) + tuple(deferred + refused)
+            return ReleaseResult(held.id, (), everyone, (), str(data), False)
+        return ReleaseResult(held.id, tuple(delivered), tuple(deferred), tuple(refused), str(data), False)
+
+    # --- expiry --------------------------------------------------------------
+    async def expire(
+        self,
+        now: float,
+        max_age: float,
+        at_max_age: str,
+        downstreams: Mapping[str, Downstream | None],
+    ) -> list[ExpiryDecision]:
+        """Release or delete (``at_max_age``) every held message older than ``max_age``,
+        logging each; a release that fails keeps the message for the next run."""
+        await self._housekeep(now)
+        decisions = []
+        for held in await self.list():
+            age = now - held.held_at
+            if held.state != "held" or age < max_age:
+                continue
+            decision = await self._expire_one(held, age, at_max_age, downstreams)
+            decisions.append(decision)
+            level = logging.ERROR if decision.action == "kept" else logging.WARNING
+            log.log(level, "held %s: expired after %.1f days (hold.at_max_age: %s): %s: %s",
+                    held.id, age / 86400, at_max_age, decision.action, decision.detail)
+        return decisions
+
+    async def _expire_one(self, held: HeldMessage, age: float, at_max_age: str,
+                          downstreams: Mapping[str, Downstream | None]) -> ExpiryDecision:
+        try:
+            if at_max_age == "delete":
+                await self.delete(held.id, why="deleted at max age")
+                return ExpiryDecision(held.id, age, "deleted", f"from <{held.sender}>")
+            downstream = downstreams.get(held.direction)
+            if downstream is None:
+                return ExpiryDecision(held.id, age, "kept", f"no {held.direction} downstream to release to")
+            result = await self.release(held.id, downstream)
+        except (HeldNotFound, HeldBusy):
+            return ExpiryDecision(held.id, age, "kept", "released or deleted meanwhile")
+        except OSError as exc:
+            return ExpiryDecision(held.id, age, "kept", f"{type(exc).__name__}: {exc}")
+        if result.ok:
+            return ExpiryDecision(held.id, age, "released",
+                                  f"delivered to {len(result.delivered)}, DATA: {result.data_reply}",
+                                  result.delivered)
+        return ExpiryDecision(held.id, age, "kept",
+                              "downstream refused: " + "; ".join(r for _, r in result.deferred[:1]
+                                                                 + result.refused[:1]))
+
+
+class HeldStore(HeldMail):
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._new = self.path / "new"
+        self._tmp = self.path / "tmp"
+        self._releasing = self.path / "releasing"
+        for d in (self.path, self._new, self._tmp, self._releasing):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # --- writing -------------------------------------------------------------
     def _write(self, held: HeldMessage, parts: list[Buffer]) -> None:
         # json.dumps escapes newlines, so the record is exactly one line.
         record = MAGIC + json.dumps(held.record(), separators=(",", ":")).encode() + b"\n"
@@ -207,7 +350,7 @@ class HeldStore:
             return held, (f.read() if with_message else b"")
 
     def _locate(self, held_id: str) -> tuple[Path, str]:
-        _check_id(held_id)
+        check_held_id(held_id)
         for directory, state in ((self._new, "held"), (self._releasing, "releasing")):
             path = directory / f"{held_id}.held"
             if path.exists():
@@ -255,9 +398,41 @@ class HeldStore:
         path.unlink()
         _fsync_dir(path.parent)
 
-    # --- releasing -----------------------------------------------------------
+    async def _store(self, held: HeldMessage, parts: list[Buffer]) -> None:
+        await asyncio.to_thread(self._write, held, parts)
+
+    # --- releasing (HeldMail's primitives) -------------------------------------
+    async def _claim_for_release(self, held_id: str, force: bool) -> tuple[HeldMessage, bytes]:
+        claimed = await asyncio.to_thread(self._claim, held_id, force)
+        try:
+            return await asyncio.to_thread(self._read, claimed, "releasing", True)
+        except BaseException:
+            await asyncio.to_thread(self._put_back, claimed)
+            raise
+
+    async def _give_back(self, held: HeldMessage, rest: HeldMessage | None = None,
+                         message: bytes = b"") -> None:
+        await asyncio.to_thread(self._put_back, self._releasing / f"{held.id}.held", rest, message)
+
+    async def _released(self, held: HeldMessage) -> None:
+        await asyncio.to_thread(self._unlink, self._releasing / f"{held.id}.held")
+
+    async def _housekeep(self, now: float) -> None:
+        await asyncio.to_thread(self._clean_tmp, now)
+
+    def _clean_tmp(self, now: float, older_than: float = 86400.0) -> None:
+        # A crash between write and rename leaves a file in tmp/ that no one will ever
+        # rename (Maildir's rule: remove what has sat in tmp/ for a day and more).
+        for path in self._tmp.iterdir():
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    log.warning("held: removed %s, left half-written by a crash", path)
+            except FileNotFoundError:
+                continue
+
     def _claim(self, held_id: str, force: bool) -> Path:
-        _check_id(held_id)
+        check_held_id(held_id)
         target = self._releasing / f"{held_id}.held"
         try:
             # Atomic: of two releases at once, one rename wins; the other finds nothing.
@@ -277,112 +452,3 @@ class HeldStore:
         else:
             os.rename(claimed, self._new / claimed.name)
             _fsync_dir(self._new)
-
-    async def release(self, held_id: str, downstream: Downstream, force: bool = False) -> ReleaseResult:
-        """Send the held message through ``downstream`` with its original envelope and
-        bytes; remove it only once the downstream has taken it."""
-        claimed = await asyncio.to_thread(self._claim, held_id, force)
-        try:
-            held, message = await asyncio.to_thread(self._read, claimed, "releasing", True)
-            result = await self._relay(held, message, downstream)
-        except BaseException:
-            await asyncio.to_thread(self._put_back, claimed)
-            raise
-        remaining = tuple(r for r, _ in result.deferred)
-        if not result.delivered:
-            await asyncio.to_thread(self._put_back, claimed)
-        elif remaining:
-            options = dict(zip(held.recipients, held.rcpt_options, strict=True))
-            rest = replace(held, recipients=remaining, rcpt_options=tuple(options[r] for r in remaining),
-                           state="held")
-            await asyncio.to_thread(self._put_back, claimed, rest, message)
-        else:
-            await asyncio.to_thread(self._unlink, claimed)
-        result = replace(result, removed=bool(result.delivered) and not remaining)
-        log.info("held %s: release via %s: delivered to %d, deferred %d, refused %d%s; DATA: %s; %s",
-                 held_id, downstream.name, len(result.delivered), len(result.deferred),
-                 len(result.refused),
-                 "".join(f" [{r}: {reply}]" for r, reply in result.refused + result.deferred),
-                 result.data_reply or "-", "removed" if result.removed else "still held")
-        return result
-
-    @staticmethod
-    async def _relay(held: HeldMessage, message: bytes, downstream: Downstream) -> ReleaseResult:
-        tx = downstream.begin(held.sender, list(held.mail_options))
-        delivered: list[str] = []
-        deferred: list[tuple[str, str]] = []
-        refused: list[tuple[str, str]] = []
-        for rcpt, options in zip(held.recipients, held.rcpt_options, strict=True):
-            reply = await tx.rcpt(rcpt, list(options))
-            if reply.is_success:
-                delivered.append(rcpt)
-            elif reply.is_temporary:
-                deferred.append((rcpt, str(reply)))
-            else:
-                refused.append((rcpt, str(reply)))
-        if not delivered:
-            await tx.abort()
-            # Nothing was sent: every recipient stays held, whatever the reason.
-            return ReleaseResult(held.id, (), tuple(deferred + refused), (), None, False)
-        data = await tx.data(message)
-        if not data.is_success:
-            await tx.abort()
-            # DATA refused: nothing was delivered, so the message stays held whole.
-            everyone = tuple((r, str(data)) for r in delivered) + tuple(deferred + refused)
-            return ReleaseResult(held.id, (), everyone, (), str(data), False)
-        return ReleaseResult(held.id, tuple(delivered), tuple(deferred), tuple(refused), str(data), False)
-
-    # --- expiry --------------------------------------------------------------
-    async def expire(
-        self,
-        now: float,
-        max_age: float,
-        at_max_age: str,
-        downstreams: Mapping[str, Downstream | None],
-    ) -> list[ExpiryDecision]:
-        """Release or delete (``at_max_age``) every held message older than ``max_age``,
-        logging each; a release that fails keeps the message for the next run."""
-        await asyncio.to_thread(self._clean_tmp, now)
-        decisions = []
-        for held in await self.list():
-            age = now - held.held_at
-            if held.state != "held" or age < max_age:
-                continue
-            decision = await self._expire_one(held, age, at_max_age, downstreams)
-            decisions.append(decision)
-            level = logging.ERROR if decision.action == "kept" else logging.WARNING
-            log.log(level, "held %s: expired after %.1f days (hold.at_max_age: %s): %s: %s",
-                    held.id, age / 86400, at_max_age, decision.action, decision.detail)
-        return decisions
-
-    def _clean_tmp(self, now: float, older_than: float = 86400.0) -> None:
-        # A crash between write and rename leaves a file in tmp/ that no one will ever
-        # rename (Maildir's rule: remove what has sat in tmp/ for a day and more).
-        for path in self._tmp.iterdir():
-            try:
-                if now - path.stat().st_mtime > older_than:
-                    path.unlink()
-                    log.warning("held: removed %s, left half-written by a crash", path)
-            except FileNotFoundError:
-                continue
-
-    async def _expire_one(self, held: HeldMessage, age: float, at_max_age: str,
-                          downstreams: Mapping[str, Downstream | None]) -> ExpiryDecision:
-        try:
-            if at_max_age == "delete":
-                await self.delete(held.id, why="deleted at max age")
-                return ExpiryDecision(held.id, age, "deleted", f"from <{held.sender}>")
-            downstream = downstreams.get(held.direction)
-            if downstream is None:
-                return ExpiryDecision(held.id, age, "kept", f"no {held.direction} downstream to release to")
-            result = await self.release(held.id, downstream)
-        except (HeldNotFound, HeldBusy):
-            return ExpiryDecision(held.id, age, "kept", "released or deleted meanwhile")
-        except OSError as exc:
-            return ExpiryDecision(held.id, age, "kept", f"{type(exc).__name__}: {exc}")
-        if result.ok:
-            return ExpiryDecision(held.id, age, "released",
-                                  f"delivered to {len(result.delivered)}, DATA: {result.data_reply}")
-        return ExpiryDecision(held.id, age, "kept",
-                              "downstream refused: " + "; ".join(r for _, r in result.deferred[:1]
-                                                                 + result.refused[:1]))

@@ -4,10 +4,12 @@ the held copy is the message as it would have left), or refuse.
 
 On submission whenever a ``scanner:`` section is set, with the sending
 account's customer's rules; on the MX when inbound scanning is enabled, with the
-first recipient's customer's rules."""
+first recipient's customer's rules.  Mail only for abuse@/postmaster@ is scanned
+(the verdict on the record) but never refused or held by it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from gateway.config.content import ScannerSettings
@@ -18,6 +20,8 @@ from gateway.smtp.pipeline.notices import notify
 from gateway.smtp.pipeline.sender_grants import customer_policy
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
 from gateway.smtp.state import Transaction
+
+log = logging.getLogger("portcullis.smtp")
 
 _SPAM_NAMES = frozenset(h.lower().encode() for h in SPAM_HEADERS)
 
@@ -61,14 +65,22 @@ def _content_scan(customer_of: Callable[[Transaction], CustomerPolicy | None],
         record = tx.record
         record.checks = f"{record.checks} content={content.action}" if record.checks \
             else f"content={content.action}"
-        if not content.verdict.accept:
+        if tx.role_recipients and len(tx.role_recipients) == len(tx.recipients) \
+                and (not content.verdict.accept or content.hold):
+            # RFC 2142: abuse@ and postmaster@ must reach a person, and spam is what
+            # abuse@ is sent: scanned for the record, never refused or held.
+            record.checks += " (not applied: role mailboxes)"
+            log.info("txid=%s to role mailboxes only: content %s not applied", tx.txid,
+                     content.action)
+        elif not content.verdict.accept:
             notify(tx, content.incident, content.facts, tx.txid)
             return refuse(content.verdict.reply, f"content.{content.action}", content.facts)
+        else:
+            tx.content = content
         if strip_spam_fields:
             # Only our scanner's verdict may reach the recipient's filters.
             tx.message = tx.message.without(lambda field: field.key in _SPAM_NAMES)
         tx.on_top(b"".join(f"{n}: {v}\r\n".encode() for n, v in content.headers))
-        tx.content = content
         return CONTINUE
 
     return Step("content scan", run)

@@ -1,17 +1,20 @@
 """MX: SPF, DKIM, ARC and DMARC, then the recipients' domains' policy
 (gateway/smtp/inbound_checks.py); our Authentication-Results on top.
 
-Mail only for abuse@/postmaster@ is never refused here (RFC 2142: the role
-mailboxes must reach a person, whatever the sender's DMARC says)."""
+Mail only for abuse@/postmaster@ is never refused or held here (RFC 2142: the
+role mailboxes must reach a person, whatever the sender's DMARC says), and is
+stamped and cleaned like any other.  A policy ``hold`` marks the transaction for
+the hold step (pipeline/hold.py)."""
 
 from __future__ import annotations
 
 import logging
 
+from gateway.replies import HELD_FOR_REVIEW
 from gateway.rules.dmarc_reporting import report_observation
 from gateway.smtp.inbound_checks import InboundOutcome, check_inbound
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult, refuse
-from gateway.smtp.state import Transaction
+from gateway.smtp.state import Containment, Transaction
 from gateway.store.dmarc_tally import DmarcTally
 
 log = logging.getLogger("portcullis.smtp")
@@ -30,14 +33,23 @@ async def run(tx: Transaction) -> StepResult:
     if rt.metrics is not None:
         for method, result in outcome.results:
             rt.metrics.auth_result(method, result)
-    exempt = outcome.refusal is not None and len(tx.role_recipients) == len(tx.recipients)
+    role_only = len(tx.role_recipients) == len(tx.recipients)
+    # Counted as done: a refusal or hold not applied to role-only mail is "none".
+    exempt = role_only and (outcome.refusal is not None or bool(outcome.hold_rule))
     if rt.dmarc_tally is not None:
         _count_for_report(rt.dmarc_tally, outcome, tx.session.client_ip, exempt)
     if outcome.refusal is not None:
-        if not exempt:
+        if not role_only:
             return refuse(outcome.refusal, outcome.rule, outcome.facts)
         log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                  tx.txid, outcome.refusal)
+    elif outcome.hold_rule:
+        if not role_only:
+            tx.contained = Containment("inbound", outcome.hold_rule, HELD_FOR_REVIEW,
+                                       outcome.facts)
+        else:
+            log.info("txid=%s to role mailboxes only: inbound hold not applied (%s)",
+                     tx.txid, outcome.hold_rule)
     tx.message = outcome.message
     tx.on_top(outcome.prefix)
     return CONTINUE

@@ -28,7 +28,7 @@ from gateway.addresses import Mailbox
 from gateway.downstream.base import Downstream
 from gateway.replies import Reply, Verdict
 from gateway.rules.abuse import is_role_recipient
-from gateway.rules.quota import AccountQuota, quota_for_login
+from gateway.rules.quota import AccountQuota, QuotaDecision, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
@@ -38,7 +38,7 @@ from gateway.smtp.pipeline.quota_refusal import quota_refusal
 from gateway.smtp.pipeline.sender_grants import customer_policy, sender_grants
 from gateway.smtp.pipeline.step import Step
 from gateway.smtp.records import TransactionRecord
-from gateway.smtp.state import Session
+from gateway.smtp.state import Containment, Session
 
 
 class Product(Protocol):
@@ -51,9 +51,10 @@ class Product(Protocol):
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
         """At MAIL: a refusal (its rule on ``record``), or None and the account whose
-        quota holds the transaction takes (None: not metered)."""
+        quota holds the transaction takes (None: not metered), and whether its
+        message is to be held (a suspended account whose action is ``hold``)."""
         ...
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
@@ -74,8 +75,8 @@ class Inbound:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
-        return None, None  # anyone may send to our customers: the checks come at DATA
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
+        return None, None, None  # anyone may send to our customers: the checks come at DATA
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         hosted: bool | None = False
@@ -111,22 +112,26 @@ class Submission:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
         identity = session.identity
         assert identity is not None  # AUTH is required before MAIL here
         widened, aliases, _ = sender_grants(rt, identity)
         verdict = decide_envelope_sender(widened, aliases, sender)
         if not verdict.accept:
             record.decide(verdict.rule, verdict.facts)
-            return verdict.reply, None
+            return verdict.reply, None, None
         if rt.metering is None:
-            return None, None
+            return None, None, None
         acct = account_quota(rt, identity)
         decision = await rt.metering.check_mail(
             acct, _declared_size(mail_options), rt.clock(), lease_id=session.cid)
         if quota_refusal(record, decision, rt, identity.login) is not None:
-            return decision.verdict.reply, None
-        return None, acct
+            return decision.verdict.reply, None, None
+        if decision.held is not None:
+            # Suspended, held: accepted and kept, and not metered (nothing is charged
+            # until the abuse desk releases it).
+            return None, None, contained_by(decision, identity.login)
+        return None, acct, None
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         verdict, mailbox = decide_outbound_recipient(address)
@@ -143,6 +148,15 @@ def account_quota(rt: Runtime, identity: Identity) -> AccountQuota:
                            customer_policy(rt, identity),
                            found[1] if found is not None and found[0].customer == identity.customer
                            else None)
+
+
+def contained_by(decision: QuotaDecision, login: str) -> Containment:
+    """A quota decision whose action is ``hold``, as the transaction's containment."""
+    assert decision.held is not None
+    reason = "suspended" if decision.limit == "suspended" else "quota"
+    return Containment(reason, "quota." + decision.limit.replace(" ", "."), decision.held,
+                       (("login", login), ("limit", decision.limit),
+                        ("would_answer", str(decision.held))))
 
 
 def _declared_size(mail_options: list[str]) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.smtp.pipeline.notices import notify
+from gateway.smtp.pipeline.notices import suspended
 from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.state import Transaction
 
@@ -20,13 +20,7 @@ async def run(tx: Transaction) -> StepResult:
     suspension = await quota.metering.finish(quota.acct, quota.tx, reply.is_success,
                                              tx.runtime.clock())
     if suspension is not None:
-        # On the record's trail, so the journal keeps it (``portcullis explain``).
-        tx.record.suspended({"login": suspension.login, "reason": suspension.reason,
-                             **dict(suspension.evidence)})
-        log.warning("txid=%s login=%s suspended: %s evidence=%s", tx.txid,
-                    suspension.login, suspension.reason, dict(suspension.evidence))
-        notify(tx, "suspended", {"reason": suspension.reason, **dict(suspension.evidence)},
-               tx.txid)
+        suspended(tx, suspension, "end of DATA")
     return CONTINUE
 
 
