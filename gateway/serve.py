@@ -36,13 +36,15 @@ from pathlib import Path
 from gateway.accounts.factory import build_source
 from gateway.admin.server import AdminServer
 from gateway.checks.dmarc import default_suffix_list
-from gateway.checks.dns import Resolver
+from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.rspamd import RspamdClient
 from gateway.config.errors import ConfigErrors, one_line
 from gateway.config.load import Loaded
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.publication import KeyVerdicts
+from gateway.dkim.publication_watch import PublicationWatch
 from gateway.dkim.signing_keys import load_signing_keys, load_with_keys
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
@@ -103,6 +105,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
         keystore=load_signing_keys(config, loaded.directory),
+        key_verdicts=KeyVerdicts() if config.dkim.check_published else None,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
@@ -169,6 +172,16 @@ class Gateway:
         self._runs_admin = admin
         self._supervised = supervised
         self._expiry: asyncio.Task | None = None
+        rt = self.runtime
+        self.key_watch: PublicationWatch | None = None
+        if rt.key_verdicts is not None and rt.keystore is not None:
+            dns = rt.config.dns
+            # No cache: the watch wants each record as it is now (docs/dkim.md).
+            fresh = Resolver(list(dns.nameservers), port=dns.port, timeout=dns.timeout,
+                             cache_size=0)
+            self.key_watch = PublicationWatch(
+                rt.key_verdicts, lambda: self.runtime.current().keystore, fresh, DnsTempError,
+                interval=rt.config.dkim.check_interval, clock=rt.clock, metrics=rt.metrics)
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -176,6 +189,11 @@ class Gateway:
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """``sockets``: this worker's, by config field (from `serve`); else opened here."""
         sockets = sockets or {}
+        if self.key_watch is not None:
+            # The first verdicts before the first message: with DNS up, a published
+            # key signs from the start (each look-up is bounded by dns.timeout).
+            await self.key_watch.refresh()
+            self.key_watch.start()
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
@@ -290,6 +308,8 @@ class Gateway:
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()
+        if self.key_watch is not None:
+            await self.key_watch.stop()
         rt = self.runtime.current()
         if rt.scanner is not None:
             await rt.scanner.close()

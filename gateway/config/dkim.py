@@ -43,6 +43,12 @@ class DkimSettings(Strict):
     # until every message it signed has been delivered and checked (queues retry for
     # up to 5 days in Postfix's default): the selector is "retiring" for this long.
     publish_grace_days: Annotated[int, Field(ge=0, le=365)] = 7
+    # A selector signs only once its TXT record is seen to carry its public key, and
+    # stops when the record goes wrong (gateway/dkim/publication.py, docs/dkim.md).
+    check_published: bool = True
+    # Seconds between look-ups of each selector's record (a minute at most while one
+    # is unknown or unpublished, so a fixed record is seen soon).
+    check_interval: Annotated[float, Field(ge=1, le=86400)] = 600.0
 
 
 class DomainSigning(Strict):

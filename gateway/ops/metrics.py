@@ -126,6 +126,18 @@ class Metrics:
             "screening.dynamic_range, screening.pregreet, screening.connections_per_address, ...).",
             ["rule"], registry=r,
         )
+        # Keys checked before they sign (gateway/dkim/publication_watch.py).
+        self.dkim_key_checks = Counter(
+            "portcullis_dkim_key_checks_total",
+            "Look-ups of DKIM selectors' TXT records, by outcome "
+            "(published, missing, wrong, temperror).",
+            ["outcome"], registry=r,
+        )
+        self.dkim_held_back = Gauge(
+            "portcullis_dkim_selectors_held_back",
+            "DKIM selectors inside their window that do not sign: their key is not seen in DNS.",
+            registry=r, multiprocess_mode="mostrecent",
+        )
         self._known_listeners = tuple(listeners)
         # Create the series up front so that rate() works from the first event and
         # a dashboard shows 0 rather than "no data".
@@ -177,6 +189,12 @@ class Metrics:
 
     def dkim_signed(self, algorithm: str) -> None:
         self.dkim_signatures.labels(algorithm).inc()
+
+    def dkim_key_check(self, outcome: str) -> None:
+        self.dkim_key_checks.labels(outcome).inc()
+
+    def set_dkim_held_back(self, count: int) -> None:
+        self.dkim_held_back.set(count)
 
     def auth_result(self, method: str, result: str) -> None:
         """One SPF, DKIM or DMARC result; DKIM counts each signature checked."""
