@@ -51,6 +51,19 @@ class DkimSettings(Strict):
     check_interval: Annotated[float, Field(ge=1, le=86400)] = 600.0
 
 
+class ArcSealing(Strict):
+    """The gateway file's ``arc_seal:`` section (off when absent): seal inbound mail
+    after our checks (RFC 8617 §5.1) with the key store's RSA keys for ``domain``
+    (``<keys_dir>/<domain>/``, made and rotated with ``portcullis keys``)."""
+
+    domain: str
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _domain(cls, value: object) -> object:
+        return normalise_domain(str(value))
+
+
 class DomainSigning(Strict):
     """Per-domain overrides of the customer-wide defaults below."""
 

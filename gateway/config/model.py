@@ -19,7 +19,7 @@ from gateway.config.admin import AdminSettings
 from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
-from gateway.config.dkim import DkimSettings
+from gateway.config.dkim import ArcSealing, DkimSettings
 from gateway.config.ops import HTTP
 from gateway.config.publish import PublishSettings
 from gateway.config.quota import (
@@ -179,6 +179,8 @@ class Config(Strict):
     accounts: AccountsConfig = AccountsConfig()
     # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
     dkim: DkimSettings = DkimSettings()
+    # ARC sealing of inbound mail after our checks (docs/inbound.md).  Off when absent.
+    arc_seal: ArcSealing | None = None
     # Content scanning with rspamd (docs/content.md): off unless configured.
     scanner: ScannerSettings | None = None
     # Where mail held for review waits, and what happens to it at max_age.

@@ -138,6 +138,11 @@ class Metrics:
             "DKIM selectors inside their window that do not sign: their key is not seen in DNS.",
             registry=r, multiprocess_mode="mostrecent",
         )
+        self.arc_seals = Counter(
+            "portcullis_arc_seals_total",
+            "Inbound messages ARC-sealed, by the seal's cv= (none, pass, fail), or unsealed.",
+            ["outcome"], registry=r,
+        )
         self._known_listeners = tuple(listeners)
         # Create the series up front so that rate() works from the first event and
         # a dashboard shows 0 rather than "no data".
@@ -195,6 +200,9 @@ class Metrics:
 
     def set_dkim_held_back(self, count: int) -> None:
         self.dkim_held_back.set(count)
+
+    def arc_sealed(self, outcome: str) -> None:
+        self.arc_seals.labels(outcome).inc()
 
     def auth_result(self, method: str, result: str) -> None:
         """One SPF, DKIM or DMARC result; DKIM counts each signature checked."""

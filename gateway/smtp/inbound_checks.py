@@ -33,6 +33,7 @@ class InboundOutcome:
     rule: str = ""
     facts: tuple[tuple[str, object], ...] = ()
     prefix: bytes = b""  # our fields to go out above the message (Authentication-Results)
+    arc: str = "none"  # our ARC verdict (RFC 8617), for the seal (pipeline/arc_sealing.py)
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -75,4 +76,4 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
     stamp = authentication_results(runtime.config.our_authserv_id, evidence, iprev)
     if decision.headers:
         stamp = b"".join(f"{name}: {value}\r\n".encode() for name, value in decision.headers) + stamp
-    return InboundOutcome(None, message, summary, results, prefix=stamp)
+    return InboundOutcome(None, message, summary, results, prefix=stamp, arc=evidence.arc.result)

@@ -80,6 +80,7 @@ class Transaction:
     # Our fields, to go out above the message in this order (each step puts its own on top).
     prefix: bytes = b""
     content: ContentDecision | None = None  # the scanner's decision (a hold to carry out)
+    arc: str = "none"  # our verdict on the ARC chain it came with: the seal's cv= (arc_sealing)
     reply: Reply | None = None  # the downstream's answer, once handed over
 
     @property

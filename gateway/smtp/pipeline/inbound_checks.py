@@ -34,6 +34,7 @@ async def run(tx: Transaction) -> StepResult:
         log.info("txid=%s to role mailboxes only: inbound policy not applied (%s)",
                  tx.txid, outcome.refusal)
     tx.message = outcome.message
+    tx.arc = outcome.arc
     tx.on_top(outcome.prefix)
     return CONTINUE
 
