@@ -150,3 +150,23 @@ def test_a_chain_broken_on_the_way_is_sealed_with_cv_fail(mx, downstream, forwar
     assert cv != dkim.CV_Pass  # dkimpy: None when the newest seal says cv=fail
     [ma] = mailauth_arc(dns.port, [content])
     assert ma["result"] == "fail"
+
+
+# --- configuration -----------------------------------------------------------------------
+@pytest.mark.parametrize(("key", "words"), [
+    (None, "arc_seal.domain: no RSA key to seal with; make one with `portcullis keys generate isp.example"),
+    ("ed25519-sha256", "arc_seal.domain: no RSA key to seal with"),
+])
+def test_check_config_refuses_a_sealing_domain_without_an_rsa_key(
+        tmp_path, downstream, cert_files, password_hash, capsys, key, words):
+    from gateway.cli import main
+
+    if key is not None:
+        generate_selector(tmp_path / "keys", "isp.example", "ed", key)
+    gw = GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+                          policies=customer_policies(password_hash), cert=cert_files,
+                          extra={"arc_seal": {"domain": "isp.example"}})
+    assert main(["check-config", "-c", str(gw.config_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(str(tmp_path / "keys" / "isp.example") + ": ")
+    assert words in err[0]

@@ -5,8 +5,8 @@ dkimpy builds the AAR from the A-R fields carrying our authserv-id (the inbound
 checks removed any a sender forged, RFC 8601 §5) and takes ``cv=`` from their
 ``arc=`` result, which is our verdict on the chain; the step that calls this has
 already decided that verdict may be sealed (gateway/rules/arc_seal.py) and checks
-that the seal says what it decided.  dkimpy's RSA is pure Python (tens of
-milliseconds a set): always call :func:`seal_off_loop` from async code.
+that the seal says what it decided.  dkimpy's RSA is pure Python: always call
+:func:`seal_off_loop` from async code.
 """
 
 from __future__ import annotations
