@@ -225,3 +225,44 @@ def test_keys_check_and_list_say_which_key_signs(tmp_path, authdns_factory):
     assert rows["new"][-2:] == ["missing", "no"]
     assert rows["old"][-2:] == ["published", "yes"]
     assert time.time() > switch.timestamp()  # new's window is open: held back, not pending
+
+
+def wait_for(predicate, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded: the watch runs every second here
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_watch_sees_a_late_record_and_a_reloaded_selector_by_itself(
+        tmp_path, authdns_factory, downstream, cert_files, password_hash, client_tls):
+    """No test-driven refresh: the background task's own rounds (check_interval 1 s)."""
+    keys = tmp_path / "keys"
+    only = generate_selector(keys, DOMAIN, "only", "ed25519-sha256")
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"dkim": {"check_published": True, "check_interval": 1}, "dns": {"timeout": 1}})
+    dns = authdns_factory({DOMAIN: "@ IN A 192.0.2.1"})  # published late: nothing yet
+    point_at(gw, dns.port)
+    gw.start()
+    try:
+        table = lambda: gw.runtime.key_verdicts.table  # noqa: E731
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            submit(gw, client_tls)  # no key seen in DNS, none before it: deferred
+        assert exc.value.smtp_code == 451
+        dns.reload({DOMAIN: record(only)})
+        assert wait_for(lambda: (v := table().get((DOMAIN, "only"))) is not None and v.published)
+        submit(gw, client_tls)
+        # A selector added by a reload is looked up by the next round.
+        later = generate_selector(keys, DOMAIN, "later", "ed25519-sha256")
+        assert gw.reload()
+        assert wait_for(lambda: (DOMAIN, "later") in table())
+        assert not table()[(DOMAIN, "later")].published
+        dns.reload({DOMAIN: record(only) + "\n" + record(later)})
+        assert wait_for(lambda: table()[(DOMAIN, "later")].published)
+    finally:
+        gw.stop()
+    assert [signed_by(m.content) for m in downstream.messages] == [["only"]]
