@@ -170,3 +170,35 @@ def test_check_config_refuses_a_sealing_domain_without_an_rsa_key(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(str(tmp_path / "keys" / "isp.example") + ": ")
     assert words in err[0]
+
+
+def test_a_chain_we_could_not_evaluate_goes_on_unsealed(mx, downstream, forwarder_key):
+    """DNS stops answering: our verdict on the chain is arc=temperror, and cv=fail
+    would end a chain that may be valid, so the message goes on unsealed."""
+    gw, dns = mx
+    arriving = forwarded(forwarder_key)
+    dns.stop()
+    assert send(gw, arriving)[0] == 250
+    content = downstream.messages[0].content
+    assert b"arc=temperror" in content
+    assert [s["d"] for s in seals(content)] == ["forwarder.test"]  # theirs only
+    assert gw.runtime.metrics.registry.get_sample_value(
+        "portcullis_arc_seals_total", {"outcome": "unsealed"}) == 1
+
+
+def test_a_sealing_key_not_seen_in_dns_seals_nothing(tmp_path, authdns_factory, downstream,
+                                                      cert_files, password_hash, caplog):
+    generate_selector(tmp_path / "keys", "isp.example", "arc1", "rsa-sha256", bits=1024)
+    dns = authdns_factory({"sender.test": '@ TXT "v=spf1 ip4:127.0.0.1 -all"',
+                           "isp.example": "@ A 192.0.2.1"})  # arc1's record: not published
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"arc_seal": {"domain": "isp.example"}, "dkim": {"check_published": True},
+               "dns": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 2}}).start()
+    try:
+        assert send(gw, MESSAGE)[0] == 250
+    finally:
+        gw.stop()
+    assert seals(downstream.messages[0].content) == []
+    assert "isp.example has no active RSA key seen in DNS" in caplog.text
