@@ -230,6 +230,9 @@ class Config(Strict):
             raise ValueError("downstream.inbound: is required when listeners.inbound is set")
         if (self.listeners.submission or self.listeners.submissions) and not self.downstream.outbound:
             raise ValueError("downstream.outbound: is required when a submission listener is set")
+        if self.arc_seal is not None and not (self.listeners.inbound and self.inbound_checks):
+            # The seal's cv= is our verdict on the chain: no MX or no checks, no verdict.
+            raise ValueError("arc_seal: needs listeners.inbound and inbound_checks: true")
         return self
 
 
