@@ -41,8 +41,8 @@ class Runtime:
     metrics: Metrics | None = None
     # The DKIM key store (None without a submission listener).
     keystore: KeyStore | None = None
-    # Which selectors are seen published in DNS (None: dkim.check_published is off);
-    # kept across reloads, refreshed by gateway/dkim/publication_watch.py.
+    # Which selectors are seen published in DNS, read while dkim.check_published is
+    # on; kept across reloads, refreshed by gateway/dkim/publication_watch.py.
     key_verdicts: KeyVerdicts | None = None
     # The one asynchronous resolver for the inbound checks (None without an MX listener).
     resolver: Resolver | None = None

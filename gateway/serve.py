@@ -105,7 +105,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
         keystore=load_signing_keys(config, loaded.directory),
-        key_verdicts=KeyVerdicts() if config.dkim.check_published else None,
+        key_verdicts=KeyVerdicts(),  # used while dkim.check_published is on (a reload may turn it)
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
@@ -174,14 +174,15 @@ class Gateway:
         self._expiry: asyncio.Task | None = None
         rt = self.runtime
         self.key_watch: PublicationWatch | None = None
-        if rt.key_verdicts is not None and rt.keystore is not None:
+        if rt.key_verdicts is not None:
             dns = rt.config.dns
             # No cache: the watch wants each record as it is now (docs/dkim.md).
             fresh = Resolver(list(dns.nameservers), port=dns.port, timeout=dns.timeout,
                              cache_size=0)
             self.key_watch = PublicationWatch(
-                rt.key_verdicts, lambda: self.runtime.current().keystore, fresh, DnsTempError,
-                interval=rt.config.dkim.check_interval, clock=rt.clock, metrics=rt.metrics)
+                rt.key_verdicts, lambda: self.runtime.current().keystore,
+                lambda: self.runtime.current().config.dkim, fresh, DnsTempError,
+                clock=rt.clock, metrics=rt.metrics)
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -290,6 +291,8 @@ class Gateway:
         old.accounts.replace_directory(loaded.directory)  # and forgets its cache
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
                            sender_ids=sender_ids, keystore=keystore)
+        if self.key_watch is not None:  # new selectors, or the check turned on: look now
+            self.key_watch.wake()
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))

@@ -266,3 +266,29 @@ def test_the_watch_sees_a_late_record_and_a_reloaded_selector_by_itself(
     finally:
         gw.stop()
     assert [signed_by(m.content) for m in downstream.messages] == [["only"]]
+
+
+def test_a_reload_turns_the_check_on_and_it_looks_at_once(
+        tmp_path, authdns_factory, downstream, cert_files, password_hash, client_tls):
+    generate_selector(tmp_path / "keys", DOMAIN, "only", "ed25519-sha256")
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"dkim": {"check_published": False, "check_interval": 3600}})
+    dns = authdns_factory({DOMAIN: "@ IN A 192.0.2.1"})  # "only" is not published
+    point_at(gw, dns.port)
+    gw.start()
+    try:
+        submit(gw, client_tls)  # off: signs by its window alone
+        config = yaml.safe_load(gw.config_path.read_text())
+        config["dkim"]["check_published"] = True
+        gw.config_path.write_text(yaml.safe_dump(config))
+        assert gw.reload()
+        # Woken by the reload, not after check_interval (an hour).
+        assert wait_for(lambda: (DOMAIN, "only") in gw.runtime.key_verdicts.table, 10)
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            submit(gw, client_tls)
+        assert exc.value.smtp_code == 451
+    finally:
+        gw.stop()
+    assert [signed_by(m.content) for m in downstream.messages] == [["only"]]

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from gateway.config.dkim import DkimSettings
 from gateway.dkim.keystore import KeyStore, Selector
 from gateway.dkim.publication import (
     KeyVerdicts,
@@ -51,15 +52,19 @@ class Counts(Protocol):
 
 class PublicationWatch:
     def __init__(self, verdicts: KeyVerdicts, keystore: Callable[[], KeyStore | None],
-                 resolver: Lookup, temp_error: type[Exception], *, interval: float,
-                 clock: Callable[[], float], metrics: Counts | None = None):
-        """``resolver``: a gateway/checks/dns.py Resolver without a cache;
-        ``temp_error``: what it raises when DNS does not answer (DnsTempError)."""
+                 settings: Callable[[], DkimSettings], resolver: Lookup,
+                 temp_error: type[Exception], *, clock: Callable[[], float],
+                 metrics: Counts | None = None):
+        """``keystore``, ``settings``: the current ones (a reload may bring new
+        selectors, or turn the check on or off); ``resolver``: a gateway/checks/dns.py
+        Resolver without a cache; ``temp_error``: what it raises when DNS does not
+        answer (DnsTempError)."""
         self.verdicts = verdicts
-        self._keystore = keystore  # the current one: a reload may bring new selectors
+        self._keystore = keystore
+        self._settings = settings
         self.resolver = resolver
         self._temp_error = temp_error
-        self.interval = interval
+        self._wake = asyncio.Event()
         self._clock = clock
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +72,7 @@ class PublicationWatch:
     async def refresh(self) -> None:
         """One round: look every selector up, then swap the new table in."""
         store = self._keystore()
-        if store is None:
+        if store is None or not self._settings().check_published:
             return
         now = self._clock()
         selectors = [s for s in store.selectors() if needs_checking(s, now, store.grace)]
@@ -133,20 +138,29 @@ class PublicationWatch:
                 pass
             self._task = None
 
+    def wake(self) -> None:
+        """Look now rather than at the next round (after a reload)."""
+        self._wake.set()
+
     def _next_delay(self) -> float:
+        interval = self._settings().check_interval
         store = self._keystore()
         if store is None:
-            return self.interval
+            return interval
         now = self._clock()
         wanted = [s for s in store.selectors() if needs_checking(s, now, store.grace)]
         table = self.verdicts.table
         settled = all((v := table.get((s.domain, s.selector))) is not None and v.published
                       for s in wanted)
-        return self.interval if settled else min(self.interval, RETRY_SECONDS)
+        return interval if settled else min(interval, RETRY_SECONDS)
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._next_delay())
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.refresh()
             except Exception:  # never let one bad round end the watch

@@ -44,8 +44,10 @@ def chain_position(message: Message) -> tuple[int, str]:
 
 def sealing_key(rt: Runtime, keystore: KeyStore, domain: str) -> ActiveKey | None:
     now = rt.clock()
-    keys = (rt.key_verdicts.signing_keys(keystore, domain, now) if rt.key_verdicts is not None
-            else keystore.active(domain, now))
+    if rt.key_verdicts is not None and rt.config.dkim.check_published:
+        keys = rt.key_verdicts.signing_keys(keystore, domain, now)
+    else:
+        keys = keystore.active(domain, now)
     # RFC 8617 §4.1.3 ties ARC to DKIM's algorithms; receivers check rsa-sha256.
     return next((k for k in keys if k.algorithm == "rsa-sha256"), None)
 
