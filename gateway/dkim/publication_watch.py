@@ -1,24 +1,26 @@
 """The background task that looks every selector's TXT record up and keeps the
 verdict table (gateway/dkim/publication.py) current.
 
-One round asks for every pending, active and retiring selector at once, through a
+A full round asks for every pending, active and retiring selector, through a
 resolver made from the gateway's ``dns:`` settings with no cache of its own: the
 point is to see the record as it is now (a cached NXDOMAIN would hide a fix for
-its negative TTL).  Rounds run every ``dkim.check_interval`` seconds, and at most a
-minute apart while some selector is unknown or unpublished.  Nothing here is on
-the message path: signing only reads the table.
+its negative TTL).  Full rounds run every ``dkim.check_interval`` seconds (and
+after a reload); selectors not seen published are retried every minute between
+them.  Nothing here is on the message path: signing only reads the table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.dkim import DkimSettings
 from gateway.dkim.keystore import KeyStore, Selector
 from gateway.dkim.publication import (
+    Key,
     KeyVerdicts,
     Publication,
     held_back,
@@ -30,6 +32,9 @@ from gateway.dkim.publication import (
 log = logging.getLogger("portcullis.dkim")
 
 RETRY_SECONDS = 60.0
+# Look-ups in flight at once: a hosting gateway may hold a selector for each of
+# 100,000 domains, and the recursive resolver is shared with the inbound checks.
+MAX_IN_FLIGHT = 64
 
 
 # The resolver and the metrics are passed in by gateway/serve.py (checks/ and ops/
@@ -65,21 +70,28 @@ class PublicationWatch:
         self.resolver = resolver
         self._temp_error = temp_error
         self._wake = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._clock = clock
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
 
-    async def refresh(self) -> None:
-        """One round: look every selector up, then swap the new table in."""
+    async def refresh(self, full: bool = True) -> None:
+        """One round: look selectors up, then swap the new table in.  ``full``: every
+        pending, active and retiring selector (the table forgets the others); else
+        only those not seen published yet (the one-minute retries)."""
         store = self._keystore()
         if store is None or not self._settings().check_published:
             return
         now = self._clock()
-        selectors = [s for s in store.selectors() if needs_checking(s, now, store.grace)]
+        wanted = [s for s in store.selectors() if needs_checking(s, now, store.grace)]
+        old = self.verdicts.table
+        if full:
+            selectors, table = wanted, {}
+        else:
+            selectors = [s for s in wanted if not _is_published(old, s)]
+            table = dict(old)
         found: Sequence[Publication | None] = await asyncio.gather(
             *(self._judge(s, now) for s in selectors))
-        old = self.verdicts.table
-        table = {}
         changed = []
         for selector, verdict in zip(selectors, found, strict=True):
             key = (selector.domain, selector.selector)
@@ -95,11 +107,12 @@ class PublicationWatch:
         for selector, verdict in changed:
             self._log_change(store, selector, verdict, table, now)
         if self._metrics is not None:
-            self._metrics.set_dkim_held_back(len(held_back(selectors, table, now)))
+            self._metrics.set_dkim_held_back(len(held_back(wanted, table, now)))
 
     async def _judge(self, selector: Selector, now: float) -> Publication | None:
         try:
-            answer = await self.resolver.lookup(selector.dns_name, "TXT")
+            async with self._in_flight:
+                answer = await self.resolver.lookup(selector.dns_name, "TXT")
         except self._temp_error as exc:
             log.warning("dkim: %s: DNS failed (%s): keeping the last verdict",
                         selector.dns_name, exc)
@@ -142,26 +155,37 @@ class PublicationWatch:
         """Look now rather than at the next round (after a reload)."""
         self._wake.set()
 
-    def _next_delay(self) -> float:
-        interval = self._settings().check_interval
+    def _is_settled(self) -> bool:
         store = self._keystore()
         if store is None:
-            return interval
+            return True
         now = self._clock()
-        wanted = [s for s in store.selectors() if needs_checking(s, now, store.grace)]
-        table = self.verdicts.table
-        settled = all((v := table.get((s.domain, s.selector))) is not None and v.published
-                      for s in wanted)
-        return interval if settled else min(interval, RETRY_SECONDS)
+        return all(_is_published(self.verdicts.table, s) for s in store.selectors()
+                   if needs_checking(s, now, store.grace))
 
     async def _run(self) -> None:
+        # The start-up round has just run (gateway/serve.py): the next full one is
+        # an interval away; selectors not seen published are retried every minute.
+        next_full = time.monotonic() + self._settings().check_interval
         while True:
+            interval = self._settings().check_interval
+            delay = next_full - time.monotonic()
+            if not self._is_settled():
+                delay = min(delay, RETRY_SECONDS)
             try:
-                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+                await asyncio.wait_for(self._wake.wait(), max(delay, 0.0))
             except TimeoutError:
                 pass
+            full = self._wake.is_set() or time.monotonic() >= next_full  # woken: a reload
             self._wake.clear()
             try:
-                await self.refresh()
+                await self.refresh(full=full)
             except Exception:  # never let one bad round end the watch
                 log.exception("dkim: key publication check failed; retrying")
+            if full:
+                next_full = time.monotonic() + interval
+
+
+def _is_published(table: Mapping[Key, Publication], s: Selector) -> bool:
+    v = table.get((s.domain, s.selector))
+    return v is not None and v.published
