@@ -192,9 +192,12 @@ class Gateway:
         sockets = sockets or {}
         if self.key_watch is not None:
             # The first verdicts before the first message: with DNS up, a published
-            # key signs from the start (each look-up is bounded by dns.timeout).
-            await self.key_watch.refresh()
+            # key signs from the start.  Bounded: a slow first round (a hosting
+            # gateway's 100,000 selectors) goes on while the listeners open.
             self.key_watch.start()
+            if not await self.key_watch.wait_first_round():
+                log.warning("dkim: the first look-ups of the keys' DNS records go on after "
+                            "start-up: keys not yet seen in DNS do not sign until they end")
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None

@@ -35,6 +35,9 @@ RETRY_SECONDS = 60.0
 # Look-ups in flight at once: a hosting gateway may hold a selector for each of
 # 100,000 domains, and the recursive resolver is shared with the inbound checks.
 MAX_IN_FLIGHT = 64
+# How long start-up waits for the first round before the listeners open anyway
+# (keys it has not seen published by then do not sign until it ends).
+FIRST_ROUND_WAIT = 10.0
 
 
 # The resolver and the metrics are passed in by gateway/serve.py (checks/ and ops/
@@ -71,6 +74,7 @@ class PublicationWatch:
         self._temp_error = temp_error
         self._wake = asyncio.Event()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.first_round = asyncio.Event()  # set once the first round has ended
         self._clock = clock
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -163,9 +167,21 @@ class PublicationWatch:
         return all(_is_published(self.verdicts.table, s) for s in store.selectors()
                    if needs_checking(s, now, store.grace))
 
+    async def wait_first_round(self) -> bool:
+        """Start-up (gateway/serve.py): wait for the first round, FIRST_ROUND_WAIT at most."""
+        try:
+            await asyncio.wait_for(self.first_round.wait(), FIRST_ROUND_WAIT)
+        except TimeoutError:
+            return False
+        return True
+
     async def _run(self) -> None:
-        # The start-up round has just run (gateway/serve.py): the next full one is
-        # an interval away; selectors not seen published are retried every minute.
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("dkim: key publication check failed; retrying")
+        self.first_round.set()
+        # Selectors not seen published are retried every minute meanwhile.
         next_full = time.monotonic() + self._settings().check_interval
         while True:
             interval = self._settings().check_interval
