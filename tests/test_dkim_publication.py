@@ -292,3 +292,25 @@ def test_a_reload_turns_the_check_on_and_it_looks_at_once(
     finally:
         gw.stop()
     assert [signed_by(m.content) for m in downstream.messages] == [["only"]]
+
+
+def test_a_resolver_that_never_answers_delays_start_up_by_five_seconds_at_most(
+        tmp_path, silent_dns, downstream, cert_files, password_hash, client_tls, caplog):
+    generate_selector(tmp_path / "keys", DOMAIN, "only", "ed25519-sha256")
+    gw = GatewayUnderTest(
+        tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+        policies=customer_policies(password_hash), cert=cert_files,
+        extra={"dkim": {"check_published": True},
+               "dns": {"nameservers": [silent_dns.host], "port": silent_dns.port, "timeout": 30}})
+    started = time.monotonic()
+    gw.start()
+    try:
+        took = time.monotonic() - started
+        assert 4 < took < 9, took  # FIRST_ROUND_WAIT, not the 30 s look-up timeout
+        assert "go on after start-up" in caplog.text
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            submit(gw, client_tls)  # no verdict yet: not signed unchecked
+        assert exc.value.smtp_code == 451
+    finally:
+        gw.stop()
+    assert downstream.messages == []

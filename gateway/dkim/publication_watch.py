@@ -37,7 +37,7 @@ RETRY_SECONDS = 60.0
 MAX_IN_FLIGHT = 64
 # How long start-up waits for the first round before the listeners open anyway
 # (keys it has not seen published by then do not sign until it ends).
-FIRST_ROUND_WAIT = 10.0
+FIRST_ROUND_WAIT = 5.0
 
 
 # The resolver and the metrics are passed in by gateway/serve.py (checks/ and ops/
@@ -50,6 +50,8 @@ class TxtAnswer(Protocol):
 
 class Lookup(Protocol):
     async def lookup(self, name: str, rdtype: str) -> TxtAnswer: ...
+
+    async def close(self) -> None: ...
 
 
 class Counts(Protocol):
@@ -154,6 +156,7 @@ class PublicationWatch:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self.resolver.close()
 
     def wake(self) -> None:
         """Look now rather than at the next round (after a reload)."""
