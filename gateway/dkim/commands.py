@@ -2,8 +2,11 @@
 
     portcullis keys generate DOMAIN --selector S [--algorithm rsa|ed25519] [--bits 2048]
                                     [--not-before WHEN] [--not-after WHEN]
-    portcullis keys list
+    portcullis keys list [--dns [--nameserver IP] [--port N] [--timeout S]]
     portcullis keys check DOMAIN [--nameserver IP] [--port N] [--timeout S]
+
+``check`` and ``list --dns`` judge each record as the gateway's publication watch
+does (gateway/dkim/publication.py) and say which selectors sign now by its rule.
 
 The lead's ``gateway/cli.py`` calls :func:`add_keys_parser`; until then
 ``python -m gateway.dkim.commands keys ...`` runs the same commands.
