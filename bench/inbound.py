@@ -77,6 +77,15 @@ def add_load_options(parser: argparse.ArgumentParser, messages: int) -> None:
                              "the commit before a change) and print the ratio against it")
 
 
+def dkim_settings(keys_dir: str, checkout: Path | None = None) -> dict:
+    """The gateway file's ``dkim:`` for a bench: its keys are in no DNS, so the
+    publication check (dkim.check_published) is off, in a checkout that has it (an
+    older one's config would refuse the key)."""
+    root = checkout if checkout is not None else Path(__file__).resolve().parent.parent
+    has_check = "check_published" in (root / "gateway" / "config" / "dkim.py").read_text()
+    return {"keys_dir": keys_dir, **({"check_published": False} if has_check else {})}
+
+
 def checkout_env(checkout: Path | None) -> dict:
     """Popen arguments that run ``python -m gateway.cli`` from another checkout: with -m
     the working directory comes first on sys.path, before the editable install."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from passlib.hash import sha512_crypt
 
-from bench.inbound import checkout_env, stop, wait_port
+from bench.inbound import checkout_env, dkim_settings, stop, wait_port
 from tests.support.dkim_keys import TestKey
 from tests.support.dovecot_server import DovecotServer
 from tests.support.ports import free_port
@@ -218,7 +218,7 @@ class Portcullis(Server):
                 "downstream": {"outbound": {"url": f"smtp://127.0.0.1:{sink_port}",
                                             "pool_size": len(logins)}},
                 "policy_dir": str(d / "policy"),
-                "dkim": {"keys_dir": str(d / "keys")},
+                "dkim": dkim_settings(str(d / "keys"), checkout),
                 "store": store_config,
                 # Limits far above what the run sends: every check is made, none refuses.
                 "quotas": {k: BIG for k in ("messages_per_hour", "messages_per_day",

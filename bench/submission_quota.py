@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.inbound import dkim_settings
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
@@ -39,7 +40,8 @@ SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 BIG = 10**9
 
 
-def write_config(d: Path, sink_port: int, store: dict) -> tuple[Path, int]:
+def write_config(d: Path, sink_port: int, store: dict,
+                 checkout: Path | None = None) -> tuple[Path, int]:
     from gateway.accounts.passwords import hash_password
     from gateway.dkim.keystore import generate_selector
 
@@ -55,7 +57,7 @@ def write_config(d: Path, sink_port: int, store: dict) -> tuple[Path, int]:
         "listeners": {"submissions": {"port": port}},
         "downstream": {"outbound": f"smtp://127.0.0.1:{sink_port}"},
         "policy_dir": "policy",
-        "dkim": {"keys_dir": "keys"},
+        "dkim": dkim_settings("keys", checkout),
         "store": store,
         # Limits far above what the run sends: every check is made, none refuses.
         "quotas": {k: BIG for k in ("messages_per_hour", "messages_per_day", "recipients_per_hour",
@@ -148,7 +150,7 @@ def run_row(backend: str, quotas: bool, messages: int, connections: int,
                 store = {"backend": "redis", "url": redis.url}
             else:
                 store = {"backend": "sqlite", "path": "state.db"}
-            config, port = write_config(Path(tmp), sink_port, store)
+            config, port = write_config(Path(tmp), sink_port, store, checkout)
             if extra:
                 config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **extra}))
             # From another checkout (--baseline): with -m the working directory comes

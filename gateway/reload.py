@@ -46,7 +46,7 @@ RESTART_FIELDS: dict[str, tuple[str, ...]] = {
 APPLIED_SECTIONS = (
     "policy_dir", "limits", "quotas", "lockout", "compromise", "abuse", "accounts", "dkim",
     "scanner", "hold", "notify", "publish", "inbound_checks", "screening", "authserv_id",
-    "default_policy", "reload", "base_dir", *RESTART_FIELDS,
+    "default_policy", "arc_seal", "reload", "base_dir", *RESTART_FIELDS,
 )
 
 

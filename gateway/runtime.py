@@ -16,6 +16,7 @@ from gateway.checks.rspamd import RspamdClient
 from gateway.config.directory import Directory
 from gateway.config.model import Config
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.publication import KeyVerdicts
 from gateway.downstream.base import Downstream
 from gateway.metering import Metering
 from gateway.ops.held_page import HeldLinks
@@ -44,6 +45,9 @@ class Runtime:
     metrics: Metrics | None = None
     # The DKIM key store (None without a submission listener).
     keystore: KeyStore | None = None
+    # Which selectors are seen published in DNS, read while dkim.check_published is
+    # on; kept across reloads, refreshed by gateway/dkim/publication_watch.py.
+    key_verdicts: KeyVerdicts | None = None
     # The one asynchronous resolver for the inbound checks (None without an MX listener).
     resolver: Resolver | None = None
     # Quotas, lockout and suspension over the shared store (None: quotas off).

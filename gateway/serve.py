@@ -38,13 +38,15 @@ from gateway.accounts.factory import build_source
 from gateway.admin import actions
 from gateway.admin.server import AdminServer
 from gateway.checks.dmarc import default_suffix_list
-from gateway.checks.dns import Resolver
+from gateway.checks.dns import DnsTempError, Resolver
 from gateway.checks.rspamd import RspamdClient
 from gateway.config.errors import ConfigErrors, one_line
 from gateway.config.load import Loaded
 from gateway.config.model import Config, Downstream
 from gateway.config.quota import QuotaSettings
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.publication import KeyVerdicts
+from gateway.dkim.publication_watch import PublicationWatch
 from gateway.dkim.sign import sign_message_off_loop
 from gateway.dkim.signing_keys import load_signing_keys, load_with_keys
 from gateway.downstream.base import Downstream as DownstreamClient
@@ -100,7 +102,8 @@ def make_held_links(config: Config) -> HeldLinks:
 
 def build_notifier(config: Config, outbound: DownstreamClient | None, store: Store,
                    keystore: KeyStore | None = None,
-                   links: HeldLinks | None = None) -> Notifier | None:
+                   links: HeldLinks | None = None,
+                   verdicts: KeyVerdicts | None = None) -> Notifier | None:
     """Notices are the ISP's own mail: not counted against any quota, rate-limited
     through the shared store, and DKIM-signed with the key of the notice sender's
     domain (``notify.sender``, else postmaster@hostname) from ``dkim.keys_dir``."""
@@ -122,13 +125,16 @@ def build_notifier(config: Config, outbound: DownstreamClient | None, store: Sto
             return f"{page}{HELD_PAGE}?t={links.make(login, now + days * 86400)}"
 
     return Notifier(config.notify, outbound, store, config.hostname,
-                    sign=notice_signer(keys, domain), link_for=link_for)
+                    sign=notice_signer(keys, domain, verdicts if config.dkim.check_published else None),
+                    link_for=link_for)
 
 
-def notice_signer(keys: KeyStore, domain: str) -> Signer:
+def notice_signer(keys: KeyStore, domain: str, verdicts: KeyVerdicts | None = None) -> Signer:
+    """With ``verdicts`` (dkim.check_published), notices sign only with keys seen in
+    DNS, as customers' mail does (gateway/dkim/publication.py)."""
     async def sign(notice: Notice) -> Notice:
         now = time.time()
-        active = keys.active(domain, now)
+        active = verdicts.signing_keys(keys, domain, now) if verdicts is not None else keys.active(domain, now)
         if not active:
             return notice
         # RFC 6376 §5: the signature covers the notice as sent; signed off the loop.
@@ -153,13 +159,15 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                     "\"Several gateways\")", config.hold.path)
     keystore = load_signing_keys(config, loaded.directory)
     held_links = make_held_links(config)
-    notifier = (build_notifier(config, outbound, metering.store, keystore, held_links)
+    key_verdicts = KeyVerdicts()  # used while dkim.check_published is on (a reload may turn it)
+    notifier = (build_notifier(config, outbound, metering.store, keystore, held_links, key_verdicts)
                 if metering is not None else None)
     return Runtime(
         config=config,
         directory=loaded.directory,
         accounts=build_source(config.accounts, loaded.directory),
         keystore=keystore,
+        key_verdicts=key_verdicts,
         inbound=make_downstream(config.downstream.inbound, config, "inbound"),
         outbound=outbound,
         scanner=(RspamdClient.from_settings(config.scanner, config.hostname)
@@ -251,6 +259,17 @@ class Gateway:
         self._supervised = supervised
         self._expiry: asyncio.Task | None = None
         self._gauges: asyncio.Task | None = None
+        rt = self.runtime
+        self.key_watch: PublicationWatch | None = None
+        if rt.key_verdicts is not None:
+            dns = rt.config.dns
+            # No cache: the watch wants each record as it is now (docs/dkim.md).
+            fresh = Resolver(list(dns.nameservers), port=dns.port, timeout=dns.timeout,
+                             cache_size=0)
+            self.key_watch = PublicationWatch(
+                rt.key_verdicts, lambda: self.runtime.current().keystore,
+                lambda: self.runtime.current().config.dkim, fresh, DnsTempError,
+                clock=rt.clock, metrics=rt.metrics)
         # The reload's load, while it runs.
         self._loading: asyncio.Future[tuple[Loaded, KeyStore | None]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -260,6 +279,14 @@ class Gateway:
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """``sockets``: this worker's, by config field (from `serve`); else opened here."""
         sockets = sockets or {}
+        if self.key_watch is not None:
+            # The first verdicts before the first message: with DNS up, a published
+            # key signs from the start.  Bounded: a slow first round (a hosting
+            # gateway's 100,000 selectors) goes on while the listeners open.
+            self.key_watch.start()
+            if not await self.key_watch.wait_first_round():
+                log.warning("dkim: the first look-ups of the keys' DNS records go on after "
+                            "start-up: keys not yet seen in DNS do not sign until they end")
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
@@ -379,10 +406,12 @@ class Gateway:
             metering = Metering(old.metering.store, quota_settings(config))
         rebuilt = rebuild(old, config, loaded.directory, metering,
                           lambda c, m: build_notifier(c, old.outbound, m.store, keystore,
-                                                      old.held_links))
+                                                      old.held_links, old.key_verdicts))
         new = old.reloaded(config=config, directory=loaded.directory, metering=metering,
                            sender_ids=sender_ids, keystore=keystore, **rebuilt.changes)
         self._retired.retire(rebuilt.retired)
+        if self.key_watch is not None:  # new selectors, or the check turned on: look now
+            self.key_watch.wake()
         self.listeners.runtime = new  # limits for new connections
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
@@ -405,6 +434,8 @@ class Gateway:
         if self._gauges is not None:
             self._gauges.cancel()
         await self._retired.close_all()
+        if self.key_watch is not None:
+            await self.key_watch.stop()
         rt = self.runtime.current()
         if rt.scanner is not None:
             await rt.scanner.close()

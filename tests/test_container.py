@@ -155,7 +155,7 @@ class Deployment:
             "policy_dir": "policy",
             # The config folder is read-only: what the gateway writes goes to the state volume.
             "store": {"backend": "sqlite", "path": "/var/lib/portcullis/state.db"},
-            "dkim": {"keys_dir": "/var/lib/portcullis/keys"},
+            "dkim": {"keys_dir": "/var/lib/portcullis/keys", "check_published": False},  # no DNS has the keys
             "hold": {"path": "/var/lib/portcullis/held"},
             "abuse": {"secret_file": "sender-id.key"},
             "limits": {"shutdown_grace": 2},

@@ -295,6 +295,18 @@ def test_default_policy_applies(gw):
     assert applied(lines, "default_policy"), lines
 
 
+def test_arc_seal_applies(gw):
+    # Read from the runtime in force by the sealing step, per message: nothing to rebuild.
+    # (Its key comes from the DKIM key store, which a reload re-reads: test_dkim_applies.)
+    # A sealing domain needs inbound checks and an active RSA key (refused otherwise).
+    for domain in ("acme.example", "sub.acme.example", "globex.example"):
+        generate_selector(gw.tmp / "keys-arc", domain, "test", "ed25519-sha256")
+    generate_selector(gw.tmp / "keys-arc", "acme.example", "seal", "rsa-sha256", bits=2048)
+    lines = gw.reload(arc_seal={"domain": "acme.example"}, inbound_checks=True,
+                      **{"dkim.keys_dir": "keys-arc"})
+    assert applied(lines, "arc_seal"), lines
+
+
 def test_the_reload_section_applies(gw):
     (gw.policy / "globex.yaml").rename(gw.tmp / "globex.yaml")
     try:

@@ -37,7 +37,7 @@ def write_config(directory: Path, hostname: str, ports: dict[str, int], downstre
                       "submission": {"port": ports["submission"], "tls": tls}},
         "downstream": {"inbound": downstream_url, "outbound": downstream_url},
         "policy_dir": "policy", "inbound_checks": False,
-        "dkim": {"keys_dir": str(directory / "keys")},
+        "dkim": {"keys_dir": str(directory / "keys"), "check_published": False},
         "limits": {"shutdown_grace": 2},
     }
     if http_port is not None:

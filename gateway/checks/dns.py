@@ -188,6 +188,14 @@ class Resolver:
             return None
         return hit[1]
 
+    async def close(self) -> None:
+        """Cancel the look-ups still in flight (shutdown): each runs as a task of its
+        own, which cancelling a waiter does not end."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def clear_cache(self) -> None:
         self._cache.clear()
         self._derived.clear()

@@ -43,6 +43,25 @@ class DkimSettings(Strict):
     # until every message it signed has been delivered and checked (queues retry for
     # up to 5 days in Postfix's default): the selector is "retiring" for this long.
     publish_grace_days: Annotated[int, Field(ge=0, le=365)] = 7
+    # A selector signs only once its TXT record is seen to carry its public key, and
+    # stops when the record goes wrong (gateway/dkim/publication.py, docs/dkim.md).
+    check_published: bool = True
+    # Seconds between look-ups of each selector's record (a minute at most while one
+    # is unknown or unpublished, so a fixed record is seen soon).
+    check_interval: Annotated[float, Field(ge=1, le=86400)] = 600.0
+
+
+class ArcSealing(Strict):
+    """The gateway file's ``arc_seal:`` section (off when absent): seal inbound mail
+    after our checks (RFC 8617 §5.1) with the key store's RSA keys for ``domain``
+    (``<keys_dir>/<domain>/``, made and rotated with ``portcullis keys``)."""
+
+    domain: str
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _domain(cls, value: object) -> object:
+        return normalise_domain(str(value))
 
 
 class DomainSigning(Strict):

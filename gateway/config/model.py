@@ -21,7 +21,7 @@ from gateway.config.base import Port, Seconds, Strict, TLSFiles
 from gateway.config.checks import DnsSettings, normalise_authserv_id
 from gateway.config.content import HoldSettings, NotifySettings, ScannerSettings
 from gateway.config.default_policy import DefaultPolicy
-from gateway.config.dkim import DkimSettings
+from gateway.config.dkim import ArcSealing, DkimSettings
 from gateway.config.ops import HTTP
 from gateway.config.publish import PublishSettings
 from gateway.config.quota import (
@@ -259,6 +259,8 @@ class Config(Strict):
     default_policy: DefaultPolicy = DefaultPolicy()
     # The DKIM key store (docs/dkim.md); which domains are signed is per customer.
     dkim: DkimSettings = DkimSettings()
+    # ARC sealing of inbound mail after our checks (docs/inbound.md).  Off when absent.
+    arc_seal: ArcSealing | None = None
     # Content scanning with rspamd (docs/content.md): off unless configured.
     scanner: ScannerSettings | None = None
     # Where mail held for review waits, and what happens to it at max_age.
@@ -308,6 +310,9 @@ class Config(Strict):
             raise ValueError("downstream.inbound: is required when listeners.inbound is set")
         if (self.listeners.submission or self.listeners.submissions) and not self.downstream.outbound:
             raise ValueError("downstream.outbound: is required when a submission listener is set")
+        if self.arc_seal is not None and not (self.listeners.inbound and self.inbound_checks):
+            # The seal's cv= is our verdict on the chain: no MX or no checks, no verdict.
+            raise ValueError("arc_seal: needs listeners.inbound and inbound_checks: true")
         return self
 
 

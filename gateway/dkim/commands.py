@@ -2,8 +2,11 @@
 
     portcullis keys generate DOMAIN --selector S [--algorithm rsa|ed25519] [--bits 2048]
                                     [--not-before WHEN] [--not-after WHEN]
-    portcullis keys list
+    portcullis keys list [--dns [--nameserver IP] [--port N] [--timeout S]]
     portcullis keys check DOMAIN [--nameserver IP] [--port N] [--timeout S]
+
+``check`` and ``list --dns`` judge each record as the gateway's publication watch
+does (gateway/dkim/publication.py) and say which selectors sign now by its rule.
 
 The lead's ``gateway/cli.py`` calls :func:`add_keys_parser`; until then
 ``python -m gateway.dkim.commands keys ...`` runs the same commands.
@@ -14,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,16 +26,19 @@ from typing import TextIO
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config.errors import ConfigErrors
 from gateway.dkim.keystore import (
     KeyStore,
     Selector,
     generate_selector,
-    public_key_bytes,
     zone_record,
+)
+from gateway.dkim.publication import (
+    Publication,
+    judge_records,
+    parse_tags,  # noqa: F401  (kept importable from here, where it lived)
+    signing_selectors,
 )
 
 ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}
@@ -58,6 +62,11 @@ def add_keys_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     gen.set_defaults(func=cmd_generate)
 
     lst = sub.add_parser("list", help="every selector with its window and state")
+    lst.add_argument("--dns", action="store_true",
+                     help="also look each record up: is it published, does the selector sign now")
+    lst.add_argument("--nameserver", help="with --dns: ask this server (IP address)")
+    lst.add_argument("--port", type=int, default=53)
+    lst.add_argument("--timeout", type=float, default=5.0)
     lst.set_defaults(func=cmd_list)
 
     chk = sub.add_parser("check", help="compare the DNS records of a domain's selectors with its keys")
@@ -139,6 +148,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     rows = [("DOMAIN", "SELECTOR", "ALGORITHM", "BITS", "WINDOW (UTC)", "STATE")]
     rows += [(s.domain, s.selector, s.algorithm, str(s.bits), s.window_text(), s.state(now, store.grace))
              for s in store.selectors()]
+    if getattr(args, "dns", False):
+        rows = _with_dns_columns(store, rows, args, now)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
@@ -147,58 +158,36 @@ def cmd_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     return 1 if store.errors else 0
 
 
-# --- check -------------------------------------------------------------------------
+def _with_dns_columns(store: KeyStore, rows: list[tuple[str, ...]], args: argparse.Namespace,
+                      now: float) -> list[tuple[str, ...]]:
+    """DNS: what the record says (published, missing, wrong, dns-failed); SIGNS: whether
+    a gateway with these verdicts signs with the selector now (docs/dkim.md)."""
+    resolver = make_resolver(args.nameserver, args.port, args.timeout)
+
+    async def check_all() -> list[CheckResult]:
+        found = await asyncio.gather(*(check_domain(store, d, resolver, now) for d in store.domains()))
+        return [r for domain in found for r in domain]
+
+    results = asyncio.run(check_all())
+    by_key = {(r.selector.domain, r.selector.selector): r for r in results}
+    signing = {(s.domain, s.selector) for d in store.domains()
+               for s in signing_now(store, d, [r for r in results if r.selector.domain == d], now)}
+    out = [(*rows[0], "DNS", "SIGNS")]
+    for row in rows[1:]:
+        r = by_key[(row[0], row[1])]
+        dns_word = r.verdict.outcome if r.verdict is not None else "dns-failed"
+        out.append((*row, dns_word, "yes" if (row[0], row[1]) in signing else "no"))
+    return out
+
+
+# --- check ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckResult:
     selector: Selector
     state: str
     ok: bool
     detail: str
-
-
-def parse_tags(record: str) -> dict[str, str]:
-    """RFC 6376 §3.2 tag=value list; white space in values (FWS) kept for the caller."""
-    tags = {}
-    for part in record.split(";"):
-        name, eq, value = part.partition("=")
-        if eq:
-            tags[name.strip()] = value.strip()
-    return tags
-
-
-def _published_matches(selector: Selector, record: str) -> tuple[bool, str]:
-    tags = parse_tags(record)
-    if tags.get("v", "DKIM1") != "DKIM1":
-        return False, f"v={tags['v']}, not DKIM1"
-    k = tags.get("k", "rsa")
-    want = "ed25519" if selector.algorithm == "ed25519-sha256" else "rsa"
-    if k != want:
-        return False, f"the record says k={k} but the key is {want}"
-    if "p" not in tags:
-        return False, "the record has no p= tag"
-    p = "".join(tags["p"].split())
-    if not p:
-        return False, "the record has an empty p=: the key is revoked (RFC 6376 §3.6.1)"
-    try:
-        published = base64.b64decode(p, validate=True)
-    except binascii.Error:
-        return False, "p= is not base64"
-    if published == public_key_bytes(selector.private_key):
-        return True, "the published key matches"
-    if want == "rsa" and _same_rsa_key(published, selector.private_key):
-        return True, "the published key matches (PKCS#1 form)"
-    return False, "the published key is NOT the key in " + str(selector.key_file)
-
-
-def _same_rsa_key(der: bytes, key: object) -> bool:
-    # Some publish the bare RSAPublicKey (PKCS#1) that RFC 6376 §3.6.1 literally names.
-    pem = b"-----BEGIN RSA PUBLIC KEY-----\n" + base64.encodebytes(der) + b"-----END RSA PUBLIC KEY-----\n"
-    try:
-        published = serialization.load_pem_public_key(pem)
-    except ValueError:
-        return False
-    return (isinstance(published, rsa.RSAPublicKey) and isinstance(key, rsa.RSAPrivateKey)
-            and published.public_numbers() == key.public_key().public_numbers())
+    verdict: Publication | None = None  # None: DNS did not answer
 
 
 def make_resolver(nameserver: str | None, port: int, timeout: float) -> dns.asyncresolver.Resolver:
@@ -214,29 +203,34 @@ def make_resolver(nameserver: str | None, port: int, timeout: float) -> dns.asyn
 
 
 async def check_selector(resolver: dns.asyncresolver.Resolver, selector: Selector,
-                         state: str) -> CheckResult:
+                         state: str, now: float = 0.0) -> CheckResult:
+    """The same verdict the gateway's watch makes (gateway/dkim/publication.py)."""
     try:
         answer = await resolver.resolve(selector.dns_name, "TXT")
     except dns.resolver.NXDOMAIN:
-        return CheckResult(selector, state, False, "no such name in DNS: publish the record")
+        verdict = judge_records(selector, None, now)
     except dns.resolver.NoAnswer:
-        return CheckResult(selector, state, False, "the name has no TXT record: publish it")
+        verdict = judge_records(selector, [], now)
     except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
         return CheckResult(selector, state, False, f"DNS failure, try again: {exc.__class__.__name__}")
-    records = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
-    if len(records) != 1:
-        return CheckResult(selector, state, False,
-                           f"{len(records)} TXT records at the name; verifiers need exactly one")
-    ok, detail = _published_matches(selector, records[0])
-    return CheckResult(selector, state, ok, detail)
+    else:
+        verdict = judge_records(selector, [b"".join(r.strings) for r in answer], now)
+    return CheckResult(selector, state, verdict.published, verdict.detail, verdict)
 
 
 async def check_domain(store: KeyStore, domain: str, resolver: dns.asyncresolver.Resolver,
                        now: float) -> list[CheckResult]:
     selectors = store.selectors(domain)
     return list(await asyncio.gather(
-        *(check_selector(resolver, s, s.state(now, store.grace)) for s in selectors)
+        *(check_selector(resolver, s, s.state(now, store.grace), now) for s in selectors)
     ))
+
+
+def signing_now(store: KeyStore, domain: str, results: list[CheckResult], now: float) -> list[Selector]:
+    """What a gateway with these verdicts signs ``domain``'s mail with now."""
+    verdicts = {(r.selector.domain, r.selector.selector): r.verdict
+                for r in results if r.verdict is not None}
+    return signing_selectors(store.selectors(domain), verdicts, now, store.grace)
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -259,13 +253,21 @@ def cmd_check(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         print(f"keys check: no key for {domain} in {keys_dir}", file=err)
         return 1
     resolver = make_resolver(args.nameserver, args.port, args.timeout)
-    results = asyncio.run(check_domain(store, domain, resolver, datetime.now(UTC).timestamp()))
+    now = datetime.now(UTC).timestamp()
+    results = asyncio.run(check_domain(store, domain, resolver, now))
+    # What the gateway does with these verdicts (dkim.check_published, docs/dkim.md).
+    signing = signing_now(store, domain, results, now)
     failed = False
     for r in results:
         needed = r.state != "expired"
         failed |= needed and not r.ok
         mark = "ok" if r.ok else ("FAIL" if needed else "--")
-        print(f"{mark:<4}  {r.selector.dns_name}  {r.selector.algorithm}  {r.state}: {r.detail}", file=out)
+        held = "" if r.ok or not r.selector.is_active(now) else (
+            "; the gateway does not sign with it until its key is seen in DNS")
+        print(f"{mark:<4}  {r.selector.dns_name}  {r.selector.algorithm}  {r.state}: "
+              f"{r.detail}{held}", file=out)
+    names = ", ".join(s.selector for s in signing) or "nothing (the policy's missing_key applies)"
+    print(f"signs: {domain} now with {names}", file=out)
     return 1 if failed else 0
 
 

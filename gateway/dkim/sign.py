@@ -318,6 +318,44 @@ def _key_prefix(algorithm: str, domain: str, selector: str) -> tuple[bytes, byte
             f"dkim-signature:{value}".replace("\r\n\t", " ").encode("ascii"))
 
 
+class SignedParts(NamedTuple):
+    """What a signature over ``prefix + message`` hashes, as :func:`sign_message`
+    computes it (an ARC-Message-Signature hashes the same: RFC 8617 §4.1.2)."""
+
+    h_folded: bytes  # h=..., folded with CRLF TAB
+    h_relaxed: bytes  # the same, each fold back to one SP
+    signed: bytes  # the selected fields, relaxed, each ending in CRLF
+    bh: bytes  # the relaxed body's SHA-256, base64
+
+
+def signed_parts(message: Message | bytes, prefix: bytes = b"") -> SignedParts:
+    shape, signed, bh = _canonical_parts(message, prefix)
+    return SignedParts(shape.h_folded, shape.h_relaxed, signed, bh)
+
+
+def _canonical_parts(message: Message | bytes, prefix: bytes) -> tuple[_Shape, bytes, bytes]:
+    message = _parsed(message)
+    fields = message.fields
+    if prefix:  # our own fields, read by the same parser
+        fields = _parsed(prefix).fields + fields
+    shape, signed = _signed_fields(fields)
+    data, begin = message.data, message.body_offset
+    if not shape.has_from:
+        raise MalformedMessage("no From: field (RFC 6376 §5.4: From must be signed)")
+    if len(data) - begin > SLAB:  # a large body: hashed in slabs, never copied whole
+        body_digest = slab_digest(memoryview(data)[begin:], _relaxed_wsp, relaxed=True)
+    else:
+        body_digest = _body_digest(data, begin)
+    return shape, signed, b2a_base64(body_digest, newline=False)
+
+
+def rsa_signature(key: ActiveKey, digest: bytes) -> bytes:
+    """RSASSA-PKCS1-v1_5 over a SHA-256 ``digest`` (RFC 6376 §3.3.1), base64, folded
+    in 72-character lines (FWS inside b= is allowed, §3.5)."""
+    b64 = b2a_base64(key.private_key.sign(digest, _PKCS1, _PREHASHED_SHA256), newline=False)
+    return b"\r\n\t".join([b64[i : i + 72] for i in range(0, len(b64), 72)])
+
+
 def sign_message(
     message: Message | bytes,
     keys: Sequence[ActiveKey],
@@ -339,19 +377,7 @@ def sign_message(
     """
     if not keys:
         return b""
-    message = _parsed(message)
-    fields = message.fields
-    if prefix:  # our own fields, read by the same parser
-        fields = _parsed(prefix).fields + fields
-    shape, signed = _signed_fields(fields)
-    data, begin = message.data, message.body_offset
-    if not shape.has_from:
-        raise MalformedMessage("no From: field (RFC 6376 §5.4: From must be signed)")
-    if len(data) - begin > SLAB:  # a large body: hashed in slabs, never copied whole
-        body_digest = slab_digest(memoryview(data)[begin:], _relaxed_wsp, relaxed=True)
-    else:
-        body_digest = _body_digest(data, begin)
-    bh = b2a_base64(body_digest, newline=False)
+    shape, signed, bh = _canonical_parts(message, prefix)
     t = int(now)
     tx = b"%d;" % t if not expire_after else b"%d; x=%d;" % (t, t + int(expire_after))
     # The rest of the field after t=, folded (every fold CRLF TAB in place of one SP,
@@ -364,8 +390,7 @@ def sign_message(
         # Relaxed form of our own field last (§3.7), lower-case name, no SP after the colon.
         digest = hashlib.sha256(b"%s%s%s" % (signed, relaxed_start, rest_relaxed)).digest()
         if key.algorithm == "rsa-sha256":
-            b64 = b2a_base64(key.private_key.sign(digest, _PKCS1, _PREHASHED_SHA256), newline=False)
-            b64 = b"\r\n\t".join([b64[i : i + 72] for i in range(0, len(b64), 72)])
+            b64 = rsa_signature(key, digest)
         else:
             # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonical data (PureEdDSA).
             # libsodium's signature is the same bytes (Ed25519 is deterministic), in

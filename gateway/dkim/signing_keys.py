@@ -33,9 +33,15 @@ def load_with_keys(path: str | Path, *, policy_cache: PolicyCache | None = None
 def load_signing_keys(config: Config, directory: Directory) -> KeyStore | None:
     """The key store when a submission listener signs outbound mail (None without one);
     ConfigErrors for every domain signed by policy without a usable key."""
-    if not (config.listeners.submission or config.listeners.submissions):
+    sealing = config.arc_seal is not None and config.listeners.inbound is not None
+    if not (config.listeners.submission or config.listeners.submissions or sealing):
         return None
     store = KeyStore.load(config.dkim.keys_dir, config.dkim.publish_grace_days)
+    if sealing:
+        assert config.arc_seal is not None
+        errors = check_sealing_key(store, config.arc_seal.domain, time.time())
+        if errors:
+            raise ConfigErrors(errors)
     customers = [(directory.files.get(c, c), p.domains, p.dkim)
                  for c, p in directory.customers.items()]
     if any(dkim.signed_domains(domains) for _, domains, dkim in customers):
@@ -43,6 +49,21 @@ def load_signing_keys(config: Config, directory: Directory) -> KeyStore | None:
         if errors:
             raise ConfigErrors(errors)
     return store
+
+
+def check_sealing_key(store: KeyStore, domain: str, now: float) -> list[ConfigError]:
+    """``check-config``: ``arc_seal.domain`` has an RSA key (RFC 8617 seals are checked
+    as rsa-sha256) that is active now or will be (a rotation in progress)."""
+    rsa = [s for s in store.selectors(domain) if s.algorithm == "rsa-sha256"]
+    if any(s.state(now, store.grace) == "active" for s in rsa):
+        return []
+    where = str(store.keys_dir / domain)
+    if not rsa:
+        return [*store.errors, ConfigError(
+            where, "arc_seal.domain", f"no RSA key to seal with; make one with `portcullis keys "
+            f"generate {domain} --selector NAME --algorithm rsa` and publish its record")]
+    states = ", ".join(f"{s.selector} {s.state(now, store.grace)}" for s in rsa)
+    return [*store.errors, ConfigError(where, "arc_seal.domain", f"no active RSA key now ({states})")]
 
 
 def check_signing_keys(

@@ -170,6 +170,23 @@ class Metrics:
             "Configuration reloads (SIGHUP or the admin API), by result (applied, refused).",
             ["result"], registry=r,
         )
+        # Keys checked before they sign (gateway/dkim/publication_watch.py).
+        self.dkim_key_checks = Counter(
+            "portcullis_dkim_key_checks_total",
+            "Look-ups of DKIM selectors' TXT records, by outcome "
+            "(published, missing, wrong, temperror).",
+            ["outcome"], registry=r,
+        )
+        self.dkim_held_back = Gauge(
+            "portcullis_dkim_selectors_held_back",
+            "DKIM selectors inside their window that do not sign: their key is not seen in DNS.",
+            registry=r, multiprocess_mode="mostrecent",
+        )
+        self.arc_seals = Counter(
+            "portcullis_arc_seals_total",
+            "Inbound messages ARC-sealed, by the seal's cv= (none, pass, fail), or unsealed.",
+            ["outcome"], registry=r,
+        )
         self._known_listeners = tuple(listeners)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Create the series up front so that rate() works from the first event and
@@ -243,6 +260,15 @@ class Metrics:
 
     def dkim_signed(self, algorithm: str) -> None:
         self.dkim_signatures.labels(algorithm).inc()
+
+    def dkim_key_check(self, outcome: str) -> None:
+        self.dkim_key_checks.labels(outcome).inc()
+
+    def set_dkim_held_back(self, count: int) -> None:
+        self.dkim_held_back.set(count)
+
+    def arc_sealed(self, outcome: str) -> None:
+        self.arc_seals.labels(outcome).inc()
 
     def auth_result(self, method: str, result: str) -> None:
         """One SPF, DKIM or DMARC result; DKIM counts each signature checked."""

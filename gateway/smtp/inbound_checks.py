@@ -39,6 +39,7 @@ class InboundOutcome:
     decision: InboundDecision | None = None
     # The policy said ``hold``: its rule and facts (rule is "" otherwise).
     hold_rule: str = ""
+    arc: str = "none"  # our ARC verdict (RFC 8617), for the seal (pipeline/arc_sealing.py)
 
 
 def domain_policies(runtime: Runtime, recipients: list[str]) -> Iterator[InboundDomainPolicy]:
@@ -85,7 +86,8 @@ async def check_inbound(runtime: Runtime, *, message: Message, sender: str, helo
     # postmaster@ is never refused by this policy, and goes on stamped and cleaned.
     if not verdict.accept:
         return InboundOutcome(verdict.reply, message, summary, results, verdict.rule,
-                              verdict.facts, prefix=stamp, evidence=evidence, decision=decision)
+                              verdict.facts, prefix=stamp, evidence=evidence, decision=decision,
+                              arc=evidence.arc.result)
     return InboundOutcome(None, message, summary, results, verdict.rule, verdict.facts,
                           prefix=stamp, evidence=evidence, decision=decision,
-                          hold_rule=verdict.rule)
+                          hold_rule=verdict.rule, arc=evidence.arc.result)

@@ -16,6 +16,7 @@ from gateway import replies
 from gateway.accounts.source import Identity
 from gateway.config.dkim import DkimPolicy
 from gateway.dkim.keystore import KeyStore
+from gateway.dkim.publication import KeyVerdicts
 from gateway.dkim.sign import MalformedMessage, sign_message_off_loop, signing_facts
 from gateway.message import Message
 from gateway.replies import Reply
@@ -33,7 +34,8 @@ class SigningOutcome:
 
 async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collection[str],
                         policy: DkimPolicy, message: Message, now: float, txid: str,
-                        prefix: bytes = b"") -> SigningOutcome:
+                        prefix: bytes = b"", verdicts: KeyVerdicts | None = None
+                        ) -> SigningOutcome:
     """``owned``/``policy``: the account's customer's domains and DKIM policy (a customer
     without a policy file owns nothing here, so its mail is refused rather than signed
     for a domain nobody vouched for).  ``message``: as the handler read it at the end
@@ -41,7 +43,12 @@ async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collectio
     stamps, which go out above ``message`` and are signed with it."""
     facts = signing_facts(message)
     domain = facts.from_domains[0] if facts.from_domains else None
-    keys = keystore.active(domain, now) if domain else []
+    if not domain:
+        keys = []
+    elif verdicts is None:  # dkim.check_published: false
+        keys = keystore.active(domain, now)
+    else:  # only keys seen published in DNS, else the previous key (docs/dkim.md)
+        keys = verdicts.signing_keys(keystore, domain, now)
     decision = decide_signing(facts, owned, policy, keys)
     if decision.log:
         level = logging.ERROR if decision.log_level == "error" else logging.WARNING

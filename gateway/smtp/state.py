@@ -94,6 +94,7 @@ class Transaction:
     # To be held for review (a limit, a suspension, the inbound policy); the first wins.
     contained: Containment | None = None
     content: ContentDecision | None = None  # the scanner's decision (a hold to carry out)
+    arc: str = "none"  # our verdict on the ARC chain it came with: the seal's cv= (arc_sealing)
     reply: Reply | None = None  # the downstream's answer, once handed over
 
     @property

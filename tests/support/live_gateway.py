@@ -55,7 +55,7 @@ class ServeProcess:
             "downstream": {"inbound": {"url": downstream.url, "timeout": 3},
                            "outbound": {"url": downstream.url, "timeout": 3}},
             "policy_dir": "policy",
-            "dkim": {"keys_dir": "keys"},
+            "dkim": {"keys_dir": "keys", "check_published": False},
             "http": {"port": self.ports["http"]},
             "inbound_checks": False,
             "lockout": {"failure_delay": 0},

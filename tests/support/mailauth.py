@@ -36,3 +36,26 @@ def mailauth_dmarc(port: int, cases: list[dict], timeout: float = 120.0) -> list
     if done.returncode != 0:
         raise RuntimeError(f"mailauth_dmarc.js failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
+
+
+ARC_SCRIPT = Path(__file__).resolve().parent / "mailauth_arc.js"
+
+
+def mailauth_arc(port: int, messages: list[bytes], ip: str = "127.0.0.1",
+                 timeout: float = 120.0) -> list[dict]:
+    """mailauth's ARC verdict ({result, i, comment, strict: {...}}) for each message,
+    keys looked up at the test's NSD on ``port``; ``strict`` is mailauth's strict mode."""
+    import base64
+
+    if not NODE.exists():
+        raise RuntimeError(f"{NODE} missing: run scripts/setup.sh test (installs mailauth)")
+    env = {**os.environ, "NODE_PATH": str(TOOLS / "node_modules")}
+    payload = {"port": port, "ip": ip,
+               "messages": [base64.b64encode(m).decode("ascii") for m in messages]}
+    done = subprocess.run(
+        [str(NODE), str(ARC_SCRIPT)], input=json.dumps(payload),
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"mailauth_arc.js failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)

@@ -29,7 +29,8 @@ async def run(tx: Transaction) -> StepResult:
     if rt.keystore is None or identity is None:
         return CONTINUE
     signed = await sign_outbound(rt.keystore, identity, *signing_policy(identity, rt),
-                                 tx.message, rt.clock(), tx.txid, prefix=tx.prefix)
+                                 tx.message, rt.clock(), tx.txid, prefix=tx.prefix,
+                                 verdicts=rt.key_verdicts if rt.config.dkim.check_published else None)
     if signed.refusal is not None:
         return refuse(signed.refusal, "dkim.signing")
     tx.on_top(signed.header)

@@ -51,6 +51,7 @@ async def run(tx: Transaction) -> StepResult:
             log.info("txid=%s to role mailboxes only: inbound hold not applied (%s)",
                      tx.txid, outcome.hold_rule)
     tx.message = outcome.message
+    tx.arc = outcome.arc
     tx.on_top(outcome.prefix)
     return CONTINUE
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from gateway.smtp.pipeline import (
     abuse_reports,
     account_size,
+    arc_sealing,
     content_scan,
     dkim_signing,
     forward,
@@ -29,6 +30,7 @@ INBOUND: tuple[Step, ...] = (
     inbound_checks.STEP,  # SPF, DKIM, ARC, DMARC → the recipients' policy; A-R on top
     content_scan.INBOUND_STEP,  # when inbound scanning is enabled
     received.STEP,
+    arc_sealing.STEP,  # when arc_seal is set: AAR, AMS, AS on top (RFC 8617)
     hold.STEP,
     forward.STEP,
     abuse_reports.STEP,
