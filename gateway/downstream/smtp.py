@@ -22,7 +22,7 @@ from gateway import replies
 from gateway.config.model import Downstream as DownstreamSettings
 from gateway.downstream.connection import DownstreamClosed, DownstreamConnection
 from gateway.downstream.origin import Origin, ehlo_name, xclient_command, xforward_commands
-from gateway.downstream.parameters import MAIL_PARAMETERS, RCPT_PARAMETERS, passed
+from gateway.downstream.parameters import MAIL_PARAMETERS, RCPT_PARAMETERS, name_of, passed
 from gateway.message import Buffer
 from gateway.replies import Reply
 
@@ -178,12 +178,15 @@ class SmtpTransaction:
         """MAIL and the first RCPT, with the parameters this connection offers."""
         mail_options, dropped = passed(self._options, MAIL_PARAMETERS, conn.extensions)
         rcpt_options, dropped_rcpt = passed(options, RCPT_PARAMETERS, conn.extensions)
-        if dropped or dropped_rcpt:
+        # SIZE= only declares what we have already checked against our own limit: a
+        # downstream without SIZE is routine, not worth a line per message.
+        notable = [p for p in dropped + dropped_rcpt if name_of(p) != "SIZE"]
+        if notable:
             # The listener advertised what the newest connection offered; this one
             # (older, or the downstream changed) does not: RFC 3461 §5.2.2 lets a relay
             # pass the message on without them.
             log.warning("downstream %s: not offered, not passed: %s", self._downstream.name,
-                        " ".join(dropped + dropped_rcpt))
+                        " ".join(notable))
         return (_command(f"MAIL FROM:<{self._sender}>", mail_options),
                 _command(f"RCPT TO:<{recipient}>", rcpt_options))
 
