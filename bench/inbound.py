@@ -137,9 +137,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def one_transaction(port: int, body: bytes) -> float:
+async def one_transaction(port: int, body: bytes, source: str | None = None) -> float:
+    """One message on a new connection (from ``source``, a loopback address, when
+    given): seconds from connect to the final reply after DATA."""
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(source, 0) if source is not None else None)
 
     async def expect(prefix: bytes) -> None:
         while True:

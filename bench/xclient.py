@@ -30,35 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inbound import checkout_env, start_gateway, stop, wait_port
+from bench.inbound import FROM, TO, checkout_env, one_transaction, start_gateway, stop, wait_port
 from tests.support.ports import free_port
 from tests.support.postfix import PostfixInstance
 
-FROM, TO = "sender@other.example", "bob@acme.example"
 CLIENT = "127.0.0.2"
-
-
-async def one_message(port: int, body: bytes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(CLIENT, 0))
-
-    async def expect(prefix: bytes) -> None:
-        while True:
-            line = await reader.readline()
-            if not line.startswith(prefix):
-                raise RuntimeError(f"unexpected reply {line!r}")
-            if line[3:4] == b" ":
-                return
-
-    await expect(b"220")
-    for command, reply in ((b"EHLO client.example", b"250"), (f"MAIL FROM:<{FROM}>".encode(), b"250"),
-                           (f"RCPT TO:<{TO}>".encode(), b"250"), (b"DATA", b"354")):
-        writer.write(command + b"\r\n")
-        await expect(reply)
-    writer.write(body + b".\r\n")
-    await expect(b"250")
-    writer.write(b"QUIT\r\n")
-    await expect(b"221")
-    writer.close()
 
 
 async def drive(port: int, messages: int, sessions: int, size: int) -> float:
@@ -70,7 +46,7 @@ async def drive(port: int, messages: int, sessions: int, size: int) -> float:
 
     async def client() -> None:
         for _ in left:
-            await one_message(port, body)
+            await one_transaction(port, body, CLIENT)
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(sessions)))
