@@ -20,6 +20,7 @@ from gateway.dkim.publication import Publication, judge_records, signing_selecto
 from tests.conftest import PASSWORD, customer_policies
 from tests.support.dkim_verifiers import dkimpy_results
 from tests.support.gateway import GatewayUnderTest
+from tests.support.serve_process import eventually
 
 pytest_plugins = ("tests.support.authdns",)
 
@@ -227,15 +228,6 @@ def test_keys_check_and_list_say_which_key_signs(tmp_path, authdns_factory):
     assert time.time() > switch.timestamp()  # new's window is open: held back, not pending
 
 
-def wait_for(predicate, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # bounded: the watch runs every second here
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_the_watch_sees_a_late_record_and_a_reloaded_selector_by_itself(
         tmp_path, authdns_factory, downstream, cert_files, password_hash, client_tls):
     """No test-driven refresh: the background task's own rounds (check_interval 1 s)."""
@@ -254,15 +246,15 @@ def test_the_watch_sees_a_late_record_and_a_reloaded_selector_by_itself(
             submit(gw, client_tls)  # no key seen in DNS, none before it: deferred
         assert exc.value.smtp_code == 451
         dns.reload({DOMAIN: record(only)})
-        assert wait_for(lambda: (v := table().get((DOMAIN, "only"))) is not None and v.published)
+        assert eventually(lambda: (v := table().get((DOMAIN, "only"))) is not None and v.published)
         submit(gw, client_tls)
         # A selector added by a reload is looked up by the next round.
         later = generate_selector(keys, DOMAIN, "later", "ed25519-sha256")
         assert gw.reload()
-        assert wait_for(lambda: (DOMAIN, "later") in table())
+        assert eventually(lambda: (DOMAIN, "later") in table())
         assert not table()[(DOMAIN, "later")].published
         dns.reload({DOMAIN: record(only) + "\n" + record(later)})
-        assert wait_for(lambda: table()[(DOMAIN, "later")].published)
+        assert eventually(lambda: table()[(DOMAIN, "later")].published)
     finally:
         gw.stop()
     assert [signed_by(m.content) for m in downstream.messages] == [["only"]]
@@ -285,7 +277,7 @@ def test_a_reload_turns_the_check_on_and_it_looks_at_once(
         gw.config_path.write_text(yaml.safe_dump(config))
         assert gw.reload()
         # Woken by the reload, not after check_interval (an hour).
-        assert wait_for(lambda: (DOMAIN, "only") in gw.runtime.key_verdicts.table, 10)
+        assert eventually(lambda: (DOMAIN, "only") in gw.runtime.key_verdicts.table, 10)
         with pytest.raises(smtplib.SMTPDataError) as exc:
             submit(gw, client_tls)
         assert exc.value.smtp_code == 451

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from tests.conftest import PASSWORD, customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.ports import free_port
 from tests.support.postfix import PostfixInstance, postfix_available
+from tests.support.serve_process import eventually
 
 pytestmark = pytest.mark.skipif(not postfix_available(), reason="needs root and Debian's postfix")
 
@@ -49,15 +49,6 @@ def gw(tmp_path, postfix, cert_files, password_hash):
         yield gateway
     finally:
         gateway.stop()
-
-
-def eventually(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def mx_message(gw, source: str, helo: str, subject: str) -> None:

@@ -21,6 +21,7 @@ from gateway.ops.held_page import HeldLinks, customer_view
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.ports import free_port
+from tests.support.serve_process import eventually
 from tests.support.submission import Clock, logged_in, message, send
 
 ALICE = "alice@acme.example"
@@ -56,15 +57,8 @@ def gw(tmp_path, downstream, cert_files, password_hash):
         g.stop()
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.05)
-    return predicate()
-
-
 def account_notice(downstream, login=ALICE):
-    assert wait_for(lambda: any(m.rcpt_tos == [login] for m in downstream.messages))
+    assert eventually(lambda: any(m.rcpt_tos == [login] for m in downstream.messages), 10.0)
     return next(m for m in downstream.messages if m.rcpt_tos == [login])
 
 
