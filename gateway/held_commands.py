@@ -187,13 +187,10 @@ async def _closing(store: HeldMail, work: Awaitable[int]) -> int:
 
 def run_held(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
-    from gateway.config.errors import ConfigErrors
-    from gateway.config.load import load_config
+    from gateway.config.load import load_for_command
 
-    try:
-        loaded = load_config(args.config)
-    except ConfigErrors as exc:
-        print(exc, file=sys.stderr)
+    loaded = load_for_command(args.config)
+    if loaded is None:
         return 2
     store = held_store(loaded.config)
     try:

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import stat
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -473,3 +474,13 @@ def _check_files(path: Path, config: Config, errors: list[ConfigError]) -> None:
             ctx.load_cert_chain(listener.tls.cert, listener.tls.key)
         except (ssl.SSLError, OSError) as exc:
             errors.append(ConfigError(str(path), field, f"cannot load certificate and key: {exc}"))
+
+
+def load_for_command(path: str | Path) -> Loaded | None:
+    """The gateway file for a command (``accounts``, ``held``, ``screening``, ``dmarc``):
+    None after printing its errors to stderr, one per line; the command then exits 2."""
+    try:
+        return load_config(path)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return None

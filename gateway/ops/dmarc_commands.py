@@ -37,7 +37,7 @@ from gateway.checks.dmarc import find_record
 from gateway.checks.dmarc_destinations import report_destinations
 from gateway.checks.dns import DnsTempError, Resolver
 from gateway.config.errors import ConfigErrors, one_line
-from gateway.config.load import Loaded, load_config
+from gateway.config.load import Loaded, load_for_command
 from gateway.dkim.keystore import KeyStore
 from gateway.dkim.sign import sign_message_off_loop
 from gateway.downstream.base import Downstream
@@ -76,11 +76,8 @@ def add_dmarc_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_config(args.config)
-    except ConfigErrors as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    loaded = load_for_command(args.config)
+    if loaded is None:
         return EXIT_USAGE
     config = loaded.config
     if "@" not in args.sender:
