@@ -12,6 +12,7 @@ import multiprocessing as mp
 import pytest
 
 from gateway.store.base import Charge, Store
+from tests.support.processes import race
 from tests.support.redis_server import redis_server  # noqa: F401
 
 T0 = 1_800_000_000.0
@@ -64,21 +65,7 @@ def _process(backend: str, where: str, start: mp.synchronize.Event, out: mp.Queu
 
 
 def _race(backend: str, where: str) -> list[tuple[int, int]]:
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_process, args=(backend, where, start, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        start.set()
-        results = [out.get(timeout=60) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    assert all(p.exitcode == 0 for p in procs)
-    return results
+    return race(_process, (backend, where))
 
 
 def _check(results: list[tuple[int, int]]) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from gateway.store.base import Charge, StoreUnavailable
 from gateway.store.sqlite import SQLiteStore
+from tests.support.processes import race
 
 T0 = 1_800_000_000.0
 
@@ -217,20 +218,6 @@ def _process(path: str, start, out) -> None:
 
 @pytest.mark.timeout(120)
 def test_two_processes_committing_in_groups_still_get_exactly_the_limit(tmp_path):
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    path = str(tmp_path / "state.db")
-    procs = [ctx.Process(target=_process, args=(path, start, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        start.set()
-        results = [out.get(timeout=90) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    assert all(p.exitcode == 0 for p in procs)
+    results = race(_process, (str(tmp_path / "state.db"),), timeout=90)
     assert sum(a + r for a, r in results) == 2 * COROUTINES * PER_COROUTINE
     assert sum(a for a, _ in results) == LIMIT, results
