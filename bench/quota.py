@@ -1,111 +1,205 @@
-"""Quota checks per second on each store backend, printed as a table.
+"""What metering costs per message on each store backend, printed as a table.
 
-    python -m bench.quota [--seconds 3] [--concurrency 16]
+    python -m bench.quota [--seconds 3] [--concurrency 20] [--rounds 1] [--baseline CHECKOUT]
 
-A "check" is what one RCPT costs on the submission path: one atomic
-check-and-charge of every rate limit of the account and its customer (8 counters),
-held, and later committed with the message.  A private redis-server is started on
-loopback for the Redis row; the SQLite row uses a file in a temporary folder.
+Three operations, each against a fresh store (SQLite in a temporary folder, a
+private redis-server on loopback):
+
+    check-and-charge   one atomic check-and-charge of the rate limits a RCPT touches
+                       (the floor of a RCPT), nothing else
+    RCPT+commit        one RCPT's metering and its commit after DATA, compromise off
+    message            what a submitted message costs with the defaults (as
+                       bench/submission.py's gateway rows): the suspension check and
+                       session slot at MAIL, the check-and-hold of every limit with
+                       the attempt counter at RCPT, the commit, the counts, the series
+                       and the compromise facts after DATA; 20 accounts of one customer
+
+For each: operations per second with ``--concurrency`` tasks, and the CPU per
+operation: this process (the event loop and SQLite's thread) plus redis-server's.
+``--baseline CHECKOUT`` runs the same measurements with another checkout's
+``gateway`` package (e.g. a git worktree of an older commit) in the same run,
+rows interleaved, and adds the ratios.  The bench shares the machine's cores
+with redis-server: compare rows of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gateway.config.quota import CustomerQuotas, QuotaSettings
-from gateway.metering import Metering
-from gateway.rules.quota import account_quota
-from gateway.store.base import Store
-from gateway.store.redis import RedisStore
-from gateway.store.sqlite import SQLiteStore
-from tests.support.redis_server import RedisServer
+HERE = Path(__file__).resolve().parent.parent
+# A child measuring another checkout puts that checkout first (see --baseline).
+sys.path.insert(0, os.environ.get("PORTCULLIS_BENCH_CODE") or str(HERE))
+
+from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings  # noqa: E402
+from gateway.metering import Metering  # noqa: E402
+from gateway.rules.quota import AccountQuota, Limits, account_quota, recipient_charges  # noqa: E402
+from gateway.store.base import Store  # noqa: E402
+from gateway.store.redis import RedisStore  # noqa: E402
+from gateway.store.sqlite import SQLiteStore  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+BIG = 10**9
+OPERATIONS = ("check-and-charge", "RCPT+commit", "message")
 
 
-async def measure(store: Store, seconds: float, concurrency: int, accounts: int = 50) -> tuple[int, float]:
-    cust = CustomerQuotas.model_validate({"customer": {"messages_per_hour": 10**9, "recipients_per_day": 10**9}})
-    big = {"messages_per_hour": 10**9, "messages_per_day": 10**9, "recipients_per_hour": 10**9,
-           "recipients_per_day": 10**9, "recipient_domains_per_hour": 10**9,
-           "recipients_per_message": 10**9}
-    from gateway.config.quota import QuotaLimits
+def _accounts(n: int) -> list[AccountQuota]:
+    cust = CustomerQuotas.model_validate({"customer": {"messages_per_hour": BIG, "recipients_per_day": BIG}})
+    gw = QuotaLimits.model_validate({k: BIG for k in (
+        "messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day",
+        "recipient_domains_per_hour", "recipients_per_message")})
+    return [account_quota(f"user{i:02d}@acme.example", "acme", gw, cust, None) for i in range(n)]
 
-    gw = QuotaLimits.model_validate(big)
-    accts = [account_quota(f"user{i}@acme.example", "acme", gw, cust, None) for i in range(accounts)]
-    m = Metering(store, QuotaSettings.model_validate({"compromise": {"enabled": False}}))
+
+async def _drive(seconds: float, concurrency: int, one) -> int:
     done = 0
     deadline = time.perf_counter() + seconds
-    now = time.time()
 
     async def worker(w: int) -> None:
         nonlocal done
         i = 0
         while time.perf_counter() < deadline:
-            a = accts[(w + i) % len(accts)]
-            tx = m.begin(f"w{w}.{i}")
-            d = await m.check_recipient(a, tx, f"d{i % 20}.example", now + i * 1e-3)
-            assert d.accept, d
-            await m.finish(a, tx, True, now + i * 1e-3)
+            await one(w, i)
             done += 1
             i += 1
 
-    start = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return done, time.perf_counter() - start
+    return done
 
 
-async def raw_checks(store: Store, seconds: float, concurrency: int) -> tuple[int, float]:
-    """Only the atomic check-and-charge, no commit or series: the floor of a RCPT."""
-    from gateway.rules.quota import AccountQuota, Limits, recipient_charges
+def _operation(name: str, store: Store, now: float):
+    """The coroutine function one operation runs, given (task, iteration)."""
+    if name == "check-and-charge":
+        raw = AccountQuota("raw@acme.example", "acme", Limits(messages_per_hour=BIG, recipients_per_hour=BIG))
 
-    a = AccountQuota("raw@acme.example", "acme", Limits(messages_per_hour=10**9, recipients_per_hour=10**9))
-    done = 0
-    deadline = time.perf_counter() + seconds
-    now = time.time()
-
-    async def worker(w: int) -> None:
-        nonlocal done
-        i = 0
-        while time.perf_counter() < deadline:
-            r = await store.charge(recipient_charges(a, "d.example", True, f"m{w}.{i}", f"r{w}.{i}"),
+        async def charge(w: int, i: int) -> None:
+            r = await store.charge(recipient_charges(raw, "d.example", True, f"m{w}.{i}", f"r{w}.{i}"),
                                    now + i * 1e-3)
             assert r.accepted
-            done += 1
-            i += 1
+        return charge
+    accts = _accounts(20)
+    if name == "RCPT+commit":
+        m = Metering(store, QuotaSettings.model_validate({"compromise": {"enabled": False}}))
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return done, time.perf_counter() - start
+        async def rcpt_commit(w: int, i: int) -> None:
+            a, t = accts[(w + i) % len(accts)], now + i * 1e-3
+            tx = m.begin(f"w{w}.{i}")
+            d = await m.check_recipient(a, tx, f"d{i % 20}.example", t)
+            assert d.accept, d
+            await m.finish(a, tx, True, t)
+        return rcpt_commit
+    # Compromise detection on, its thresholds out of reach (as bench/submission.py's).
+    full = Metering(store, QuotaSettings.model_validate(
+        {"compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG}}))
+
+    async def message(w: int, i: int) -> None:
+        a, t = accts[w % len(accts)], now + i * 1e-3
+        decision = await full.check_mail(a, 5120, t, f"lease{w}")
+        assert decision.accept, decision
+        tx = full.begin(f"w{w}.{i}")
+        d = await full.check_recipient(a, tx, "dest.example", t)
+        assert d.accept, d
+        await full.finish(a, tx, True, t)
+    return message
+
+
+def _cpu(pid: int | None = None) -> float:
+    if pid is None:
+        return time.process_time()
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(backend: str, operation: str, seconds: float, concurrency: int) -> dict:
+    """One row from a fresh store: operations per second and CPU per operation."""
+    with tempfile.TemporaryDirectory() as d:
+        server = RedisServer().start() if backend == "redis" else None
+        try:
+            async def run() -> tuple[int, float, float]:
+                store: Store = (SQLiteStore(Path(d) / "bench.db") if server is None
+                                else RedisStore(server.url, prefix="bench:"))
+                try:
+                    one = _operation(operation, store, time.time())
+                    await _drive(min(0.5, seconds / 4), concurrency, one)  # warm: scripts, caches
+                    pid = server.proc.pid if server is not None and server.proc is not None else None
+                    cpu = _cpu() + (_cpu(pid) if pid else 0.0)
+                    start = time.perf_counter()
+                    n = await _drive(seconds, concurrency, one)
+                    wall = time.perf_counter() - start
+                    return n, wall, _cpu() + (_cpu(pid) if pid else 0.0) - cpu
+                finally:
+                    await store.close()
+
+            n, wall, cpu = asyncio.run(run())
+        finally:
+            if server is not None:
+                server.stop()
+    return {"backend": backend, "operation": operation, "rate": n / wall, "cpu": cpu / n}
+
+
+def _child(code: Path, args: argparse.Namespace, backend: str, operation: str) -> dict:
+    """The row measured by a fresh interpreter with ``code``'s gateway package first."""
+    env = dict(os.environ, PORTCULLIS_BENCH_CODE=str(code))
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--row", backend, operation,
+                          "--seconds", str(args.seconds), "--concurrency", str(args.concurrency)],
+                         env=env, capture_output=True, text=True, cwd=str(code))
+    if out.returncode:
+        raise SystemExit(f"{code}: {backend} {operation} failed:\n{out.stderr}")
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    ap.add_argument("--row", nargs=2, metavar=("BACKEND", "OPERATION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        server = RedisServer().start()
-        try:
-            for name, make in (("sqlite", lambda: SQLiteStore(Path(d) / "bench.db")),
-                               ("redis", lambda: RedisStore(server.url, prefix="bench:"))):
-                for what, fn in (("check-and-charge", raw_checks), ("RCPT+commit (metering)", measure)):
-                    async def run(fn=fn, make=make):
-                        store = make()
-                        try:
-                            return await fn(store, args.seconds, args.concurrency)
-                        finally:
-                            await store.close()
+    if args.row:
+        print(json.dumps(measure(args.row[0], args.row[1], args.seconds, args.concurrency)))
+        return
+    codes = [("this", HERE)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
+    seen: dict[tuple[str, str, str], list[dict]] = {}
+    for _ in range(args.rounds):
+        for backend in ("sqlite", "redis"):
+            for operation in OPERATIONS:
+                for label, code in codes:
+                    row = _child(code, args, backend, operation)
+                    seen.setdefault((backend, operation, label), []).append(row)
+                    print(f"  {label} {backend} {operation}: {row['rate']:.0f}/s", file=sys.stderr, flush=True)
 
-                    n, secs = asyncio.run(run())
-                    rows.append((name, what, n, n / secs))
-        finally:
-            server.stop()
-    print(f"{'backend':<8} {'operation':<26} {'count':>8} {'per second':>12}")
-    for name, what, n, rate in rows:
-        print(f"{name:<8} {what:<26} {n:>8} {rate:>12.0f}")
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    print(f"\nMetering per operation, {args.concurrency} tasks, {args.seconds:g} s a row, "
+          f"median of {args.rounds} round(s); CPU: this process + redis-server\n")
+    head = f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9}"
+    if args.baseline:
+        head += f" {'baseline/s':>11} {'CPU/op':>9} {'rate ×':>7} {'CPU ×':>7}"
+    print(head)
+    for backend in ("sqlite", "redis"):
+        for operation in OPERATIONS:
+            this = seen[(backend, operation, "this")]
+            line = (f"{backend:<8} {operation:<18} {med(this, 'rate'):>11.0f} "
+                    f"{1e6 * med(this, 'cpu'):>6.0f} us")
+            if args.baseline:
+                base = seen[(backend, operation, "baseline")]
+                line += (f" {med(base, 'rate'):>11.0f} {1e6 * med(base, 'cpu'):>6.0f} us "
+                         f"{med(this, 'rate') / med(base, 'rate'):>7.2f} "
+                         f"{med(this, 'cpu') / med(base, 'cpu'):>7.2f}")
+            print(line)
+    if args.baseline:
+        print(f"\nbaseline: {args.baseline} (same run); rate ×: this / baseline, CPU ×: this / baseline")
 
 
 if __name__ == "__main__":

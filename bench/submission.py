@@ -317,6 +317,9 @@ def main() -> int:
                              "interleaved; the table has the medians")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run every portcullis row from this checkout, same run")
+    parser.add_argument("--only", action="append", metavar="TEXT", default=[],
+                        help="run only the rows whose label contains TEXT (repeatable); "
+                             "the paced reference needs the one-worker SQLite row")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/submission.py needs root (Postfix, Dovecot, smtp-sink)", file=sys.stderr)
@@ -325,7 +328,8 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         s = Setting(Path(tmp), self_signed(Path(tmp)), accounts(args.sessions), args.messages,
                     args.warmup, args.size, args.client_processes, args.latency_seconds)
-        specs = rows(args.baseline)
+        specs = [r for r in rows(args.baseline)
+                 if not args.only or any(text in r.label for text in args.only)]
         measured: list[list[Row]] = [[] for _ in specs]
         for round_number in range(args.rounds):
             # Each round starts one row later: the machine's load drifts, and over the
@@ -336,8 +340,8 @@ def main() -> int:
                 print(f"  round {round_number + 1}: {specs[i].label.strip()}: "
                       f"{measured[i][-1].rate:.0f} msg/s", file=sys.stderr, flush=True)
         seen = [combine(r) for r in measured]
-        gw = next(r for r in seen if r.label == "portcullis --workers 1, sqlite")
-        reference_pace = paced_ceiling(s, gw.paced[0]) if gw.paced else None
+        gw = next((r for r in seen if r.label == "portcullis --workers 1, sqlite"), None)
+        reference_pace = paced_ceiling(s, gw.paced[0]) if gw and gw.paced else None
     print_table(seen, s, reference_pace)
     return 0
 
