@@ -157,12 +157,18 @@ def ceiling_row() -> RowSpec:
     return RowSpec(CEILING, start, signs=False, forwards=False, checks_sender=False)
 
 
-def rows(baseline: Path | None) -> list[RowSpec]:
-    out = [ceiling_row(), postfix_row("Postfix (Dovecot SASL, sender login maps)", False),
-           postfix_row(REFERENCE, True, paced=True)]
+def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
+    """Every row, or those whose label contains one of ``only`` (with their baseline rows)."""
+    def wanted(label: str) -> bool:
+        return not only or any(text in label for text in only)
+
+    out = [r for r in (ceiling_row(), postfix_row("Postfix (Dovecot SASL, sender login maps)", False),
+                       postfix_row(REFERENCE, True, paced=True)) if wanted(r.label)]
     for workers in ("1", "auto"):
         for store in ("sqlite", "redis"):
             label = f"portcullis --workers {workers}, {store}"
+            if not wanted(label):
+                continue
             out.append(gateway_row(label, workers, store, paced=workers == "1"))
             if baseline is not None:
                 out.append(gateway_row(f"  baseline {baseline.name}", workers, store, baseline,
@@ -328,8 +334,7 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         s = Setting(Path(tmp), self_signed(Path(tmp)), accounts(args.sessions), args.messages,
                     args.warmup, args.size, args.client_processes, args.latency_seconds)
-        specs = [r for r in rows(args.baseline)
-                 if not args.only or any(text in r.label for text in args.only)]
+        specs = rows(args.baseline, args.only)
         measured: list[list[Row]] = [[] for _ in specs]
         for round_number in range(args.rounds):
             # Each round starts one row later: the machine's load drifts, and over the
