@@ -14,8 +14,11 @@ savepoint (see _serve).
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -113,6 +116,11 @@ class _Call:
 _Outcome = tuple[_Call, object, "BaseException | None"]
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds the lock asked for."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _deliver(outcomes: list[_Outcome]) -> None:
     """Hand results to their callers: one wake-up per event loop per batch."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
@@ -163,17 +171,22 @@ class SQLiteStore(Store):
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
+        self._turn: int | None = None  # the turnstile's file descriptor (see _begin)
         self._closed = False
 
     # --- plumbing --------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                 timeout=self._busy_ms / 1000)
-            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            import os
-            if os.environ.get("PAGE"):
-                db.execute(f"PRAGMA page_size = {os.environ['PAGE']}")
+            # No busy handler: SQLite's sleeps 1, 2, 5, 10... ms between tries, and
+            # the write lock is waited for in turn instead (_begin; reads retry in
+            # _patiently), up to busy_timeout all the same.
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=0)
+            if self._turn is None and self._path != ":memory:":
+                try:
+                    self._turn = os.open(self._path + "-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    db.close()
+                    raise sqlite3.OperationalError(f"cannot open {self._path}-turn: {exc}") from exc
             # WAL: readers never wait for the writer; NORMAL sync is durable across a
             # process crash (only an OS crash can lose the last transactions).
             self._retry_locked(db, "PRAGMA journal_mode = WAL")
@@ -286,6 +299,9 @@ class SQLiteStore(Store):
                 self._db = None
         except sqlite3.Error as exc:
             error = self._unavailable(exc)
+        if self._turn is not None:
+            os.close(self._turn)
+            self._turn = None
         # Nothing is queued after close() (the lock refuses it); answer anything anyway.
         late = [(c, None, StoreUnavailable("the SQLite store is closed")) for c in calls]
         calls.clear()
@@ -312,18 +328,75 @@ class SQLiteStore(Store):
         while calls and calls[0].fn is not None and not calls[0].writes:
             call = calls.popleft()
             try:
-                outcomes.append((call, self._call(self._connect(), call), None))
+                outcomes.append((call, self._patiently(lambda c=call: self._call(self._connect(), c)), None))
             except sqlite3.Error as exc:
                 outcomes.append((call, None, self._unavailable(exc)))
             except Exception as exc:
                 outcomes.append((call, None, exc))
         return outcomes
 
+    # --- the write lock, taken in turn -----------------------------------------------
+    # With two workers (or gateways) on one file, SQLite's own busy handler let the
+    # process that had just committed take the lock again, over and over, while the
+    # other slept 1, 2, 5, 10... ms between tries: `--workers auto` metered slower
+    # than one worker (issue 16).  Here a process that finds the lock taken first
+    # takes the turnstile, a flock on "<file>-turn", and keeps it while it tries
+    # (every 50 us, backing off to 0.5 ms); every process passes the turnstile
+    # before it asks for the lock, so the one that just committed waits behind the
+    # one already waiting.  Uncontended, that costs two flock calls a transaction.
+
+    _FIRST_PAUSE = 50e-6
+    _LAST_PAUSE = 0.0005
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, in turn with the other processes, up to busy_timeout."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = self._FIRST_PAUSE
+        turn = self._turn
+        have_turn = False
+        try:
+            while True:
+                if turn is not None and not have_turn:
+                    try:
+                        fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        have_turn = True
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                            raise sqlite3.OperationalError(f"turnstile: {exc}") from exc
+                if have_turn or turn is None:
+                    try:
+                        db.execute("BEGIN IMMEDIATE")
+                        return
+                    except sqlite3.OperationalError as exc:
+                        if not _busy(exc):
+                            raise
+                if time.monotonic() + pause > deadline:
+                    raise sqlite3.OperationalError("database is locked")
+                time.sleep(pause)  # in the store's own thread, never on the event loop
+                pause = min(pause * 2, self._LAST_PAUSE)
+        finally:
+            if have_turn:
+                fcntl.flock(turn, fcntl.LOCK_UN)  # type: ignore[arg-type]
+
+    def _patiently(self, fn: Callable[[], T]) -> T:
+        """A read, tried again while SQLite answers busy (WAL recovery after a crash,
+        a writer in exclusive mode), up to busy_timeout."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = self._FIRST_PAUSE
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, self._LAST_PAUSE)
+
     def _run_writes(self, calls: deque[_Call]) -> list[_Outcome]:
         """One BEGIN IMMEDIATE ... COMMIT over the calls at the head of the queue."""
         try:
             db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
         except sqlite3.Error as exc:  # e.g. locked past busy_timeout: so is every queued call
             failed = self._unavailable(exc)
             outcomes = []
