@@ -45,6 +45,12 @@ client.  Then paced rows: the client sends at half of a row's peak rate, and the
 p50/p99 it sees, with the ceiling at the one-worker gateway's pace as the
 reference for what the gateway adds.
 
+Memory per message under load is the peak columns above; then, after the timed
+run, each forwarding row takes one ``--big-mb`` MiB message (50 by default) in a
+session of its own, with every process's RSS high-water mark reset before it
+(/proc/PID/clear_refs): the last two columns are that message's peak, the sum of
+VmHWM and the largest total PSS sampled every 50 ms.  Every row accepts 64 MiB.
+
 With ``--rounds N`` every row is measured N times, each time from a fresh start,
 rows interleaved (each round starts one row later), and the table has the medians
 and each rate's spread: on a shared machine one round's figures swing widely.
@@ -79,8 +85,9 @@ from bench.submission_checks import (
     refuses_mismatched_sender,
     tree_cpu,
     tree_peak_rss,
+    tree_pids,
 )
-from bench.submission_client import Load, Outcome, run_load
+from bench.submission_client import Load, Outcome, message, run_load, send_one
 from bench.submission_peers import (
     DOMAIN,
     Ceiling,
@@ -107,6 +114,7 @@ class Setting:
     size: int = 5120
     processes: int = 2
     latency_seconds: float = 8.0
+    big_mb: int = 50  # one message this large after the timed run (0: none)
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,8 @@ class Row:
     refusal: str
     paced: tuple[float, float, float] | None = None  # (rate, p50, p99)
     rates: tuple[float, ...] = ()  # each round's, when combined
+    big_rss: int = 0  # one --big-mb message alone: the sum of VmHWM, reset before it
+    big_pss: int = 0  # ... and the largest total PSS sampled while it was sent
 
 
 def gateway_row(label: str, workers: str, store: str, checkout: Path | None = None,
@@ -209,6 +219,11 @@ def measure_row(spec: RowSpec, s: Setting) -> Row:
         paced = None
         if spec.paced and s.latency_seconds > 0:
             paced = sent(run_load(paced_load(s, server.port, timed.rate / 2)))
+        big_rss = big_pss = 0
+        if s.big_mb and spec.forwards:  # the ceiling row takes aiosmtpd's 32 MiB at most
+            big_rss, big_pss = one_big_message(s, server)
+            forwarded += 1
+            sink.wait_for(forwarded, timeout=300)
         messages = sink.messages()
         if len(messages) != forwarded:
             raise RuntimeError(f"{spec.label}: the sink holds {len(messages)} messages, "
@@ -223,7 +238,23 @@ def measure_row(spec: RowSpec, s: Setting) -> Row:
                    cpu / timed.messages, peak, memory.peak, timed.client_cpu / timed.messages,
                    len(messages), len(messages) if spec.signs else 0, refusal,
                    None if paced is None else (paced.rate, percentile(paced.latencies, 50),
-                                               percentile(paced.latencies, 99)))
+                                               percentile(paced.latencies, 99)),
+                   big_rss=big_rss, big_pss=big_pss)
+
+
+def one_big_message(s: Setting, server: Server) -> tuple[int, int]:
+    """Peak memory while one ``s.big_mb`` MiB message goes through in one session:
+    each process's RSS high-water mark is reset first (clear_refs 5), so the peak
+    is this message's, not the load's before it."""
+    for pid in tree_pids(server.roots()):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass  # gone meanwhile
+    login, password = s.logins[0]
+    with MemoryPeak(server.roots(), interval=0.05) as memory:
+        send_one(server.port, login, password, message(login, 10**6, s.big_mb * 2**20))
+    return tree_peak_rss(server.roots()), memory.peak
 
 
 def combine(rounds: list[Row]) -> Row:
@@ -236,7 +267,8 @@ def combine(rounds: list[Row]) -> Row:
                max(r.peak_pss for r in rounds), median("client_cpu_per_message"),
                sum(r.delivered for r in rounds), sum(r.signed for r in rounds), rounds[0].refusal,
                tuple(statistics.median(p[i] for p in paced) for i in range(3)) if paced else None,
-               tuple(r.rate for r in rounds))  # type: ignore[arg-type]
+               tuple(r.rate for r in rounds),  # type: ignore[arg-type]
+               max(r.big_rss for r in rounds), max(r.big_pss for r in rounds))
 
 
 def paced_load(s: Setting, port: int, rate: float) -> Load:
@@ -267,14 +299,16 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
           f"{os.cpu_count()} cores; latency is MAIL to the final reply after DATA; the median "
           f"of {max(len(r.rates) for r in rows_seen)} round(s)\n")
     print(f"{'row':<52} {'msg/s':>7} {'(rounds)':>9} {'× P+OD':>7} {'p50 ms':>7} {'p99 ms':>7} {'AUTH ms':>8} "
-          f"{'CPU/msg':>9} {'ΣRSS peak':>9} {'PSS peak':>9} {'client CPU/msg':>15}")
+          f"{'CPU/msg':>9} {'ΣRSS peak':>9} {'PSS peak':>9} {'client CPU/msg':>15}"
+          f"{f'{s.big_mb}MB ΣRSS':>11} {f'{s.big_mb}MB PSS':>10}")
     for r in rows_seen:
         ratio = f"{r.rate / reference:>7.2f}" if reference else f"{'':>7}"
         spread = f"{min(r.rates):.0f}-{max(r.rates):.0f}" if len(r.rates) > 1 else ""
         print(f"{r.label:<52} {r.rate:>7.0f} {spread:>9} {ratio} {1e3 * r.p50:>7.1f} {1e3 * r.p99:>7.1f} "
               f"{1e3 * r.auth:>8.1f} {1e6 * r.cpu_per_message:>6.0f} us {r.peak_rss / 2**20:>6.0f} MB "
               f"{r.peak_pss / 2**20:>6.0f} MB "
-              f"{1e6 * r.client_cpu_per_message:>12.0f} us")
+              f"{1e6 * r.client_cpu_per_message:>12.0f} us"
+              f"{r.big_rss / 2**20:>8.0f} MB {r.big_pss / 2**20:>7.0f} MB")
     ceiling = next((r for r in rows_seen if r.label == CEILING), None)
     fastest = max((r for r in rows_seen if r.label != CEILING), key=lambda r: r.rate, default=None)
     if ceiling is not None and fastest is not None:
@@ -323,6 +357,9 @@ def main() -> int:
                              "interleaved; the table has the medians")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run every portcullis row from this checkout, same run")
+    parser.add_argument("--big-mb", type=int, default=50,
+                        help="after the timed run, one message of this many MiB alone, for its "
+                             "peak memory (0: none)")
     parser.add_argument("--only", action="append", metavar="TEXT", default=[],
                         help="run only the rows whose label contains TEXT (repeatable); "
                              "the paced reference needs the one-worker SQLite row")
@@ -333,7 +370,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         s = Setting(Path(tmp), self_signed(Path(tmp)), accounts(args.sessions), args.messages,
-                    args.warmup, args.size, args.client_processes, args.latency_seconds)
+                    args.warmup, args.size, args.client_processes, args.latency_seconds, args.big_mb)
         specs = rows(args.baseline, args.only)
         measured: list[list[Row]] = [[] for _ in specs]
         for round_number in range(args.rounds):

@@ -192,3 +192,23 @@ def _expect(pipe, timeout: float, what):  # type: ignore[no-untyped-def]
     if (what == "ready" and got != "ready") or (isinstance(what, type) and not isinstance(got, what)):
         raise RuntimeError(f"client process sent {got!r}")
     return got
+
+
+def send_one(port: int, login: str, password: str, body: bytes, timeout: float = 300) -> None:
+    """One message in one session (STARTTLS, AUTH PLAIN), from this process: the
+    bench's large message, whose memory cost is the server's, not the client's."""
+    import aiosmtplib
+
+    async def main() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=timeout,
+                               local_hostname="client.bench.example")
+        await smtp.connect()
+        await smtp.starttls(tls_context=client_tls())
+        await smtp.ehlo()
+        await smtp.auth_plain(login, password)
+        errors, _reply = await smtp.sendmail(login, [RECIPIENT], body)
+        if errors:
+            raise RuntimeError(f"{login}: recipient refused: {errors}")
+        await smtp.quit()
+
+    asyncio.run(main())

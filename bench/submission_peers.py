@@ -39,6 +39,8 @@ from tests.support.servers import stop_group, tcp_open, wait_for
 DOMAIN = "acme.example"
 SELECTOR = "bench"
 BIG = 10**9
+# Every row accepts one message this large (bench/submission.py measures memory with it).
+BIG_MESSAGE_LIMIT = 64 * 1024 * 1024
 OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
 
 
@@ -155,6 +157,8 @@ class PostfixSubmission(Server):
                 "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
                 "smtpd_sender_restrictions": "reject_sender_login_mismatch",
                 "mynetworks": "",  # loopback must not relay without AUTH
+                # The bench's one large message (bench/submission.py, --big-mb) must fit.
+                "message_size_limit": str(BIG_MESSAGE_LIMIT),
             }
             if dkim is not None:
                 settings.update({"smtpd_milters": dkim.milter,
@@ -213,6 +217,7 @@ class Portcullis(Server):
                 store_config = {"backend": "sqlite", "path": str(d / "state.db")}
             (d / "gateway.yaml").write_text(yaml.safe_dump({
                 "hostname": "bench.gateway.test",
+                "limits": {"max_message_size": BIG_MESSAGE_LIMIT},
                 "listeners": {"submission": {"port": self.port,
                                              "tls": {"cert": str(cert[0]), "key": str(cert[1])}}},
                 "downstream": {"outbound": {"url": f"smtp://127.0.0.1:{sink_port}",
@@ -224,7 +229,8 @@ class Portcullis(Server):
                 "quotas": {k: BIG for k in ("messages_per_hour", "messages_per_day",
                                             "recipients_per_hour", "recipients_per_day",
                                             "concurrent_connections",
-                                            "recipient_domains_per_hour")},
+                                            "recipient_domains_per_hour")}
+                | {"max_message_size": BIG_MESSAGE_LIMIT},
                 "compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG},
             }))
             self.log = d / "gateway.log"

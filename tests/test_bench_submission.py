@@ -25,21 +25,24 @@ def setting() -> Iterator[Setting]:
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-test-") as tmp:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         yield Setting(Path(tmp), self_signed(Path(tmp)), accounts(4), messages=8, warmup=4,
-                      processes=1, latency_seconds=0)
+                      processes=1, latency_seconds=0, big_mb=2)
 
 
 @needs_postfix
 def test_postfix_with_opendkim_row_forwards_every_message_signed(setting):
     row = measure_row(postfix_row(REFERENCE, opendkim=True), setting)
-    assert (row.delivered, row.signed) == (12, 12)
+    assert (row.delivered, row.signed) == (13, 13)  # 4 + 8, and the one large message
     assert row.refusal.startswith("553 5.7.1"), row.refusal
     assert row.rate > 0 and row.cpu_per_message > 0 and row.peak_pss > 0
+    assert row.big_rss > 0 and row.big_pss > 0
 
 
 @needs_postfix
 def test_gateway_row_forwards_every_message_signed(setting):
     row = measure_row(gateway_row("portcullis --workers 1, sqlite", "1", "sqlite"), setting)
-    assert (row.delivered, row.signed) == (12, 12)
+    assert (row.delivered, row.signed) == (13, 13)
+    # The large message's own peak holds at least the 2 MiB it was.
+    assert 2 * 2**20 < row.big_pss
     assert row.refusal.startswith("553 5.7.1"), row.refusal
 
 
