@@ -9,13 +9,15 @@ submissions    465, TLS from the first      RFC 8314 implicit TLS
                byte
 =============  ==========================  ==============================
 
-`portcullis serve` opens the sockets before any worker starts and hands each worker
-its own (gateway/sockets.py: shared by our workers, by no other process).
+`portcullis serve` opens the sockets before any worker starts (gateway/sockets.py:
+shared by our workers, by no other process); with several workers, each takes
+connections in turn (gateway/accepting.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import replies
+from gateway.accepting import Share, TurnTakingServer
 from gateway.config.model import Listener
 from gateway.runtime import Runtime
 from gateway.smtp.handler import GatewayHandler
@@ -55,15 +58,18 @@ class ListenerState:
     name: str
     settings: Listener
     # One server per address of the listener.
-    servers: list[asyncio.Server] = field(default_factory=list)
+    servers: list[asyncio.Server | TurnTakingServer] = field(default_factory=list)
     connections: set[GatewaySMTP] = field(default_factory=set)
 
 
 class SMTPListeners:
     """Starts the configured listeners and stops them gracefully."""
 
-    def __init__(self, runtime: Runtime, tls_files: dict[str, tuple[Path, Path]]):
+    def __init__(self, runtime: Runtime, tls_files: dict[str, tuple[Path, Path]],
+                 share: Share | None = None):
         self.runtime = runtime
+        # With several workers: this one's place in their table of open sessions.
+        self._share = share
         self._tls_files = tls_files
         self.states: list[ListenerState] = []
         self._drained = asyncio.Event()
@@ -74,6 +80,8 @@ class SMTPListeners:
         """Serve on ``sockets`` (by field, ``listeners.inbound``), made by `serve`;
         without them (tests, benches) open each listener's address here."""
         cfg = self.runtime.config
+        if self._share is not None:
+            self._share.publish(0)  # started: the others may leave connections to it
         for name in ("inbound", "submission", "submissions"):
             settings: Listener | None = getattr(cfg.listeners, name)
             if settings is None:
@@ -90,12 +98,18 @@ class SMTPListeners:
                 sock = (sockets or {}).get(address.key)
                 if sock is None:
                     sock = open_socket(host, settings.port)
-                server = await loop.create_server(
-                    lambda h=handler, s=state, c=context: self._protocol(h, s, c),
-                    sock=sock,
-                    ssl=context if name == "submissions" else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None,
-                )
+                factory = functools.partial(self._protocol, handler, state, context)
+                implicit = context if name == "submissions" else None
+                timeout = TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None
+                server: asyncio.Server | TurnTakingServer
+                if self._share is not None:
+                    server = TurnTakingServer(sock, factory, share=self._share,
+                                              sessions=lambda: self.active_connections,
+                                              ssl_context=implicit, ssl_handshake_timeout=timeout)
+                    server.start()
+                else:
+                    server = await loop.create_server(factory, sock=sock, ssl=implicit,
+                                                      ssl_handshake_timeout=timeout)
                 state.servers.append(server)
                 log.info("listening: %s on %s", name, address)
             self.states.append(state)
@@ -143,10 +157,14 @@ class SMTPListeners:
         if screening is not None and handler.screening is not None:
             proto.screen = handler.screening.connection(screening)
         state.connections.add(proto)
+        if self._share is not None:
+            self._share.publish(self.active_connections)
         return proto
 
     def _closed(self, state: ListenerState, conn: GatewaySMTP) -> None:
         state.connections.discard(conn)
+        if self._share is not None:
+            self._share.publish(self.active_connections)
         if not self.active_connections:
             self._drained.set()
 

@@ -1,8 +1,8 @@
 """Running the gateway: one process, or a supervisor and N worker processes.
 
 Before any worker starts, the supervisor (or the single process) opens every
-listening socket, one SO_REUSEPORT socket per worker, so the kernel spreads
-connections over the workers and the gateway uses every core (Python's GIL caps
+listening socket, one per address, which every worker serves, taking connections
+in turn (gateway/accepting.py), so the gateway uses every core (Python's GIL caps
 one process at one); it refuses to start, on one line, when another process holds
 one of the addresses (gateway/sockets.py).  Workers share nothing in memory: state that must be exact
 across them (quota counters, lockouts, suspensions) lives in the store.
@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from gateway.accepting import LoadTable, Share
 from gateway.accounts.factory import build_source
 from gateway.admin import actions
 from gateway.admin.server import AdminServer
@@ -244,12 +245,13 @@ class Gateway:
 
     def __init__(self, loaded: Loaded, files: dict[str, tuple[Path, Path]], *,
                  clock: Callable[[], float] = time.time, quotas: bool = True,
-                 admin: bool = True, supervised: bool = False):
+                 admin: bool = True, supervised: bool = False, share: Share | None = None):
         self.path = loaded.path
         # Reloads re-parse only the policy files changed since (gateway/config/policy_cache.py).
         self._policy_cache = loaded.policy_cache
         self.runtime = build_runtime(loaded, clock=clock, quotas=quotas)
-        self.listeners = SMTPListeners(self.runtime, files)
+        # With several workers: this one's place among them (gateway/accepting.py).
+        self.listeners = SMTPListeners(self.runtime, files, share=share)
         self._tls_files = files
         self.endpoint: OpsHTTPServer | None = None
         # The admin listener (gateway/admin/): in one process only (the first worker),
@@ -462,8 +464,8 @@ class Gateway:
 
 async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]],
                      sockets: dict[str, socket.socket], *, admin: bool = True,
-                     supervised: bool = False) -> None:
-    gateway = Gateway(loaded, files, admin=admin, supervised=supervised)
+                     supervised: bool = False, share: Share | None = None) -> None:
+    gateway = Gateway(loaded, files, admin=admin, supervised=supervised, share=share)
     await gateway.start(sockets)
     settle_heap()
     stop = asyncio.Event()
@@ -628,6 +630,9 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
     stopping = False
     hangups = 0  # SIGHUPs since start: workers started after one load the files anew
 
+    # Open sessions per worker, in shared memory: the workers take connections in turn.
+    table = LoadTable(workers)
+
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
@@ -635,12 +640,15 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, _remember_hangup)  # until run_worker handles it
-            # The other slots' sockets are not this worker's to keep open.
-            release(other for i, other in enumerate(slots) if i != slot)
+            # Another slot's socket that is not also this worker's is not its to keep open.
+            mine = {id(sock) for sock in slots[slot].values()}
+            release({k: sock for k, sock in other.items() if id(sock) not in mine}
+                    for i, other in enumerate(slots) if i != slot)
             try:
                 install_event_loop_policy()
                 asyncio.run(run_worker(load_for_new_worker(loaded) if hangups else loaded, files,
-                                       slots[slot], admin=slot == 0, supervised=True))
+                                       slots[slot], admin=slot == 0, supervised=True,
+                                       share=Share(table, slot)))
                 code = 0
             except Exception:
                 log.exception("worker %d crashed", slot)
@@ -688,6 +696,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
         slot = children.pop(pid, None)
         if slot is None:
             continue
+        table.gone(slot)  # the others stop leaving connections to it
         if metrics_module.is_multiprocess():
             metrics_module.worker_exited(pid)
         if not stopping:

@@ -1,17 +1,16 @@
 """The listening sockets of one gateway, which no other process may share.
 
-Several worker processes serve each address: each has its own SO_REUSEPORT socket,
-so the kernel spreads connections over the workers' accept queues (one shared
-inherited socket would wake every worker for each connection and pile the work on
-whichever was idle last).  SO_REUSEPORT alone would also let a second gateway run by
-the same user join in silently, with its own configuration and its own state; so
-before opening them the gateway binds each address once *without* SO_REUSEPORT, which
-the kernel refuses while anyone holds it (sharing needs the option on every socket),
-as Postfix refuses to start with "address already in use".
+Each address has one socket, opened by the supervisor (or the single process)
+before any worker starts and held until it stops; every worker serves it, taking
+connections in turn (gateway/accepting.py: one SO_REUSEPORT socket per worker let
+the kernel hash long-lived sessions unevenly over the workers).  The socket is
+bound without SO_REUSEPORT, which the kernel refuses while anyone holds the
+address, so a second gateway run by the same user cannot join in with its own
+configuration and its own state: it refuses to start, as Postfix does with
+"address already in use".
 
-The supervisor (or the single process) opens every socket before any worker starts and
-holds them until it stops: a worker restarted after a crash takes its slot's socket
-again, and the address is never free for someone else in between.
+A worker restarted after a crash serves the same socket again, and the address is
+never free for someone else in between.
 """
 
 from __future__ import annotations
@@ -51,16 +50,14 @@ class AddressUnavailable(Exception):
         super().__init__(f"{address.field}: {address}: {reason}")
 
 
-def open_socket(host: str, port: int, *, shared: bool = False) -> socket.socket:
-    """A listening socket; ``shared`` lets this process's other sockets bind it too."""
+def open_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that no other socket may share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR: a restart need not wait for the old connections' TIME_WAIT; on
         # Linux it never lets two sockets listen on one address.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if shared:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -81,30 +78,24 @@ def _explain(exc: OSError) -> str:
 
 
 def claim(addresses: Iterable[Address], copies: int) -> list[dict[str, socket.socket]]:
-    """``copies`` sockets per address, one set per worker slot, keyed by Address.key.
+    """One socket per address, keyed by Address.key, and the same sockets for each of
+    ``copies`` worker slots (every worker serves every address).
 
     Raises AddressUnavailable (nothing left open) when an address is held by another
     process or cannot be bound.
     """
-    addresses = list(addresses)
-    slots: list[dict[str, socket.socket]] = [{} for _ in range(copies)]
+    opened: dict[str, socket.socket] = {}
     try:
         for address in addresses:
             try:
-                if copies == 1:
-                    # One process: an exclusive socket, nothing to share.
-                    slots[0][address.key] = open_socket(address.host, address.port)
-                    continue
-                # The probe: fails with EADDRINUSE if any socket, shared or not, holds it.
-                open_socket(address.host, address.port).close()
-                for slot in slots:
-                    slot[address.key] = open_socket(address.host, address.port, shared=True)
+                # Exclusive: fails with EADDRINUSE if any socket, shared or not, holds it.
+                opened[address.key] = open_socket(address.host, address.port)
             except OSError as exc:
                 raise AddressUnavailable(address, _explain(exc)) from None
     except AddressUnavailable:
-        release(slots)
+        release([opened])
         raise
-    return slots
+    return [opened for _ in range(max(1, copies))]
 
 
 def release(slots: Iterable[dict[str, socket.socket]]) -> None:

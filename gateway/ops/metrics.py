@@ -5,7 +5,7 @@ One :class:`Metrics` object is made at start-up and handed to whoever counts
 owns its own ``CollectorRegistry``, so tests and several gateways in one
 process never share a counter.
 
-Several worker processes (SO_REUSEPORT) are aggregated with prometheus_client's
+Several worker processes (sharing the ports) are aggregated with prometheus_client's
 multiprocess mode: each worker writes its values to memory-mapped files in one
 shared directory, and the single HTTP server sums them at scrape time
 (:func:`multiprocess_registry`).  :func:`prepare_multiprocess` must run in the

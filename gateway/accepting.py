@@ -1,0 +1,183 @@
+"""Workers take connections in turn from one listening socket they share.
+
+With one SO_REUSEPORT socket per worker, the kernel hashes each new connection to
+a worker, whatever that worker already carries.  Mail clients keep their sessions
+open, so a few dozen sessions spread unevenly: in bench/submission.py, 20
+sessions landed 15 on one worker and 5 on the other, and the busy one set the
+pace while the other idled (issue 16: `--workers auto` barely beat one worker).
+
+So the workers share one socket per address, and each takes a connection only
+while it carries no more sessions than the least-loaded worker: each worker
+publishes its count of open sessions in a table of shared memory (one slot per
+worker, made by the supervisor before it forks), and one that is ahead steps
+aside.  All are woken for a new connection; the one behind takes it.  A worker
+that steps aside looks again after ``STEP_ASIDE`` and then takes what is still
+waiting, so a stalled or dying worker delays a connection by that much, never
+strands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import mmap
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("portcullis.accepting")
+
+# How long a worker that is ahead leaves a new connection to the others.
+STEP_ASIDE = 0.02
+# A slot whose worker is gone (restarting): never the least loaded.
+GONE = 2**62
+# Errors accept() gives under resource exhaustion: pause as asyncio does, then go on.
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+EXHAUSTED_PAUSE = 1.0
+
+
+def takes_next(mine: int, loads: Sequence[int]) -> bool:
+    """May the worker carrying ``mine`` sessions take the next connection, the
+    workers carrying ``loads`` (every slot, its own included)?  Only if none carries
+    fewer: ties take it together, and whoever accepts first has it."""
+    return mine <= min(loads)
+
+
+class LoadTable:
+    """Open sessions per worker, in memory shared by the supervisor's forked workers."""
+
+    def __init__(self, slots: int):
+        # Anonymous and shared: the workers fork after it exists, and see each other's writes.
+        self._memory = mmap.mmap(-1, 8 * slots)
+        self._loads = memoryview(self._memory).cast("q")
+        for slot in range(slots):
+            self._loads[slot] = GONE  # until its worker has started
+
+    def publish(self, slot: int, sessions: int) -> None:
+        self._loads[slot] = sessions
+
+    def gone(self, slot: int) -> None:
+        """The slot's worker exited: the others stop waiting for it to catch up."""
+        self._loads[slot] = GONE
+
+    def loads(self) -> list[int]:
+        return self._loads.tolist()
+
+
+class Share:
+    """This worker's place in the table: what its listeners need to take turns."""
+
+    def __init__(self, table: LoadTable, slot: int):
+        self.table, self.slot = table, slot
+
+    def publish(self, sessions: int) -> None:
+        self.table.publish(self.slot, sessions)
+
+    def takes_next(self, sessions: int) -> bool:
+        return takes_next(sessions, self.table.loads())
+
+
+class TurnTakingServer:
+    """Accepts from a listening socket shared with the other workers, in turn (above).
+
+    Duck-types what SMTPListeners uses of asyncio.Server: close(), wait_closed(),
+    is_serving()."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], *,
+                 share: Share, sessions: Callable[[], int],
+                 ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None):
+        self._sock = sock
+        self._factory = factory
+        self._share = share
+        self._sessions = sessions
+        self._ssl = ssl_context
+        self._handshake_timeout = ssl_handshake_timeout
+        self._loop = asyncio.get_running_loop()
+        self._reading = False
+        self._serving = False
+        self._later: asyncio.TimerHandle | None = None
+        self._starting: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        self._serving = True
+        self._watch()
+
+    def _watch(self) -> None:
+        if self._serving and not self._reading:
+            self._loop.add_reader(self._sock.fileno(), self._ready)
+            self._reading = True
+
+    def _unwatch(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+
+    def _ready(self) -> None:
+        if not self._share.takes_next(self._sessions()):
+            # Another worker carries fewer: leave this one to it, look again later.
+            self._unwatch()
+            self._later = self._loop.call_later(STEP_ASIDE, self._after_stepping_aside)
+            return
+        self._accept()
+
+    def _after_stepping_aside(self) -> None:
+        self._later = None
+        if not self._serving:
+            return
+        # Still waiting after STEP_ASIDE: the others did not take it; this worker does.
+        if self._accept():
+            self._watch()
+
+    def _accept(self) -> bool:
+        """Take one waiting connection; False when accepting must pause."""
+        try:
+            conn, _peer = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return True  # another worker took it, or the client gave up
+        except OSError as exc:
+            if exc.errno in _EXHAUSTED:
+                log.error("cannot accept connections (%s); trying again in %.0f s",
+                          exc.strerror or exc, EXHAUSTED_PAUSE)
+                self._unwatch()
+                self._later = self._loop.call_later(EXHAUSTED_PAUSE, self._resume)
+                return False
+            raise
+        conn.setblocking(False)
+        task = self._loop.create_task(self._connect(conn))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+        return True
+
+    def _resume(self) -> None:
+        self._later = None
+        self._watch()
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=self._handshake_timeout)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            # What asyncio's own server does: a client that failed its TLS handshake
+            # or left at once is no error of ours (the transport is closed).
+            log.debug("incoming connection dropped before it started: %r", exc)
+            conn.close()
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def close(self) -> None:
+        """Stop accepting; connections already taken go on."""
+        self._serving = False
+        self._unwatch()
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+
+    async def wait_closed(self) -> None:
+        if self._starting:
+            await asyncio.wait(list(self._starting), timeout=5)
