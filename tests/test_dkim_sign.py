@@ -23,6 +23,7 @@ from gateway.dkim.sign import (
     check_line_endings,
     sign_message,
     sign_message_off_loop,
+    sign_message_where_cheapest,
     signed_headers,
 )
 from tests.support.authdns import authdns_module_factory  # noqa: F401
@@ -332,6 +333,33 @@ def test_sign_message_off_loop_signs_in_a_worker_thread(world, monkeypatch):
     sigs = asyncio.run(run())
     assert threads and threads[0] is not threading.main_thread()
     assert dkimpy_results(sigs + MESSAGE, world.dns.port) == [True]
+
+
+def test_ordinary_mail_is_signed_on_the_loop_and_a_large_message_in_a_thread(world, monkeypatch):
+    # cryptography holds the GIL through RSA, so a thread only adds its hop for
+    # ordinary mail (issue 16); a large body's hashing (hashlib drops the GIL) is
+    # still worth one.
+    import gateway.dkim.sign as sign_module
+
+    threads = []
+    real = sign_module.sign_message
+
+    def spy(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(sign_module, "sign_message", spy)
+    stamp = b"Received: from client by gateway; Mon, 23 Nov 2026 19:00:00 +0000\r\n"
+    large = MESSAGE + b"x" * (sign_module.INLINE_MAX_BYTES - len(MESSAGE) - len(stamp) + 1) + b"\r\n"
+
+    async def run(message: bytes) -> bytes:
+        return await sign_message_where_cheapest(message, [world.keys["rsa1"]], NOW, prefix=stamp)
+
+    for message, on_loop in ((MESSAGE, True), (large, False)):
+        threads.clear()
+        sigs = asyncio.run(run(message))
+        assert len(threads) == 1 and (threads[0] is threading.main_thread()) is on_loop
+        assert dkimpy_results(sigs + stamp + message, world.dns.port) == [True]
 
 
 def test_control_without_oversigning_an_added_top_from_would_pass(world):

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from gateway.serve import JsonFormatter
-from gateway.smtp.protocol import with_id
+from gateway.smtp.protocol import new_connection_id, with_id
 from tests.conftest import customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.submission import Clock, auth_plain, connect, logged_in
@@ -329,3 +329,26 @@ def test_an_id_never_takes_a_reply_line_past_rfc_5321s_512_octets(status):
     assert marked.endswith(" (id K3M2Q7ZP4XAB.12)")
     assert all(len(line) + 2 <= 512 for line in marked.split("\r\n"))
     assert marked.split("\r\n")[0][:9] == status[:9]
+
+
+def test_connection_ids_drawn_in_batches_stay_twelve_base32_characters_and_unique():
+    ids = [new_connection_id() for _ in range(3 * 256 + 7)]  # across several draws
+    assert all(re.fullmatch(r"[A-Z2-7]{12}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_worker_never_hands_out_an_id_its_parent_drew():
+    import os
+
+    new_connection_id()  # the parent holds a drawn batch
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: its first ids, then gone
+        os.write(write, " ".join(new_connection_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {new_connection_id() for _ in range(300)}  # the rest of its batch and more
+    assert len(child) == 5 and not child & parent

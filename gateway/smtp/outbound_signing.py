@@ -2,8 +2,9 @@
 
 Called by the handler at end of DATA on the submission listeners, after the
 sender checks and our own stamps, as the last change before forwarding (a
-signature must cover the message exactly as it leaves).  Signing runs in a
-worker thread: an RSA signature must not stall other sessions.
+signature must cover the message exactly as it leaves).  Ordinary mail is
+signed on the event loop, a large message in a worker thread
+(gateway/dkim/sign.py: INLINE_MAX_BYTES says why).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gateway.accounts.source import Identity
 from gateway.config.dkim import DkimPolicy
 from gateway.dkim.keystore import KeyStore
 from gateway.dkim.publication import KeyVerdicts
-from gateway.dkim.sign import MalformedMessage, sign_message_off_loop, signing_facts
+from gateway.dkim.sign import MalformedMessage, sign_message_where_cheapest, signing_facts
 from gateway.message import Message
 from gateway.replies import Reply
 from gateway.rules.signing import decide_signing
@@ -58,8 +59,8 @@ async def sign_outbound(keystore: KeyStore, identity: Identity, owned: Collectio
     if not decision.keys:
         return SigningOutcome(None, b"", ())
     try:
-        header = await sign_message_off_loop(message, decision.keys, int(now), decision.expire_after,
-                                             prefix=prefix)
+        header = await sign_message_where_cheapest(message, decision.keys, int(now),
+                                                   decision.expire_after, prefix=prefix)
     except MalformedMessage:
         return SigningOutcome(replies.MALFORMED_HEADER, b"", ())
     made = tuple(f"d={k.domain} s={k.selector} a={k.algorithm}" for k in decision.keys)

@@ -42,6 +42,7 @@ import base64
 import binascii
 import inspect
 import logging
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -109,9 +110,22 @@ def with_id(status: str, ident: str) -> str:
     return f"{head}{sep}{last}{suffix}"
 
 
+# Connection ids drawn 256 at a time: base64.b32encode is Python code, and its
+# per-call overhead was about 1% of the plain inbound path (a connection a message).
+# 10 random bytes are exactly 16 base32 characters, so each id is the first 12 of
+# its own 16: the same 60 bits an id drawn alone has.
+_IDS_PER_DRAW = 256
+_ids: list[str] = []
+# A forked worker must not hand out the ids its parent drew.
+os.register_at_fork(after_in_child=_ids.clear)
+
+
 def new_connection_id() -> str:
     """Short, unique enough to grep: 12 base32 characters (60 bits)."""
-    return base64.b32encode(secrets.token_bytes(10)).decode()[:12]
+    if not _ids:
+        text = base64.b32encode(secrets.token_bytes(10 * _IDS_PER_DRAW)).decode()
+        _ids.extend(text[i:i + 12] for i in range(0, len(text), 16))
+    return _ids.pop()
 
 
 def with_enhanced_code(status: str) -> str:
