@@ -45,6 +45,7 @@ from gateway.store.base import (
     TakenReport,
     retry_after_for,
 )
+from gateway.store.wal_checkpoint import WAL_SIZE_LIMIT, Checkpointer
 from gateway.values.dmarc_reports import RETENTION, report_id
 
 T = TypeVar("T")
@@ -172,6 +173,7 @@ class SQLiteStore(Store):
         self._worker: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._turn: int | None = None  # the turnstile's file descriptor (see _begin)
+        self._checkpointer: Checkpointer | None = None
         self._closed = False
 
     # --- plumbing --------------------------------------------------------------
@@ -191,9 +193,16 @@ class SQLiteStore(Store):
             # process crash (only an OS crash can lose the last transactions).
             self._retry_locked(db, "PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            # The log is checkpointed by a thread of its own, not inside a COMMIT
+            # (gateway/store/wal_checkpoint.py says why).
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._retry_locked(db, _SCHEMA)
             self._migrate(db)
             self._db = db
+            if self._path != ":memory:" and self._checkpointer is None:
+                self._checkpointer = Checkpointer(self._path)
+                self._checkpointer.start()
         return self._db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -293,9 +302,12 @@ class SQLiteStore(Store):
     def _shut(self, calls: deque[_Call]) -> None:
         closing = calls.popleft()
         error: BaseException | None = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         try:
             if self._db is not None:
-                self._db.close()
+                self._db.close()  # the last connection to close checkpoints what is left
                 self._db = None
         except sqlite3.Error as exc:
             error = self._unavailable(exc)
