@@ -11,9 +11,10 @@ while it carries no more sessions than the least-loaded worker: each worker
 publishes its count of open sessions in a table of shared memory (one slot per
 worker, made by the supervisor before it forks), and one that is ahead steps
 aside.  All are woken for a new connection; the one behind takes it.  A worker
-that steps aside looks again after ``STEP_ASIDE`` and then takes what is still
-waiting, so a stalled or dying worker delays a connection by that much, never
-strands it.
+that stepped aside looks again after ``STEP_ASIDE``; if it is still ahead and a
+connection has been waiting at each of ``FORCE_AFTER`` looks in a row, it takes
+every connection waiting, so a stalled worker delays clients by about
+``STEP_ASIDE * FORCE_AFTER``, never strands them.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from typing import Any
 
 log = logging.getLogger("portcullis.accepting")
 
-# How long a worker that is ahead leaves a new connection to the others.
-STEP_ASIDE = 0.02
+# How long a worker that is ahead leaves new connections to the others, and after how
+# many such pauses in a row with connections still waiting it takes them anyway.
+STEP_ASIDE = 0.002
+FORCE_AFTER = 5
+# At most this many connections taken in one go when forcing (asyncio's backlog loop).
+FORCED_BATCH = 64
 # A slot whose worker is gone (restarting): never the least loaded.
 GONE = 2**62
 # Errors accept() gives under resource exhaustion: pause as asyncio does, then go on.
@@ -98,6 +103,8 @@ class TurnTakingServer:
         self._reading = False
         self._serving = False
         self._later: asyncio.TimerHandle | None = None
+        # Looks in a row at which this worker was ahead with a connection waiting.
+        self._passed = 0
         self._starting: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
@@ -115,27 +122,31 @@ class TurnTakingServer:
             self._reading = False
 
     def _ready(self) -> None:
-        if not self._share.takes_next(self._sessions()):
-            # Another worker carries fewer: leave this one to it, look again later.
-            self._unwatch()
-            self._later = self._loop.call_later(STEP_ASIDE, self._after_stepping_aside)
+        if self._share.takes_next(self._sessions()):
+            self._passed = 0
+            self._accept()
             return
-        self._accept()
-
-    def _after_stepping_aside(self) -> None:
-        self._later = None
-        if not self._serving:
+        self._passed += 1
+        if self._passed > FORCE_AFTER:
+            # Left waiting at every look: the others are not taking them; this one does.
+            self._passed = 0
+            for _ in range(FORCED_BATCH):
+                if not self._accept(drain=True):
+                    break
             return
-        # Still waiting after STEP_ASIDE: the others did not take it; this worker does.
-        if self._accept():
-            self._watch()
+        # Another worker carries fewer: leave this one to it, look again soon.
+        self._unwatch()
+        self._later = self._loop.call_later(STEP_ASIDE, self._resume)
 
-    def _accept(self) -> bool:
-        """Take one waiting connection; False when accepting must pause."""
+    def _accept(self, drain: bool = False) -> bool:
+        """Take one waiting connection.  False when accepting must pause, or (with
+        ``drain``) when none was waiting."""
         try:
             conn, _peer = self._sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return True  # another worker took it, or the client gave up
+        except (BlockingIOError, InterruptedError):
+            return not drain  # none waiting: another worker took it
+        except ConnectionAbortedError:
+            return True  # the client gave up: on to the next
         except OSError as exc:
             if exc.errno in _EXHAUSTED:
                 log.error("cannot accept connections (%s); trying again in %.0f s",

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gateway.accepting import GONE, STEP_ASIDE, LoadTable, Share, TurnTakingServer, takes_next
+from gateway.accepting import FORCE_AFTER, GONE, STEP_ASIDE, LoadTable, Share, TurnTakingServer, takes_next
 from tests.test_serve import start, wait_listening, write_config
 
 
@@ -79,14 +79,14 @@ def served(loads: list[int], mine: int, connections: int = 1) -> list[float]:
 
 
 def test_a_worker_behind_takes_connections_at_once():
-    assert max(served([2, 5], mine=2, connections=5)) < STEP_ASIDE
+    assert max(served([2, 5], mine=2, connections=5)) < STEP_ASIDE * FORCE_AFTER
 
 
 def test_a_worker_ahead_steps_aside_yet_takes_what_the_others_leave():
     # Slot 1 says it carries fewer but never accepts (stalled): slot 0 takes each
-    # connection once it has left it STEP_ASIDE to the other.
+    # connection once it has left it to the other FORCE_AFTER times STEP_ASIDE.
     waits = served([6, 1], mine=6, connections=3)
-    assert all(STEP_ASIDE * 0.8 < w < 1.0 for w in waits), waits
+    assert all(STEP_ASIDE * FORCE_AFTER * 0.8 < w < 1.0 for w in waits), waits
 
 
 def test_a_closed_server_takes_nothing_more():
@@ -101,7 +101,7 @@ def test_a_closed_server_takes_nothing_more():
         assert not server.is_serving()
         reader, writer = await asyncio.open_connection(*listener.getsockname())
         try:
-            await asyncio.wait_for(reader.readline(), STEP_ASIDE * 10)
+            await asyncio.wait_for(reader.readline(), STEP_ASIDE * FORCE_AFTER * 10)
             return True
         except TimeoutError:
             return False
