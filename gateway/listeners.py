@@ -10,8 +10,8 @@ submissions    465, TLS from the first      RFC 8314 implicit TLS
 =============  ==========================  ==============================
 
 `portcullis serve` opens the sockets before any worker starts (gateway/sockets.py:
-shared by our workers, by no other process); with several workers, each takes
-connections in turn (gateway/accepting.py).
+shared by our workers, by no other process); with several workers, the submission
+listeners' connections are taken in turn (gateway/accepting.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gateway.config.model import Listener
 from gateway.runtime import Runtime
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.protocol import GatewaySMTP
-from gateway.sockets import Address, open_socket
+from gateway.sockets import TURN_TAKING, Address, open_socket
 from gateway.tls import server_context
 
 log = logging.getLogger("portcullis.listeners")
@@ -87,6 +87,7 @@ class SMTPListeners:
             if settings is None:
                 continue
             state = ListenerState(name, settings)
+            self.states.append(state)  # before it serves: its sessions count from the first
             context = None
             if name in self._tls_files:
                 context = server_context(*self._tls_files[name])
@@ -102,9 +103,9 @@ class SMTPListeners:
                 implicit = context if name == "submissions" else None
                 timeout = TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None
                 server: asyncio.Server | TurnTakingServer
-                if self._share is not None:
+                if self._share is not None and address.field in TURN_TAKING:
                     server = TurnTakingServer(sock, factory, share=self._share,
-                                              sessions=lambda: self.active_connections,
+                                              sessions=self._submission_sessions,
                                               ssl_context=implicit, ssl_handshake_timeout=timeout)
                     server.start()
                 else:
@@ -112,7 +113,6 @@ class SMTPListeners:
                                                       ssl_handshake_timeout=timeout)
                 state.servers.append(server)
                 log.info("listening: %s on %s", name, address)
-            self.states.append(state)
 
     def _protocol(self, handler: GatewayHandler, state: ListenerState,
                   context: ssl.SSLContext | None) -> GatewaySMTP:
@@ -157,14 +157,14 @@ class SMTPListeners:
         if screening is not None and handler.screening is not None:
             proto.screen = handler.screening.connection(screening)
         state.connections.add(proto)
-        if self._share is not None:
-            self._share.publish(self.active_connections)
+        if self._share is not None and name != "inbound":
+            self._share.publish(self._submission_sessions())
         return proto
 
     def _closed(self, state: ListenerState, conn: GatewaySMTP) -> None:
         state.connections.discard(conn)
-        if self._share is not None:
-            self._share.publish(self.active_connections)
+        if self._share is not None and state.name != "inbound":
+            self._share.publish(self._submission_sessions())
         if not self.active_connections:
             self._drained.set()
 
@@ -172,6 +172,10 @@ class SMTPListeners:
         """Listeners that are not accepting connections (for /readyz)."""
         return [f"listener {s.name}: not serving" for s in self.states
                 if not s.servers or not all(server.is_serving() for server in s.servers)]
+
+    def _submission_sessions(self) -> int:
+        """What the workers balance (gateway/accepting.py): open submission sessions."""
+        return sum(len(s.connections) for s in self.states if s.name != "inbound")
 
     @property
     def active_connections(self) -> int:

@@ -1,9 +1,9 @@
 """Running the gateway: one process, or a supervisor and N worker processes.
 
 Before any worker starts, the supervisor (or the single process) opens every
-listening socket, one per address, which every worker serves, taking connections
-in turn (gateway/accepting.py), so the gateway uses every core (Python's GIL caps
-one process at one); it refuses to start, on one line, when another process holds
+listening socket (gateway/sockets.py: the MX's one per worker, the submission
+ports' one served by every worker in turn, gateway/accepting.py), so the gateway
+uses every core (Python's GIL caps one process at one); it refuses to start, on one line, when another process holds
 one of the addresses (gateway/sockets.py).  Workers share nothing in memory: state that must be exact
 across them (quota counters, lockouts, suspensions) lives in the store.
 
