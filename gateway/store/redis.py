@@ -55,6 +55,7 @@ from gateway.store.base import (
     Suspension,
     TakenReport,
 )
+from gateway.store.redis_pipe import ScriptPipe, speaks_plainly
 from gateway.values.dmarc_reports import DAY, RETENTION
 
 # Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
@@ -580,10 +581,20 @@ class RedisStore(Store):
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
         self._begin_message = self._r.register_script(_BEGIN_MESSAGE)
+        # The scripts every message runs go on one pipelined connection (redis_pipe.py).
+        self._pipe = ScriptPipe(url, timeout) if speaks_plainly(url) else None
 
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis store: {exc}") from exc
+
+    async def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        if self._pipe is None:
+            return await self._call(script(keys=keys, args=args))
+        try:
+            return await self._pipe.run_script(script.sha, script.script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
@@ -775,7 +786,7 @@ class RedisStore(Store):
                      for s in step.sums],
         }
         # cjson turns an empty list into an object; '#' of an empty table is 0 either way.
-        out = await self._call(self._meter(keys=[], args=[json.dumps(body)]))
+        out = await self._run(self._meter, [], [json.dumps(body)])
         bar = out.index("|", 3)
         charged = tuple(int(u) for u in out[3:bar])
         if int(out[0]) == 1:
@@ -792,15 +803,16 @@ class RedisStore(Store):
 
     async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
                             ttl: float) -> Suspension | None:
-        body = await self._call(self._begin_message(
-            keys=[self._prefix + "suspensions", self._k("s", slot_key)],
-            args=[login, _num(now), _num(ttl), lease_id or ""]))
+        body = await self._run(self._begin_message, [self._prefix + "suspensions", self._k("s", slot_key)],
+                               [login, _num(now), _num(ttl), lease_id or ""])
         if body is None:
             return None
         d = json.loads(body)
         return Suspension(login, d["since"], d["reason"], d["evidence"])
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         try:
             await self._r.aclose()
         except (RedisError, OSError):
