@@ -581,7 +581,8 @@ class RedisStore(Store):
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
         self._begin_message = self._r.register_script(_BEGIN_MESSAGE)
-        # The scripts every message runs go on one pipelined connection (redis_pipe.py).
+        # The scripts (every message runs some) go on one pipelined connection
+        # (redis_pipe.py); plain commands on redis-py's pool.
         self._pipe = ScriptPipe(url, timeout) if speaks_plainly(url) else None
 
     async def _call(self, awaitable: Any) -> Any:
@@ -612,7 +613,7 @@ class RedisStore(Store):
             keys += [k, k + ":p", k + ":n", self._k("h", c.hold or "-")]
             args += [_num(c.window), str(-1 if c.limit is None else c.limit), str(c.amount),
                      _member(c), "1" if c.hold is not None else "0"]
-        out = await self._call(self._charge(keys=keys, args=args))
+        out = await self._run(self._charge, keys, args)
         used = tuple(int(u) for u in out[3:])
         if int(out[0]) == 1:
             return ChargeResult(True, used)
@@ -622,12 +623,12 @@ class RedisStore(Store):
     async def commit(self, holds: Iterable[str], now: float) -> None:
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._call(self._settle(keys=keys, args=[_num(now), "commit"]))
+            await self._run(self._settle, keys, [_num(now), "commit"])
 
     async def release(self, holds: Iterable[str], now: float) -> None:
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._call(self._settle(keys=keys, args=[_num(now), "release"]))
+            await self._run(self._settle, keys, [_num(now), "release"])
 
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
         if not charges:
@@ -637,14 +638,13 @@ class RedisStore(Store):
             k = self._k("c", c.key)
             keys += [k, k + ":p", k + ":n"]
         args = [_num(now)] + [_num(c.window) for c in charges] + [_member(c) for c in charges]
-        out = await self._call(self._usage(keys=keys, args=args))
+        out = await self._run(self._usage, keys, args)
         return tuple(int(u) for u in out)
 
     # --- concurrent connections ------------------------------------------------
     async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
-        got = await self._call(self._acquire(
-            keys=[self._k("s", key)],
-            args=[_num(now), _num(ttl), str(-1 if limit is None else limit), lease_id]))
+        got = await self._run(self._acquire, [self._k("s", key)],
+                              [_num(now), _num(ttl), str(-1 if limit is None else limit), lease_id])
         return int(got) == 1
 
     async def release_slot(self, key: str, lease_id: str) -> None:
@@ -657,22 +657,22 @@ class RedisStore(Store):
     async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
                               now: float) -> AttemptReservation:
         keys = [self._k("f", k) for k, _ in limits] + [self._k("l", k) for k, _ in limits]
-        out = await self._call(self._reserve(
-            keys=keys, args=[_num(now), _num(window), attempt, *(str(n) for _, n in limits)]))
+        out = await self._run(self._reserve, keys,
+                              [_num(now), _num(window), attempt, *(str(n) for _, n in limits)])
         counts = tuple(int(c) for c in out[3:])
         return AttemptReservation(int(out[0]) == 1, counts, float(out[1]) if out[1] else None,
                                   float(out[2]) if out[2] else None)
 
     async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         if keys:
-            await self._call(self._fail_attempt(keys=[self._k("f", k) for k in keys], args=[attempt]))
+            await self._run(self._fail_attempt, [self._k("f", k) for k in keys], [attempt])
 
     async def give_back_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         if keys:
-            await self._call(self._give_back(keys=[self._k("f", k) for k in keys], args=[attempt]))
+            await self._run(self._give_back, [self._k("f", k) for k in keys], [attempt])
 
     async def lock(self, key: str, until: float, now: float) -> None:
-        await self._call(self._lock(keys=[self._k("l", key)], args=[_num(until), _num(now)]))
+        await self._run(self._lock, [self._k("l", key)], [_num(until), _num(now)])
 
     async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
         if not keys:
@@ -737,7 +737,7 @@ class RedisStore(Store):
             args += [json.dumps({"id": e.id, "cid": e.cid, "ts": e.ts, "kind": e.kind,
                                  "record": dict(e.record)}, sort_keys=True, default=str),
                      _num(e.ts), e.id]
-        await self._call(self._journal_add(keys=keys, args=args))
+        await self._run(self._journal_add, keys, args)
 
     async def journal_find(self, key: str) -> list[JournalEntry]:
         ids = await self._call(self._r.zrange(self._k("j:c", key), 0, -1))
@@ -752,8 +752,8 @@ class RedisStore(Store):
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
                             retention: float = 31 * 86400) -> None:
         start = int(now // bucket) * bucket
-        await self._call(self._series(keys=[self._k("series", key)], args=[
-            str(start), str(amount), _num(start - retention), str(math.ceil((bucket + retention) * 1000))]))
+        await self._run(self._series, [self._k("series", key)], [
+            str(start), str(amount), _num(start - retention), str(math.ceil((bucket + retention) * 1000))])
 
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         rows = await self._call(self._r.hgetall(self._k("series", key)))

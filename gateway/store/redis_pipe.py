@@ -1,4 +1,4 @@
-"""One pipelined Redis connection for the scripts every message runs.
+"""One pipelined Redis connection for the store's Lua scripts (every message runs three).
 
 redis-py checks a connection out of its pool for each call, wraps each read in a
 timeout context and goes through its generic command layer: about 46 us of this
