@@ -38,19 +38,6 @@ class _Replies(asyncio.Protocol):
         self.waiting: deque[asyncio.Future] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
-        # Commands written in one turn of the event loop leave in one send (one
-        # system call here, one read in redis-server).
-        self.outgoing: list[bytes] = []
-
-    def send(self, command: bytes) -> None:
-        if not self.outgoing:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.outgoing.append(command)
-
-    def flush(self) -> None:
-        if self.lost is None and self.transport is not None and self.outgoing:
-            self.transport.write(b"".join(self.outgoing))
-        self.outgoing.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,7 +112,11 @@ class ScriptPipe:
         waiter = loop.create_future()
         replies.waiting.append(waiter)
         assert replies.transport is not None
-        replies.send(hiredis.pack_command(tuple(command)))
+        # Written at once, not gathered for one send a turn of the event loop: that
+        # saved a system call a command but left redis-server idle while this
+        # process prepared the next batch, and each idle while the other worked
+        # (bench/quota.py: 4% less CPU, 25-35% fewer messages a second).
+        replies.transport.write(hiredis.pack_command(tuple(command)))
         # One timer, not asyncio.wait_for (a task and a timeout context a call).
         timer = loop.call_later(self._timeout, replies.fail,
                                 TimeoutError(f"Redis did not answer within {self._timeout:g} s"))
