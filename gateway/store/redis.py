@@ -55,13 +55,46 @@ from gateway.store.base import (
     Suspension,
     TakenReport,
 )
+from gateway.store.redis_pipe import ScriptPipe, speaks_plainly
 from gateway.values.dmarc_reports import DAY, RETENTION
 
 # Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
 # c:<key>:n (running total of live amounts, so a check reads one number).
 # The same counting as the SQLite backend: a charge is live while ts > now - window
 # and, if held, while its lease end > now.
-_MEASURE = r"""
+_PER_RUN = r"""
+-- Per script run: the running totals read or written (c:<key>:n), the counters
+-- already pruned at this ``now``, the expiries already set.  A charge then writes its
+-- new total with one SET ... PX (instead of INCRBY + PEXPIRE), a read right after a
+-- charge of the same counter does not prune it again, and a key touched twice gets
+-- one PEXPIRE: each redis.call from Lua costs about a microsecond on its own.
+local totals, pruned, expiring, numbers = {}, {}, {}, {}
+-- A number argument is formatted by Redis with '%.17g' at every redis.call (the
+-- largest single cost in a profile of redis-server running these scripts): format
+-- each value once per run, the same way, so the scores stay exactly the same.
+local function num(x)
+  local s = numbers[x]
+  if s == nil then s = string.format('%.17g', x); numbers[x] = s end
+  return s
+end
+local function total_of(kn)
+  local t = totals[kn]
+  if t == nil then t = tonumber(redis.call('GET', kn) or '0'); totals[kn] = t end
+  return t
+end
+local function add_total(kn, delta)
+  totals[kn] = redis.call('INCRBY', kn, delta)
+end
+local function set_total(kn, value, ttl)
+  redis.call('SET', kn, string.format('%d', value), 'PX', num(ttl))
+  totals[kn] = value
+end
+local function pexpire(k, ttl)
+  if expiring[k] ~= ttl then redis.call('PEXPIRE', k, num(ttl)); expiring[k] = ttl end
+end
+"""
+
+_MEASURE = _PER_RUN + r"""
 local function amount_of(e) return tonumber(string.match(e, '^[^|]*|(%d+)|')) end
 local function member_of(e) return string.match(e, '^[^|]*|%d+|(.*)$') end
 
@@ -74,18 +107,22 @@ end
 
 -- Entries that can never count again leave the set and the totals, oldest first.
 local function prune(k, kp, kn, now, window)
+  -- One ``now`` per script, and a key always has the same window (Charge.key).
+  if pruned[k] == window then return end
+  pruned[k] = window
   local gone = 0
-  local old = redis.call('ZRANGEBYSCORE', k, '-inf', now - window)
+  local cut = num(now - window)
+  local old = redis.call('ZRANGEBYSCORE', k, '-inf', cut)
   for _, e in ipairs(old) do
     gone = gone + amount_of(e); redis.call('ZREM', kp, e); forget_member(k, e)
   end
-  if #old > 0 then redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window) end
-  local dead = redis.call('ZRANGEBYSCORE', kp, '-inf', now)
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', k, '-inf', cut) end
+  local dead = redis.call('ZRANGEBYSCORE', kp, '-inf', num(now))
   for _, e in ipairs(dead) do
     if redis.call('ZREM', k, e) == 1 then gone = gone + amount_of(e); forget_member(k, e) end
   end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', kp, '-inf', now) end
-  if gone > 0 then redis.call('DECRBY', kn, gone) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', kp, '-inf', num(now)) end
+  if gone > 0 then add_total(kn, -gone) end
 end
 
 -- Live entries, oldest first: {ts, amount, member}.  Used for distinct members
@@ -107,6 +144,7 @@ local function used_of(k, kp, kn, now, window, member, pruned)
   if member ~= '' and pruned then
     return redis.call('HLEN', k .. ':m'), nil
   end
+  if pruned then return total_of(kn), nil end
   if member ~= '' then
     local seen, distinct = {}, 0
     for _, r in ipairs(live_rows(k, kp, now, window)) do
@@ -167,26 +205,32 @@ local function charge_all(cs, now, lease, id)
       return out
     end
   end
+  local holds, held = {}, {}  -- h -> its new items, in order of first use
   for i, c in ipairs(cs) do
     local k, kp, kn, h = c[1], c[2], c[3], c[4]
     local window, member = c[5], c[8]
     local amount = member ~= '' and 1 or c[7]
     local e = id .. ':' .. i .. '|' .. amount .. '|' .. member
     local ttl = math.ceil((window + lease) * 1000)
-    redis.call('ZADD', k, now, e)
-    redis.call('INCRBY', kn, amount)
-    redis.call('PEXPIRE', k, ttl)
-    redis.call('PEXPIRE', kn, ttl)
+    redis.call('ZADD', k, num(now), e)
+    pexpire(k, ttl)
+    -- measure() read the total after its prune: the new one is that plus amount.
+    set_total(kn, total_of(kn) + amount, ttl)
     if member ~= '' then
       redis.call('HINCRBY', k .. ':m', member, 1)
-      redis.call('PEXPIRE', k .. ':m', ttl)
+      pexpire(k .. ':m', ttl)
     end
     if c[9] then
-      redis.call('ZADD', kp, now + lease, e)
-      redis.call('PEXPIRE', kp, ttl)
-      redis.call('SADD', h, k .. '\n' .. e)
-      redis.call('PEXPIRE', h, math.ceil((lease + 60) * 1000))
+      redis.call('ZADD', kp, num(now + lease), e)
+      pexpire(kp, ttl)
+      if held[h] == nil then held[h] = {}; holds[#holds + 1] = h end
+      local items = held[h]
+      items[#items + 1] = k .. '\n' .. e
     end
+  end
+  for _, h in ipairs(holds) do
+    redis.call('SADD', h, unpack(held[h]))
+    pexpire(h, math.ceil((lease + 60) * 1000))
   end
   return out
 end
@@ -226,7 +270,7 @@ for _, h in ipairs(holds) do
     -- A lease that already ran out stays dropped: its room may have been given away.
     if mode == 'release' or not lease_end or tonumber(lease_end) <= now then
       if redis.call('ZREM', k, e) == 1 then
-        redis.call('DECRBY', k .. ':n', tonumber(string.match(e, '^[^|]*|(%d+)|')))
+        add_total(k .. ':n', -tonumber(string.match(e, '^[^|]*|(%d+)|')))
         local m = string.match(e, '^[^|]*|%d+|(.*)$')
         if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then
           redis.call('HDEL', k .. ':m', m)
@@ -240,7 +284,7 @@ end
 """
 
 # KEYS: h:<hold>...  ARGV: now, mode ('commit' or 'release').
-_SETTLE = _SETTLE_FN + r"""
+_SETTLE = _PER_RUN + _SETTLE_FN + r"""
 settle(KEYS, tonumber(ARGV[1]), ARGV[2])
 return 1
 """
@@ -332,12 +376,12 @@ local function bucket_name(b) return string.format('%.0f', b) end
 -- series_add(k, start, amount, oldest bucket kept, expiry ms)
 local function series_add(k, start, amount, oldest, ttl)
   local ks = k .. ':sum'
-  local st = redis.call('HMGET', ks, 'floor', 'top')
+  local st = redis.call('HMGET', ks, 'floor', 'top', 'total')
   local floor, top = tonumber(st[1]), tonumber(st[2])
   local delta = 0
   if floor and start >= floor then delta = amount end
   local fresh = redis.call('HINCRBY', k, bucket_name(start), amount) == amount
-  redis.call('PEXPIRE', k, ttl)
+  pexpire(k, ttl)
   -- Buckets past retention go when a new bucket starts (once an hour, not per add).
   if fresh then
     for _, b in ipairs(redis.call('HKEYS', k)) do
@@ -348,9 +392,14 @@ local function series_add(k, start, amount, oldest, ttl)
       end
     end
   end
-  if top == nil or start > top then redis.call('HSET', ks, 'top', bucket_name(start)) end
-  if delta ~= 0 then redis.call('HINCRBY', ks, 'total', delta) end
-  redis.call('PEXPIRE', ks, ttl)
+  -- The new top and total in one HSET (the script is atomic: read, then write).
+  local new_top = (top == nil or start > top) and bucket_name(start) or nil
+  if new_top and delta ~= 0 then
+    redis.call('HSET', ks, 'top', new_top, 'total', string.format('%d', (tonumber(st[3]) or 0) + delta))
+  elseif new_top then redis.call('HSET', ks, 'top', new_top)
+  elseif delta ~= 0 then redis.call('HINCRBY', ks, 'total', delta)
+  end
+  pexpire(ks, ttl)
 end
 
 -- Sum of the buckets starting in [lo, hi), reading the whole hash.
@@ -393,8 +442,8 @@ local function series_sum(k, since_s, upto, bucket, ttl)
   elseif since > floor then total = total - buckets_between(k, floor, since, bucket)
   elseif since < floor then total = total + buckets_between(k, since, floor, bucket)
   end
-  redis.call('HSET', ks, 'floor', since_s, 'total', total)
-  redis.call('PEXPIRE', ks, ttl)
+  redis.call('HSET', ks, 'floor', since_s, 'total', string.format('%d', total))
+  pexpire(ks, ttl)
   local above = 0
   if top then above = buckets_between(k, math.floor(upto / bucket) * bucket + bucket, top + 1, bucket) end
   return total - above
@@ -402,35 +451,57 @@ end
 """
 
 # KEYS: series hash.  ARGV: bucket start, amount, oldest bucket kept, expiry ms.
-_SERIES = _SERIES_FN + r"""
+_SERIES = _PER_RUN + _SERIES_FN + r"""
 series_add(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
 """
 
-# One SMTP step (MeterStep) in one script.  ARGV[1]: the step as JSON, every key
-# already prefixed (as the journal script, it names keys it builds: one Redis, not
-# Redis Cluster).  Returns {charge result..., '|', usage..., '|', sums...}.
+# One SMTP step (MeterStep) in one script.  ARGV[1]: the step as JSON, keys as the
+# caller names them and the prefix once, "p" (as the journal script, it names keys
+# it builds: one Redis, not Redis Cluster).  Charge rows: [key, window, limit (-1:
+# none), amount, member ('' for none), hold (false: not held)].
+# Returns {charge result..., '|', usage..., '|', sums...}.
 _METER = _MEASURE + _CHARGE_ALL + _SETTLE_FN + _SERIES_FN + r"""
 local step = cjson.decode(ARGV[1])
+local P = step.p
 local now, lease = tonumber(step.now), tonumber(step.lease)
-if #step.settle > 0 then settle(step.settle, now, step.commit and 'commit' or 'release') end
+local function rows(list)
+  local cs = {}
+  for i, r in ipairs(list) do
+    local k, hold = P .. 'c:' .. r[1], r[6]
+    cs[i] = {k, k .. ':p', k .. ':n', P .. 'h:' .. ((hold == false or hold == '') and '-' or hold),
+             r[2], r[3], r[4], r[5], hold ~= false}
+  end
+  return cs
+end
+if #step.settle > 0 then
+  local hs = {}
+  for i, h in ipairs(step.settle) do hs[i] = P .. 'h:' .. h end
+  settle(hs, now, step.commit and 'commit' or 'release')
+end
 local charged = {1, 0, '-1'}
 if #step.charges > 0 then
-  charged = charge_all(step.charges, now, lease, step.id .. 'c')
+  charged = charge_all(rows(step.charges), now, lease, step.id .. 'c')
   if charged[1] == 0 and #step.if_refused > 0 then
-    charge_all(step.if_refused, now, lease, step.id .. 'r')
+    charge_all(rows(step.if_refused), now, lease, step.id .. 'r')
   end
 end
-if #step.counts > 0 then charge_all(step.counts, now, 900, step.id .. 'n') end
-for _, a in ipairs(step.series) do series_add(a[1], a[2], a[3], a[4], a[5]) end
+if #step.counts > 0 then charge_all(rows(step.counts), now, 900, step.id .. 'n') end
+for _, a in ipairs(step.series) do series_add(P .. 'series:' .. a[1], a[2], a[3], a[4], a[5]) end
 local out = charged
 out[#out + 1] = '|'
 if step.read_when_refused and charged[1] == 1 then return out end
+-- Read after a prune (the same count as the read-only look usage() takes, and a
+-- counter this step charged is not pruned twice).
 for _, c in ipairs(step.read) do
-  out[#out + 1] = (used_of(c[1], c[2], c[3], now, c[4], c[5], false))
+  local k = P .. 'c:' .. c[1]
+  prune(k, k .. ':p', k .. ':n', now, c[2])
+  out[#out + 1] = (used_of(k, k .. ':p', k .. ':n', now, c[2], c[3], true))
 end
 out[#out + 1] = '|'
-for _, s in ipairs(step.sums) do out[#out + 1] = series_sum(s[1], s[2], s[3], s[4], s[5]) end
+for _, s in ipairs(step.sums) do
+  out[#out + 1] = series_sum(P .. 'series:' .. s[1], s[2], s[3], s[4], s[5])
+end
 return out
 """
 
@@ -510,10 +581,21 @@ class RedisStore(Store):
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
         self._begin_message = self._r.register_script(_BEGIN_MESSAGE)
+        # The scripts (every message runs some) go on one pipelined connection
+        # (redis_pipe.py); plain commands on redis-py's pool.
+        self._pipe = ScriptPipe(url, timeout) if speaks_plainly(url) else None
 
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis store: {exc}") from exc
+
+    async def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        if self._pipe is None:
+            return await self._call(script(keys=keys, args=args))
+        try:
+            return await self._pipe.run_script(script.sha, script.script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
@@ -531,7 +613,7 @@ class RedisStore(Store):
             keys += [k, k + ":p", k + ":n", self._k("h", c.hold or "-")]
             args += [_num(c.window), str(-1 if c.limit is None else c.limit), str(c.amount),
                      _member(c), "1" if c.hold is not None else "0"]
-        out = await self._call(self._charge(keys=keys, args=args))
+        out = await self._run(self._charge, keys, args)
         used = tuple(int(u) for u in out[3:])
         if int(out[0]) == 1:
             return ChargeResult(True, used)
@@ -541,12 +623,12 @@ class RedisStore(Store):
     async def commit(self, holds: Iterable[str], now: float) -> None:
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._call(self._settle(keys=keys, args=[_num(now), "commit"]))
+            await self._run(self._settle, keys, [_num(now), "commit"])
 
     async def release(self, holds: Iterable[str], now: float) -> None:
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._call(self._settle(keys=keys, args=[_num(now), "release"]))
+            await self._run(self._settle, keys, [_num(now), "release"])
 
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
         if not charges:
@@ -556,14 +638,13 @@ class RedisStore(Store):
             k = self._k("c", c.key)
             keys += [k, k + ":p", k + ":n"]
         args = [_num(now)] + [_num(c.window) for c in charges] + [_member(c) for c in charges]
-        out = await self._call(self._usage(keys=keys, args=args))
+        out = await self._run(self._usage, keys, args)
         return tuple(int(u) for u in out)
 
     # --- concurrent connections ------------------------------------------------
     async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
-        got = await self._call(self._acquire(
-            keys=[self._k("s", key)],
-            args=[_num(now), _num(ttl), str(-1 if limit is None else limit), lease_id]))
+        got = await self._run(self._acquire, [self._k("s", key)],
+                              [_num(now), _num(ttl), str(-1 if limit is None else limit), lease_id])
         return int(got) == 1
 
     async def release_slot(self, key: str, lease_id: str) -> None:
@@ -576,22 +657,22 @@ class RedisStore(Store):
     async def reserve_attempt(self, limits: Sequence[tuple[str, int]], attempt: str, window: float,
                               now: float) -> AttemptReservation:
         keys = [self._k("f", k) for k, _ in limits] + [self._k("l", k) for k, _ in limits]
-        out = await self._call(self._reserve(
-            keys=keys, args=[_num(now), _num(window), attempt, *(str(n) for _, n in limits)]))
+        out = await self._run(self._reserve, keys,
+                              [_num(now), _num(window), attempt, *(str(n) for _, n in limits)])
         counts = tuple(int(c) for c in out[3:])
         return AttemptReservation(int(out[0]) == 1, counts, float(out[1]) if out[1] else None,
                                   float(out[2]) if out[2] else None)
 
     async def fail_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         if keys:
-            await self._call(self._fail_attempt(keys=[self._k("f", k) for k in keys], args=[attempt]))
+            await self._run(self._fail_attempt, [self._k("f", k) for k in keys], [attempt])
 
     async def give_back_attempt(self, attempt: str, keys: Sequence[str]) -> None:
         if keys:
-            await self._call(self._give_back(keys=[self._k("f", k) for k in keys], args=[attempt]))
+            await self._run(self._give_back, [self._k("f", k) for k in keys], [attempt])
 
     async def lock(self, key: str, until: float, now: float) -> None:
-        await self._call(self._lock(keys=[self._k("l", key)], args=[_num(until), _num(now)]))
+        await self._run(self._lock, [self._k("l", key)], [_num(until), _num(now)])
 
     async def locked_until(self, keys: Sequence[str], now: float) -> float | None:
         if not keys:
@@ -656,7 +737,7 @@ class RedisStore(Store):
             args += [json.dumps({"id": e.id, "cid": e.cid, "ts": e.ts, "kind": e.kind,
                                  "record": dict(e.record)}, sort_keys=True, default=str),
                      _num(e.ts), e.id]
-        await self._call(self._journal_add(keys=keys, args=args))
+        await self._run(self._journal_add, keys, args)
 
     async def journal_find(self, key: str) -> list[JournalEntry]:
         ids = await self._call(self._r.zrange(self._k("j:c", key), 0, -1))
@@ -671,43 +752,41 @@ class RedisStore(Store):
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
                             retention: float = 31 * 86400) -> None:
         start = int(now // bucket) * bucket
-        await self._call(self._series(keys=[self._k("series", key)], args=[
-            str(start), str(amount), _num(start - retention), str(math.ceil((bucket + retention) * 1000))]))
+        await self._run(self._series, [self._k("series", key)], [
+            str(start), str(amount), _num(start - retention), str(math.ceil((bucket + retention) * 1000))])
 
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         rows = await self._call(self._r.hgetall(self._k("series", key)))
         return sum(int(v) for b, v in rows.items() if since <= int(b) <= now)
 
     # --- one round trip per SMTP step -------------------------------------------------
-    def _charge_rows(self, charges: Sequence[Charge]) -> list[list[Any]]:
-        rows = []
-        for c in charges:
-            k = self._k("c", c.key)
-            rows.append([k, k + ":p", k + ":n", self._k("h", c.hold or "-"), c.window,
-                         -1 if c.limit is None else c.limit, c.amount, _member(c), c.hold is not None])
-        return rows
+    @staticmethod
+    def _charge_rows(charges: Sequence[Charge]) -> list[list[Any]]:
+        # The script adds the prefix and derives the counter's other keys: less to
+        # encode here and to decode there.
+        return [[c.key, c.window, -1 if c.limit is None else c.limit, c.amount, _member(c),
+                 False if c.hold is None else c.hold] for c in charges]
 
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
         def expiry(bucket: int, retention: float) -> int:
             return math.ceil((bucket + retention) * 1000)
 
+        rows = self._charge_rows
         body = {
-            "now": _num(now), "lease": _num(step.lease), "id": uuid.uuid4().hex,
-            "settle": [self._k("h", h) for h in step.settle], "commit": step.commit,
-            "charges": self._charge_rows(step.charges), "if_refused": self._charge_rows(step.if_refused),
-            "counts": self._charge_rows(step.counts),
-            "series": [[self._k("series", a.key), int(now // a.bucket) * a.bucket, a.amount,
+            "p": self._prefix, "now": _num(now), "lease": _num(step.lease), "id": uuid.uuid4().hex,
+            "settle": list(step.settle), "commit": step.commit,
+            "charges": rows(step.charges), "if_refused": rows(step.if_refused), "counts": rows(step.counts),
+            "series": [[a.key, int(now // a.bucket) * a.bucket, a.amount,
                         int(now // a.bucket) * a.bucket - a.retention, expiry(a.bucket, a.retention)]
                        for a in step.series],
             "read_when_refused": step.read_when_refused,
-            "read": [[self._k("c", c.key), self._k("c", c.key) + ":p", self._k("c", c.key) + ":n",
-                      c.window, _member(c)] for c in step.read],
+            "read": [[c.key, c.window, _member(c)] for c in step.read],
             # since as a string: the running sum's floor is kept exactly as given.
-            "sums": [[self._k("series", s.key), _num(s.since), s.until, s.bucket,
-                      expiry(s.bucket, 31 * 86400)] for s in step.sums],
+            "sums": [[s.key, _num(s.since), s.until, s.bucket, expiry(s.bucket, 31 * 86400)]
+                     for s in step.sums],
         }
         # cjson turns an empty list into an object; '#' of an empty table is 0 either way.
-        out = await self._call(self._meter(keys=[], args=[json.dumps(body)]))
+        out = await self._run(self._meter, [], [json.dumps(body)])
         bar = out.index("|", 3)
         charged = tuple(int(u) for u in out[3:bar])
         if int(out[0]) == 1:
@@ -724,15 +803,16 @@ class RedisStore(Store):
 
     async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
                             ttl: float) -> Suspension | None:
-        body = await self._call(self._begin_message(
-            keys=[self._prefix + "suspensions", self._k("s", slot_key)],
-            args=[login, _num(now), _num(ttl), lease_id or ""]))
+        body = await self._run(self._begin_message, [self._prefix + "suspensions", self._k("s", slot_key)],
+                               [login, _num(now), _num(ttl), lease_id or ""])
         if body is None:
             return None
         d = json.loads(body)
         return Suspension(login, d["since"], d["reason"], d["evidence"])
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         try:
             await self._r.aclose()
         except (RedisError, OSError):
