@@ -166,14 +166,26 @@ class TurnTakingServer:
         self._watch()
 
     async def _connect(self, conn: socket.socket) -> None:
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            made.append(self._factory())
+            return made[-1]
+
         try:
             await self._loop.connect_accepted_socket(
-                self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=self._handshake_timeout)
+                factory, conn, ssl=self._ssl, ssl_handshake_timeout=self._handshake_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             # What asyncio's own server does: a client that failed its TLS handshake
-            # or left at once is no error of ours (the transport is closed).
+            # or left at once is no error of ours (the transport is closed).  The
+            # protocol, never made, hears of it now rather than at its deadline, so
+            # this worker's count of open sessions is right at once.
             log.debug("incoming connection dropped before it started: %r", exc)
             conn.close()
+            for protocol in made:
+                failed = getattr(protocol, "handshake_failed", None)
+                if failed is not None:
+                    failed()
         except asyncio.CancelledError:
             conn.close()
             raise

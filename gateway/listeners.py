@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import replies
-from gateway.accepting import Share, TurnTakingServer
+from gateway.accepting import LoadTable, Share, TurnTakingServer
 from gateway.config.model import Listener
 from gateway.runtime import Runtime
 from gateway.smtp.handler import GatewayHandler
@@ -103,8 +103,14 @@ class SMTPListeners:
                 implicit = context if name == "submissions" else None
                 timeout = TLS_HANDSHAKE_TIMEOUT if name == "submissions" else None
                 server: asyncio.Server | TurnTakingServer
-                if self._share is not None and address.field in TURN_TAKING:
-                    server = TurnTakingServer(sock, factory, share=self._share,
+                share = self._share if address.field in TURN_TAKING else None
+                if share is None and implicit is not None:
+                    # One worker, 465: our acceptor all the same, since it tells a
+                    # connection whose handshake failed at once (asyncio's server
+                    # tells nobody: GatewaySMTP.handshake_failed).
+                    share = Share(LoadTable(1), 0)
+                if share is not None:
+                    server = TurnTakingServer(sock, factory, share=share,
                                               sessions=self._submission_sessions,
                                               ssl_context=implicit, ssl_handshake_timeout=timeout)
                     server.start()

@@ -8,10 +8,12 @@ others leave waiting (a stalled worker must never strand a client)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import smtplib
 import socket
+import ssl
 import time
 
 import pytest
@@ -182,3 +184,51 @@ def test_mx_connections_keep_a_socket_per_worker():
         assert slots[0]["listeners.submission"] is slots[1]["listeners.submission"]
     finally:
         release(slots)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_failed_465_handshake_is_forgotten_at_once(tmp_path, downstream, password_hash, cert_files,
+                                                     workers):
+    """asyncio never hands a connection whose TLS handshake failed to its protocol,
+    so the listener kept counting it as open: it skewed the workers' turns and held
+    shutdown for the whole grace period.  Our acceptor tells the connection, which
+    the listener then forgets."""
+    config, _inbound = write_config(tmp_path, downstream.url, password_hash, grace=60)
+    port = free_port()
+    settings = yaml.safe_load(config.read_text())
+    settings["listeners"]["submissions"] = {
+        "port": port, "tls": {"cert": str(cert_files[0]), "key": str(cert_files[1])}}
+    settings["downstream"]["outbound"] = downstream.url
+    config.write_text(yaml.safe_dump(settings))
+    for policy in (tmp_path / "policy").glob("*.yaml"):
+        customer = yaml.safe_load(policy.read_text())
+        customer["dkim"] = {"sign": []}
+        policy.write_text(yaml.safe_dump(customer))
+    (tmp_path / "keys").mkdir()
+    proc = start(config, "--workers", workers)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with smtplib.SMTP_SSL("127.0.0.1", port, timeout=5, context=ctx) as c:
+                    c.ehlo("x")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"EHLO not-tls\r\n")
+            with contextlib.suppress(OSError):
+                while s.recv(4096):
+                    pass
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        # No session left to wait for: not the 60 s grace, nor the 31 s handshake deadline.
+        assert time.monotonic() - began < 5
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)

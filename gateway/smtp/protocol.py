@@ -213,13 +213,15 @@ class GatewaySMTP(SMTPAdapter):
         self.journal = getattr(runtime, "journal", None)
         self._counted = False
         # Implicit TLS (465): asyncio calls connection_made only after the handshake,
-        # and a failed one never reaches this object (nor any hook of ours): a
-        # connection not made by the handshake deadline is counted as tls_failed.
+        # and a failed one never reaches this object (nor connection_lost): a
+        # connection not made by the handshake deadline is counted as tls_failed and
+        # its listener forgets it (else it would count as open, and be waited for
+        # at shutdown, forever).  A listener that sees the failure sooner says so
+        # (handshake_failed, gateway/accepting.py).
         self._handshake_deadline: asyncio.TimerHandle | None = None
         loop = kwargs.get("loop")
-        if implicit_tls and self.metrics is not None and loop is not None:
-            self._handshake_deadline = loop.call_later(
-                IMPLICIT_TLS_DEADLINE, self.metrics.connection, listener, "tls_failed")
+        if implicit_tls and loop is not None:
+            self._handshake_deadline = loop.call_later(IMPLICIT_TLS_DEADLINE, self.handshake_failed)
 
     # --- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,6 +246,24 @@ class GatewaySMTP(SMTPAdapter):
         if not self._recorded:
             self.record.tls = f"{tls[0]}/{tls[1]}" if tls else "none"
 
+
+    def handshake_failed(self) -> None:
+        """Implicit TLS: the handshake failed or never ended, so asyncio will call
+        neither connection_made nor connection_lost: count it, and let the listener
+        forget this connection (its close callbacks)."""
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+            self._handshake_deadline = None
+        if self._counted or self.transport is not None:
+            return  # it was made after all
+        if self.metrics is not None:
+            self.metrics.connection(self.listener, "tls_failed")
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in reversed(callbacks):
+            try:
+                callback(self)
+            except Exception:
+                log.exception("cid=%s close callback failed", self.cid)
 
     def _refuse_unless_balancer(self, transport: asyncio.BaseTransport) -> None:
         """Only a balancer may name the client in a PROXY header: any other peer
