@@ -40,8 +40,8 @@ log = logging.getLogger("portcullis.listeners")
 # set-up on purpose (TLS from the first byte; we check encryption ourselves).
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
-# aiosmtpd has no TLS handshake timeout for its own STARTTLS (#269); for implicit
-# TLS asyncio's server takes one.
+# aiosmtpd has no TLS handshake timeout for its own STARTTLS (#269; ours has one:
+# gateway/smtp/aiosmtpd_adapter.py, start_tls); for implicit TLS the server takes one.
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # Seconds a balancer has to send the PROXY header after connecting.
 PROXY_HEADER_TIMEOUT = 10.0

@@ -49,6 +49,7 @@ PRIVATE_METHODS = {
     "_reset_timeout": ("(self, duration=None)", False),
     "_call_handler_hook": ("(self, command, *args)", True),
     "_strip_command_keyword": ("(self, keyword, arg)", False),
+    "_create_session": ("(self)", False),
 }
 # Attributes of a connection, as SMTP.__init__ leaves them (before the connection is made).
 PRIVATE_ATTRIBUTES = {
@@ -58,11 +59,14 @@ PRIVATE_ATTRIBUTES = {
     "_tls_protocol": type(None),
     "_handler_coroutine": type(None),
     "_original_transport": type(None),
+    "_tls_handshake_okay": bool,
 }
 # Set by _cb_client_connected once connected: aiosmtpd's reader and writer, and the
 # StreamReader's own buffer and limit beneath them.
 CONNECTED_ATTRIBUTES = {"_reader": asyncio.StreamReader, "_writer": asyncio.StreamWriter}
 STREAM_READER_ATTRIBUTES = {"_buffer": bytearray, "_limit": int}
+# After STARTTLS the reader and writer are moved onto the TLS transport (as aiosmtpd does).
+TRANSPORT_ATTRIBUTE = "_transport"
 # What aiosmtpd's @syntax decorator leaves on a command, read by its HELP.
 SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
 
@@ -160,8 +164,37 @@ def test_each_private_attribute_is_set_by_aiosmtpd_as_the_adapter_expects():
         reader = asyncio.StreamReader(limit=100, loop=conn.loop)
         for name, kind in STREAM_READER_ATTRIBUTES.items():
             assert isinstance(getattr(reader, name, None), kind), f"StreamReader.{name} changed"
+        assert TRANSPORT_ATTRIBUTE in vars(reader), "StreamReader._transport is gone"
+        assert "transport" in vars(asyncio.StreamWriter) and TRANSPORT_ATTRIBUTE in (
+            inspect.getsource(asyncio.StreamWriter.transport.fget)), "StreamWriter._transport"
     finally:
         conn.loop.close()
+
+
+def test_aiosmtpd_reads_tls_protocol_only_as_has_starttls_happened():
+    """SMTPAdapter.start_tls leaves the TLS transport in ``_tls_protocol``, not the
+    SSLProtocol aiosmtpd made: sound while, outside the two methods the adapter
+    replaces for STARTTLS, aiosmtpd only tests it for truth."""
+    tree = ast.parse(AIOSMTPD_SOURCE)
+    [smtp] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SMTP"]
+    replaced = {"connection_made", "smtp_STARTTLS", "__init__"}
+    other_uses = []
+    for method in smtp.body:
+        if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef) or method.name in replaced:
+            continue
+        truth_tests = {id(operand) for node in ast.walk(method)
+                       for operand in (
+                           [node.operand] if isinstance(node, ast.UnaryOp)
+                           and isinstance(node.op, ast.Not)
+                           else node.values if isinstance(node, ast.BoolOp)
+                           else [node.test] if isinstance(node, ast.If | ast.IfExp) else [])}
+        for node in ast.walk(method):
+            if isinstance(node, ast.Attribute) and node.attr == "_tls_protocol" \
+                    and id(node) not in truth_tests:
+                other_uses.append(f"{method.name}:{node.lineno}")
+    assert not other_uses, f"aiosmtpd uses _tls_protocol as an SSLProtocol: {other_uses}"
+    assert "SSLProtocol" in inspect.getsource(SMTP.smtp_STARTTLS)  # still the one replaced
+    assert "_tls_protocol._extra" in inspect.getsource(SMTP.connection_made)
 
 
 def test_commands_keep_the_help_syntax_attributes_the_adapter_copies():

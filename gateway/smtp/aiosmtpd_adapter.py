@@ -26,6 +26,14 @@ connection as ``SMTP.__init__`` would, with the names of the hooks, commands and
 mechanisms found once per (connection class, handler class) and only bound per
 connection.  tests/test_aiosmtpd_adapter.py builds connections both ways and
 compares every attribute, so an aiosmtpd that sets something new fails there.
+
+STARTTLS on the event loop's own TLS: aiosmtpd's ``smtp_STARTTLS`` builds an
+``asyncio.sslproto.SSLProtocol`` by hand and puts it under the connection, so
+every TLS record of a session begun on 587 went through asyncio's pure-Python
+TLS layer, under uvloop too (about a quarter of the event loop's samples on the
+submission path).  :meth:`SMTPAdapter.start_tls` upgrades with
+``loop.start_tls()`` instead: uvloop's TLS in C under uvloop (as implicit TLS on
+465 already was), asyncio's otherwise, with aiosmtpd's session reset kept.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException
 
 # The release this module was checked against; pyproject.toml pins the same.
 AIOSMTPD_VERSION = "1.4.6"
@@ -47,6 +55,12 @@ AIOSMTPD_VERSION = "1.4.6"
 # aiosmtpd picks hooks, commands and AUTH mechanisms out of dir() by these prefixes.
 HOOK_PREFIXES = ("auth_", "handle_", "smtp_")
 _hook_names_by_class: dict[type, list[str]] = {}
+# Seconds a STARTTLS handshake may take: asyncio's and uvloop's default, the one
+# aiosmtpd's hand-built SSLProtocol had (the command timer, armed for STARTTLS,
+# usually ends a stalled handshake first).
+STARTTLS_HANDSHAKE_TIMEOUT = 60.0
+# What aiosmtpd's session.ssl held after STARTTLS (its SSLProtocol's extra info).
+_SSL_EXTRA = ("sslcontext", "peercert", "cipher", "compression", "ssl_object")
 
 
 def hook_names(cls: type) -> list[str]:
@@ -141,6 +155,8 @@ class SMTPAdapter(HookDiscovery, SMTP):
     ``_getaddr(arg)``           :meth:`parse_path`
     ``_set_post_data_state()``  :meth:`before_envelope_reset`
     ``_cb_client_connected()``  (the writer closes its transport once)
+    ``smtp_STARTTLS()``         :meth:`start_tls` (the loop's own TLS)
+    ``connection_made()``       after STARTTLS: :meth:`_tls_made`
     ==========================  ========================================
     """
 
@@ -244,6 +260,24 @@ class SMTPAdapter(HookDiscovery, SMTP):
         super()._cb_client_connected(
             reader, _ClosingOnce(writer.transport, self, reader, self.loop))
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd's, but for the handshake: its hand-built SSLProtocol is replaced
+        # by the loop's start_tls() (see start_tls).
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 TLS not available")
+            return
+        await self.push("220 Ready to start TLS")
+        await self.start_tls()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None:  # the socket's (or implicit TLS's) connection
+            super().connection_made(transport)
+        else:  # the TLS transport start_tls made
+            self._tls_made(transport)
+
     # --- our names: by default, what aiosmtpd does ------------------------------------
     async def serve(self) -> None:
         """The connection's life: the PROXY header, the greeting, the command loop."""
@@ -259,6 +293,63 @@ class SMTPAdapter(HookDiscovery, SMTP):
 
     def before_envelope_reset(self) -> None:
         """The transaction's envelope is about to be replaced by an empty one."""
+
+    # --- STARTTLS on the loop's own TLS ------------------------------------------------
+    tls_handshaking = False
+
+    async def start_tls(self) -> None:
+        """The TLS handshake after ``220 Ready to start TLS``, then the session reset
+        (RFC 3207 §4.2).  A failed handshake raises aiosmtpd's TLSSetupException, for
+        its command loop (close, connection_lost, as before)."""
+        assert self.tls_context is not None and self.transport is not None
+        plain = self.transport
+        # RFC 3207 §4.2: whatever the client sent after STARTTLS in the clear is no
+        # command (STARTTLS command injection, CVE-2011-0411 and CVE-2024-34083).
+        # Dropped now: once start_tls() has the transport, plaintext can no longer
+        # reach the reader, and what the reader gets next is decrypted (asyncio hands
+        # over data that came with the handshake's last flight at once, before this
+        # coroutine resumes: aiosmtpd's way, clearing after the handshake, would lose it).
+        self._reader._buffer.clear()
+        self._original_transport = plain
+        self.tls_handshaking = True
+        try:
+            tls = await self.loop.start_tls(
+                plain, self, self.tls_context, server_side=True,
+                ssl_handshake_timeout=STARTTLS_HANDSHAKE_TIMEOUT)
+        except asyncio.CancelledError:
+            # We ended the session mid-handshake (its timer, shutdown).  A TLS layer
+            # still shaking hands never tells its protocol that the connection is gone.
+            self.tls_handshaking = False
+            plain.abort()
+            self.connection_lost(None)
+            raise
+        except Exception as error:
+            self.tls_handshaking = False
+            raise TLSSetupException() from error
+        self.tls_handshaking = False
+        if tls is None or tls.is_closing():  # the socket went away mid-handshake
+            raise TLSSetupException() from ConnectionResetError("lost during the TLS handshake")
+        self.connection_made(tls)
+
+    def _tls_made(self, transport: asyncio.BaseTransport) -> None:
+        """What aiosmtpd's connection_made does for the TLS layer of STARTTLS: the
+        session forgotten (RFC 3207 §4.2), the reader and writer on the new
+        transport, session.ssl, the handler's STARTTLS hook.  Its buffer was
+        cleared before the handshake (start_tls)."""
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self._reset_timeout()
+        self._reader._transport = transport  # type: ignore[attr-defined]
+        self._writer._transport = transport  # type: ignore[attr-defined]
+        self.transport = transport
+        # aiosmtpd reads _tls_protocol only as "has STARTTLS happened" outside the
+        # two methods replaced here (tests/test_aiosmtpd_adapter.py checks).
+        self._tls_protocol = transport  # type: ignore[assignment]
+        self.session.ssl = {name: transport.get_extra_info(name) for name in _SSL_EXTRA}
+        hook = self._handle_hooks.get("STARTTLS")
+        self._tls_handshake_okay = (
+            True if hook is None else hook(self, self.session, self.envelope))
 
     # --- state and actions aiosmtpd keeps private -----------------------------------
     def reset_envelope(self) -> None:
@@ -365,3 +456,7 @@ def keep_help_texts(cls: type[SMTP]) -> None:
 def help_only_when(method: Callable[..., Any], attribute: str) -> None:
     """HELP names ``method``'s command only on connections whose ``attribute`` is true."""
     method.__smtp_syntax_when__ = attribute  # type: ignore[attr-defined]
+
+
+# The adapter's own smtp_STARTTLS keeps HELP's text for it.
+keep_help_texts(SMTPAdapter)

@@ -461,6 +461,10 @@ class GatewaySMTP(SMTPAdapter):
             return
         self.end_reason = end_reason
         self._stop_commands()
+        if self.tls_handshaking:
+            # Inside STARTTLS's handshake nothing can be said, in the clear or not:
+            # ending the command hangs up (SMTPAdapter.start_tls).
+            return
         # On record as the cut transaction's result, with the id that names its line.
         text = self._last_reply = with_id(str(reply), self._current_id())
         if reply.code >= 500:
@@ -769,6 +773,8 @@ class GatewaySMTP(SMTPAdapter):
         await self.push(str(replies.EXPN_REFUSED))
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        # The handshake runs on the loop's own TLS (uvloop's C code under uvloop),
+        # and the session starts afresh after it: SMTPAdapter.start_tls.
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException:

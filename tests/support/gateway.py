@@ -21,7 +21,8 @@ class GatewayUnderTest:
     def __init__(self, tmp: Path, *, inbound_url: str, outbound_url: str,
                  policies: dict[str, dict], cert: tuple[Path, Path],
                  extra: dict[str, Any] | None = None,
-                 clock: Callable[[], float] | None = None, quotas: bool = True):
+                 clock: Callable[[], float] | None = None, quotas: bool = True,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop):
         self.tmp = tmp
         self.clock = clock
         self.quotas = quotas
@@ -60,7 +61,8 @@ class GatewayUnderTest:
         _merge(config, extra or {})
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.loop = asyncio.new_event_loop()
+        # asyncio's loop, or uvloop's as `portcullis serve` runs (uvloop.new_event_loop).
+        self.loop = loop_factory()
         self.gateway: Gateway | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
