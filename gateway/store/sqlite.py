@@ -14,7 +14,6 @@ savepoint (see _serve).
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import json
 import math
@@ -363,37 +362,30 @@ class SQLiteStore(Store):
     def _begin(self, db: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, in turn with the other processes, up to busy_timeout."""
         deadline = time.monotonic() + self._busy_ms / 1000
-        pause = self._FIRST_PAUSE
         turn = self._turn
-        have_turn = False
+        if turn is not None:
+            self._patiently(self._take_turn, deadline)
         try:
-            while True:
-                if turn is not None and not have_turn:
-                    try:
-                        fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        have_turn = True
-                    except OSError as exc:
-                        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                            raise sqlite3.OperationalError(f"turnstile: {exc}") from exc
-                if have_turn or turn is None:
-                    try:
-                        db.execute("BEGIN IMMEDIATE")
-                        return
-                    except sqlite3.OperationalError as exc:
-                        if not _busy(exc):
-                            raise
-                if time.monotonic() + pause > deadline:
-                    raise sqlite3.OperationalError("database is locked")
-                time.sleep(pause)  # in the store's own thread, never on the event loop
-                pause = min(pause * 2, self._LAST_PAUSE)
+            self._patiently(lambda: db.execute("BEGIN IMMEDIATE"), deadline)
         finally:
-            if have_turn:
-                fcntl.flock(turn, fcntl.LOCK_UN)  # type: ignore[arg-type]
+            if turn is not None:
+                fcntl.flock(turn, fcntl.LOCK_UN)
 
-    def _patiently(self, fn: Callable[[], T]) -> T:
-        """A read, tried again while SQLite answers busy (WAL recovery after a crash,
-        a writer in exclusive mode), up to busy_timeout."""
-        deadline = time.monotonic() + self._busy_ms / 1000
+    def _take_turn(self) -> None:
+        """The turnstile, or busy (as SQLite says it) while another process holds it."""
+        try:
+            fcntl.flock(self._turn, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        except BlockingIOError as exc:
+            raise sqlite3.OperationalError("database is locked (turnstile)") from exc
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"turnstile: {exc}") from exc
+
+    def _patiently(self, fn: Callable[[], T], deadline: float | None = None) -> T:
+        """``fn`` tried again while SQLite answers busy (another process's lock, WAL
+        recovery after a crash, a writer in exclusive mode), every 50 us backing off
+        to 0.5 ms, up to ``deadline`` (busy_timeout from now by default)."""
+        if deadline is None:
+            deadline = time.monotonic() + self._busy_ms / 1000
         pause = self._FIRST_PAUSE
         while True:
             try:
@@ -401,7 +393,7 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _busy(exc) or time.monotonic() + pause > deadline:
                     raise
-            time.sleep(pause)
+            time.sleep(pause)  # in the store's own thread, never on the event loop
             pause = min(pause * 2, self._LAST_PAUSE)
 
     def _run_writes(self, calls: deque[_Call]) -> list[_Outcome]:
@@ -490,7 +482,7 @@ class SQLiteStore(Store):
     def _prune(cls, db: sqlite3.Connection, key: str, window: float, now: float) -> int:
         """Drop the key's rows that can never count again, set its bounds afresh and
         return its total."""
-        # Two indexed range scans: SQLite's OR optimisation does not reach a GROUP BY.
+        # Two indexed range deletes: by (key, ts) and by (key, lease_until).
         cls._remove(db, "key = ? AND ts <= ?", (key, now - window))
         cls._remove(db, "key = ? AND lease_until <= ?", (key, now))
         row = db.execute(
