@@ -127,24 +127,32 @@ def test_a_closed_server_takes_nothing_more():
         listener.close()
 
 
+def with_submission(tmp_path, downstream, password_hash, cert_files, listener: str,
+                    grace: float = 10):
+    """test_serve's gateway file with a ``listener`` (submission or submissions) on a
+    free port, and no domain signed (no keys here): (config, that port)."""
+    config, _inbound = write_config(tmp_path, downstream.url, password_hash, grace=grace)
+    port = free_port()
+    settings = yaml.safe_load(config.read_text())
+    settings["listeners"][listener] = {
+        "port": port, "tls": {"cert": str(cert_files[0]), "key": str(cert_files[1])}}
+    settings["downstream"]["outbound"] = downstream.url
+    config.write_text(yaml.safe_dump(settings))
+    for policy in (tmp_path / "policy").glob("*.yaml"):
+        customer = yaml.safe_load(policy.read_text())
+        customer["dkim"] = {"sign": []}
+        policy.write_text(yaml.safe_dump(customer))
+    (tmp_path / "keys").mkdir()
+    return config, port
+
+
 @pytest.mark.timeout(120)
 def test_two_workers_carry_long_submission_sessions_evenly(tmp_path, downstream, password_hash,
                                                            cert_files):
     """40 submission sessions opened one after another and held: each worker carries
     20 (+-2).  With a SO_REUSEPORT socket per worker the split was the kernel's hash
     of the client's port, binomial: 20 +-2 only about one time in three."""
-    config, _inbound = write_config(tmp_path, downstream.url, password_hash)
-    port = free_port()
-    settings = yaml.safe_load(config.read_text())
-    settings["listeners"]["submission"] = {
-        "port": port, "tls": {"cert": str(cert_files[0]), "key": str(cert_files[1])}}
-    settings["downstream"]["outbound"] = downstream.url
-    for policy in (tmp_path / "policy").glob("*.yaml"):  # no keys here: nothing is signed
-        customer = yaml.safe_load(policy.read_text())
-        customer["dkim"] = {"sign": []}
-        policy.write_text(yaml.safe_dump(customer))
-    (tmp_path / "keys").mkdir()
-    config.write_text(yaml.safe_dump(settings))
+    config, port = with_submission(tmp_path, downstream, password_hash, cert_files, "submission")
     proc = start(config, "--workers", "2")
     sessions: list[smtplib.SMTP] = []
     try:
@@ -193,18 +201,8 @@ def test_a_failed_465_handshake_is_forgotten_at_once(tmp_path, downstream, passw
     so the listener kept counting it as open: it skewed the workers' turns and held
     shutdown for the whole grace period.  Our acceptor tells the connection, which
     the listener then forgets."""
-    config, _inbound = write_config(tmp_path, downstream.url, password_hash, grace=60)
-    port = free_port()
-    settings = yaml.safe_load(config.read_text())
-    settings["listeners"]["submissions"] = {
-        "port": port, "tls": {"cert": str(cert_files[0]), "key": str(cert_files[1])}}
-    settings["downstream"]["outbound"] = downstream.url
-    config.write_text(yaml.safe_dump(settings))
-    for policy in (tmp_path / "policy").glob("*.yaml"):
-        customer = yaml.safe_load(policy.read_text())
-        customer["dkim"] = {"sign": []}
-        policy.write_text(yaml.safe_dump(customer))
-    (tmp_path / "keys").mkdir()
+    config, port = with_submission(tmp_path, downstream, password_hash, cert_files, "submissions",
+                                   grace=60)
     proc = start(config, "--workers", workers)
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE

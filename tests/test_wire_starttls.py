@@ -17,7 +17,6 @@ import asyncio
 import logging
 import smtplib
 import socket
-import ssl
 import threading
 import time
 
@@ -27,6 +26,7 @@ import uvloop
 from tests.conftest import PASSWORD, customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.submission import auth_plain
+from tests.test_wire_timeouts import read_until_closed
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 CONN = "portcullis.connection"
@@ -74,21 +74,6 @@ def read_reply(f) -> list[bytes]:
     while lines[-1][3:4] == b"-":
         lines.append(f.readline())
     return lines
-
-
-def read_until_closed(s: socket.socket, limit: float = 10) -> bytes:
-    s.settimeout(limit)
-    out = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (ssl.SSLError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 @pytest.mark.parametrize("injected", [
