@@ -9,7 +9,7 @@ batches' p99 was 0.7-1.4 ms).
 
 So the store's connection turns the automatic checkpoint off, and this thread,
 with a connection of its own, looks at the log's size a few times a second and
-checkpoints it PASSIVE once it is past the same 1000 pages: PASSIVE never waits
+checkpoints it PASSIVE once it is past the same 4 MB: PASSIVE never waits
 for a writer or a reader, so the store's thread goes on committing meanwhile
 (sqlite3 lets go of the GIL while SQLite works).  Another process's checkpointer
 at work at the same time answers busy, and this one tries again at its next look.
@@ -24,7 +24,8 @@ import threading
 
 log = logging.getLogger("portcullis.store")
 
-# SQLite's own threshold for its automatic checkpoint: 1000 pages of 4 KiB.
+# SQLite's own threshold for its automatic checkpoint, 1000 pages of its default
+# 4 KiB, kept in bytes (the state file's pages are smaller: sqlite.PAGE_SIZE).
 CHECKPOINT_BYTES = 1000 * 4096
 # How often the log's size is looked at.
 LOOK_EVERY = 0.1
