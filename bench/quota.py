@@ -9,9 +9,9 @@ private redis-server on loopback):
                        (the floor of a RCPT), nothing else
     RCPT+commit        one RCPT's metering and its commit after DATA, compromise off
     message            what a submitted message costs with the defaults (as
-                       bench/submission.py's gateway rows): the suspension check and
-                       session slot at MAIL, the check-and-hold of every limit with
-                       the attempt counter at RCPT, the commit, the counts, the series
+                       bench/submission.py's gateway rows): the suspension check,
+                       the session slot, the check-and-hold of every limit with the
+                       attempt counter at RCPT, the commit, the counts, the series
                        and the compromise facts after DATA; 20 accounts of one customer
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
@@ -100,11 +100,18 @@ def _operation(name: str, store: Store, now: float):
     full = Metering(store, QuotaSettings.model_validate(
         {"compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG}}))
 
+    # A checkout from before the suspension check moved into the first RCPT's round
+    # trip (--baseline) still asks at MAIL, in a round trip of its own.
+    asks_at_mail = hasattr(full, "check_mail")
+
     async def message(w: int, i: int) -> None:
         a, t = accts[w % len(accts)], now + i * 1e-3
-        decision = await full.check_mail(a, 5120, t, f"lease{w}")
-        assert decision.accept, decision
-        tx = full.begin(f"w{w}.{i}")
+        if asks_at_mail:
+            decision = await full.check_mail(a, 5120, t, f"lease{w}")  # type: ignore[attr-defined]
+            assert decision.accept, decision
+            tx = full.begin(f"w{w}.{i}")
+        else:
+            tx = full.begin(f"w{w}.{i}", f"lease{w}")
         d = await full.check_recipient(a, tx, "dest.example", t)
         assert d.accept, d
         await full.finish(a, tx, True, t)

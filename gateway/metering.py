@@ -9,18 +9,21 @@ Where each call goes in the conversation (docs/quotas.md, "Wiring"):
     AUTH failed                       auth_failed(attempt, now)         → seconds to wait, then 535
     AUTH not checked (timeout, down)  auth_abandoned(attempt)           → 454 4.7.0
     AUTH succeeded                    auth_succeeded(attempt); open_session(acct, cid, now)
-    MAIL                              check_mail(acct, size, now); begin(txid)
+    MAIL                              begin(txid, cid)  (SIZE=: rules.quota.decide_size)
     RCPT, before the downstream       check_recipient(acct, tx, domain, now)
+                                      (the first one also: suspended? the slot renewed)
     RCPT refused by the downstream    recipient_refused(tx, now)
     after DATA (downstream answered)  finish(acct, tx, delivered, now)
     RSET / disconnect mid-transaction abort(tx, now);  disconnect: close_session(acct, cid)
 
-Each message costs one store round trip at MAIL, one at each RCPT and one at the
-end of DATA (Store.begin_message, Store.meter): the compromise facts come back
-with the charge or the commit (docs/quotas.md, "Round trips").
+Each message costs one store round trip at each RCPT and one at the end of DATA
+(Store.meter): the first RCPT's also reads the suspension and renews the session's
+slot (MeterStep.begin), and the compromise facts come back with the charge or the
+commit (docs/quotas.md, "Round trips").  So a suspended account is refused at
+RCPT, as Postfix's restrictions are by default (smtpd_delay_reject), not at MAIL.
 
 A store that cannot be reached never lets mail through unmetered: the answer is
-``451 4.3.0`` (QUOTA_STORE_UNAVAILABLE) at MAIL/RCPT and ``454 4.7.0`` at AUTH.
+``451 4.3.0`` (QUOTA_STORE_UNAVAILABLE) at RCPT and ``454 4.7.0`` at AUTH.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from gateway.rules.quota import HOUR, RATE_LIMITS, AccountQuota, QuotaDecision
 from gateway.store.base import (
     Charge,
     Event,
+    MessageBegin,
     MeterResult,
     MeterStep,
     SeriesAdd,
@@ -54,7 +58,7 @@ log = logging.getLogger("portcullis.quota")
 # How long a held charge lives without a commit: longer than any transaction
 # (DATA timeout + downstream deadline); a crashed process frees its holds after it.
 HOLD_LEASE = 1800.0
-# A connection slot lives this long unless renewed (renew at every MAIL).
+# A connection slot lives this long unless renewed (at each transaction's first RCPT).
 SESSION_LEASE = 1800.0
 
 
@@ -63,11 +67,20 @@ class MeteredTransaction:
     """Per-transaction metering state; keep it on the envelope."""
 
     txid: str
+    # The session's slot, renewed by the transaction's first step in the store.
+    lease_id: str | None = None
     message_hold: str = ""
     recipient_holds: list[str] = field(default_factory=list)
     accepted: int = 0
     refused_downstream: int = 0
     finished: bool = False
+    # A check-and-charge went to the store (it may have held, even if it failed) ...
+    asked: bool = False
+    # ... and the first that came back read the suspension and renewed the slot.
+    begun: bool = False
+    # What that step found: the account is suspended, and every recipient of the
+    # transaction is answered so (refused, deferred or held), nothing charged.
+    suspended: QuotaDecision | None = None
 
     def __post_init__(self) -> None:
         self.message_hold = f"{self.txid}:m"
@@ -230,27 +243,17 @@ class Metering:
             log.error("could not release a connection slot: %s", exc)
 
     # --- MAIL ------------------------------------------------------------------------
-    def begin(self, txid: str) -> MeteredTransaction:
-        return MeteredTransaction(txid)
-
-    async def check_mail(self, acct: AccountQuota, size: int | None, now: float,
-                         lease_id: str | None = None) -> QuotaDecision:
-        """Suspended? (550 5.7.1, or as the account's ``when_suspended`` says: a
-        ``held`` decision)  Declared SIZE= over the account's limit? (552 5.3.4)"""
-        try:
-            suspension = await self.store.begin_message(acct.login, f"conn:{acct.login}", lease_id,
-                                                        now, SESSION_LEASE)
-        except StoreUnavailable as exc:
-            log.error("suspension state unavailable: %s", exc)
-            return QuotaDecision(Verdict.refuse(replies.QUOTA_STORE_UNAVAILABLE), limit="store")
-        decision = quota.decide_suspended(suspension, acct.limits.when_suspended)
-        if not decision.accept or decision.held is not None:
-            return decision
-        return quota.decide_size(acct, size)
+    def begin(self, txid: str, lease_id: str | None = None) -> MeteredTransaction:
+        """A transaction of the session whose slot is ``lease_id``: no store call yet."""
+        return MeteredTransaction(txid, lease_id)
 
     # --- RCPT ------------------------------------------------------------------------
     async def check_recipient(self, acct: AccountQuota, tx: MeteredTransaction, domain: str,
                               now: float) -> QuotaDecision:
+        """The recipient's check-and-charge; the transaction's first also asks whether
+        the account is suspended (550 5.7.1, or as its ``when_suspended`` says)."""
+        if tx.suspended is not None:
+            return tx.suspended
         count = quota.decide_recipient_count(acct, tx.accepted)
         if not count.accept:
             return count
@@ -263,10 +266,17 @@ class Metering:
         attempted = _attempts(acct.login)
         let_through = tuple(c.unlimited() for c in charges) if acct.shadow else ()
         reads, sums = self._signal_reads(acct, now)
+        begin = None if tx.begun else MessageBegin(acct.login, f"conn:{acct.login}", tx.lease_id,
+                                                   SESSION_LEASE)
+        tx.asked = True
         try:
             found = await self.store.meter(MeterStep(
-                charges=(*charges, attempted), lease=HOLD_LEASE, if_refused=(attempted, *let_through),
-                read=reads, sums=sums, read_when_refused=True), now)
+                begin=begin, charges=(*charges, attempted), lease=HOLD_LEASE,
+                if_refused=(attempted, *let_through), read=reads, sums=sums, read_when_refused=True), now)
+            tx.begun = True
+            if found.suspension is not None:  # every mode, shadow included: nothing was charged
+                tx.suspended = quota.decide_suspended(found.suspension, acct.limits.when_suspended)
+                return tx.suspended
             result = found.charged
             decision = quota.decide_charge(acct, result)
             if not result.accepted and decision.would_refuse is None:
@@ -305,6 +315,8 @@ class Metering:
         if tx.finished:
             return None
         tx.finished = True
+        if tx.suspended is not None:  # nothing was charged, nothing is counted
+            return None
         login = acct.login
         committed = delivered and tx.accepted > 0
         tried = tx.accepted + tx.refused_downstream
@@ -328,6 +340,8 @@ class Metering:
         if tx.finished:
             return
         tx.finished = True
+        if not tx.asked or tx.suspended is not None:  # nothing was held
+            return
         try:
             await self.store.release(tx.holds, now)
         except StoreUnavailable as exc:

@@ -62,8 +62,9 @@ def test_suspend_from_the_cli_is_seen_by_a_gateway_on_the_same_store(tmp_path):
         store = SQLiteStore(tmp_path / "portcullis-state.db")
         from gateway.rules.quota import account_quota
 
-        d = await Metering(store, QuotaSettings()).check_mail(
-            account_quota("alice@acme.example", "acme", None, None, None), None, T0)
+        m = Metering(store, QuotaSettings())
+        d = await m.check_recipient(account_quota("alice@acme.example", "acme", None, None, None),
+                                    m.begin("t1"), "example.org", T0)
         await store.close()
         return d
 

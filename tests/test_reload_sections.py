@@ -191,7 +191,7 @@ def test_compromise_applies(gw, client_tls):
     assert submit(gw, client_tls, login="carol@globex.example")["mail"][0] == 250
     gw.reload(**{"compromise.ceiling_recipients_per_hour": 1})
     submit(gw, client_tls, ["a@x.example", "b@x.example"], login="carol@globex.example")
-    assert submit(gw, client_tls, login="carol@globex.example")["mail"][0] == 550  # suspended
+    assert submit(gw, client_tls, login="carol@globex.example")["rcpt"][0][0] == 550  # suspended
 
 
 def test_abuse_applies(gw):

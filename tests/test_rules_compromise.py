@@ -64,13 +64,14 @@ def test_hammering_past_the_limit_suspends_at_the_ceiling_with_evidence(any_stor
         tx = m.begin("t1")
         for i in range(ceiling + 1):
             await m.check_recipient(a, tx, "victim.example", T0 + i)
-        mail = await m.check_mail(a, None, T0 + 100)
-        return mail, await store.suspension(a.login), await store.events(a.login)
+        # The next transaction's first recipient hears of the suspension.
+        then = await m.check_recipient(a, m.begin("t2"), "victim.example", T0 + 100)
+        return then, await store.suspension(a.login), await store.events(a.login)
 
-    mail, suspension, events = any_store.run(body)
+    then, suspension, events = any_store.run(body)
     assert suspension is not None and suspension.reason == "hard ceiling exceeded"
     assert suspension.evidence["recipients_attempted_last_hour"] == ceiling + 1
-    assert (mail.verdict.reply.code, mail.verdict.reply.enhanced) == (550, "5.7.1")
+    assert (then.verdict.reply.code, then.verdict.reply.enhanced) == (550, "5.7.1")
     assert events[0].kind == "suspended" and events[0].data["ceiling"] == ceiling
 
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from gateway import replies
 from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings
-from gateway.metering import Metering
+from gateway.metering import SESSION_LEASE, Metering
 from gateway.rules import quota
 from gateway.rules.quota import AccountQuota, Limits, account_quota, effective_limits
 from gateway.store.base import ChargeResult, Suspension
@@ -185,8 +185,7 @@ def settings(**compromise) -> QuotaSettings:
 async def send(m: Metering, a: AccountQuota, txid: str, rcpts: list[str], now: float,
                delivered: bool = True, refused_downstream: frozenset[str] = frozenset()):
     """One transaction as the handler runs it; returns the RCPT replies."""
-    assert (await m.check_mail(a, None, now)).accept
-    tx = m.begin(txid)
+    tx = m.begin(txid, f"lease-{txid}")
     codes = []
     for r in rcpts:
         d = await m.check_recipient(a, tx, r.rpartition("@")[2], now)
@@ -310,28 +309,48 @@ def test_shadow_mode_lets_everything_through_and_still_counts(any_store):
     assert {u.name: u.used for u in status.usage}["messages_per_hour"] == 3
 
 
-def test_suspended_account_refused_at_mail_until_unsuspended(any_store):
+def test_suspended_account_refused_at_the_first_rcpt_until_unsuspended(any_store):
     a = acct()
 
     async def body(store):
         m = Metering(store, settings())
         await m.suspend(a.login, T0)
-        during = await m.check_mail(a, None, T0 + 1)
+        tx = m.begin("t1", "cid1")
+        during = [await m.check_recipient(a, tx, "b.example", T0 + 1) for _ in range(2)]
+        suspended_usage = await store.usage(quota.recipient_charges(a, "b.example", True, "m", "r"), T0 + 1)
+        await m.finish(a, tx, False, T0 + 1)
         await m.unsuspend(a.login, T0 + 2)
-        after = await m.check_mail(a, None, T0 + 3)
-        return during, after, await store.events(a.login)
+        after = await m.check_recipient(a, m.begin("t2", "cid1"), "b.example", T0 + 3)
+        return during, suspended_usage, after, await store.events(a.login)
 
-    during, after, events = any_store.run(body)
-    assert (during.verdict.reply.code, during.verdict.reply.enhanced) == (550, "5.7.1")
+    during, suspended_usage, after, events = any_store.run(body)
+    # The second recipient hears the same, without asking the store again.
+    assert [(d.verdict.reply.code, d.verdict.reply.enhanced) for d in during] == [(550, "5.7.1")] * 2
+    assert set(suspended_usage) == {0}  # nothing was charged while suspended
     assert after.accept
     assert [e.kind for e in events] == ["unsuspended", "suspended"]
 
 
-def test_oversized_size_parameter_refused_at_mail(any_store):
-    async def body(store):
-        return await Metering(store, settings()).check_mail(acct(max_message_size=2048), 4096, T0)
+def test_the_first_rcpt_renews_the_sessions_slot_the_next_ones_do_not_ask(any_store):
+    a = acct(concurrent_connections=1)
 
-    d = any_store.run(body)
+    async def body(store):
+        m = Metering(store, settings())
+        assert (await m.open_session(a, "cid1", T0)).accept
+        tx = m.begin("t1", "cid1")
+        # Past the session's lease, but renewed by the first RCPT: the slot is still taken.
+        await m.check_recipient(a, tx, "b.example", T0 + SESSION_LEASE - 1)
+        held = (await m.open_session(a, "cid2", T0 + SESSION_LEASE + 1)).reply.code
+        # Not renewed by a later RCPT of the same transaction.
+        await m.check_recipient(a, tx, "b.example", T0 + 2 * SESSION_LEASE - 2)
+        free = (await m.open_session(a, "cid3", T0 + 2 * SESSION_LEASE)).reply.code
+        return held, free
+
+    assert any_store.run(body) == (454, 235)
+
+
+def test_oversized_size_parameter_refused_at_mail():
+    d = quota.decide_size(acct(max_message_size=2048), 4096)
     assert (d.verdict.reply.code, d.verdict.reply.enhanced) == (552, "5.3.4")
 
 
@@ -356,14 +375,12 @@ def test_unreachable_store_answers_451_4_3_0_not_a_pass(tmp_path):
     async def body():
         store = SQLiteStore(tmp_path / "missing" / "state.db")
         m = Metering(store, settings())
-        mail = await m.check_mail(acct(), None, T0)
         rcpt = await m.check_recipient(acct(), m.begin("t"), "b.example", T0)
         auth = (await m.auth_begin("192.0.2.1", "alice", T0)).verdict
         await store.close()
-        return mail, rcpt, auth
+        return rcpt, auth
 
-    mail, rcpt, auth = asyncio.run(body())
-    assert (mail.verdict.reply.code, mail.verdict.reply.enhanced) == (451, "4.3.0")
+    rcpt, auth = asyncio.run(body())
     assert (rcpt.verdict.reply.code, rcpt.verdict.reply.enhanced) == (451, "4.3.0")
     assert not auth.accept and auth.reply.code == 454
 

@@ -1,4 +1,5 @@
-"""One store round trip per SMTP step (issue 16): Store.meter and Store.begin_message.
+"""One store round trip per SMTP step (issue 16): Store.meter, a transaction's first
+RCPT's (with MeterStep.begin) and the end of DATA's.
 
 The one-trip versions (one SQLite transaction, one Redis script) must give exactly
 what the old multi-call path gives: the base class's default implementations, which
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 
 from gateway.store.base import (
     Charge,
+    MessageBegin,
     MeterStep,
     SeriesAdd,
     SeriesSum,
@@ -123,19 +126,30 @@ def test_running_sum_follows_the_window_both_ways_and_retention(any_store):
     assert sums[0] > 0 and len(set(sums)) == 4  # 7, 3, 30 and 1 days differ
 
 
-def test_begin_message_reads_the_suspension_and_renews_the_slot(any_store):
+def test_a_steps_begin_reads_the_suspension_renews_the_slot_and_stops_a_suspended_login(any_store):
+    charge = Charge("acct:alice:rph", HOUR, 10, hold="h1")
+
     async def body(store: Store):
         assert await store.acquire_slot("conn:alice", "cid1", 1, T0, 100)
-        assert await store.begin_message("alice", "conn:alice", "cid1", T0 + 90, 100) is None
+        first = await store.meter(MeterStep(begin=MessageBegin("alice", "conn:alice", "cid1", 100),
+                                            charges=(charge,), lease=1800.0), T0 + 90)
         # Renewed at T0+90 until T0+190: still held at T0+150, so a second session is refused.
         busy = not await store.acquire_slot("conn:alice", "cid2", 1, T0 + 150, 100)
         await store.suspend(Suspension("alice", T0, "volume spike", {"n": 3}))
-        found = await store.begin_message("alice", "conn:alice", None, T0 + 160, 100)
-        return busy, found
+        then = await store.meter(MeterStep(begin=MessageBegin("alice", "conn:alice", None, 100),
+                                           charges=(replace(charge, hold="h2"),), lease=1800.0,
+                                           counts=(Charge("acct:alice:tried", HOUR, None),),
+                                           series=(SeriesAdd("sent:alice", 1),)), T0 + 160)
+        used = await store.usage([charge, Charge("acct:alice:tried", HOUR, None)], T0 + 161)
+        sent = await store.read_series("sent:alice", T0 - DAY, T0 + 161)
+        return first, busy, then, used, sent
 
-    busy, found = any_store.run(body)
+    first, busy, then, used, sent = any_store.run(body)
+    assert first.suspension is None and first.charged.accepted and first.charged.used == (0,)
     assert busy
-    assert found == Suspension("alice", T0, "volume spike", {"n": 3})
+    assert then.suspension == Suspension("alice", T0, "volume spike", {"n": 3})
+    # Suspended: the rest of the step was not done (only the first charge counts).
+    assert used == (1, 0) and sent == 0 and not then.charged.accepted
 
 
 def test_meter_is_atomic_across_clients(any_store):

@@ -1,6 +1,6 @@
 """The Redis store's per-message scripts on one pipelined connection (redis_pipe.py).
 
-Store.meter and Store.begin_message write every call at once on one connection and
+Store.meter writes every call at once on one connection and
 match replies to calls by order: these tests hold that to real redis-servers under
 concurrency, a flushed script cache, a server that stops answering, and the
 password and database of the URL."""
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from gateway.store.base import Charge, MeterStep, StoreUnavailable, Suspension
+from gateway.store.base import Charge, MessageBegin, MeterStep, Store, StoreUnavailable, Suspension
 from gateway.store.redis import RedisStore
 from tests.support.redis_server import RedisServer
 
@@ -34,6 +34,11 @@ def command(server: RedisServer, *args: str, password: str = "") -> bytes:
         s.sendall(resp(*args))
         time.sleep(0.05)
         return s.recv(65536)
+
+
+async def begin(store: Store, login: str, lease_id: str | None, now: float) -> Suspension | None:
+    """A transaction's first step: the login's suspension, its session slot renewed."""
+    return (await store.meter(MeterStep(begin=MessageBegin(login, f"conn:{login}", lease_id, 60)), now)).suspension
 
 
 def connected_clients(server: RedisServer) -> int:
@@ -71,7 +76,7 @@ def test_concurrent_calls_on_one_connection_each_get_their_own_answer(server):
 
         met, begun, _ = await asyncio.gather(
             asyncio.gather(*(store.meter(s, T0 + 1) for s in steps)),
-            asyncio.gather(*(store.begin_message(x, f"conn:{x}", "lease", T0, 60) for x in logins)),
+            asyncio.gather(*(begin(store, x, "lease", T0) for x in logins)),
             watch())
         await store.close()
         return met, begun, during
@@ -114,12 +119,12 @@ def test_a_server_that_stops_answering_fails_the_waiting_calls_then_recovers(ser
         try:
             started = time.monotonic()
             outcomes = await asyncio.gather(*(store.meter(step, T0 + 1) for _ in range(5)),
-                                            store.begin_message("a@acme.example", "conn:a", None, T0, 60),
+                                            begin(store, "a@acme.example", None, T0),
                                             return_exceptions=True)
             waited = time.monotonic() - started
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
-        after = await store.begin_message("a@acme.example", "conn:a", None, T0, 60)
+        after = await begin(store, "a@acme.example", None, T0)
         usage = await store.usage([Charge("k", 3600, None)], T0 + 2)
         await store.close()
         return outcomes, waited, after, usage
@@ -139,9 +144,9 @@ def test_the_password_and_database_of_the_url_are_used(server):
     async def body():
         # Written through redis-py's pool, read back through the pipe: the same database.
         await store.suspend(Suspension("a@acme.example", T0, "stolen"))
-        found = await store.begin_message("a@acme.example", "conn:a", "lease", T0, 60)
+        found = await begin(store, "a@acme.example", "lease", T0)
         with pytest.raises(StoreUnavailable):
-            await wrong.begin_message("a@acme.example", "conn:a", "lease", T0, 60)
+            await begin(wrong, "a@acme.example", "lease", T0)
         await store.close()
         await wrong.close()
         return found
@@ -153,4 +158,4 @@ def test_the_password_and_database_of_the_url_are_used(server):
                        "0", password="s3cret")
 
     assert keys_in("0").startswith(b"*0"), keys_in("0")
-    assert b"pipe:s:conn:a" in keys_in("3")
+    assert b"pipe:s:conn:a@acme.example" in keys_in("3")

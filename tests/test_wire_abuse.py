@@ -102,7 +102,8 @@ def test_arf_reports_are_attributed_passed_on_unchanged_and_suspend_the_account(
     suspended = events(gw, "suspended")
     assert suspended and "complaint" in suspended[0].data["reason"]
     with logged_in(gw, client_tls) as c:
-        code, text = c.mail(ALICE)
+        assert c.mail(ALICE)[0] == 250
+        code, text = c.rcpt("someone@elsewhere.example")
     assert (code, text[:5]) == (550, b"5.7.1")
 
 

@@ -93,15 +93,19 @@ def test_over_a_rate_limit_hold_accepts_keeps_and_charges_only_on_release(
 @pytest.mark.parametrize(("action", "code", "enhanced"), [
     ("defer", 451, b"4.7.1"), ("reject", 550, b"5.7.1"),
 ])
-def test_a_suspended_accounts_mail_is_deferred_or_rejected_at_mail(make_gateway, client_tls,
+def test_a_suspended_accounts_mail_is_deferred_or_rejected_at_rcpt(make_gateway, client_tls,
                                                                     downstream, action, code,
                                                                     enhanced):
     gw = make_gateway(alice={"when_suspended": action})
     assert cli(gw, "suspend", ALICE, "--reason", "phishing reported") == 0
     with logged_in(gw, client_tls) as c:
-        reply = c.mail(ALICE)
-    assert reply[0] == code and without_id(reply[1]) == enhanced + (
-        b" This account is suspended from sending mail; please contact your provider's support")
+        # MAIL asks no store (the suspension comes with the first RCPT's round trip),
+        # and every recipient of the transaction hears the same.
+        result = send(c, ["x@elsewhere.example", "y@elsewhere.example"])
+    assert result["mail"][0] == 250 and codes(result) == [code, code] and result["data"] is None
+    for _, text in result["rcpt"]:
+        assert without_id(text) == enhanced + (
+            b" This account is suspended from sending mail; please contact your provider's support")
     assert downstream.messages == [] and held(gw) == []
 
 
@@ -111,8 +115,8 @@ def test_a_suspended_accounts_mail_is_held_when_its_customer_says_hold(make_gate
     gw = make_gateway(acme={"when_suspended": "hold"})
     assert cli(gw, "suspend", ALICE, "--reason", "phishing reported") == 0
     with logged_in(gw, client_tls) as c:
-        result = send(c, ["x@elsewhere.example"])
-    assert result["mail"][0] == 250 and codes(result) == [250]
+        result = send(c, ["x@elsewhere.example", "y@elsewhere.example"])
+    assert result["mail"][0] == 250 and codes(result) == [250, 250]
     assert result["data"][0] == 250 and b"held for review" in result["data"][1]
     assert downstream.messages == []
     [h] = held(gw)
@@ -125,7 +129,7 @@ def test_the_gateway_default_is_overridden_per_account(make_gateway, client_tls,
     for login in (ALICE, "bob@acme.example"):
         assert cli(gw, "suspend", login) == 0
     with logged_in(gw, client_tls) as a, logged_in(gw, client_tls, "bob@acme.example") as b:
-        assert a.mail(ALICE)[0] == 451
+        assert codes(send(a, ["x@elsewhere.example"])) == [451]
         assert send(b, ["x@elsewhere.example"], sender="bob@acme.example")["data"][0] == 250
     assert [h.login for h in held(gw)] == ["bob@acme.example"]
 

@@ -160,7 +160,7 @@ def test_an_unknown_or_malformed_id_is_one_line_and_exit_1(gateway):
 
 # --- suspension, and a connection with its transactions ----------------------------------
 
-def test_a_transaction_that_suspends_its_account_is_explained_then_the_next_mail_too(
+def test_a_transaction_that_suspends_its_account_is_explained_then_the_next_one_too(
         tmp_path, downstream, cert_files, password_hash, client_tls):
     gw = start(tmp_path, downstream, cert_files, customer_policies(password_hash),
                compromise={"ceiling_recipients_per_hour": 2})
@@ -172,7 +172,8 @@ def test_a_transaction_that_suspends_its_account_is_explained_then_the_next_mail
                 assert c.rcpt(f"friend{n}@elsewhere.example")[0] == 250
             code, accepted = c.data(MESSAGE)
             assert code == 250
-            code, refused = c.mail("alice@acme.example")
+            assert c.mail("alice@acme.example")[0] == 250
+            code, refused = c.rcpt("friend@elsewhere.example")
             assert code == 550
         first, second = f"{id_of(refused).rpartition('.')[0]}.1", id_of(refused)
         suspending = explained(gw, first)
@@ -181,7 +182,7 @@ def test_a_transaction_that_suspends_its_account_is_explained_then_the_next_mail
         gw.stop()
     assert "suspended the account, rule compromise.suspended" in suspending
     assert "reason='hard ceiling exceeded'" in suspending and "ceiling=2" in suspending
-    assert "refused at MAIL by rule quota.suspended" in then
+    assert "rcpt <friend@elsewhere.example>: refused, rule quota.suspended" in then
 
 
 def test_a_connection_id_explains_a_refused_auth_and_lists_its_transactions(gateway, client_tls):

@@ -172,7 +172,8 @@ def test_suspended_account_logs_in_but_cannot_send_until_unsuspended(make_gatewa
     gw = make_gateway()
     assert cli(gw, "suspend", ALICE, "--reason", "phishing reported") == 0
     with logged_in(gw, client_tls) as c:
-        code, text = c.mail(ALICE)
+        assert c.mail(ALICE)[0] == 250  # asked at the first RCPT, with its check-and-charge
+        code, text = c.rcpt("x@elsewhere.example")
         assert code == 550
         assert without_id(text) == (
             b"5.7.1 This account is suspended from sending mail; please contact your provider's support")
@@ -193,8 +194,12 @@ def test_recipients_refused_downstream_suspend_the_account(make_gateway, client_
         assert codes(send(c, [f"u{i}@victim.example" for i in range(4)])) == [550] * 4
         # The RSET's release and assessment run as the transaction is torn down.
         deadline = time.monotonic() + 10
-        while (reply := c.mail(ALICE))[0] == 250 and time.monotonic() < deadline:
+        while True:
+            assert c.mail(ALICE)[0] == 250
+            reply = c.rcpt("x@elsewhere.example")
             c.rset()
+            if reply[0] != 250 or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
     assert (reply[0], reply[1][:5]) == (550, b"5.7.1")
     events = gw.run(gw.runtime.metering.store.events(ALICE))
@@ -224,7 +229,8 @@ def test_store_unreachable_means_451_never_an_unmetered_pass(tmp_path, downstrea
     try:
         c = logged_in(gw, client_tls)
         server.stop()
-        code, text = c.mail(ALICE)
+        assert c.mail(ALICE)[0] == 250  # no store call: the first RCPT makes it
+        code, text = c.rcpt("x@elsewhere.example")
         assert (code, without_id(text)) == (
             451, b"4.3.0 Sending limits cannot be checked right now; try again later")
         c.close()

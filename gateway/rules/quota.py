@@ -145,12 +145,13 @@ def _contain(action: str, reply: Reply, limit: str, ok: Reply,
 
 
 def decide_suspended(suspension: Suspension | None, action: str = "reject") -> QuotaDecision:
-    """A suspended account may log in but not send (checked at MAIL, in every mode,
-    shadow included): its mail is rejected, deferred or held as ``action`` says."""
+    """A suspended account may log in but not send (checked at a transaction's first
+    RCPT, in every mode, shadow included): its mail is rejected, deferred or held as
+    ``action`` says."""
     if suspension is None:
-        return QuotaDecision(Verdict.ok(replies.SENDER_OK))
+        return QuotaDecision(Verdict.ok(replies.RECIPIENT_OK))
     return _contain(action, replies.ACCOUNT_SUSPENDED_DEFERRED if action == "defer"
-                    else replies.ACCOUNT_SUSPENDED, "suspended", replies.SENDER_OK,
+                    else replies.ACCOUNT_SUSPENDED, "suspended", replies.RECIPIENT_OK,
                     replies.ACCOUNT_SUSPENDED)
 
 

@@ -8,10 +8,11 @@ AUTH (submission only)  → locked out? (454) → account source (off the loop) 
 MAIL                    → null sender normalised; the config in force captured in
                           a new Transaction (gateway/smtp/state.py); the product's
                           sender check (submission: may this account use this
-                          sender? suspended? SIZE= too big?)
+                          sender? SIZE= too big?)
 RCPT                    → recipient limit; the product's recipient rule (rules.relay,
                           rules.abuse); the account's rate limits, held atomically
-                          (quotas); then relayed downstream at once, its refusal
+                          (quotas; the first RCPT also: suspended?, in the same
+                          store round trip); then relayed downstream at once, its refusal
                           passed back, its acceptance as our 250 2.1.5
 DATA (read by protocol) → bare CR/LF and size already refused while reading; the
                           header parsed; then the product's pipeline, step by step
@@ -173,8 +174,7 @@ class GatewayHandler(HookDiscovery):
         # Hot reload: the transaction runs to its end under the config in force now.
         rt = self.runtime.current()
         product = self.product
-        refusal, acct, contained = await product.check_sender(server.facts, rt, record, sender,
-                                                              mail_options)
+        refusal, acct = await product.check_sender(server.facts, rt, record, sender, mail_options)
         if refusal is not None:
             return str(refusal)
         if server.screen is not None:  # MX screening: messages per minute from this client
@@ -193,11 +193,10 @@ class GatewayHandler(HookDiscovery):
         if acct is not None and rt.metering is not None:
             # Its abort (RSET, disconnect, local refusal) releases the quota holds.
             downstream = quota = MeteredDownstream(
-                downstream, rt.metering, acct, rt.metering.begin(record.txid), rt.clock)
+                downstream, rt.metering, acct, rt.metering.begin(record.txid, server.facts.cid), rt.clock)
         server.tx = Transaction(
             server.facts, record, rt, product.direction, sender, session.host_name,
             bool(session.extended_smtp), envelope.rcpt_tos, mail_options, downstream, quota)
-        server.tx.contained = contained
         if quota is not None:
             tx = server.tx
             quota.on_suspended = lambda s: suspended(tx, s, "end of a transaction refused downstream")
@@ -241,7 +240,7 @@ class GatewayHandler(HookDiscovery):
                 suspended(tx, decision.suspension, "RCPT")
             if quota_refusal(record, decision, rt, tx.session.login, recipient=True) is not None:
                 return str(decision.verdict.reply)
-            if decision.held is not None:  # accepted to be held: nothing was charged
+            if decision.held is not None:  # accepted to be held (a limit, a suspension): nothing charged
                 charged = False
                 if tx.contained is None:
                     tx.contained = contained_by(decision, tx.session.login or "-")

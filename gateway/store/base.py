@@ -28,6 +28,7 @@ from gateway.values.charges import (
     Charge,
     ChargeResult,
     Event,
+    MessageBegin,
     MeterResult,
     MeterStep,
     SeriesAdd,
@@ -37,7 +38,7 @@ from gateway.values.charges import (
 from gateway.values.dmarc_reports import TakenReport
 
 __all__ = [
-    "AttemptReservation", "Charge", "ChargeResult", "Event", "MeterResult", "MeterStep",
+    "AttemptReservation", "Charge", "ChargeResult", "Event", "MessageBegin", "MeterResult", "MeterStep",
     "SeriesAdd", "SeriesSum", "Store", "StoreUnavailable", "Suspension", "TakenReport",
     "retry_after_for",
 ]
@@ -177,8 +178,15 @@ class Store(abc.ABC):
     # The defaults compose the calls above, one round trip each: the reference the
     # backends' one-trip versions are tested against (tests/test_store_meter.py).
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
-        """Settle, check-and-charge, count, add to series and read, as ``step`` says.
-        The backends do it in one transaction / one script, so it is also atomic."""
+        """Begin, settle, check-and-charge, count, add to series and read, as ``step``
+        says.  The backends do it in one transaction / one script, so it is also atomic."""
+        if step.begin is not None:
+            begin = step.begin
+            suspension = await self.suspension(begin.login)
+            if begin.lease_id is not None:
+                await self.acquire_slot(begin.slot_key, begin.lease_id, None, now, begin.ttl)
+            if suspension is not None:
+                return MeterResult(ChargeResult(False, ()), suspension=suspension)
         if step.settle:
             await (self.commit if step.commit else self.release)(step.settle, now)
         charged = ChargeResult(True, ())
@@ -195,15 +203,6 @@ class Store(abc.ABC):
         usage = await self.usage(step.read, now) if step.read else ()
         sums = tuple([await self.read_series(s.key, s.since, s.until, s.bucket) for s in step.sums])
         return MeterResult(charged, usage, sums)
-
-    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
-                            ttl: float) -> Suspension | None:
-        """At MAIL: the login's suspension, and the connection's slot renewed (when
-        ``lease_id`` is given) until ``now + ttl``."""
-        suspension = await self.suspension(login)
-        if lease_id is not None:
-            await self.acquire_slot(slot_key, lease_id, None, now, ttl)
-        return suspension
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -460,11 +460,24 @@ return 1
 # caller names them and the prefix once, "p" (as the journal script, it names keys
 # it builds: one Redis, not Redis Cluster).  Charge rows: [key, window, limit (-1:
 # none), amount, member ('' for none), hold (false: not held)].
-# Returns {charge result..., '|', usage..., '|', sums...}.
+# "begin" (present only at a transaction's first RCPT): [login, slot key, lease id
+# ('' for none), ttl].  Returns {charge result..., '|', usage..., '|', sums...}, or
+# {'S', the suspension's JSON} when begin finds the login suspended (nothing else done).
 _METER = _MEASURE + _CHARGE_ALL + _SETTLE_FN + _SERIES_FN + r"""
 local step = cjson.decode(ARGV[1])
 local P = step.p
 local now, lease = tonumber(step.now), tonumber(step.lease)
+if step.begin then
+  local b = step.begin
+  local body = redis.call('HGET', P .. 'suspensions', b[1])
+  if b[3] ~= '' then
+    local slot, ttl = P .. 's:' .. b[2], tonumber(b[4])
+    redis.call('ZREMRANGEBYSCORE', slot, '-inf', now)
+    redis.call('ZADD', slot, now + ttl, b[3])
+    redis.call('PEXPIRE', slot, math.ceil(ttl * 1000) + 60000)
+  end
+  if body then return {'S', body} end
+end
 local function rows(list)
   local cs = {}
   for i, r in ipairs(list) do
@@ -503,18 +516,6 @@ for _, s in ipairs(step.sums) do
   out[#out + 1] = series_sum(P .. 'series:' .. s[1], s[2], s[3], s[4], s[5])
 end
 return out
-"""
-
-# KEYS: suspensions hash, s:<slot key>.  ARGV: login, now, ttl, lease id ('' for none).
-_BEGIN_MESSAGE = r"""
-local body = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[4] ~= '' then
-  local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], math.ceil(ttl * 1000) + 60000)
-end
-return body
 """
 
 
@@ -580,7 +581,6 @@ class RedisStore(Store):
         self._series = self._r.register_script(_SERIES)
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
-        self._begin_message = self._r.register_script(_BEGIN_MESSAGE)
         # The scripts (every message runs some) go on one pipelined connection
         # (redis_pipe.py); plain commands on redis-py's pool.
         self._pipe = ScriptPipe(url, timeout) if speaks_plainly(url) else None
@@ -785,8 +785,16 @@ class RedisStore(Store):
             "sums": [[s.key, _num(s.since), s.until, s.bucket, expiry(s.bucket, 31 * 86400)]
                      for s in step.sums],
         }
+        begin = step.begin
+        if begin is not None:
+            body["begin"] = [begin.login, begin.slot_key, begin.lease_id or "", _num(begin.ttl)]
         # cjson turns an empty list into an object; '#' of an empty table is 0 either way.
         out = await self._run(self._meter, [], [json.dumps(body)])
+        if out[0] == "S":
+            assert begin is not None
+            d = json.loads(out[1])
+            return MeterResult(ChargeResult(False, ()),
+                               suspension=Suspension(begin.login, d["since"], d["reason"], d["evidence"]))
         bar = out.index("|", 3)
         charged = tuple(int(u) for u in out[3:bar])
         if int(out[0]) == 1:
@@ -800,15 +808,6 @@ class RedisStore(Store):
         second = rest.index("|")
         return MeterResult(result, tuple(int(u) for u in rest[:second]),
                            tuple(int(u) for u in rest[second + 1:]))
-
-    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
-                            ttl: float) -> Suspension | None:
-        body = await self._run(self._begin_message, [self._prefix + "suspensions", self._k("s", slot_key)],
-                               [login, _num(now), _num(ttl), lease_id or ""])
-        if body is None:
-            return None
-        d = json.loads(body)
-        return Suspension(login, d["since"], d["reason"], d["evidence"])
 
     async def close(self) -> None:
         if self._pipe is not None:

@@ -1,9 +1,9 @@
-"""One pipelined Redis connection for the store's Lua scripts (every message runs three).
+"""One pipelined Redis connection for the store's Lua scripts (every message runs two).
 
 redis-py checks a connection out of its pool for each call, wraps each read in a
 timeout context and goes through its generic command layer: about 46 us of this
 process's CPU a call (a trivial EVALSHA, 20 tasks), and a submitted message makes
-three (Store.begin_message, Store.meter at RCPT and after DATA).  Here each call
+two (Store.meter at RCPT and after DATA).  Here each call
 is written at once on one shared connection and answered in order (Redis answers
 one connection's commands in the order it read them), the replies parsed by
 hiredis as the bytes arrive; concurrent calls share the socket's reads and writes.

@@ -34,6 +34,7 @@ from gateway.store.base import (
     ChargeResult,
     Event,
     JournalEntry,
+    MessageBegin,
     MeterResult,
     MeterStep,
     SeriesAdd,
@@ -833,8 +834,22 @@ class SQLiteStore(Store):
             (key, since, now)).fetchone()[0], writes=False)
 
     # --- one round trip per SMTP step ----------------------------------------------------
+    @staticmethod
+    def _begin_in(db: sqlite3.Connection, begin: MessageBegin, now: float) -> Suspension | None:
+        row = db.execute("SELECT login, since, reason, evidence FROM suspensions WHERE login = ?",
+                         (begin.login,)).fetchone()
+        if begin.lease_id is not None:
+            db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (begin.slot_key, now))
+            db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
+                       (begin.slot_key, begin.lease_id, now + begin.ttl))
+        return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
+
     @classmethod
     def _meter_in(cls, db: sqlite3.Connection, step: MeterStep, now: float) -> MeterResult:
+        if step.begin is not None:
+            suspension = cls._begin_in(db, step.begin, now)
+            if suspension is not None:
+                return MeterResult(ChargeResult(False, ()), suspension=suspension)
         if step.settle:
             if step.commit:
                 cls._commit_in(db, list(step.settle), now)
@@ -857,19 +872,6 @@ class SQLiteStore(Store):
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
         # One BEGIN IMMEDIATE transaction, one hop to the store's thread.
         return await self._run(lambda db: self._meter_in(db, step, now))
-
-    async def begin_message(self, login: str, slot_key: str, lease_id: str | None, now: float,
-                            ttl: float) -> Suspension | None:
-        def body(db: sqlite3.Connection) -> Suspension | None:
-            row = db.execute("SELECT login, since, reason, evidence FROM suspensions WHERE login = ?",
-                             (login,)).fetchone()
-            if lease_id is not None:
-                db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (slot_key, now))
-                db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
-                           (slot_key, lease_id, now + ttl))
-            return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
-
-        return await self._run(lambda db: body(db))
 
     async def close(self) -> None:
         """Stop taking calls; the ones already queued run (and commit) first."""

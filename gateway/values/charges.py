@@ -102,15 +102,30 @@ class SeriesSum:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageBegin:
+    """A transaction's first step in the store: is ``login`` suspended?  And the
+    session's slot ``slot_key`` renewed until now + ``ttl`` (when ``lease_id`` is given,
+    as :meth:`Store.acquire_slot` with no limit)."""
+
+    login: str
+    slot_key: str
+    lease_id: str | None
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class MeterStep:
     """Everything one SMTP step asks of the store, done in one round trip and in this
-    order: settle holds, check-and-charge, count, add to series, read.
+    order: begin, settle holds, check-and-charge, count, add to series, read.
 
-    At RCPT: ``charges`` (atomic, as :meth:`Store.charge`), ``if_refused`` recorded
-    without a limit when they do not fit, and the compromise facts read only then
+    At a transaction's first RCPT: ``begin``; a suspended login's step stops there
+    and writes nothing else (:attr:`MeterResult.suspension`).  At RCPT: ``charges``
+    (atomic, as :meth:`Store.charge`), ``if_refused`` recorded without a limit when
+    they do not fit, and the compromise facts read only then
     (``read_when_refused``).  At the end of DATA: ``settle`` (commit or release),
     ``counts`` (unlimited charges), ``series`` and the compromise facts."""
 
+    begin: MessageBegin | None = None
     charges: tuple[Charge, ...] = ()
     lease: float = 900.0
     if_refused: tuple[Charge, ...] = ()
@@ -130,3 +145,5 @@ class MeterResult:
     # Empty when nothing was read (read_when_refused and the charges fitted).
     usage: tuple[int, ...] = ()
     sums: tuple[int, ...] = ()
+    # The step's begin found the login suspended: nothing else was done.
+    suspension: Suspension | None = None

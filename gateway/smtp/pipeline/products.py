@@ -13,8 +13,9 @@ Inbound (MX)   anyone may send                             our customers'
                                                            abuse@ and
                                                            postmaster@ (ours)
 Submission     the account may use the sender              any domain; the
-               (rules/senders.py); suspended? SIZE=?       account's rate and
-               (quotas: the holds start here)              recipient limits
+               (rules/senders.py); SIZE=?                  account's rate and
+                                                           recipient limits, held
+                                                           (the first: suspended?)
 =============  ==========================================  ===================
 """
 
@@ -28,7 +29,7 @@ from gateway.addresses import Mailbox
 from gateway.downstream.base import Downstream
 from gateway.replies import Reply, Verdict
 from gateway.rules.abuse import is_role_recipient
-from gateway.rules.quota import AccountQuota, QuotaDecision, quota_for_login
+from gateway.rules.quota import AccountQuota, QuotaDecision, decide_size, quota_for_login
 from gateway.rules.relay import decide_inbound_recipient, decide_outbound_recipient
 from gateway.rules.senders import decide_envelope_sender
 from gateway.runtime import Runtime
@@ -51,10 +52,9 @@ class Product(Protocol):
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None]:
         """At MAIL: a refusal (its rule on ``record``), or None and the account whose
-        quota holds the transaction takes (None: not metered), and whether its
-        message is to be held (a suspended account whose action is ``hold``)."""
+        quota holds the transaction takes (None: not metered)."""
         ...
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
@@ -75,8 +75,8 @@ class Inbound:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
-        return None, None, None  # anyone may send to our customers: the checks come at DATA
+                           ) -> tuple[Reply | None, AccountQuota | None]:
+        return None, None  # anyone may send to our customers: the checks come at DATA
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         hosted: bool | None = False
@@ -112,26 +112,23 @@ class Submission:
 
     async def check_sender(self, session: Session, rt: Runtime, record: TransactionRecord,
                            sender: str, mail_options: list[str]
-                           ) -> tuple[Reply | None, AccountQuota | None, Containment | None]:
+                           ) -> tuple[Reply | None, AccountQuota | None]:
         identity = session.identity
         assert identity is not None  # AUTH is required before MAIL here
         widened, aliases, _ = sender_grants(rt, identity)
         verdict = decide_envelope_sender(widened, aliases, sender)
         if not verdict.accept:
             record.decide(verdict.rule, verdict.facts)
-            return verdict.reply, None, None
+            return verdict.reply, None
         if rt.metering is None:
-            return None, None, None
+            return None, None
         acct = account_quota(rt, identity)
-        decision = await rt.metering.check_mail(
-            acct, _declared_size(mail_options), rt.clock(), lease_id=session.cid)
+        # No store call here: whether the account is suspended comes back with the
+        # first RCPT's check-and-charge (gateway/metering.py).
+        decision = decide_size(acct, _declared_size(mail_options))
         if quota_refusal(record, decision, rt, identity.login) is not None:
-            return decision.verdict.reply, None, None
-        if decision.held is not None:
-            # Suspended, held: accepted and kept, and not metered (nothing is charged
-            # until the abuse desk releases it).
-            return None, None, contained_by(decision, identity.login)
-        return None, acct, None
+            return decision.verdict.reply, None
+        return None, acct
 
     async def check_recipient(self, rt: Runtime, address: str) -> tuple[Verdict, Mailbox | None, bool]:
         verdict, mailbox = decide_outbound_recipient(address)
