@@ -48,6 +48,7 @@ def test_one_round_trip_at_mail_at_each_rcpt_and_at_the_end_of_data(make_gateway
                 assert c.rcpt(f"r{i}@elsewhere.example")[0] == 250
             at_rcpt = sum(calls.values()) - at_mail
             assert c.data(message())[0] == 250
+            assert c.noop()[0] == 250  # the settle runs after the 250, before the next reply
             at_data = sum(calls.values()) - at_mail - at_rcpt
             assert (at_mail, at_rcpt, at_data) == (1, rcpts, 1), dict(calls)
     assert len(downstream.messages) == 3
