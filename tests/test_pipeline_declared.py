@@ -151,19 +151,37 @@ def test_the_runner_stops_at_the_first_refusal_and_runs_nothing_after_it():
     assert ran == ["a", "b"]
 
 
-def test_steps_after_delivery_run_but_the_answer_is_the_downstreams():
+def test_steps_after_delivery_are_left_to_run_after_the_reply():
     ran: list[str] = []
     sent = delivered(replies.OK)
-    steps = [_step("a", CONTINUE, ran), _step("forward", sent, ran), _step("settle", CONTINUE, ran)]
-    result = asyncio.run(run_pipeline(steps, _transaction()))
-    assert result is sent and result.action is Action.DELIVERED and ran == ["a", "forward", "settle"]
+    steps = [_step("a", CONTINUE, ran), _step("forward", sent, ran), _step("settle", CONTINUE, ran),
+             _plain_step("report", CONTINUE, ran)]
+    tx = _transaction()
+    result = asyncio.run(run_pipeline(steps, tx))
+    # The answer is the downstream's, known before the settle has run.
+    assert result is sent and result.action is Action.DELIVERED and ran == ["a", "forward"]
+    assert tx.after_reply is not None
+    asyncio.run(tx.after_reply())
+    assert ran == ["a", "forward", "settle", "report"]
+
+
+def test_nothing_is_left_after_the_reply_when_forward_is_last_or_never_reached():
+    for steps in ([_step("forward", delivered(replies.OK), [])],
+                  [_step("a", refuse(replies.MALFORMED_HEADER, "r"), []),
+                   _step("forward", delivered(replies.OK), []), _step("settle", CONTINUE, [])]):
+        tx = _transaction()
+        asyncio.run(run_pipeline(steps, tx))
+        assert tx.after_reply is None
 
 
 @pytest.mark.parametrize("late", [refuse(replies.MALFORMED_HEADER, "late"), delivered(replies.OK)])
 def test_a_step_after_delivery_cannot_change_the_answer(late):
     steps = [_step("forward", delivered(replies.OK), []), _step("late", late, [])]
+    tx = _transaction()
+    assert asyncio.run(run_pipeline(steps, tx)).action is Action.DELIVERED
+    assert tx.after_reply is not None
     with pytest.raises(PipelineError, match="after delivery"):
-        asyncio.run(run_pipeline(steps, _transaction()))
+        asyncio.run(tx.after_reply())
 
 
 def test_a_pipeline_that_never_delivers_is_an_error_not_a_silent_250():

@@ -49,6 +49,7 @@ def test_no_round_trip_at_mail_one_at_each_rcpt_and_at_the_end_of_data(make_gate
                 assert c.rcpt(f"r{i}@elsewhere.example")[0] == 250
             at_rcpt = sum(calls.values()) - at_mail
             assert c.data(message())[0] == 250
+            assert c.noop()[0] == 250  # the settle runs after the 250, before the next reply
             at_data = sum(calls.values()) - at_mail - at_rcpt
             assert (at_mail, at_rcpt, at_data) == (0, rcpts, 1), dict(calls)
             assert set(calls) == {"meter"}, dict(calls)

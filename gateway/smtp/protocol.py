@@ -31,6 +31,11 @@ a private member of aiosmtpd's.
 - What a closing connection releases (its connection slot, quota holds, the
   downstream transaction) runs as tasks the listener waits for at shutdown,
   before the store closes.
+- What a delivery leaves to settle (the quota commit and compromise signals,
+  pipeline/settle_quotas.py) runs after the reply to DATA is written, as such a
+  task: a client that hangs up after its 250 is charged all the same, and the
+  session's next command waits for it (it sees a suspension the settle wrote).
+  The transaction's log line is written when it is done.
 - Replies to pipelined MAIL/RCPT/RSET leave together with the next reply, in one
   write (RFC 2920 §3.2), as a real MTA's pipelined transaction expects.
 """
@@ -45,7 +50,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, TLSSetupException
@@ -181,6 +187,8 @@ class GatewaySMTP(SMTPAdapter):
         self._background: set[asyncio.Task[Any]] = background if background is not None else set()
         self._closing = False
         self._in_data = False
+        # The steps after delivery are running (_settle_after_reply): the lines wait.
+        self._settling = False
         self._in_rcpt = False
         # Replies kept to go out with the next one (pipelining, see _send).
         self._deferrable = False
@@ -302,8 +310,8 @@ class GatewaySMTP(SMTPAdapter):
     def _write_records(self) -> None:
         """The open transaction's line (cut by the connection's end), then the
         connection's: once, however often asyncio reports the loss."""
-        if self._recorded:
-            return
+        if self._recorded or self._settling:
+            return  # a settle in flight writes them when done (_settle)
         self._recorded = True
         # A 421 we said on the way out (timeout, shutdown, too many errors) is its result.
         said = self._last_reply if self._last_reply.startswith("421") else ""
@@ -321,11 +329,15 @@ class GatewaySMTP(SMTPAdapter):
         """Write the open transaction's line: ``status`` is the reply that ended it
         ("" when none did), ``ended`` what ended it."""
         record, self.tx_record = self.tx_record, None
+        self._write_transaction(record, status, ended)
+
+    def _write_transaction(self, record: TransactionRecord | None, status: str, ended: str,
+                           ended_at: float | None = None) -> None:
         if record is None:
             return
         write_transaction(record, listener=self.listener, client=self.client_ip,
                           login=self.facts.login or "",
-                          status=status, ended=ended, journal=self.journal)
+                          status=status, ended=ended, journal=self.journal, ended_at=ended_at)
 
     def answer(self, reply: Reply) -> str:
         """The handler's reply as aiosmtpd wants it (a string).  A downstream's reply
@@ -869,8 +881,14 @@ class GatewaySMTP(SMTPAdapter):
         self._in_data = True
         self._last_reply = ""
         try:
-            await self._read_and_deliver()
-            self._end_data_transaction()
+            settling = await self._read_and_deliver()
+            if settling is None:
+                self._end_data_transaction()
+            else:
+                # The next command waits for the settle: it sees what the settle
+                # wrote (a suspension), as it would have before.  Cancelled (the
+                # client left, a timeout, shutdown), the settle runs on (its own task).
+                await asyncio.wait((settling,))
         finally:
             self._in_data = False
             if self._closing and self.transport is not None:
@@ -908,7 +926,9 @@ class GatewaySMTP(SMTPAdapter):
         self.restart_timer()
         return scanner
 
-    async def _read_and_deliver(self) -> None:
+    async def _read_and_deliver(self) -> asyncio.Task[None] | None:
+        """Read the message, run the hook, write its reply; the settle's task if
+        the delivery left steps to run after the reply (see _settle_after_reply)."""
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.restart_timer(self._data_timeout)
         scanner = await self._read_data()
@@ -917,16 +937,57 @@ class GatewaySMTP(SMTPAdapter):
             log.info("cid=%s message refused while reading: %s", self.cid, problem)
             self.reset_envelope()
             await self.push(str(problem))
-            return
+            return None
         assert self.envelope is not None
         # The one copy of the message: bytes, or for a message read in several chunks
         # the bytearray it was gathered in (see gateway/message.py: Message).
         content = scanner.message
         self.envelope.content = content
         self.envelope.original_content = content
+        tx = self.tx  # the hook's; dropped with the envelope below
         status = await self.call_hook("DATA")
         self.reset_envelope()
-        await self.push(status)
+        after_reply = tx.after_reply if tx is not None else None
+        if after_reply is None:
+            await self.push(status)
+            return None
+        # Whatever becomes of the reply (the client may hang up before it is
+        # written), what the delivery left to settle is settled: it is the charge.
+        self._settling = True
+        replied = False
+        try:
+            await self.push(status)
+            replied = True
+        finally:
+            settling = self._settle_after_reply(after_reply, replied)
+        return settling
+
+    def _settle_after_reply(self, after_reply: Callable[[], Awaitable[None]],
+                            replied: bool) -> asyncio.Task[None]:
+        """Run the steps after delivery (the quota settle: commit or release, the
+        compromise signals) once the client has its reply, as one of this
+        connection's tasks: a client that hangs up right after its 250 does not
+        cancel it (it is charged all the same), and shutdown waits for it before
+        the store closes.  The transaction's line is written when it is done (it
+        may name a suspension), and the connection's after it."""
+        record, self.tx_record = self.tx_record, None
+        status = self._last_reply
+        ended = "reply" if replied else self.end_reason
+        task = self.loop.create_task(
+            self._settle(after_reply, record, status, ended, time.monotonic()))
+        self._track(task)
+        return task
+
+    async def _settle(self, after_reply: Callable[[], Awaitable[None]],
+                      record: TransactionRecord | None, status: str, ended: str,
+                      replied_at: float) -> None:
+        try:
+            await after_reply()
+        finally:
+            self._settling = False
+            self._write_transaction(record, status, ended, replied_at)
+            if self.transport is None:  # the connection ended meanwhile: its line now
+                self._write_records()
 
 
 # RFC 4954 §5: AUTH=<> or an xtext (RFC 3461 §4: "!" to "~" but "+" and "=", or +HH).

@@ -167,10 +167,13 @@ class ConnectionRecord:
 
 
 def write_transaction(record: TransactionRecord, *, listener: str, client: str, login: str,
-                      status: str, ended: str, journal: JournalSink | None = None) -> None:
+                      status: str, ended: str, journal: JournalSink | None = None,
+                      ended_at: float | None = None) -> None:
     """The transaction's one line.  ``status`` is its last reply (empty: none was sent,
-    the connection went first); ``ended`` says what ended it.  A refusal, a hold or a
-    suspension also goes to ``journal``."""
+    the connection went first); ``ended`` says what ended it, ``ended_at`` when
+    (time.monotonic(); now by default: a line written after the quota settle
+    still says how long its client waited).  A refusal, a hold or a suspension
+    also goes to ``journal``."""
     refused = is_refusal(status)
     logged = txlog.isEnabledFor(logging.INFO)
     journalled = journal is not None and (refused or record.is_journalled)
@@ -183,7 +186,7 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
         "rcpt_rules": ",".join(record.rcpt_rules), "size": record.size,
         "checks": record.checks, "result": status_result(status) if status else "-",
         "rule": record.rule if refused else "", "ended": ended,
-        "ms": int((time.monotonic() - record.started) * 1000),
+        "ms": int(((ended_at or time.monotonic()) - record.started) * 1000),
         "reply": status_text(status) if status else "",
     }
     if refused and not record.rule:

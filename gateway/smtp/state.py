@@ -15,7 +15,7 @@ we know lives here, on the connection object (gateway/smtp/protocol.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,10 @@ class Transaction:
     content: ContentDecision | None = None  # the scanner's decision (a hold to carry out)
     arc: str = "none"  # our verdict on the ARC chain it came with: the seal's cv= (arc_sealing)
     reply: Reply | None = None  # the downstream's answer, once handed over
+    # The steps after ``forward`` (settle quotas, abuse reports), left by the pipeline
+    # to run once the client has its reply: nothing they find changes that reply
+    # (pipeline/run.py; the protocol runs them, gateway/smtp/protocol.py).
+    after_reply: Callable[[], Awaitable[None]] | None = None
 
     @property
     def txid(self) -> str:

@@ -3,7 +3,8 @@
 The DATA reader has already refused bare CR/LF, NUL and oversized messages, and
 the handler has parsed the header section (gateway/smtp/handler.py).  A step
 that refuses or holds ends the pipeline; after ``forward`` the downstream has
-the message and the remaining steps only settle what it leaves behind.
+the message and the remaining steps only settle what it leaves behind: they
+run once the client has its reply (pipeline/run.py).
 docs/flow.md lists these steps in this order (tests/test_pipeline_declared.py).
 """
 

@@ -1,6 +1,11 @@
 """Submission, after the downstream answered: the quota holds are committed if it
 took the message (released if not), and the suspension signals assessed
-(rules/compromise.py); a suspension notifies the account holder and abuse desk."""
+(rules/compromise.py); a suspension notifies the account holder and abuse desk.
+
+It runs after the client has heard the downstream's answer (a step after
+``forward``: pipeline/run.py), as a task of the connection's that the client's
+hang-up cannot cancel and the session's next command waits for
+(gateway/smtp/protocol.py: _settle_after_reply)."""
 
 from __future__ import annotations
 
