@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from gateway.store import redis as redis_store
 from gateway.store.base import Charge, MessageBegin, MeterStep, Store, StoreUnavailable, Suspension
 from gateway.store.redis import RedisStore
 from tests.support.redis_server import RedisServer
@@ -159,3 +160,29 @@ def test_the_password_and_database_of_the_url_are_used(server):
 
     assert keys_in("0").startswith(b"*0"), keys_in("0")
     assert b"pipe:s:conn:a@acme.example" in keys_in("3")
+
+
+def test_a_burst_of_plain_commands_waits_for_a_connection_instead_of_failing(server):
+    """Three times as many plain commands at once as the pool has connections (a
+    restart's sessions all closing: each releases its slot): every one is answered.
+    redis-py's default pool failed two thirds of them ("Too many connections"), and
+    a slot not released stays taken until its lease ends."""
+    store = RedisStore(server.url, prefix="burst:")
+    n = 3 * redis_store.POOL_CONNECTIONS
+
+    async def body():
+        for i in range(n):
+            assert await store.acquire_slot(f"conn:a{i}", "lease", 1, T0, 600)
+        released = await asyncio.gather(*(store.release_slot(f"conn:a{i}", "lease") for i in range(n)),
+                                        return_exceptions=True)
+        locks = await asyncio.gather(*(store.locked_until([f"a{i}"], T0) for i in range(n)),
+                                     return_exceptions=True)
+        # Released: each slot can be taken again by another session.
+        again = [await store.acquire_slot(f"conn:a{i}", "other", 1, T0 + 1, 600) for i in range(n)]
+        await store.close()
+        return released, locks, again
+
+    released, locks, again = asyncio.run(asyncio.wait_for(body(), 60))
+    assert [r for r in released if r is not None] == []
+    assert locks == [None] * n
+    assert all(again)

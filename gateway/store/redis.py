@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -559,6 +560,11 @@ def _member(c: Charge) -> str:
     return c.member or "\x01"
 
 
+# Connections of the pool for plain commands (slots released, lockouts read,
+# suspensions, the journal, reports); the scripts share one (redis_pipe.py).
+POOL_CONNECTIONS = 100
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -567,9 +573,13 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "portcullis:", timeout: float = 2.0):
         self._prefix = prefix
         # No automatic retry: a charge whose reply was lost must not be charged twice.
-        self._r = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        # A blocking pool: past POOL_CONNECTIONS calls at once (every session closing
+        # at once releases its slot), a call waits up to ``timeout`` for a connection;
+        # redis-py's default pool fails it at once ("Too many connections").
+        self._r = aioredis.Redis.from_pool(BlockingConnectionPool.from_url(
+            url, max_connections=POOL_CONNECTIONS, timeout=timeout,
+            decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False))
         self._charge = self._r.register_script(_CHARGE)
         self._usage = self._r.register_script(_USAGE)
         self._settle = self._r.register_script(_SETTLE)
