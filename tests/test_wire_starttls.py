@@ -148,6 +148,12 @@ def test_a_failed_handshake_is_on_record_as_tls_failed(gw, caplog):
         assert not said[:1].isdigit(), said
     [line] = connection_lines(caplog, listener="submission", ended="tls_failed")
     assert line["tls"] == "none"
+    # A client's broken handshake is no fault of ours: one line that says why, no
+    # "unexpected error" with a traceback (scanners make many of these).
+    [failed] = [r for r in caplog.records if "STARTTLS handshake failed" in r.getMessage()]
+    assert failed.levelname == "INFO" and failed.exc_info is None
+    assert "SSLError" in failed.getMessage() or "ssl" in failed.getMessage().lower()
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
 
 
 def test_a_client_silent_in_the_handshake_is_dropped_and_on_record(gw, caplog):

@@ -566,6 +566,14 @@ class GatewaySMTP(SMTPAdapter):
         await self.write(reply)
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's handshake failed (aiosmtpd closes the connection, no reply):
+            # not our fault, and common (scanners), so one line with the reason.
+            cause = error.__cause__
+            log.info("cid=%s STARTTLS handshake failed: %s", self.cid,
+                     f"{type(cause).__name__}: {cause}" if cause is not None else "-")
+            self._abort_transaction()
+            return str(replies.LOCAL_ERROR)
         # A crash in a check never lets a message through and never leaks internals:
         # the client hears 451 with our connection id, the log has the traceback.
         log.error("cid=%s unexpected error", self.cid, exc_info=error)
