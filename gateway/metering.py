@@ -73,6 +73,11 @@ class MeteredTransaction:
     recipient_holds: list[str] = field(default_factory=list)
     accepted: int = 0
     refused_downstream: int = 0
+    # The message counters went with an accepted recipient (the first): they stay,
+    # held with the message, even when the downstream then refuses that recipient.
+    message_charged: bool = False
+    # Recipient holds named so far (each a new name, a released one's included).
+    holds_named: int = 0
     finished: bool = False
     # A check-and-charge went to the store (it may have held, even if it failed) ...
     asked: bool = False
@@ -257,8 +262,9 @@ class Metering:
         count = quota.decide_recipient_count(acct, tx.accepted)
         if not count.accept:
             return count
-        first = tx.accepted == 0
-        hold = f"{tx.txid}:r{len(tx.recipient_holds)}"
+        first = not tx.message_charged
+        hold = f"{tx.txid}:r{tx.holds_named}"
+        tx.holds_named += 1
         charges = quota.recipient_charges(acct, domain, first, tx.message_hold, hold)
         # One round trip: the check-and-charge; refused, the attempt is counted all the
         # same (and in shadow mode what we let through), and the compromise facts
@@ -291,6 +297,7 @@ class Metering:
         if decision.accept and decision.held is None:  # held mail is charged at release
             tx.recipient_holds.append(hold)
             tx.accepted += 1
+            tx.message_charged = True
         if decision.would_refuse is not None or count.would_refuse is not None:
             return decision if decision.would_refuse is not None else count
         return decision

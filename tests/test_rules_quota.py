@@ -266,6 +266,24 @@ def test_recipient_refused_downstream_costs_nothing(any_store):
     assert {u.name: u.used for u in status.usage}["recipients_per_hour"] == 2
 
 
+def test_a_message_whose_first_recipient_the_downstream_refused_counts_once(any_store):
+    """The message counters are charged with the transaction's first accepted
+    recipient; that recipient refused downstream, the next one must not charge
+    them again (they stay held with the message, committed once)."""
+    a = acct(messages_per_hour=10, messages_per_day=10)
+
+    async def body(store):
+        m = Metering(store, settings())
+        codes = await send(m, a, "t1", ["bad@b.example", "a@b.example", "c@b.example"], T0,
+                           refused_downstream=frozenset({"bad@b.example"}))
+        return codes, await m.status(a, T0 + 1)
+
+    codes, status = any_store.run(body)
+    used = {u.name: u.used for u in status.usage}
+    assert codes == [250, 250, 250]
+    assert (used["messages_per_hour"], used["messages_per_day"], used["recipients_per_hour"]) == (1, 1, 2)
+
+
 def test_concurrent_transactions_of_one_account_cannot_overshoot(any_store):
     a = acct(messages_per_hour=2)
 
