@@ -1,7 +1,7 @@
 """``portcullis accounts status [LOGIN]`` and ``accounts suspend|unsuspend LOGIN``.
 
 They act on the shared store named in the gateway file, so every gateway using
-that store sees a suspension at the account's next MAIL.
+that store sees a suspension at the account's next message (its first RCPT).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ async def accounts_suspend(metering: Metering, login: str, now: float, out: Text
         if downstream is not None:
             await downstream.close()
     if done:
-        print(f"{login.lower()}: suspended (every gateway refuses its mail from the next MAIL)", file=out)
+        print(f"{login.lower()}: suspended (every gateway refuses its mail from the next message)", file=out)
     else:
         print(f"{login.lower()}: was already suspended", file=out)
     return 0

@@ -31,7 +31,7 @@ COOKIE = "__Host-portcullis-session"
 STATIC = Path(__file__).parent / "static"
 # Flash messages after a change: fixed sentences picked by key, nothing echoed.
 DONE = {
-    "unsuspended": "The account was unsuspended: it may send again from its next MAIL.",
+    "unsuspended": "The account was unsuspended: it may send again from its next message.",
     "not-suspended": "The account was not suspended.",
     "suspended": "The account was suspended on every gateway sharing the store.",
     "released": "The message was released to the downstream.",
