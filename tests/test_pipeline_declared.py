@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from gateway import replies
-from gateway.smtp.pipeline import forward
+from gateway.smtp.pipeline import abuse_reports, forward, settle_quotas
 from gateway.smtp.pipeline.pipelines import INBOUND, SUBMISSION
 from gateway.smtp.pipeline.products import PRODUCTS
 from gateway.smtp.pipeline.run import PipelineError, run_pipeline
@@ -172,6 +172,33 @@ def test_nothing_is_left_after_the_reply_when_forward_is_last_or_never_reached()
         tx = _transaction()
         asyncio.run(run_pipeline(steps, tx))
         assert tx.after_reply is None
+
+
+def test_only_the_steps_a_transaction_needs_are_left_after_the_reply():
+    ran: list[str] = []
+    sent = delivered(replies.OK)
+
+    def pipeline(wanted: bool) -> list[Step]:
+        return [_step("forward", sent, ran),
+                Step("settle", _step("settle", CONTINUE, ran).run, lambda tx: wanted),
+                _step("report", CONTINUE, ran)]
+
+    tx = _transaction()
+    asyncio.run(run_pipeline(pipeline(False), tx))
+    assert tx.after_reply is not None
+    asyncio.run(tx.after_reply())
+    assert ran == ["forward", "report"]  # the unneeded step did not run
+    # The real steps: plain inbound mail (no role recipient, no quota) needs none of
+    # them, so its reply leaves no task behind.
+    tx = _transaction()
+    tx.reply = replies.OK
+    asyncio.run(run_pipeline([_step("forward", sent, []), abuse_reports.STEP, settle_quotas.STEP], tx))
+    assert tx.after_reply is None
+    tx = _transaction()
+    tx.reply = replies.OK
+    tx.role_recipients = ("abuse@isp.example",)
+    asyncio.run(run_pipeline([_step("forward", sent, []), abuse_reports.STEP, settle_quotas.STEP], tx))
+    assert tx.after_reply is not None
 
 
 @pytest.mark.parametrize("late", [refuse(replies.MALFORMED_HEADER, "late"), delivered(replies.OK)])

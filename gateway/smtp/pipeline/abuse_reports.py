@@ -9,12 +9,17 @@ from gateway.smtp.pipeline.step import CONTINUE, Step, StepResult
 from gateway.smtp.state import Transaction
 
 
-async def run(tx: Transaction) -> StepResult:
+def needed(tx: Transaction) -> bool:
+    """Mail the downstream took for abuse@ (or another role mailbox of ours)."""
     reply = tx.reply
-    if tx.role_recipients and reply is not None and reply.is_success:
+    return bool(tx.role_recipients) and reply is not None and reply.is_success
+
+
+async def run(tx: Transaction) -> StepResult:
+    if needed(tx):
         await take_abuse_report(tx.runtime, tx.txid, tx.prefix + tx.message.data,
                                 list(tx.role_recipients))
     return CONTINUE
 
 
-STEP = Step("abuse reports", run)
+STEP = Step("abuse reports", run, needed)

@@ -35,7 +35,7 @@ async def run_pipeline(steps: Sequence[Step], tx: Transaction) -> StepResult:
         if action is Action.CONTINUE:
             continue
         if action is Action.DELIVERED:
-            rest = steps[i + 1:]
+            rest = [s for s in steps[i + 1:] if s.needed is None or s.needed(tx)]
             if rest:
                 tx.after_reply = partial(run_after_reply, rest, tx)
             return result

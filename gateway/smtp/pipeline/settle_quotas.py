@@ -29,4 +29,4 @@ async def run(tx: Transaction) -> StepResult:
     return CONTINUE
 
 
-STEP = Step("settle quotas", run)
+STEP = Step("settle quotas", run, lambda tx: tx.quota is not None and tx.reply is not None)

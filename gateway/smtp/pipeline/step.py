@@ -58,10 +58,15 @@ class Step:
 
     ``run`` is a coroutine function when the step waits for something (DNS, the
     scanner, the downstream, the store), else a plain function: the runner calls
-    it without making and awaiting a coroutine per message."""
+    it without making and awaiting a coroutine per message.
+
+    ``needed``, for a step after ``forward``: whether it has anything to do for
+    this transaction.  The steps after the reply run as a task of the connection
+    (gateway/smtp/protocol.py); a message none of them needs makes none."""
 
     name: str
     run: Callable[[Transaction], Awaitable[StepResult]] | Callable[[Transaction], StepResult]
+    needed: Callable[[Transaction], bool] | None = None
     waits: bool = field(init=False)
 
     def __post_init__(self) -> None:
