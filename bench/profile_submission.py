@@ -143,8 +143,18 @@ def main() -> int:
             bench.kill()
     print(f"Profile of bench/submission.py's row {args.only!r} ({args.messages} messages), "
           f"{args.seconds:.0f} s of each sampler; files in {out}\n")
+    print_profile(libraries, worker, total, own, inclusive, args.top)
+    rate = [line for line in (out / "bench.txt").read_text().splitlines()
+            if line.strip().startswith("round") and "msg/s" in line]
+    if rate:
+        print(f"\nthe row under the samplers: {rate[-1].strip()}")
+    return 0
+
+
+def print_profile(libraries: list[tuple[float, str]], worker: int, total: int,
+                  own: collections.Counter, inclusive: collections.Counter, top: int) -> None:
     print("perf, every thread of the gateway's processes: share of CPU samples by library")
-    named = collections.Counter()
+    named: collections.Counter = collections.Counter()
     for share, dso in libraries:
         label = next((what for key, what in _LIBRARIES if key in dso), "other")
         named[label] += share
@@ -153,14 +163,9 @@ def main() -> int:
     print(f"\npy-spy, the event loop's thread of pid {worker}: {total} busy samples")
     print("  self                                                   inclusive")
     # What every sample holds (the loop, runpy, the CLI) says nothing: left out.
-    inner = [(f, n) for f, n in inclusive.most_common() if n < 0.97 * total][:args.top]
-    for (f1, n1), (f2, n2) in zip(own.most_common(args.top), inner, strict=False):
+    inner = [(f, n) for f, n in inclusive.most_common() if n < 0.97 * total][:top]
+    for (f1, n1), (f2, n2) in zip(own.most_common(top), inner, strict=False):
         print(f"  {100 * n1 / total:5.1f}%  {f1[:48]:48}  {100 * n2 / total:5.1f}%  {f2[:60]}")
-    rate = [line for line in (out / "bench.txt").read_text().splitlines()
-            if line.strip().startswith("round") and "msg/s" in line]
-    if rate:
-        print(f"\nthe row under the samplers: {rate[-1].strip()}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Where an inbound message's CPU goes: a profile of the MX path under load.
+
+    python bench/profile_inbound.py [--messages 40000] [--delay 3] [--seconds 5]
+
+One gateway, ``--workers 1``, the plain inbound path (checks off: the path
+issue 16 asks about; bench/inbound_checks.py measures the checks with a DNS of
+their own), forwarding to Postfix's smtp-sink;
+Postfix's smtp-source sends 5 KB messages from 20 sessions, a new connection per
+message (as bench/inbound.py).  Once the load runs, the gateway is sampled with
+perf (every thread, by library) and then py-spy (the event loop's thread), as
+bench/profile_submission.py does.  Sampling shares, not timings.  Needs root,
+Debian's postfix and linux-perf, and py-spy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.inbound import start_gateway, stop, wait_port
+from bench.profile_submission import gateway_pids, perf_by_library, print_profile, pyspy_main_thread
+from tests.support.ports import free_port
+
+SOURCE = ["smtp-source", "-s", "20", "-l", "5120", "-f", "a@other.example", "-t", "bob@acme.example"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=40000)
+    parser.add_argument("--delay", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("perf") is None:
+        print("bench/profile_inbound.py needs root and perf (Debian's linux-perf)", file=sys.stderr)
+        return 2
+    out = Path(tempfile.mkdtemp(prefix="portcullis-profile-"))
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"])
+    gateway = source = None
+    try:
+        wait_port(sink_port)
+        gateway, port = start_gateway(out, sink_port, "1", "inbound_checks: false\n", name="profiled")
+        source = subprocess.Popen([*SOURCE, "-m", str(args.messages), f"127.0.0.1:{port}"])
+        time.sleep(args.delay)
+        pids = gateway_pids(gateway)
+        started = time.monotonic()
+        libraries = perf_by_library(pids, args.seconds, out)
+        total, own, inclusive = pyspy_main_thread(pids[-1], args.seconds, out)
+        if source.poll() is not None:
+            print(f"smtp-source ended {time.monotonic() - started:.0f} s into the sampling: "
+                  "raise --messages", file=sys.stderr)
+    finally:
+        for proc in (source, sink):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        if gateway is not None:
+            stop(gateway)
+    print("Profile of the plain inbound path (checks off, one worker; smtp-source, 20 sessions, "
+          f"5 KB, a connection per message), {args.seconds:.0f} s of each sampler; files in {out}\n")
+    print_profile(libraries, pids[-1], total, own, inclusive, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
