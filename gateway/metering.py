@@ -330,7 +330,10 @@ class Metering:
         refused = tx.refused_downstream + (0 if delivered else tx.accepted)
         series = (SeriesAdd(f"sent:{login}", tx.accepted),
                   SeriesAdd(f"messages:{login}", 1, bucket=86400)) if committed else ()
-        counts = (_downstream(login, "tried", tried), _downstream(login, "refused", refused)) if tried else ()
+        # A count of nothing is left out: no row, nothing to prune (a delivered
+        # message has no refusals, and a counter never written reads 0).
+        counts = tuple(_downstream(login, what, n) for what, n in (("tried", tried), ("refused", refused))
+                       if n)
         reads, sums = self._signal_reads(acct, now)
         try:
             # One round trip: settle the holds, count, add to the series, read the facts.

@@ -266,6 +266,30 @@ def test_recipient_refused_downstream_costs_nothing(any_store):
     assert {u.name: u.used for u in status.usage}["recipients_per_hour"] == 2
 
 
+def test_a_delivered_message_writes_no_count_of_nothing(tmp_path):
+    import asyncio
+    import sqlite3
+    from contextlib import closing
+
+    from gateway.store.sqlite import SQLiteStore
+
+    a = acct(messages_per_hour=10)
+
+    async def body():
+        store = SQLiteStore(tmp_path / "state.db")
+        m = Metering(store, QuotaSettings())  # compromise signals on: they read the counts
+        await send(m, a, "t1", ["a@b.example"], T0)
+        await send(m, a, "t2", ["bad@b.example"], T0 + 1, refused_downstream=frozenset({"bad@b.example"}))
+        signals = await m.signals(a.login, T0 + 2)
+        await store.close()
+        return signals
+
+    signals = asyncio.run(body())
+    assert (signals.downstream_tried, signals.downstream_refused) == (2, 1)
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM charges WHERE amount = 0").fetchone()[0] == 0
+
+
 def test_a_message_whose_first_recipient_the_downstream_refused_counts_once(any_store):
     """The message counters are charged with the transaction's first accepted
     recipient; that recipient refused downstream, the next one must not charge
