@@ -291,16 +291,22 @@ settle(KEYS, tonumber(ARGV[1]), ARGV[2])
 return 1
 """
 
-_ACQUIRE = r"""
-local now, ttl, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if not redis.call('ZSCORE', KEYS[1], lease) and limit >= 0
-    and redis.call('ZCARD', KEYS[1]) >= limit then
-  return 0
+# A session slot (sorted set k: lease -> its end) taken or renewed until now + ttl;
+# refused (0) at ``limit`` live slots (-1: no limit) unless ``lease`` has one already.
+_SLOT_FN = r"""
+local function take_slot(k, now, ttl, limit, lease)
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  if limit >= 0 and not redis.call('ZSCORE', k, lease) and redis.call('ZCARD', k) >= limit then
+    return 0
+  end
+  redis.call('ZADD', k, now + ttl, lease)
+  redis.call('PEXPIRE', k, math.ceil(ttl * 1000) + 60000)
+  return 1
 end
-redis.call('ZADD', KEYS[1], now + ttl, lease)
-redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 60000)
-return 1
+"""
+
+_ACQUIRE = _SLOT_FN + r"""
+return take_slot(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
 """
 
 # f:<key> holds one member per failure, score = time: "~<attempt>" while the attempt
@@ -465,19 +471,14 @@ return 1
 # "begin" (present only at a transaction's first RCPT): [login, slot key, lease id
 # ('' for none), ttl].  Returns {charge result..., '|', usage..., '|', sums...}, or
 # {'S', the suspension's JSON} when begin finds the login suspended (nothing else done).
-_METER = _MEASURE + _CHARGE_ALL + _SETTLE_FN + _SERIES_FN + r"""
+_METER = _MEASURE + _CHARGE_ALL + _SETTLE_FN + _SERIES_FN + _SLOT_FN + r"""
 local step = cjson.decode(ARGV[1])
 local P = step.p
 local now, lease = tonumber(step.now), tonumber(step.lease)
 if step.begin then
   local b = step.begin
   local body = redis.call('HGET', P .. 'suspensions', b[1])
-  if b[3] ~= '' then
-    local slot, ttl = P .. 's:' .. b[2], tonumber(b[4])
-    redis.call('ZREMRANGEBYSCORE', slot, '-inf', now)
-    redis.call('ZADD', slot, now + ttl, b[3])
-    redis.call('PEXPIRE', slot, math.ceil(ttl * 1000) + 60000)
-  end
+  if b[3] ~= '' then take_slot(P .. 's:' .. b[2], now, tonumber(b[4]), -1, b[3]) end
   if body then return {'S', body} end
 end
 local function rows(list)

@@ -640,19 +640,24 @@ class SQLiteStore(Store):
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
         return await self._run(lambda db: tuple(self._used(db, c, now) for c in charges), writes=False)
 
-    async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
-        def body(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (key, now))
+    @staticmethod
+    def _take_slot_in(db: sqlite3.Connection, key: str, lease_id: str, limit: int | None, now: float,
+                      ttl: float) -> bool:
+        """The slot ``lease_id`` of ``key`` taken or renewed until now + ``ttl``; refused
+        at ``limit`` live slots (None: no limit) unless it already has one."""
+        db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (key, now))
+        if limit is not None:
             mine = db.execute("SELECT 1 FROM slots WHERE key = ? AND lease_id = ?", (key, lease_id)).fetchone()
-            if not mine and limit is not None:
+            if not mine:
                 (count,) = db.execute("SELECT COUNT(*) FROM slots WHERE key = ?", (key,)).fetchone()
                 if count >= limit:
                     return False
-            db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
-                       (key, lease_id, now + ttl))
-            return True
+        db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
+                   (key, lease_id, now + ttl))
+        return True
 
-        return await self._run(lambda db: body(db))
+    async def acquire_slot(self, key: str, lease_id: str, limit: int | None, now: float, ttl: float) -> bool:
+        return await self._run(lambda db: self._take_slot_in(db, key, lease_id, limit, now, ttl))
 
     async def release_slot(self, key: str, lease_id: str) -> None:
         await self._run(lambda db: self._write(
@@ -834,14 +839,12 @@ class SQLiteStore(Store):
             (key, since, now)).fetchone()[0], writes=False)
 
     # --- one round trip per SMTP step ----------------------------------------------------
-    @staticmethod
-    def _begin_in(db: sqlite3.Connection, begin: MessageBegin, now: float) -> Suspension | None:
+    @classmethod
+    def _begin_in(cls, db: sqlite3.Connection, begin: MessageBegin, now: float) -> Suspension | None:
         row = db.execute("SELECT login, since, reason, evidence FROM suspensions WHERE login = ?",
                          (begin.login,)).fetchone()
         if begin.lease_id is not None:
-            db.execute("DELETE FROM slots WHERE key = ? AND until <= ?", (begin.slot_key, now))
-            db.execute("INSERT OR REPLACE INTO slots (key, lease_id, until) VALUES (?,?,?)",
-                       (begin.slot_key, begin.lease_id, now + begin.ttl))
+            cls._take_slot_in(db, begin.slot_key, begin.lease_id, None, now, begin.ttl)
         return None if row is None else Suspension(row[0], row[1], row[2], json.loads(row[3]))
 
     @classmethod

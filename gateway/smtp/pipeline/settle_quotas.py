@@ -18,10 +18,16 @@ from gateway.smtp.state import Transaction
 log = logging.getLogger("portcullis.smtp")
 
 
+def needed(tx: Transaction) -> bool:
+    """A metered transaction the downstream answered."""
+    return tx.quota is not None and tx.reply is not None
+
+
 async def run(tx: Transaction) -> StepResult:
-    quota, reply = tx.quota, tx.reply
-    if quota is None or reply is None:
+    if not needed(tx):
         return CONTINUE
+    quota, reply = tx.quota, tx.reply
+    assert quota is not None and reply is not None
     suspension = await quota.metering.finish(quota.acct, quota.tx, reply.is_success,
                                              tx.runtime.clock())
     if suspension is not None:
@@ -29,4 +35,4 @@ async def run(tx: Transaction) -> StepResult:
     return CONTINUE
 
 
-STEP = Step("settle quotas", run, lambda tx: tx.quota is not None and tx.reply is not None)
+STEP = Step("settle quotas", run, needed)
