@@ -14,9 +14,6 @@ Debian's postfix and linux-perf, and py-spy.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,21 +23,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inbound import start_gateway, stop, wait_port
-from bench.profile_submission import gateway_pids, perf_by_library, print_profile, pyspy_main_thread
+from bench.inbound_cpu import SOURCE
+from bench.profile_submission import (
+    cannot_sample,
+    gateway_pids,
+    perf_by_library,
+    print_profile,
+    pyspy_main_thread,
+    sampling_arguments,
+)
 from tests.support.ports import free_port
-
-SOURCE = ["smtp-source", "-s", "20", "-l", "5120", "-f", "a@other.example", "-t", "bob@acme.example"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=40000)
-    parser.add_argument("--delay", type=float, default=3.0)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
-    if os.geteuid() != 0 or shutil.which("perf") is None:
-        print("bench/profile_inbound.py needs root and perf (Debian's linux-perf)", file=sys.stderr)
+    args = sampling_arguments(__doc__, messages=40000, delay=3.0).parse_args()
+    if cannot_sample("bench/profile_inbound.py"):
         return 2
     out = Path(tempfile.mkdtemp(prefix="portcullis-profile-"))
     sink_port = free_port()

@@ -107,16 +107,29 @@ def pyspy_main_thread(pid: int, seconds: float, out: Path) -> tuple[int, collect
     return total, own, inclusive
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="workers 1, sqlite")
-    parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--delay", type=float, default=8.0)
+def sampling_arguments(doc: str, messages: int, delay: float) -> argparse.ArgumentParser:
+    """The options both profilers take (bench/profile_inbound.py too)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=messages)
+    parser.add_argument("--delay", type=float, default=delay)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=25)
+    return parser
+
+
+def cannot_sample(script: str) -> bool:
+    """True, having said why, when this process cannot run perf on the gateway."""
+    if os.geteuid() == 0 and shutil.which("perf") is not None:
+        return False
+    print(f"{script} needs root and perf (Debian's linux-perf)", file=sys.stderr)
+    return True
+
+
+def main() -> int:
+    parser = sampling_arguments(__doc__, messages=20000, delay=8.0)
+    parser.add_argument("--only", default="workers 1, sqlite")
     args = parser.parse_args()
-    if os.geteuid() != 0 or shutil.which("perf") is None:
-        print("bench/profile_submission.py needs root and perf (Debian's linux-perf)", file=sys.stderr)
+    if cannot_sample("bench/profile_submission.py"):
         return 2
     out = Path(tempfile.mkdtemp(prefix="portcullis-profile-"))
     bench = subprocess.Popen(

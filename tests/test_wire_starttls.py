@@ -26,10 +26,10 @@ import uvloop
 from tests.conftest import PASSWORD, customer_policies
 from tests.support.gateway import GatewayUnderTest
 from tests.support.submission import auth_plain
+from tests.test_wire_records import CONN, wait_for
 from tests.test_wire_timeouts import read_until_closed
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-CONN = "portcullis.connection"
 
 
 @pytest.fixture(params=sorted(LOOPS))
@@ -46,15 +46,9 @@ def gw(request, tmp_path, downstream, cert_files, password_hash, caplog):
         gateway.stop()
 
 
-def connection_lines(caplog, timeout: float = 8.0, **fields) -> list[dict]:
+def connection_lines(caplog, **fields) -> list[dict]:
     """The connection lines whose fields include ``fields``, once one is there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [r.fields for r in list(caplog.records) if r.name == CONN
-                 and all(r.fields.get(k) == v for k, v in fields.items())]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.02)
+    return wait_for(caplog, CONN, timeout=8.0, **fields)
 
 
 def plain_session(gw) -> tuple[socket.socket, object]:
