@@ -336,9 +336,9 @@ def test_sign_message_off_loop_signs_in_a_worker_thread(world, monkeypatch):
 
 
 def test_ordinary_mail_is_signed_on_the_loop_and_a_large_message_in_a_thread(world, monkeypatch):
-    # cryptography holds the GIL through RSA, so a thread only adds its hop for
-    # ordinary mail (issue 16); a large body's hashing (hashlib drops the GIL) is
-    # still worth one.
+    # A thread only adds its hop for ordinary mail, even where cryptography drops
+    # the GIL through RSA (gateway/dkim/sign.py, INLINE_MAX_BYTES, says how much);
+    # a large body's hashing (hashlib drops the GIL) is still worth one.
     import gateway.dkim.sign as sign_module
 
     threads = []

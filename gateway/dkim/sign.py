@@ -422,14 +422,19 @@ def _sodium_secret(private_key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 # Up to this size (message and prefix) a message is signed on the event loop.  A
-# worker thread buys nothing for the signature itself: ``cryptography`` holds the
-# GIL through the RSA operation (two threads sign at 1.08x one), so the loop waits
-# for it either way.  What the thread costs is the hop: a submit, two wake-ups and
-# the GIL handed back and forth, 50-100 us of the loop's CPU and a place where a
-# message waits behind other threads (issue 16: the signing step's p99 was
-# 12-20 ms at half the peak rate, for ~0.25 ms of work).  Only hashing a large
-# body runs in parallel in a thread (hashlib drops the GIL): past this size, the
-# thread again (a 64 KB message signs in about 0.15 ms more than a 5 KB one).
+# worker thread buys nothing for the signature itself.  cryptography 42-46 held the
+# GIL through the RSA operation (two threads sign at 1.0x one), so the loop waited
+# for it either way, and a thread cost a hop: a submit, two wake-ups and the GIL
+# handed back and forth, 50-100 us of the loop's CPU and a place where a message
+# waits behind other threads (issue 16: the signing step's p99 was 12-20 ms at half
+# the peak rate, for ~0.25 ms of work).  Release 47 drops the GIL there (1.9-2.0x),
+# and still: the RSA operation alone in a pool of two threads of its own, the rest
+# on the loop, gave 0.78x (SQLite) and 0.85x (Redis) the rate of this, at 1.12x and
+# 1.21x the CPU per message (`python -m bench.submission --only "workers 1"`,
+# 2026-12-07): the GIL's hand-over to and from a thread, twice a message, costs
+# more than the 0.2 ms it moves off the loop.  Only hashing a large body runs in
+# parallel in a thread (hashlib drops the GIL): past this size, the thread again
+# (a 64 KB message signs in about 0.15 ms more than a 5 KB one).
 INLINE_MAX_BYTES = 64 * 1024
 
 
