@@ -72,6 +72,25 @@ def signed_message(size: int) -> bytes:
     return sig + msg
 
 
+def signed_source(tmp: Path, size: int) -> tuple[dict, dict[str, str]]:
+    """smtp_source()'s arguments for the signed message from sender.test (written
+    into ``tmp``), and the zone that makes its SPF, DKIM and DMARC pass."""
+    message = tmp / "signed.eml"
+    # smtp-source sends each line with CRLF: give it LF-terminated lines.
+    message.write_bytes(signed_message(size).replace(b"\r\n", b"\n"))
+    zones = {"sender.test": f"""
+        @              TXT "v=spf1 ip4:127.0.0.1 -all"
+        _dmarc         TXT "v=DMARC1; p=reject"
+        sel._domainkey TXT {txt_record(rsa_key(2048).record)}
+    """}
+    return {"message_file": message, "sender": SENDER}, zones
+
+
+def checks_config(dns_port: int) -> str:
+    """The gateway file's lines that turn every inbound check on, against that DNS."""
+    return f"dns: {{nameservers: ['127.0.0.1'], port: {dns_port}, timeout: 2}}\n"
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and its descendants, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -106,14 +125,7 @@ def main() -> int:
         print("bench/inbound_checks.py needs root (smtp-sink and Postfix drop privileges)", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
-    message = tmp / "signed.eml"
-    # smtp-source sends each line with CRLF: give it LF-terminated lines.
-    message.write_bytes(signed_message(args.size).replace(b"\r\n", b"\n"))
-    zones = {"sender.test": f"""
-        @              TXT "v=spf1 ip4:127.0.0.1 -all"
-        _dmarc         TXT "v=DMARC1; p=reject"
-        sel._domainkey TXT {txt_record(rsa_key(2048).record)}
-    """}
+    source, zones = signed_source(tmp, args.size)
     rates_seen: dict[str, list[float]] = {}
     cpu_seen: dict[str, list[float]] = {}
     sink_port = free_port()
@@ -123,9 +135,8 @@ def main() -> int:
     postfix = PostfixInstance(free_port(), f"[127.0.0.1]:{sink_port}", relay_domains=["acme.example"])
     try:
         wait_port(sink_port)
-        source = {"message_file": message, "sender": SENDER}
         postfix.start()
-        checks = f"dns: {{nameservers: ['127.0.0.1'], port: {dns.port}, timeout: 2}}\n"
+        checks = checks_config(dns.port)
         for label, workers, extra in (
             (PLAIN_1, "1", "inbound_checks: false\n"),
             (CHECKS_1, "1", checks),
