@@ -161,6 +161,32 @@ def test_committed_holds_stay_and_uncommitted_leases_run_out(any_store):
     assert after_release == (1,)
 
 
+
+def test_a_hold_charged_twice_keeps_each_charge_s_own_lease(any_store):
+    """Each charge's lease runs from its own time, also under a hold charged again
+    later (Redis keeps one lease per hold and script run, SQLite one per row)."""
+    async def body(store):
+        await store.charge([per_hour(None, hold="tx")], T0, lease=600)
+        await store.charge([per_hour(None, hold="tx")], T0 + 300, lease=600)
+        both = await store.usage([per_hour(None)], T0 + 599)
+        first_ran_out = await store.usage([per_hour(None)], T0 + 601)
+        await store.commit(["tx"], T0 + 700)  # keeps the charge still leased
+        committed = await store.usage([per_hour(None)], T0 + 1000)
+        return both, first_ran_out, committed
+
+    assert any_store.run(body) == ((2,), (1,), (1,))
+
+
+def test_a_release_frees_every_charge_of_its_hold_and_no_other(any_store):
+    async def body(store):
+        await store.charge([per_hour(None, hold="a"), per_hour(None, key="acct:alice:rph", hold="a")], T0)
+        await store.charge([per_hour(None, hold="b")], T0 + 1)
+        await store.release(["a"], T0 + 2)
+        await store.release(["a"], T0 + 3)  # twice: nothing more leaves
+        return await store.usage([per_hour(None), per_hour(None, key="acct:alice:rph")], T0 + 4)
+
+    assert any_store.run(body) == (1, 0)
+
 def test_unlimited_charge_counts_but_never_refuses(any_store):
     async def body(store):
         rs = [await store.charge([per_hour(None)], T0 + i) for i in range(20)]

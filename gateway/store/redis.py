@@ -6,11 +6,12 @@ several hosts share exact limits.
 
 Layout (every key starts with the configured prefix):
 
-    c:<key>        sorted set of charges, score = time, member = "<id>|<amount>|<member>"
-    c:<key>:p      the held (uncommitted) ones among them, score = lease end
+    c:<key>        sorted set of charges, score = time, member = "<run>:<i>|<amount>|<member>"
     c:<key>:n      running total of the live amounts
     c:<key>:m      live entries per member (distinct-member limits), hash
     h:<hold>       set of "<c:key>\\n<member>" a hold placed, for commit/release
+    leases         sorted set of "<h:hold>\\n<run>" (what one script run held under
+                   that hold), score = lease end: ended by the first script after it
     s:<key>        sorted set of connection leases, score = lease end
     f:<key>        sorted set of failed logins ("~<attempt>" while in flight), score = time
     l:<key>        lock end time
@@ -31,10 +32,13 @@ only to let idle keys expire, with margins longer than any window.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
+import re
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -60,10 +64,22 @@ from gateway.store.base import (
 from gateway.store.redis_pipe import ScriptPipe, speaks_plainly
 from gateway.values.dmarc_reports import DAY, RETENTION
 
-# Per counter key:  c:<key> (entries), c:<key>:p (held ones → lease end),
-# c:<key>:n (running total of live amounts, so a check reads one number).
+# Per counter key:  c:<key> (entries → ts), c:<key>:n (running total of live
+# amounts, so a check reads one number), c:<key>:m (live entries per member).
+# Per hold:  h:<hold>, the set of its entries ("c:<key>\n<entry>").  One sorted set
+# for the store, ``leases``: "<h:hold>\n<run>" → the lease end of the entries that
+# one script run charged under that hold (an entry is named "<run>:<i>|amount|member").
 # The same counting as the SQLite backend: a charge is live while ts > now - window
 # and, if held, while its lease end > now.
+#
+# Leases used to be a sorted set per counter (c:<key>:p, entry → lease end): every
+# held charge wrote and expired it, every check pruned it, and every commit asked it
+# about each entry: 44 of the 146 commands a submitted message ran in Redis
+# (INFO commandstats, tests/test_store_redis_leases.py), each a microsecond or more
+# of redis-server's time.  One lease per hold and run makes a commit three commands
+# a hold, and a check asks the store's one ``leases`` set once per script run:
+# 102 commands, and `python -m bench.quota`'s "message" row 0.89x the CPU (this
+# process and redis-server) at 1.20x the rate.
 _PER_RUN = r"""
 -- Per script run: the running totals read or written (c:<key>:n), the counters
 -- already pruned at this ``now``, the expiries already set.  A charge then writes its
@@ -71,6 +87,7 @@ _PER_RUN = r"""
 -- charge of the same counter does not prune it again, and a key touched twice gets
 -- one PEXPIRE: each redis.call from Lua costs about a microsecond on its own.
 local totals, pruned, expiring, numbers = {}, {}, {}, {}
+local leases_checked = false
 -- A number argument is formatted by Redis with '%.17g' at every redis.call (the
 -- largest single cost in a profile of redis-server running these scripts): format
 -- each value once per run, the same way, so the scores stay exactly the same.
@@ -94,90 +111,143 @@ end
 local function pexpire(k, ttl)
   if expiring[k] ~= ttl then redis.call('PEXPIRE', k, num(ttl)); expiring[k] = ttl end
 end
+local function amount_of(e) return tonumber(string.match(e, '^[^|]*|(%d+)|')) end
+local function member_of(e) return string.match(e, '^[^|]*|%d+|(.*)$') end
+local function run_of(e) return string.match(e, '^([^:|]*):') end
+local function split_item(item) return string.match(item, '^(.-)\n(.*)$') end
+
+-- An entry leaves its counter: its amount leaves the total, its member the count.
+-- Only once (it may already have left the window).
+local function drop_entry(k, e)
+  if redis.call('ZREM', k, e) == 1 then
+    local amount = amount_of(e)
+    if amount > 0 then add_total(k .. ':n', -amount) end  -- INCRBY refuses '-0'
+    local m = member_of(e)
+    if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
+  end
+end
+
+-- The leases (hold and run) of a hold's items: "<h>\n<run>", each once.
+local function leases_of(h, items)
+  local seen, out = {}, {}
+  for _, item in ipairs(items) do
+    local _, e = split_item(item)
+    local run = run_of(e)
+    if run and not seen[run] then seen[run] = true; out[#out + 1] = h .. '\n' .. run end
+  end
+  return out
+end
+
+local function zrem_all(k, members)
+  for i = 1, #members, 1000 do
+    redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
+-- Every lease that ran out, of any counter, ends before this run reads or writes a
+-- count: its entries leave their counters and its hold.  Once per script run.
+local function expire_leases(L, now)
+  if leases_checked then return end
+  leases_checked = true
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', num(now))
+  if #dead == 0 then return end
+  for _, lease in ipairs(dead) do
+    local h, run = split_item(lease)
+    local gone = {}
+    for _, item in ipairs(redis.call('SMEMBERS', h)) do
+      local k, e = split_item(item)
+      if run_of(e) == run then drop_entry(k, e); gone[#gone + 1] = item end
+    end
+    for i = 1, #gone, 1000 do redis.call('SREM', h, unpack(gone, i, math.min(i + 999, #gone))) end
+  end
+  zrem_all(L, dead)
+end
+
+-- The runs whose lease ran out, read only (for a look that writes nothing).
+local function dead_runs(L, now)
+  local out = {}
+  for _, lease in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', num(now))) do
+    local _, run = split_item(lease)
+    out[run] = true
+  end
+  return out
+end
 """
 
 _MEASURE = _PER_RUN + r"""
-local function amount_of(e) return tonumber(string.match(e, '^[^|]*|(%d+)|')) end
-local function member_of(e) return string.match(e, '^[^|]*|%d+|(.*)$') end
-
--- c:<key>:m counts live entries per member (distinct-member limits): HLEN is the
--- number of distinct members, without reading the entries.
-local function forget_member(k, e)
-  local m = member_of(e)
-  if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
-end
-
--- Entries that can never count again leave the set and the totals, oldest first.
-local function prune(k, kp, kn, now, window)
+-- Entries that left the window leave the set and the totals, oldest first (leases
+-- that ran out are expire_leases's).
+local function prune(k, kn, now, window)
   -- One ``now`` per script, and a key always has the same window (Charge.key).
   if pruned[k] == window then return end
   pruned[k] = window
-  local gone = 0
   local cut = num(now - window)
   local old = redis.call('ZRANGEBYSCORE', k, '-inf', cut)
+  if #old == 0 then return end
+  local gone = 0
   for _, e in ipairs(old) do
-    gone = gone + amount_of(e); redis.call('ZREM', kp, e); forget_member(k, e)
+    gone = gone + amount_of(e)
+    local m = member_of(e)
+    if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
   end
-  if #old > 0 then redis.call('ZREMRANGEBYSCORE', k, '-inf', cut) end
-  local dead = redis.call('ZRANGEBYSCORE', kp, '-inf', num(now))
-  for _, e in ipairs(dead) do
-    if redis.call('ZREM', k, e) == 1 then gone = gone + amount_of(e); forget_member(k, e) end
-  end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', kp, '-inf', num(now)) end
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', cut)
   if gone > 0 then add_total(kn, -gone) end
 end
 
 -- Live entries, oldest first: {ts, amount, member}.  Used for distinct members
--- and, on a refusal only, for when to retry.
-local function live_rows(k, kp, now, window)
-  local rows = redis.call('ZRANGEBYSCORE', k, '(' .. (now - window), '+inf', 'WITHSCORES')
+-- and, on a refusal only, for when to retry.  ``dead``: runs whose lease ran out
+-- (none once expire_leases ran).
+local function live_rows(k, now, window, dead)
+  local rows = redis.call('ZRANGEBYSCORE', k, '(' .. num(now - window), '+inf', 'WITHSCORES')
   local out = {}
   for j = 1, #rows, 2 do
     local e = rows[j]
-    local lease_end = redis.call('ZSCORE', kp, e)
-    if not lease_end or tonumber(lease_end) > now then
+    if not dead[run_of(e)] then
       out[#out + 1] = {tonumber(rows[j + 1]), amount_of(e), member_of(e)}
     end
   end
   return out
 end
 
-local function used_of(k, kp, kn, now, window, member, pruned)
-  if member ~= '' and pruned then
+local NONE = {}
+
+-- ``dead`` nil: after expire_leases and prune; else a read-only look, which takes
+-- off what they would.
+local function used_of(k, kn, now, window, member, dead)
+  if member ~= '' and dead == nil then
     return redis.call('HLEN', k .. ':m'), nil
   end
-  if pruned then return total_of(kn), nil end
+  if dead == nil then return total_of(kn), nil end
   if member ~= '' then
     local seen, distinct = {}, 0
-    for _, r in ipairs(live_rows(k, kp, now, window)) do
+    for _, r in ipairs(live_rows(k, now, window, dead)) do
       if seen[r[3]] == nil then distinct = distinct + 1 end
       if seen[r[3]] == nil or seen[r[3]] < r[1] then seen[r[3]] = r[1] end
     end
     return distinct, seen
   end
+  if next(dead) ~= nil then  -- a lease ran out: count what is live
+    local total = 0
+    for _, r in ipairs(live_rows(k, now, window, dead)) do total = total + r[2] end
+    return total, nil
+  end
   local total = tonumber(redis.call('GET', kn) or '0')
-  if not pruned then  -- a read-only look: take off what a prune would
-    for _, e in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', now - window)) do
-      total = total - amount_of(e)
-    end
-    for _, e in ipairs(redis.call('ZRANGEBYSCORE', kp, '-inf', now)) do
-      local ts = redis.call('ZSCORE', k, e)
-      if ts and tonumber(ts) > now - window then total = total - amount_of(e) end
-    end
+  for _, e in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', num(now - window))) do
+    total = total - amount_of(e)
   end
   return total, nil
 end
 
--- used, fits, retry (-1: never)
-local function measure(k, kp, kn, now, window, limit, amount, member)
-  prune(k, kp, kn, now, window)
-  local used = used_of(k, kp, kn, now, window, member, true)
+-- used, fits, retry (-1: never).  After expire_leases.
+local function measure(k, kn, now, window, limit, amount, member)
+  prune(k, kn, now, window)
+  local used = used_of(k, kn, now, window, member, nil)
   if limit < 0 then return used, true, -1 end
   if member ~= '' then
     if redis.call('HEXISTS', k .. ':m', member) == 1 or used + 1 <= limit then return used, true, -1 end
     if limit < 1 then return used, false, -1 end
     -- Refused: which distinct member leaves first (the one seen least recently)?
-    local _, seen = used_of(k, kp, kn, now, window, member, false)
+    local _, seen = used_of(k, kn, now, window, member, NONE)
     local oldest = nil
     for _, ts in pairs(seen) do if oldest == nil or ts < oldest then oldest = ts end end
     return used, false, math.max(0, oldest + window - now)
@@ -185,7 +255,7 @@ local function measure(k, kp, kn, now, window, limit, amount, member)
   if used + amount <= limit then return used, true, -1 end
   if amount > limit then return used, false, -1 end
   local need, dropped = used + amount - limit, 0
-  for _, r in ipairs(live_rows(k, kp, now, window)) do
+  for _, r in ipairs(live_rows(k, now, window, NONE)) do
     dropped = dropped + r[2]
     if dropped >= need then return used, false, math.max(0, r[1] + window - now) end
   end
@@ -193,25 +263,25 @@ local function measure(k, kp, kn, now, window, limit, amount, member)
 end
 """
 
-# charge_all(cs, now, lease, id): cs[i] = {k, kp, kn, h, window, limit (-1: none),
+# charge_all(cs, now, lease, id, L): cs[i] = {k, kn, h, window, limit (-1: none),
 # amount, member ('' for none), held (true/false)}.  Returns {accepted, refused index,
-# retry ('-1': never), used...}.
+# retry ('-1': never), used...}.  After expire_leases.
 _CHARGE_ALL = r"""
-local function charge_all(cs, now, lease, id)
+local function charge_all(cs, now, lease, id, L)
   local out = {1, 0, '-1'}
   for i, c in ipairs(cs) do
-    local used, fits, retry = measure(c[1], c[2], c[3], now, c[5], c[6], c[7], c[8])
+    local used, fits, retry = measure(c[1], c[2], now, c[4], c[5], c[6], c[7])
     out[#out + 1] = used
     if not fits then
       out[1], out[2], out[3] = 0, i, tostring(retry)
       return out
     end
   end
-  local holds, held = {}, {}  -- h -> its new items, in order of first use
+  local holds, held, keep = {}, {}, {}  -- h -> its new items (in order of first use), ttl
   for i, c in ipairs(cs) do
-    local k, kp, kn, h = c[1], c[2], c[3], c[4]
-    local window, member = c[5], c[8]
-    local amount = member ~= '' and 1 or c[7]
+    local k, kn, h = c[1], c[2], c[3]
+    local window, member = c[4], c[7]
+    local amount = member ~= '' and 1 or c[6]
     local e = id .. ':' .. i .. '|' .. amount .. '|' .. member
     local ttl = math.ceil((window + lease) * 1000)
     redis.call('ZADD', k, num(now), e)
@@ -222,74 +292,127 @@ local function charge_all(cs, now, lease, id)
       redis.call('HINCRBY', k .. ':m', member, 1)
       pexpire(k .. ':m', ttl)
     end
-    if c[9] then
-      redis.call('ZADD', kp, num(now + lease), e)
-      pexpire(kp, ttl)
-      if held[h] == nil then held[h] = {}; holds[#holds + 1] = h end
+    if c[8] then
+      if held[h] == nil then held[h] = {}; holds[#holds + 1] = h; keep[h] = ttl end
       local items = held[h]
       items[#items + 1] = k .. '\n' .. e
+      if ttl > keep[h] then keep[h] = ttl end
     end
   end
   for _, h in ipairs(holds) do
     redis.call('SADD', h, unpack(held[h]))
-    pexpire(h, math.ceil((lease + 60) * 1000))
+    -- As long as its entries' counters: a lease that runs out while no script runs
+    -- is ended by the next one, which needs the hold to find them.
+    pexpire(h, keep[h])
+    redis.call('ZADD', L, num(now + lease), h .. '\n' .. id)
   end
   return out
 end
 """
 
-# KEYS: per charge c:<key>, c:<key>:p, c:<key>:n, h:<hold>.  ARGV: now, lease, id,
+# KEYS: per charge c:<key>, c:<key>:n, h:<hold>; then leases.  ARGV: now, lease, id,
 # then per charge: window, limit (-1: none), amount, member ('' for none), held (0/1).
 _CHARGE = _MEASURE + _CHARGE_ALL + r"""
+local L = KEYS[#KEYS]
+local now = tonumber(ARGV[1])
+expire_leases(L, now)
 local cs = {}
-for i = 1, #KEYS / 4 do
+for i = 1, (#KEYS - 1) / 3 do
   local a = 3 + (i - 1) * 5
-  cs[i] = {KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i], tonumber(ARGV[a+1]),
+  cs[i] = {KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], tonumber(ARGV[a+1]),
            tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), ARGV[a+4], ARGV[a+5] == '1'}
 end
-return charge_all(cs, tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return charge_all(cs, now, tonumber(ARGV[2]), ARGV[3], L)
 """
 
-# KEYS: per charge c:<key>, c:<key>:p, c:<key>:n.  ARGV: now, windows..., members...
+# KEYS: per charge c:<key>, c:<key>:n; then leases.  ARGV: now, windows..., members...
+# A look that writes nothing: it takes off what a prune and expire_leases would.
 _USAGE = _MEASURE + r"""
+local L = KEYS[#KEYS]
 local now = tonumber(ARGV[1])
-local n = #KEYS / 3
+local dead = dead_runs(L, now)
+local n = (#KEYS - 1) / 2
 local out = {}
 for i = 1, n do
-  out[i] = (used_of(KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], now, tonumber(ARGV[1 + i]), ARGV[1 + n + i], false))
+  out[i] = (used_of(KEYS[2*i-1], KEYS[2*i], now, tonumber(ARGV[1 + i]), ARGV[1 + n + i], dead))
 end
 return out
 """
 
-# settle(holds, now, mode): mode 'commit' or 'release'.
+# settle(holds, now, mode, L): mode 'commit' or 'release'.  After expire_leases: a
+# lease that already ran out stays dropped (its room may have been given away), so
+# a commit keeps what is left and ends its leases.
 _SETTLE_FN = r"""
-local function settle(holds, now, mode)
+local function settle(holds, now, mode, L)
 for _, h in ipairs(holds) do
-  for _, item in ipairs(redis.call('SMEMBERS', h)) do
-    local k, e = string.match(item, '^(.-)\n(.*)$')
-    local lease_end = redis.call('ZSCORE', k .. ':p', e)
-    redis.call('ZREM', k .. ':p', e)
-    -- A lease that already ran out stays dropped: its room may have been given away.
-    if mode == 'release' or not lease_end or tonumber(lease_end) <= now then
-      if redis.call('ZREM', k, e) == 1 then
-        add_total(k .. ':n', -tonumber(string.match(e, '^[^|]*|(%d+)|')))
-        local m = string.match(e, '^[^|]*|%d+|(.*)$')
-        if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then
-          redis.call('HDEL', k .. ':m', m)
-        end
+  local items = redis.call('SMEMBERS', h)
+  if #items > 0 then
+    if mode == 'release' then
+      for _, item in ipairs(items) do
+        local k, e = split_item(item)
+        drop_entry(k, e)
       end
     end
+    zrem_all(L, leases_of(h, items))
+    redis.call('DEL', h)
   end
-  redis.call('DEL', h)
 end
 end
 """
 
-# KEYS: h:<hold>...  ARGV: now, mode ('commit' or 'release').
+# KEYS: h:<hold>..., then leases.  ARGV: now, mode ('commit' or 'release').
 _SETTLE = _PER_RUN + _SETTLE_FN + r"""
-settle(KEYS, tonumber(ARGV[1]), ARGV[2])
+local L = table.remove(KEYS)
+local now = tonumber(ARGV[1])
+expire_leases(L, now)
+settle(KEYS, now, ARGV[2], L)
 return 1
 """
+
+# The layout this code writes, in <prefix>layout once what an older one left is converted.
+LAYOUT = "leases"
+
+# What a gateway from before the ``leases`` set left: a lease per entry in
+# c:<key>:p.  Converted once per store (RedisStore._layout) before it counts
+# anything, a SCAN step per run (no run holds Redis long).  KEYS: <prefix>layout,
+# leases.  ARGV: now, phase, cursor, MATCH pattern.  Phases: "check" ('done' when
+# converted), "h" (hold sets: an entry still leased gets its lease in ``leases``,
+# one whose lease ran out leaves its counter, as the old layout's next check would
+# have done), "p" (c:<key>:p: what no hold names any more and ran out leaves its
+# counter; then the set goes), "mark".  Returns SCAN's next cursor ('0': the end).
+_UPGRADE = _PER_RUN + r"""
+local marker, L = KEYS[1], KEYS[2]
+local now, phase = tonumber(ARGV[1]), ARGV[2]
+if phase == 'check' then
+  if redis.call('GET', marker) == '""" + LAYOUT + r"""' then return 'done' end
+  return 'todo'
+end
+if phase == 'mark' then
+  redis.call('SET', marker, '""" + LAYOUT + r"""')
+  return 'done'
+end
+local found = redis.call('SCAN', ARGV[3], 'MATCH', ARGV[4], 'COUNT', 1000)
+for _, key in ipairs(found[2]) do
+  if phase == 'h' then
+    for _, item in ipairs(redis.call('SMEMBERS', key)) do
+      local k, e = split_item(item)
+      local lease_end = redis.call('ZSCORE', k .. ':p', e)
+      if lease_end and tonumber(lease_end) <= now then
+        drop_entry(k, e)
+        redis.call('SREM', key, item)
+      elseif lease_end and run_of(e) then
+        redis.call('ZADD', L, lease_end, key .. '\n' .. run_of(e))
+      end
+    end
+  else
+    local k = string.sub(key, 1, -3)
+    for _, e in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', num(now))) do drop_entry(k, e) end
+    redis.call('DEL', key)
+  end
+end
+return found[1]
+"""
+
 
 # A session slot (sorted set k: lease -> its end) taken or renewed until now + ttl;
 # refused (0) at ``limit`` live slots (-1: no limit) unless ``lease`` has one already.
@@ -481,11 +604,13 @@ if step.begin then
   if b[3] ~= '' then take_slot(P .. 's:' .. b[2], now, tonumber(b[4]), -1, b[3]) end
   if body then return {'S', body} end
 end
+local L = P .. 'leases'
+expire_leases(L, now)
 local function rows(list)
   local cs = {}
   for i, r in ipairs(list) do
     local k, hold = P .. 'c:' .. r[1], r[6]
-    cs[i] = {k, k .. ':p', k .. ':n', P .. 'h:' .. ((hold == false or hold == '') and '-' or hold),
+    cs[i] = {k, k .. ':n', P .. 'h:' .. ((hold == false or hold == '') and '-' or hold),
              r[2], r[3], r[4], r[5], hold ~= false}
   end
   return cs
@@ -493,16 +618,16 @@ end
 if #step.settle > 0 then
   local hs = {}
   for i, h in ipairs(step.settle) do hs[i] = P .. 'h:' .. h end
-  settle(hs, now, step.commit and 'commit' or 'release')
+  settle(hs, now, step.commit and 'commit' or 'release', L)
 end
 local charged = {1, 0, '-1'}
 if #step.charges > 0 then
-  charged = charge_all(rows(step.charges), now, lease, step.id .. 'c')
+  charged = charge_all(rows(step.charges), now, lease, step.id .. 'c', L)
   if charged[1] == 0 and #step.if_refused > 0 then
-    charge_all(rows(step.if_refused), now, lease, step.id .. 'r')
+    charge_all(rows(step.if_refused), now, lease, step.id .. 'r', L)
   end
 end
-if #step.counts > 0 then charge_all(rows(step.counts), now, 900, step.id .. 'n') end
+if #step.counts > 0 then charge_all(rows(step.counts), now, 900, step.id .. 'n', L) end
 for _, a in ipairs(step.series) do series_add(P .. 'series:' .. a[1], a[2], a[3], a[4], a[5]) end
 local out = charged
 out[#out + 1] = '|'
@@ -511,8 +636,8 @@ if step.read_when_refused and charged[1] == 1 then return out end
 -- counter this step charged is not pruned twice).
 for _, c in ipairs(step.read) do
   local k = P .. 'c:' .. c[1]
-  prune(k, k .. ':p', k .. ':n', now, c[2])
-  out[#out + 1] = (used_of(k, k .. ':p', k .. ':n', now, c[2], c[3], true))
+  prune(k, k .. ':n', now, c[2])
+  out[#out + 1] = (used_of(k, k .. ':n', now, c[2], c[3], nil))
 end
 out[#out + 1] = '|'
 for _, s in ipairs(step.sums) do
@@ -567,6 +692,10 @@ def _member(c: Charge) -> str:
 POOL_CONNECTIONS = 100
 
 
+# What SCAN's MATCH reads as a pattern, escaped in the prefix.
+_GLOB = re.compile(r"[*?\[\]\\]")
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -574,6 +703,7 @@ def _num(value: float) -> str:
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "portcullis:", timeout: float = 2.0):
         self._prefix = prefix
+        self._leases = f"{prefix}leases"
         # No automatic retry: a charge whose reply was lost must not be charged twice.
         # A blocking pool: past POOL_CONNECTIONS calls at once (every session closing
         # at once releases its slot), a call waits up to ``timeout`` for a connection;
@@ -593,6 +723,9 @@ class RedisStore(Store):
         self._series = self._r.register_script(_SERIES)
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
+        self._upgrade = self._r.register_script(_UPGRADE)
+        self._layout_ready = False
+        self._layout_lock = asyncio.Lock()
         # The scripts (every message runs some) go on one pipelined connection
         # (redis_pipe.py); plain commands on redis-py's pool.
         self._pipe = ScriptPipe(url, timeout) if speaks_plainly(url) else None
@@ -616,6 +749,30 @@ class RedisStore(Store):
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
+    async def _layout(self) -> None:
+        """Convert, once, what a gateway from before the ``leases`` set left (leases
+        per entry, c:<key>:p), before this store counts anything: a hold a crashed
+        gateway left keeps its lease.  Every process may run it at once (each step
+        gives the same result twice); <prefix>layout then says it is done.  Scripts
+        only, so it rides the scripts' connection (redis_pipe.py)."""
+        if self._layout_ready:
+            return
+        async with self._layout_lock:
+            if self._layout_ready:
+                return
+            keys = [f"{self._prefix}layout", self._leases]
+            now = _num(time.time())
+            if await self._run(self._upgrade, keys, [now, "check", "0", ""]) != "done":
+                literal = _GLOB.sub(r"\\\g<0>", self._prefix)
+                for phase, pattern in (("h", "h:*"), ("p", "c:*:p")):
+                    cursor = "0"
+                    while True:
+                        cursor = await self._run(self._upgrade, keys, [now, phase, cursor, literal + pattern])
+                        if cursor == "0":
+                            break
+                await self._run(self._upgrade, keys, [now, "mark", "0", ""])
+            self._layout_ready = True
+
     def _new_id(self) -> str:
         return f"{self._ids}{next(self._count):x}"
 
@@ -624,15 +781,17 @@ class RedisStore(Store):
 
     # --- limits ----------------------------------------------------------------
     async def charge(self, charges: Sequence[Charge], now: float, lease: float = 900.0) -> ChargeResult:
+        await self._layout()
         if not charges:
             return ChargeResult(True, ())
         keys: list[str] = []
         args: list[str] = [_num(now), _num(lease), self._new_id()]
         for c in charges:
             k = self._k("c", c.key)
-            keys += [k, k + ":p", k + ":n", self._k("h", c.hold or "-")]
+            keys += [k, k + ":n", self._k("h", c.hold or "-")]
             args += [_num(c.window), str(-1 if c.limit is None else c.limit), str(c.amount),
                      _member(c), "1" if c.hold is not None else "0"]
+        keys.append(self._leases)
         out = await self._run(self._charge, keys, args)
         used = tuple(int(u) for u in out[3:])
         if int(out[0]) == 1:
@@ -641,22 +800,26 @@ class RedisStore(Store):
         return ChargeResult(False, used, charges[int(out[1]) - 1], None if retry < 0 else retry)
 
     async def commit(self, holds: Iterable[str], now: float) -> None:
+        await self._layout()
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._run(self._settle, keys, [_num(now), "commit"])
+            await self._run(self._settle, [*keys, self._leases], [_num(now), "commit"])
 
     async def release(self, holds: Iterable[str], now: float) -> None:
+        await self._layout()
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._run(self._settle, keys, [_num(now), "release"])
+            await self._run(self._settle, [*keys, self._leases], [_num(now), "release"])
 
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
+        await self._layout()
         if not charges:
             return ()
         keys: list[str] = []
         for c in charges:
             k = self._k("c", c.key)
-            keys += [k, k + ":p", k + ":n"]
+            keys += [k, k + ":n"]
+        keys.append(self._leases)
         args = [_num(now)] + [_num(c.window) for c in charges] + [_member(c) for c in charges]
         out = await self._run(self._usage, keys, args)
         return tuple(int(u) for u in out)
@@ -788,6 +951,7 @@ class RedisStore(Store):
                  False if c.hold is None else c.hold] for c in charges]
 
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
+        await self._layout()
         def expiry(bucket: int, retention: float) -> int:
             return math.ceil((bucket + retention) * 1000)
 

@@ -1,0 +1,161 @@
+"""Redis: one lease per hold and script run, in the store's ``leases`` set.
+
+Leases used to be a sorted set per counter (c:<key>:p, entry → lease end), written,
+expired, pruned and asked about each held entry: about 45 of the 140-odd commands a
+submitted message ran in Redis.  What a gateway from before left is converted on
+first use.  Against a real redis-server; the counting itself is tested against
+both stores in tests/test_store_limits.py and tests/test_store_meter.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings
+from gateway.metering import Metering
+from gateway.rules.quota import account_quota
+from gateway.store.base import Charge
+from gateway.store.redis import LAYOUT, RedisStore
+from tests.support import redis_server as _redis
+
+redis_server = _redis.redis_server
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0
+BIG = 10**9
+KEY = "acct:alice:messages_per_hour"
+
+
+def per_hour(hold: str | None = None) -> Charge:
+    return Charge(KEY, HOUR, None, hold=hold, name="messages_per_hour")
+
+
+def raw(server) -> redis.Redis:
+    return redis.Redis.from_url(server.url, decode_responses=True)
+
+
+def test_a_submitted_message_runs_at_most_105_commands_in_redis(redis_server):
+    """What a message costs redis-server, as bench/quota.py's "message" row meters
+    it (every limit, the attempt counter, the commit, the series and the compromise
+    facts): each command a script runs costs redis-server about a microsecond
+    beyond its own work.  146 with a lease set per counter; 102 now."""
+    redis_server.flush()
+    r = raw(redis_server)
+    gateway = QuotaLimits.model_validate({k: BIG for k in (
+        "messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day",
+        "recipient_domains_per_hour", "recipients_per_message")})
+    customer = CustomerQuotas.model_validate({"customer": {"messages_per_hour": BIG,
+                                                           "recipients_per_day": BIG}})
+    acct = account_quota("user00@acme.example", "acme", gateway, customer, None)
+    settings = QuotaSettings.model_validate(
+        {"compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG}})
+    messages = 50
+
+    async def body() -> None:
+        store = RedisStore(redis_server.url, prefix="cost:")
+        metering = Metering(store, settings)
+        try:
+            for i in range(messages + 1):
+                if i == 1:  # the first one also loads the scripts and converts the layout
+                    r.config_resetstat()
+                now = T0 + i
+                tx = metering.begin(f"tx{i}", "lease0")
+                decision = await metering.check_recipient(acct, tx, "dest.example", now)
+                assert decision.accept, decision
+                await metering.finish(acct, tx, True, now)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+    stats = r.info("commandstats")
+    scripts = stats.pop("cmdstat_evalsha")["calls"]
+    inner = sum(v["calls"] for name, v in stats.items()
+                if name.split("_", 1)[1].split("|")[0] not in ("config", "info", "hello", "script"))
+    assert scripts == 2 * messages  # one script at RCPT, one at the end of DATA
+    assert inner / messages <= 105, sorted((n, v["calls"]) for n, v in stats.items())
+    assert not list(r.scan_iter("cost:c:*:p")) and r.zcard("cost:leases") == 0
+
+
+def test_a_lease_that_ran_out_is_ended_by_the_next_script_whatever_it_counts(redis_server):
+    """A hold whose gateway went away is ended by the next script any gateway runs,
+    for another account too: its entries leave their counters and its totals."""
+    redis_server.flush()
+    r = raw(redis_server)
+
+    async def body() -> None:
+        crashed = RedisStore(redis_server.url, prefix="t:")
+        other = RedisStore(redis_server.url, prefix="t:")
+        try:
+            await crashed.charge([per_hour("gone")], T0, lease=600)
+            assert r.zcard("t:c:" + KEY) == 1 and r.zcard("t:leases") == 1
+            await other.charge([Charge("acct:bob:messages_per_hour", HOUR, None)], T0 + 601)
+        finally:
+            await crashed.close()
+            await other.close()
+
+    asyncio.run(body())
+    assert r.zcard("t:c:" + KEY) == 0 and r.get(f"t:c:{KEY}:n") == "0"
+    assert r.zcard("t:leases") == 0 and not r.exists("t:h:gone")
+
+
+def test_what_an_older_gateway_left_is_converted_on_first_use(redis_server):
+    """Keys as the per-counter lease layout wrote them: a hold still leased keeps its
+    lease (it runs out at the same time, and a commit keeps it), one whose lease ran
+    out leaves its counter, a committed charge stays; c:<key>:p goes."""
+    redis_server.flush()
+    r = raw(redis_server)
+    k = "old:c:" + KEY
+    r.zadd(k, {"a1.1c:1|1|": T0, "a1.2c:1|1|": T0 + 10, "a1.3c:1|1|": T0 + 20})
+    r.set(k + ":n", "3")
+    # Held: .1c (its lease ended at T0 + 100), .2c (ends at T0 + 2000).  .3c was committed.
+    r.zadd(k + ":p", {"a1.1c:1|1|": T0 + 100, "a1.2c:1|1|": T0 + 2000})
+    r.sadd("old:h:crashed", f"{k}\na1.1c:1|1|")
+    r.sadd("old:h:open", f"{k}\na1.2c:1|1|")
+    now = T0 + 1000
+
+    async def body() -> tuple:
+        store = RedisStore(redis_server.url, prefix="old:")
+        try:
+            # The conversion runs at the wall clock, before T0 (2027): both old leases
+            # are still running then and move to ``leases``.  A look at ``now``:
+            at_now = await store.usage([per_hour()], now)
+            before_end = await store.usage([per_hour()], T0 + 1999)
+            after_end = await store.usage([per_hour()], T0 + 2001)  # looks write nothing
+            await store.commit(["open"], T0 + 1500)
+            committed = await store.usage([per_hour()], T0 + 2500)
+            return at_now, before_end, after_end, committed
+        finally:
+            await store.close()
+
+    at_now, before_end, after_end, committed = asyncio.run(body())
+    assert r.get("old:layout") == LAYOUT and not r.exists(k + ":p")
+    assert at_now == (2,)  # .3c committed, .2c still leased; .1c's lease ran out
+    assert (before_end, after_end) == ((2,), (1,))
+    assert committed == (2,)  # committed in time, .2c stays
+    assert r.zcard("old:leases") == 0
+
+
+def test_the_conversion_of_an_older_layout_drops_what_ran_out_by_the_wall_clock(redis_server):
+    """At conversion time (the wall clock), an old lease already over leaves its
+    counter and its hold; a second store finds the layout converted and does nothing."""
+    redis_server.flush()
+    r = raw(redis_server)
+    k = "w:c:" + KEY
+    r.zadd(k, {"b.1c:1|1|": 1000.0, "b.2c:1|1|": 1000.0})
+    r.set(k + ":n", "2")
+    r.zadd(k + ":p", {"b.1c:1|1|": 1600.0})  # ran out in 1970
+    r.sadd("w:h:tx", f"{k}\nb.1c:1|1|")
+
+    async def body() -> None:
+        for _ in range(2):
+            store = RedisStore(redis_server.url, prefix="w:")
+            try:
+                await store.usage([per_hour()], 1700.0)
+            finally:
+                await store.close()
+
+    asyncio.run(body())
+    assert r.zrange(k, 0, -1) == ["b.2c:1|1|"] and r.get(k + ":n") == "1"
+    assert r.scard("w:h:tx") == 0 and not r.exists(k + ":p") and r.get("w:layout") == LAYOUT
