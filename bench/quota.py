@@ -15,7 +15,9 @@ private redis-server on loopback):
                        and the compromise facts after DATA; 20 accounts of one customer
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
-operation: this process (the event loop and SQLite's thread) plus redis-server's.
+operation: this process (the event loop and SQLite's thread) plus redis-server's,
+and redis-server's alone (what one Redis shared by every gateway spends: the
+cluster's capacity, docs/operations.md).
 ``--baseline CHECKOUT`` runs the same measurements with another checkout's
 ``gateway`` package (e.g. a git worktree of an older commit) in the same run,
 rows interleaved, and adds the ratios.  The bench shares the machine's cores
@@ -131,26 +133,28 @@ def measure(backend: str, operation: str, seconds: float, concurrency: int) -> d
     with tempfile.TemporaryDirectory() as d:
         server = RedisServer().start() if backend == "redis" else None
         try:
-            async def run() -> tuple[int, float, float]:
+            async def run() -> tuple[int, float, float, float]:
                 store: Store = (SQLiteStore(Path(d) / "bench.db") if server is None
                                 else RedisStore(server.url, prefix="bench:"))
                 try:
                     one = _operation(operation, store, time.time())
                     await _drive(min(0.5, seconds / 4), concurrency, one)  # warm: scripts, caches
                     pid = server.proc.pid if server is not None and server.proc is not None else None
-                    cpu = _cpu() + (_cpu(pid) if pid else 0.0)
+                    ours, theirs = _cpu(), (_cpu(pid) if pid else 0.0)
                     start = time.perf_counter()
                     n = await _drive(seconds, concurrency, one)
                     wall = time.perf_counter() - start
-                    return n, wall, _cpu() + (_cpu(pid) if pid else 0.0) - cpu
+                    theirs = (_cpu(pid) if pid else 0.0) - theirs
+                    return n, wall, _cpu() - ours + theirs, theirs
                 finally:
                     await store.close()
 
-            n, wall, cpu = asyncio.run(run())
+            n, wall, cpu, redis_cpu = asyncio.run(run())
         finally:
             if server is not None:
                 server.stop()
-    return {"backend": backend, "operation": operation, "rate": n / wall, "cpu": cpu / n}
+    return {"backend": backend, "operation": operation, "rate": n / wall, "cpu": cpu / n,
+            "redis_cpu": redis_cpu / n}
 
 
 def _child(code: Path, args: argparse.Namespace, backend: str, operation: str) -> dict:
@@ -190,15 +194,16 @@ def main() -> None:
 
     print(f"\nMetering per operation, {args.concurrency} tasks, {args.seconds:g} s a row, "
           f"median of {args.rounds} round(s); CPU: this process + redis-server\n")
-    head = f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9}"
+    head = f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9} {'redis-server':>12}"
     if args.baseline:
         head += f" {'baseline/s':>11} {'CPU/op':>9} {'rate ×':>7} {'CPU ×':>7}"
     print(head)
     for backend in ("sqlite", "redis"):
         for operation in OPERATIONS:
             this = seen[(backend, operation, "this")]
+            server = f"{1e6 * med(this, 'redis_cpu'):>9.0f} us" if backend == "redis" else f"{'':>12}"
             line = (f"{backend:<8} {operation:<18} {med(this, 'rate'):>11.0f} "
-                    f"{1e6 * med(this, 'cpu'):>6.0f} us")
+                    f"{1e6 * med(this, 'cpu'):>6.0f} us {server}")
             if args.baseline:
                 base = seen[(backend, operation, "baseline")]
                 line += (f" {med(base, 'rate'):>11.0f} {1e6 * med(base, 'cpu'):>6.0f} us "
