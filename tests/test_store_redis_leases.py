@@ -159,3 +159,32 @@ def test_the_conversion_of_an_older_layout_drops_what_ran_out_by_the_wall_clock(
     asyncio.run(body())
     assert r.zrange(k, 0, -1) == ["b.2c:1|1|"] and r.get(k + ":n") == "1"
     assert r.scard("w:h:tx") == 0 and not r.exists(k + ":p") and r.get("w:layout") == LAYOUT
+
+
+def test_a_hold_an_older_gateway_places_after_the_conversion_is_counted_never_less(redis_server):
+    """docs/quotas.md: gateways sharing a Redis are upgraded together.  If an older
+    one still runs, a hold it places (its lease in c:<key>:p, which this code does
+    not read) is not ended by its lease here: it counts until its window ends, so
+    a mixed cluster refuses more, never less."""
+    redis_server.flush()
+    r = raw(redis_server)
+
+    async def body() -> tuple:
+        store = RedisStore(redis_server.url, prefix="mix:")
+        try:
+            await store.charge([per_hour()], T0)  # converts (nothing to convert) and counts
+            k = "mix:c:" + KEY
+            # What the older gateway's charge script writes for a held charge.
+            r.zadd(k, {"old.1c:1|1|": T0 + 1})
+            r.zadd(k + ":p", {"old.1c:1|1|": T0 + 601})
+            r.incrby(k + ":n", 1)
+            r.sadd("mix:h:old-tx", f"{k}\nold.1c:1|1|")
+            after_its_lease = await store.charge([per_hour()], T0 + 700)
+            after_its_window = await store.usage([per_hour()], T0 + HOUR + 2)
+            return after_its_lease.used, after_its_window
+        finally:
+            await store.close()
+
+    after_its_lease, after_its_window = asyncio.run(body())
+    assert after_its_lease == (2,)  # ours and the older gateway's, lease over or not
+    assert after_its_window == (1,)  # the window has let both first charges go
