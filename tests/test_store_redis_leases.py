@@ -188,3 +188,31 @@ def test_a_hold_an_older_gateway_places_after_the_conversion_is_counted_never_le
     after_its_lease, after_its_window = asyncio.run(body())
     assert after_its_lease == (2,)  # ours and the older gateway's, lease over or not
     assert after_its_window == (1,)  # the window has let both first charges go
+
+
+def test_one_process_converts_and_the_others_count_at_once(redis_server):
+    """Every worker of every gateway starts at once after an upgrade: the one that
+    takes <prefix>layout:converting converts; another counts at once, the old
+    lease set left as it is until then (counted, never less)."""
+    redis_server.flush()
+    r = raw(redis_server)
+    k = "busy:c:" + KEY
+    r.zadd(k, {"c.1c:1|1|": 1000.0})
+    r.set(k + ":n", "1")
+    r.zadd(k + ":p", {"c.1c:1|1|": 1600.0})  # ran out in 1970
+    r.sadd("busy:h:tx", f"{k}\nc.1c:1|1|")
+    r.set("busy:layout:converting", "1")  # another process is converting
+
+    async def look() -> tuple[int, ...]:
+        store = RedisStore(redis_server.url, prefix="busy:")
+        try:
+            return await store.usage([per_hour()], 1700.0)
+        finally:
+            await store.close()
+
+    assert asyncio.run(look()) == (1,)  # not converted yet: the old hold still counts
+    assert r.exists(k + ":p") and r.get("busy:layout") is None
+    r.delete("busy:layout:converting")  # that process went away; its lock ran out
+    assert asyncio.run(look()) == (0,)
+    assert not r.exists(k + ":p") and r.get("busy:layout") == LAYOUT
+    assert not r.exists("busy:layout:converting")

@@ -373,22 +373,30 @@ return 1
 LAYOUT = "leases"
 
 # What a gateway from before the ``leases`` set left: a lease per entry in
-# c:<key>:p.  Converted once per store (RedisStore._layout) before it counts
-# anything, a SCAN step per run (no run holds Redis long).  KEYS: <prefix>layout,
-# leases.  ARGV: now, phase, cursor, MATCH pattern.  Phases: "check" ('done' when
-# converted), "h" (hold sets: an entry still leased gets its lease in ``leases``,
-# one whose lease ran out leaves its counter, as the old layout's next check would
-# have done), "p" (c:<key>:p: what no hold names any more and ran out leaves its
-# counter; then the set goes), "mark".  Returns SCAN's next cursor ('0': the end).
+# c:<key>:p.  Converted once per store (RedisStore._layout), a SCAN step per run
+# (no run holds Redis long).  KEYS: <prefix>layout, leases.  ARGV: now, phase,
+# cursor, MATCH pattern.  Phases:
+#   check  'done' when converted; 'todo' to the one process that takes
+#          <prefix>layout:converting (for ten minutes); 'busy' to the others
+#   h      hold sets: an entry still leased gets its lease in ``leases``, one whose
+#          lease ran out leaves its counter, as the old layout's next check would
+#   p      c:<key>:p: what no hold names any more and ran out leaves its counter;
+#          then the set goes
+#   mark   converted
+# h and p return SCAN's next cursor ('0': the end).
 _UPGRADE = _PER_RUN + r"""
 local marker, L = KEYS[1], KEYS[2]
 local now, phase = tonumber(ARGV[1]), ARGV[2]
 if phase == 'check' then
   if redis.call('GET', marker) == '""" + LAYOUT + r"""' then return 'done' end
-  return 'todo'
+  -- One process converts; the others count at once (an old lease not yet moved
+  -- is counted to its window's end meanwhile: more refused, never less).
+  if redis.call('SET', marker .. ':converting', '1', 'NX', 'PX', 600000) then return 'todo' end
+  return 'busy'
 end
 if phase == 'mark' then
   redis.call('SET', marker, '""" + LAYOUT + r"""')
+  redis.call('DEL', marker .. ':converting')
   return 'done'
 end
 local found = redis.call('SCAN', ARGV[3], 'MATCH', ARGV[4], 'COUNT', 1000)
@@ -752,9 +760,10 @@ class RedisStore(Store):
     async def _layout(self) -> None:
         """Convert, once, what a gateway from before the ``leases`` set left (leases
         per entry, c:<key>:p), before this store counts anything: a hold a crashed
-        gateway left keeps its lease.  Every process may run it at once (each step
-        gives the same result twice); <prefix>layout then says it is done.  Scripts
-        only, so it rides the scripts' connection (redis_pipe.py)."""
+        gateway left keeps its lease.  One process converts (every worker of every
+        gateway starts at once after an upgrade, and each step would only give the
+        same result again); the others count at once.  <prefix>layout then says it
+        is done.  Scripts only, so it rides the scripts' connection (redis_pipe.py)."""
         if self._layout_ready:
             return
         async with self._layout_lock:
@@ -762,7 +771,7 @@ class RedisStore(Store):
                 return
             keys = [f"{self._prefix}layout", self._leases]
             now = _num(time.time())
-            if await self._run(self._upgrade, keys, [now, "check", "0", ""]) != "done":
+            if await self._run(self._upgrade, keys, [now, "check", "0", ""]) == "todo":
                 literal = _GLOB.sub(r"\\\g<0>", self._prefix)
                 for phase, pattern in (("h", "h:*"), ("p", "c:*:p")):
                     cursor = "0"
