@@ -116,14 +116,20 @@ local function member_of(e) return string.match(e, '^[^|]*|%d+|(.*)$') end
 local function run_of(e) return string.match(e, '^([^:|]*):') end
 local function split_item(item) return string.match(item, '^(.-)\n(.*)$') end
 
+-- c:<key>:m counts live entries per member (distinct-member limits): HLEN is the
+-- number of distinct members, without reading the entries.
+local function forget_member(k, e)
+  local m = member_of(e)
+  if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
+end
+
 -- An entry leaves its counter: its amount leaves the total, its member the count.
 -- Only once (it may already have left the window).
 local function drop_entry(k, e)
   if redis.call('ZREM', k, e) == 1 then
     local amount = amount_of(e)
     if amount > 0 then add_total(k .. ':n', -amount) end  -- INCRBY refuses '-0'
-    local m = member_of(e)
-    if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
+    forget_member(k, e)
   end
 end
 
@@ -138,9 +144,10 @@ local function leases_of(h, items)
   return out
 end
 
-local function zrem_all(k, members)
+-- ZREM or SREM of many members, a thousand a call (unpack's stack is bounded).
+local function remove_all(command, k, members)
   for i = 1, #members, 1000 do
-    redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
+    redis.call(command, k, unpack(members, i, math.min(i + 999, #members)))
   end
 end
 
@@ -158,9 +165,9 @@ local function expire_leases(L, now)
       local k, e = split_item(item)
       if run_of(e) == run then drop_entry(k, e); gone[#gone + 1] = item end
     end
-    for i = 1, #gone, 1000 do redis.call('SREM', h, unpack(gone, i, math.min(i + 999, #gone))) end
+    remove_all('SREM', h, gone)
   end
-  zrem_all(L, dead)
+  remove_all('ZREM', L, dead)
 end
 
 -- The runs whose lease ran out, read only (for a look that writes nothing).
@@ -185,11 +192,7 @@ local function prune(k, kn, now, window)
   local old = redis.call('ZRANGEBYSCORE', k, '-inf', cut)
   if #old == 0 then return end
   local gone = 0
-  for _, e in ipairs(old) do
-    gone = gone + amount_of(e)
-    local m = member_of(e)
-    if m ~= '' and redis.call('HINCRBY', k .. ':m', m, -1) <= 0 then redis.call('HDEL', k .. ':m', m) end
-  end
+  for _, e in ipairs(old) do gone = gone + amount_of(e); forget_member(k, e) end
   redis.call('ZREMRANGEBYSCORE', k, '-inf', cut)
   if gone > 0 then add_total(kn, -gone) end
 end
@@ -339,11 +342,11 @@ end
 return out
 """
 
-# settle(holds, now, mode, L): mode 'commit' or 'release'.  After expire_leases: a
+# settle(holds, mode, L): mode 'commit' or 'release'.  After expire_leases: a
 # lease that already ran out stays dropped (its room may have been given away), so
 # a commit keeps what is left and ends its leases.
 _SETTLE_FN = r"""
-local function settle(holds, now, mode, L)
+local function settle(holds, mode, L)
 for _, h in ipairs(holds) do
   local items = redis.call('SMEMBERS', h)
   if #items > 0 then
@@ -353,7 +356,7 @@ for _, h in ipairs(holds) do
         drop_entry(k, e)
       end
     end
-    zrem_all(L, leases_of(h, items))
+    remove_all('ZREM', L, leases_of(h, items))
     redis.call('DEL', h)
   end
 end
@@ -363,9 +366,8 @@ end
 # KEYS: h:<hold>..., then leases.  ARGV: now, mode ('commit' or 'release').
 _SETTLE = _PER_RUN + _SETTLE_FN + r"""
 local L = table.remove(KEYS)
-local now = tonumber(ARGV[1])
-expire_leases(L, now)
-settle(KEYS, now, ARGV[2], L)
+expire_leases(L, tonumber(ARGV[1]))
+settle(KEYS, ARGV[2], L)
 return 1
 """
 
@@ -626,7 +628,7 @@ end
 if #step.settle > 0 then
   local hs = {}
   for i, h in ipairs(step.settle) do hs[i] = P .. 'h:' .. h end
-  settle(hs, now, step.commit and 'commit' or 'release', L)
+  settle(hs, step.commit and 'commit' or 'release', L)
 end
 local charged = {1, 0, '-1'}
 if #step.charges > 0 then
@@ -809,16 +811,16 @@ class RedisStore(Store):
         return ChargeResult(False, used, charges[int(out[1]) - 1], None if retry < 0 else retry)
 
     async def commit(self, holds: Iterable[str], now: float) -> None:
-        await self._layout()
-        keys = [self._k("h", h) for h in holds]
-        if keys:
-            await self._run(self._settle, [*keys, self._leases], [_num(now), "commit"])
+        await self._settle_holds(holds, now, "commit")
 
     async def release(self, holds: Iterable[str], now: float) -> None:
+        await self._settle_holds(holds, now, "release")
+
+    async def _settle_holds(self, holds: Iterable[str], now: float, mode: str) -> None:
         await self._layout()
         keys = [self._k("h", h) for h in holds]
         if keys:
-            await self._run(self._settle, [*keys, self._leases], [_num(now), "release"])
+            await self._run(self._settle, [*keys, self._leases], [_num(now), mode])
 
     async def usage(self, charges: Sequence[Charge], now: float) -> tuple[int, ...]:
         await self._layout()
