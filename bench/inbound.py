@@ -54,14 +54,21 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
+def smtp_source_command(sessions: int, size: int, message_file: Path | None = None,
+                        sender: str = FROM) -> list[str]:
+    """smtp-source with its load, less ``-m`` and the address: ``size`` bytes of
+    filler, or ``message_file`` (LF line ends), from ``sender`` to TO."""
+    body = ["-F", str(message_file)] if message_file else ["-l", str(size)]
+    return ["smtp-source", "-s", str(sessions), *body, "-f", sender, "-t", TO,
+            "-M", "client.example"]
+
+
 def smtp_source(port: int, messages: int, sessions: int, size: int,
                 message_file: Path | None = None, sender: str = FROM) -> float:
     """Messages per second as smtp-source measures them from the outside."""
-    body = ["-F", str(message_file)] if message_file else ["-l", str(size)]
     start = time.perf_counter()
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), *body,
-                    "-f", sender, "-t", TO, "-M", "client.example", f"127.0.0.1:{port}"],
-                   check=True, timeout=600)
+    subprocess.run([*smtp_source_command(sessions, size, message_file, sender),
+                    "-m", str(messages), f"127.0.0.1:{port}"], check=True, timeout=600)
     return messages / (time.perf_counter() - start)
 
 

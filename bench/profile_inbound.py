@@ -7,10 +7,10 @@ smtp-source sends 5 KB messages from 20 sessions, a new connection per message
 (as bench/inbound.py).  By default the plain inbound path (checks off); with
 ``--checks``, every check on, as bench/inbound_checks.py runs them: a private
 NSD serves the sender's SPF, DKIM key and DMARC record, and every message is
-DKIM-signed (the DNS cache is warm once the delay has passed).  Once the load runs, the gateway is sampled with
-perf (every thread, by library) and then py-spy (the event loop's thread), as
-bench/profile_submission.py does.  Sampling shares, not timings.  Needs root,
-Debian's postfix and linux-perf, and py-spy.
+DKIM-signed (the DNS cache is warm once the delay has passed).  Once the load
+runs, the gateway is sampled with perf (every thread, by library) and then py-spy
+(the event loop's thread), as bench/profile_submission.py does.  Sampling
+shares, not timings.  Needs root, Debian's postfix and linux-perf, and py-spy.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inbound import TO, start_gateway, stop, wait_port
+from bench.inbound import smtp_source_command, start_gateway, stop, wait_port
 from bench.inbound_checks import checks_config, signed_source
 from bench.inbound_cpu import SOURCE
 from bench.profile_submission import (
@@ -56,8 +56,7 @@ def main() -> int:
             signed, zones = signed_source(out, 5120)
             dns = AuthDNS(zones, out).start()
             extra = checks_config(dns.port)
-            command = ["smtp-source", "-s", "20", "-F", str(signed["message_file"]),
-                       "-f", signed["sender"], "-t", TO]
+            command = smtp_source_command(20, 5120, **signed)
         else:
             extra = "inbound_checks: false\n"
         gateway, port = start_gateway(out, sink_port, "1", extra, name="profiled")

@@ -77,7 +77,7 @@ async def _drive(seconds: float, concurrency: int, one) -> int:
     return done
 
 
-def _operation(name: str, store: Store, now: float):
+def one_operation(name: str, store: Store, now: float):
     """The coroutine function one operation runs, given (task, iteration)."""
     if name == "check-and-charge":
         raw = AccountQuota("raw@acme.example", "acme", Limits(messages_per_hour=BIG, recipients_per_hour=BIG))
@@ -137,7 +137,7 @@ def measure(backend: str, operation: str, seconds: float, concurrency: int) -> d
                 store: Store = (SQLiteStore(Path(d) / "bench.db") if server is None
                                 else RedisStore(server.url, prefix="bench:"))
                 try:
-                    one = _operation(operation, store, time.time())
+                    one = one_operation(operation, store, time.time())
                     await _drive(min(0.5, seconds / 4), concurrency, one)  # warm: scripts, caches
                     pid = server.proc.pid if server is not None and server.proc is not None else None
                     ours, theirs = _cpu(), (_cpu(pid) if pid else 0.0)

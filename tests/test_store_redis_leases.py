@@ -13,9 +13,7 @@ import asyncio
 
 import redis
 
-from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings
-from gateway.metering import Metering
-from gateway.rules.quota import account_quota
+from bench.quota import one_operation
 from gateway.store.base import Charge
 from gateway.store.redis import LAYOUT, RedisStore
 from tests.support import redis_server as _redis
@@ -24,7 +22,6 @@ redis_server = _redis.redis_server
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0
-BIG = 10**9
 KEY = "acct:alice:messages_per_hour"
 
 
@@ -39,32 +36,21 @@ def raw(server) -> redis.Redis:
 def test_a_submitted_message_runs_at_most_105_commands_in_redis(redis_server):
     """What a message costs redis-server, as bench/quota.py's "message" row meters
     it (every limit, the attempt counter, the commit, the series and the compromise
-    facts): each command a script runs costs redis-server about a microsecond
-    beyond its own work.  146 with a lease set per counter; 102 now."""
+    facts, with the same limits): each command a script runs costs redis-server
+    about a microsecond beyond its own work.  146 with a lease set per counter;
+    102 now."""
     redis_server.flush()
     r = raw(redis_server)
-    gateway = QuotaLimits.model_validate({k: BIG for k in (
-        "messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day",
-        "recipient_domains_per_hour", "recipients_per_message")})
-    customer = CustomerQuotas.model_validate({"customer": {"messages_per_hour": BIG,
-                                                           "recipients_per_day": BIG}})
-    acct = account_quota("user00@acme.example", "acme", gateway, customer, None)
-    settings = QuotaSettings.model_validate(
-        {"compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG}})
     messages = 50
 
     async def body() -> None:
         store = RedisStore(redis_server.url, prefix="cost:")
-        metering = Metering(store, settings)
+        message = one_operation("message", store, T0)
         try:
             for i in range(messages + 1):
                 if i == 1:  # the first one also loads the scripts and converts the layout
                     r.config_resetstat()
-                now = T0 + i
-                tx = metering.begin(f"tx{i}", "lease0")
-                decision = await metering.check_recipient(acct, tx, "dest.example", now)
-                assert decision.accept, decision
-                await metering.finish(acct, tx, True, now)
+                await message(0, i)
         finally:
             await store.close()
 
