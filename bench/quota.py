@@ -16,8 +16,9 @@ private redis-server on loopback):
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
 operation: this process (the event loop and SQLite's thread) plus redis-server's,
-and redis-server's alone (what one Redis shared by every gateway spends: the
-cluster's capacity, docs/operations.md).
+and redis-server's alone with the commands the scripts ran there per operation
+(what one Redis shared by every gateway spends: the cluster's capacity,
+docs/operations.md).
 ``--baseline CHECKOUT`` runs the same measurements with another checkout's
 ``gateway`` package (e.g. a git worktree of an older commit) in the same run,
 rows interleaved, and adds the ratios.  The bench shares the machine's cores
@@ -36,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import redis
 
 HERE = Path(__file__).resolve().parent.parent
 # A child measuring another checkout puts that checkout first (see --baseline).
@@ -128,33 +131,47 @@ def _cpu(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_commands(client: redis.Redis) -> int:
+    """The commands scripts ran in Redis since its last CONFIG RESETSTAT (INFO
+    commandstats, less the scripts themselves and the bench's own commands)."""
+    return sum(v["calls"] for name, v in client.info("commandstats").items()
+               if name.split("_", 1)[1].split("|")[0] not in ("evalsha", "config", "info", "hello", "script"))
+
+
 def measure(backend: str, operation: str, seconds: float, concurrency: int) -> dict:
     """One row from a fresh store: operations per second and CPU per operation."""
     with tempfile.TemporaryDirectory() as d:
         server = RedisServer().start() if backend == "redis" else None
         try:
-            async def run() -> tuple[int, float, float, float]:
+            async def run() -> tuple[int, float, float, float, int]:
                 store: Store = (SQLiteStore(Path(d) / "bench.db") if server is None
                                 else RedisStore(server.url, prefix="bench:"))
                 try:
                     one = one_operation(operation, store, time.time())
                     await _drive(min(0.5, seconds / 4), concurrency, one)  # warm: scripts, caches
                     pid = server.proc.pid if server is not None and server.proc is not None else None
+                    client = redis.Redis.from_url(server.url) if server is not None else None
+                    if client is not None:
+                        client.config_resetstat()
                     ours, theirs = _cpu(), (_cpu(pid) if pid else 0.0)
                     start = time.perf_counter()
                     n = await _drive(seconds, concurrency, one)
                     wall = time.perf_counter() - start
                     theirs = (_cpu(pid) if pid else 0.0) - theirs
-                    return n, wall, _cpu() - ours + theirs, theirs
+                    commands = 0
+                    if client is not None:
+                        commands = redis_commands(client)
+                        client.close()
+                    return n, wall, _cpu() - ours + theirs, theirs, commands
                 finally:
                     await store.close()
 
-            n, wall, cpu, redis_cpu = asyncio.run(run())
+            n, wall, cpu, redis_cpu, commands = asyncio.run(run())
         finally:
             if server is not None:
                 server.stop()
     return {"backend": backend, "operation": operation, "rate": n / wall, "cpu": cpu / n,
-            "redis_cpu": redis_cpu / n}
+            "redis_cpu": redis_cpu / n, "commands": commands / n}
 
 
 def _child(code: Path, args: argparse.Namespace, backend: str, operation: str) -> dict:
@@ -194,19 +211,22 @@ def main() -> None:
 
     print(f"\nMetering per operation, {args.concurrency} tasks, {args.seconds:g} s a row, "
           f"median of {args.rounds} round(s); CPU: this process + redis-server\n")
-    head = f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9} {'redis-server':>12}"
+    head = (f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9} {'redis-server':>12} "
+            f"{'commands':>8}")
     if args.baseline:
-        head += f" {'baseline/s':>11} {'CPU/op':>9} {'rate ×':>7} {'CPU ×':>7}"
+        head += f" {'baseline/s':>11} {'CPU/op':>9} {'commands':>8} {'rate ×':>7} {'CPU ×':>7}"
     print(head)
     for backend in ("sqlite", "redis"):
         for operation in OPERATIONS:
             this = seen[(backend, operation, "this")]
-            server = f"{1e6 * med(this, 'redis_cpu'):>9.0f} us" if backend == "redis" else f"{'':>12}"
+            server = (f"{1e6 * med(this, 'redis_cpu'):>9.0f} us {med(this, 'commands'):>8.0f}"
+                      if backend == "redis" else f"{'':>21}")
             line = (f"{backend:<8} {operation:<18} {med(this, 'rate'):>11.0f} "
                     f"{1e6 * med(this, 'cpu'):>6.0f} us {server}")
             if args.baseline:
                 base = seen[(backend, operation, "baseline")]
-                line += (f" {med(base, 'rate'):>11.0f} {1e6 * med(base, 'cpu'):>6.0f} us "
+                commands = f"{med(base, 'commands'):>8.0f}" if backend == "redis" else f"{'':>8}"
+                line += (f" {med(base, 'rate'):>11.0f} {1e6 * med(base, 'cpu'):>6.0f} us {commands} "
                          f"{med(this, 'rate') / med(base, 'rate'):>7.2f} "
                          f"{med(this, 'cpu') / med(base, 'cpu'):>7.2f}")
             print(line)

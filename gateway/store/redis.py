@@ -75,7 +75,7 @@ from gateway.values.dmarc_reports import DAY, RETENTION
 # Leases used to be a sorted set per counter (c:<key>:p, entry → lease end): every
 # held charge wrote and expired it, every check pruned it, and every commit asked it
 # about each entry: 44 of the 146 commands a submitted message ran in Redis
-# (INFO commandstats, tests/test_store_redis_leases.py), each a microsecond or more
+# (`python -m bench.quota`'s "commands" column), each a microsecond or more
 # of redis-server's time.  One lease per hold and run makes a commit three commands
 # a hold, and a check asks the store's one ``leases`` set once per script run:
 # 102 commands, and `python -m bench.quota`'s "message" row 0.89x the CPU (this
