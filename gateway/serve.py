@@ -54,6 +54,7 @@ from gateway.downstream.base import Downstream as DownstreamClient
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
+from gateway.log_output import BatchedLogHandler, flush_logs
 from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
 from gateway.ops.held_page import PATH as HELD_PAGE
@@ -653,6 +654,7 @@ def _supervise(loaded: Loaded, files: dict[str, tuple[Path, Path]],
             except Exception:
                 log.exception("worker %d crashed", slot)
                 code = 1
+            flush_logs()  # os._exit skips logging.shutdown()
             os._exit(code)
         children[pid] = slot
         started_at[pid] = time.monotonic()
@@ -746,7 +748,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # Written by a thread of its own, never by the event loop (gateway/log_output.py).
+    handler = BatchedLogHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])

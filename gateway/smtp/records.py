@@ -198,7 +198,7 @@ def write_transaction(record: TransactionRecord, *, listener: str, client: str, 
         if refused and record.facts:  # the journal keeps the facts apart: the line gets a copy
             line = dict(fields)
             _add_facts(line, record.facts)
-        txlog.info(_text(line), extra={"fields": line})
+        txlog.info(_Line(line), extra={"fields": line})
     if journalled:
         assert journal is not None
         _journal_transaction(journal, record, fields, status)
@@ -263,7 +263,7 @@ def write_connection(record: ConnectionRecord, *, client: str, ended: str,
         "ms": int((time.monotonic() - record.started) * 1000),
     }
     if logged:
-        connlog.info(_text(fields), extra={"fields": fields})
+        connlog.info(_Line(fields), extra={"fields": fields})
     if journalled:
         assert journal is not None
         journal.submit("connection", record.cid, record.cid, dict(fields))
@@ -279,6 +279,20 @@ def _add_facts(fields: dict[str, object], facts: Mapping[str, object]) -> None:
         elif not isinstance(value, (int, float, bool)) and value is not None:
             value = str(value)[:_MAX_TEXT]
         fields[key] = value
+
+
+class _Line:
+    """A log line's text, made when it is written: by the log's writer thread
+    (gateway/log_output.py), not by the event loop.  Its fields are not changed
+    after they are logged."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return _text(self.fields)
 
 
 def _text(fields: Mapping[str, object]) -> str:

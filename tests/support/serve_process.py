@@ -15,9 +15,10 @@ from tests.support.ports import free_port
 
 
 def serve_workers(tmp_path: Path, downstream, password_hash: str,
-                  workers: int = 2) -> tuple[subprocess.Popen, int]:
+                  workers: int = 2, **settings) -> tuple[subprocess.Popen, int]:
     """The MX only, the test customers' policy files, ``workers`` worker processes;
-    (the process, its inbound port).  Its own session: its workers go with it."""
+    (the process, its inbound port).  Its own session: its workers go with it.
+    ``settings``: more top-level settings of the gateway file."""
     policy = tmp_path / "policy"
     policy.mkdir()
     for name, p in customer_policies(password_hash).items():
@@ -27,7 +28,7 @@ def serve_workers(tmp_path: Path, downstream, password_hash: str,
         "hostname": "mx.test", "listeners": {"inbound": {"port": port}},
         "downstream": {"inbound": downstream.url}, "policy_dir": "policy",
         "dns": {"nameservers": ["127.0.0.1"], "port": free_port(), "timeout": 1},
-        "limits": {"shutdown_grace": 2}}))
+        "limits": {"shutdown_grace": 2}} | settings))
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c",
                              str(tmp_path / "gateway.yaml"), "--workers", str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
