@@ -91,3 +91,16 @@ def test_a_clean_message_comes_out_unstuffed_exactly(body):
     stuffed = (b"." + message if message.startswith(b".") else message).replace(b"\r\n.", b"\r\n..")
     problem, out, rest = scan(stuffed + b".\r\n", [], max_line_length=1000)
     assert (problem, out, rest) == (None, message, b"")
+
+
+@settings(max_examples=400, deadline=None)
+@given(lengths=st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=20),
+       max_line=st.integers(min_value=3, max_value=40),
+       cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=6))
+def test_a_line_too_long_is_found_wherever_it_lies(lengths, max_line, cuts):
+    # Lines of every length around the limit, at every offset: the scanner's slice
+    # search (data_scanner._may_have_long_line) must never miss one the exact count finds.
+    message = b"".join(b"x" * n + b"\r\n" for n in lengths)
+    problem, _, _ = scan(message + b".\r\n", cuts, max_line_length=max_line)
+    too_long = max(lengths) > max_line - 2
+    assert problem == (replies.LINE_TOO_LONG if too_long else None)
