@@ -1,7 +1,7 @@
 """What an SMTP engine of our own could save: aiosmtpd against a bare asyncio.Protocol.
 
     python bench/engine_floor.py [--messages 4000] [--sessions 20] [--size 5120]
-                                 [--warmup 500] [--rounds 3]
+                                 [--warmup 500] [--rounds 3] [--keep-connections]
 
 Issue 16 puts a protocol engine of our own on ``asyncio.Protocol`` in scope if
 aiosmtpd's stream-based layer is the floor of the inbound path.  This measures
@@ -37,11 +37,12 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inbound import smtp_source, wait_port
+from bench.inbound import smtp_source_command, wait_port
 from tests.support.ports import free_port
 
 _EHLO = (b"250-floor.bench.example\r\n250-8BITMIME\r\n"
@@ -103,8 +104,8 @@ def serve_aiosmtpd(port: int) -> None:
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # a line per command otherwise
     handler = AiosmtpdHandler()
 
-    _run(lambda loop: loop.create_server(
-        lambda: GatewayEngine(handler, hostname="floor.bench.example"), "127.0.0.1", port))
+    _run(lambda loop: loop.create_server(  # the loop passed, as gateway/listeners.py does
+        lambda: GatewayEngine(handler, hostname="floor.bench.example", loop=loop), "127.0.0.1", port))
 
 
 class BareSMTP(asyncio.Protocol):
@@ -186,6 +187,14 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _drive(port: int, messages: int, args: argparse.Namespace) -> float:
+    """smtp-source's messages per second; -d: every message of a session on one connection."""
+    start = time.perf_counter()
+    subprocess.run([*smtp_source_command(args.sessions, args.size), *(["-d"] if args.keep_connections else []),
+                    "-m", str(messages), f"127.0.0.1:{port}"], check=True, timeout=600)
+    return messages / (time.perf_counter() - start)
+
+
 def measure(kind: str, args: argparse.Namespace) -> tuple[float, float]:
     """(msg/s, server CPU seconds per message) of one fresh server."""
     port = free_port()
@@ -193,9 +202,9 @@ def measure(kind: str, args: argparse.Namespace) -> tuple[float, float]:
     try:
         wait_port(port)
         if args.warmup:
-            smtp_source(port, args.warmup, args.sessions, args.size)
+            _drive(port, args.warmup, args)
         before = _cpu(proc.pid)
-        rate = smtp_source(port, args.messages, args.sessions, args.size)
+        rate = _drive(port, args.messages, args)
         return rate, (_cpu(proc.pid) - before) / args.messages
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -213,6 +222,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=5120)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep-connections", action="store_true",
+                        help="each session sends all its messages on one connection (smtp-source -d), "
+                             "as submission clients do: the cost per message without the connection's")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -225,8 +237,9 @@ def main() -> int:
         for kind in kinds[r % 2:] + kinds[:r % 2]:  # interleaved: each round starts one later
             found[kind].append(measure(kind, args))
             print(f"  round {r + 1}: {kind}: {found[kind][-1][0]:.0f} msg/s", file=sys.stderr, flush=True)
+    per = "one connection per session" if args.keep_connections else "a connection per message"
     print(f"\nThe SMTP engine alone: {args.messages} messages of {args.size} bytes, {args.sessions} "
-          f"sessions, a connection per message, nothing forwarded; medians of {args.rounds} rounds\n")
+          f"sessions, {per}, nothing forwarded; medians of {args.rounds} rounds\n")
     print(f"{'server':60} {'msg/s':>8} {'CPU/msg':>10}")
     cpu = {}
     for kind, label in zip(kinds, ("aiosmtpd (SMTPAdapter, DATA as the gateway reads it), uvloop",
