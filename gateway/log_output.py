@@ -68,7 +68,7 @@ class BatchedLogHandler(logging.Handler):
         self._written = 0  # records the writer has taken off the queue and written
         self._dropped = 0  # records dropped since the last line that said so
         self._closing = False
-        self._writer: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
 
     # --- the logging thread's side -------------------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
@@ -81,7 +81,7 @@ class BatchedLogHandler(logging.Handler):
             return
         self._pending.append(record)
         self._queued += 1
-        if self._writer is None:
+        if self._thread is None:
             self._start()
         if record.levelno >= logging.WARNING:
             self._urgent.set()
@@ -89,12 +89,12 @@ class BatchedLogHandler(logging.Handler):
             self._wake.set()
 
     def _start(self) -> None:
-        self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
-        self._writer.start()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
 
     def flush(self) -> None:
         """Wait until what is queued now is written (up to FLUSH_SECONDS)."""
-        target, writer = self._queued, self._writer
+        target, writer = self._queued, self._thread
         if writer is None or not writer.is_alive() or threading.current_thread() is writer:
             return
         self._urgent.set()
@@ -105,7 +105,7 @@ class BatchedLogHandler(logging.Handler):
     def close(self) -> None:
         self.flush()
         self._closing = True
-        writer = self._writer
+        writer = self._thread
         if writer is not None and writer.is_alive() and threading.current_thread() is not writer:
             self._urgent.set()
             self._wake.set()
