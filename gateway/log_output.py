@@ -14,9 +14,10 @@ writer thread, started in each process on the first record (after a fork the
 child starts its own), gathers what arrives for :data:`BATCH_SECONDS` and
 formats and writes it, :data:`WRITE_LINES` lines a write: lines reach the log
 within about that time, a warning or an error at once.  When the writer is
-blocked, the queue holds up to :data:`QUEUE_LIMIT` records; beyond that a
-record is dropped and counted, and once writing works again one line says how
-many were lost.  Mail never waits for the log (docs/operations.md, "Logs").
+blocked, the queue holds up to :data:`QUEUE_LIMIT` records (``limits.log_backlog``);
+beyond that a record is dropped and counted (the metric
+``portcullis_log_lines_dropped_total``), and once writing works again one line
+says how many were lost.  Mail never waits for the log (docs/operations.md, "Logs").
 
 ``flush()`` (``logging.shutdown()`` at exit; a worker before it exits) waits
 for the writer up to :data:`FLUSH_SECONDS`: a blocked log never keeps a
@@ -31,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 # How long the writer gathers records before it writes them.
@@ -54,6 +56,8 @@ class BatchedLogHandler(logging.Handler):
         self.stream = stream if stream is not None else sys.stderr
         self.batch_seconds = batch_seconds
         self.queue_limit = queue_limit
+        # Called once for each record dropped, in the thread that logged it.
+        self.on_drop: Callable[[], None] | None = None
         self._fresh()
         os.register_at_fork(after_in_child=self._fresh)
 
@@ -67,6 +71,9 @@ class BatchedLogHandler(logging.Handler):
         self._queued = 0  # records queued so far (this process)
         self._written = 0  # records the writer has taken off the queue and written
         self._dropped = 0  # records dropped since the last line that said so
+        # Guards _dropped: the writer must not take the handler's own lock, which
+        # logging.shutdown() holds while it flushes and closes.
+        self._drop_lock = threading.Lock()
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -77,7 +84,10 @@ class BatchedLogHandler(logging.Handler):
             # Fixed now, as logging.handlers.QueueHandler does: the arguments may change.
             record.msg, record.args = record.getMessage(), None
         if len(self._pending) >= self.queue_limit or self._closing:
-            self._dropped += 1
+            with self._drop_lock:
+                self._dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
             return
         self._pending.append(record)
         self._queued += 1
@@ -137,7 +147,7 @@ class BatchedLogHandler(logging.Handler):
                 with self._progress:
                     self._written += taken
                     self._progress.notify_all()
-            with self.lock:  # emit counts under it
+            with self._drop_lock:
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 self._write(self.format(logging.makeLogRecord({
@@ -156,6 +166,15 @@ class BatchedLogHandler(logging.Handler):
         except Exception:
             # As StreamHandler: a log that cannot be written must not stop anything.
             self.handleError(logging.makeLogRecord({"msg": "log output failed"}))
+
+
+def watch_backlog(limit: int, on_drop: Callable[[], None]) -> None:
+    """The root logger's batched handlers hold up to ``limit`` records and call
+    ``on_drop`` for each they drop (limits.log_backlog, the dropped-lines metric)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchedLogHandler):
+            handler.queue_limit = limit
+            handler.on_drop = on_drop
 
 
 def flush_logs() -> None:

@@ -54,7 +54,7 @@ from gateway.downstream.base import Downstream as DownstreamClient
 from gateway.downstream.maildir import MaildirDownstream
 from gateway.downstream.smtp import SmtpDownstream
 from gateway.listeners import SMTPListeners
-from gateway.log_output import BatchedLogHandler, flush_logs
+from gateway.log_output import BatchedLogHandler, flush_logs, watch_backlog
 from gateway.metering import Metering
 from gateway.ops import metrics as metrics_module
 from gateway.ops.held_page import PATH as HELD_PAGE
@@ -293,6 +293,7 @@ class Gateway:
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         assert self.runtime.metrics is not None
+        watch_backlog(self.runtime.config.limits.log_backlog, self.runtime.metrics.log_line_dropped)
         self._gauges = asyncio.create_task(self._refresh_gauges(self.runtime.metrics))
         observe_certificates(self.runtime.metrics, self._tls_files)
         self.endpoint = make_endpoint(self.runtime, self.runtime.metrics,
@@ -416,6 +417,8 @@ class Gateway:
         if self.key_watch is not None:  # new selectors, or the check turned on: look now
             self.key_watch.wake()
         self.listeners.runtime = new  # limits for new connections
+        if new.metrics is not None:
+            watch_backlog(config.limits.log_backlog, new.metrics.log_line_dropped)
         if self.endpoint is not None:
             self.endpoint.set_autoconfig(autoconfig_site(new))
             self.endpoint.set_mta_sts(mta_sts_site(new))

@@ -16,7 +16,9 @@ import threading
 import time
 
 from gateway.log_output import BatchedLogHandler
+from tests.support.ports import free_port
 from tests.support.serve_process import eventually, inbound_rcpt, serve_workers
+from tests.test_metrics_documented import scrape
 
 MESSAGE = b"From: a@other.example\r\nTo: x@acme.example\r\nSubject: log\r\n\r\nhello\r\n"
 
@@ -46,6 +48,39 @@ def test_a_gateway_whose_log_nobody_reads_keeps_taking_mail(tmp_path, downstream
     lines = [line for line in err.splitlines() if "portcullis.transaction" in line]
     assert sum("result=250 " in line for line in lines) >= sent, err[-2000:]
     assert "were dropped" not in err
+
+
+def test_lines_dropped_past_the_backlog_are_counted_in_the_metric_and_said(
+        tmp_path, downstream, password_hash):
+    # limits.log_backlog: 20 lines may wait; the pipe takes about 200 of these lines.
+    http = free_port()
+    proc, port = serve_workers(tmp_path, downstream, password_hash, workers=1, inbound_checks=False,
+                               limits={"shutdown_grace": 2, "log_backlog": 20}, http={"port": http})
+    sent = 400
+    try:
+        assert eventually(lambda: inbound_rcpt(port, "x@acme.example") == 250, timeout=15)
+        assert scrape(http)["portcullis_log_lines_dropped_total"] == 0
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            c.ehlo("client.example")
+            for _ in range(sent):
+                c.sendmail("a@other.example", ["x@acme.example"], MESSAGE)
+        dropped = scrape(http)["portcullis_log_lines_dropped_total"]
+        # The pipe (64 KiB), the batch being written and the backlog hold a few hundred
+        # lines at most: some of the 400 are dropped, and never all of them.
+        assert 0 < dropped < sent, dropped
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    # Every line dropped before the scrape is said (more may be, while it shuts down).
+    said = [line for line in err.splitlines() if "were dropped" in line]
+    assert said and sum(int(line.split("portcullis.log WARNING ")[1].split()[0]) for line in said) >= dropped, \
+        err[-1500:]
+    assert len(downstream.messages) >= sent  # the mail never waited for the log
 
 
 def _reader_stalled_pipe():

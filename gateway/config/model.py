@@ -233,6 +233,9 @@ class Limits(Strict):
     max_errors: Annotated[int, Field(ge=1)] = 10
     # On SIGTERM: time given to transactions in flight before we close them.
     shutdown_grace: Seconds = 30.0
+    # Log lines that may wait for a log reader that fell behind (gateway/log_output.py);
+    # more are dropped and counted (portcullis_log_lines_dropped_total).
+    log_backlog: Annotated[int, Field(ge=1)] = 10_000
 
 
 class Config(Strict):

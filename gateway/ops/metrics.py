@@ -182,6 +182,12 @@ class Metrics:
             "DKIM selectors inside their window that do not sign: their key is not seen in DNS.",
             registry=r, multiprocess_mode="mostrecent",
         )
+        # gateway/log_output.py: the log's reader fell behind by limits.log_backlog lines.
+        self.log_lines_dropped = Counter(
+            "portcullis_log_lines_dropped_total",
+            "Log lines dropped because the log output was blocked (limits.log_backlog were waiting).",
+            registry=r,
+        )
         self.arc_seals = Counter(
             "portcullis_arc_seals_total",
             "Inbound messages ARC-sealed, by the seal's cv= (none, pass, fail), or unsealed.",
@@ -312,6 +318,9 @@ class Metrics:
 
     def certificate_expires(self, listener: str, not_after: float) -> None:
         self.certificate_expiry.labels(listener).set(not_after)
+
+    def log_line_dropped(self) -> None:
+        self.log_lines_dropped.inc()
 
     def reloaded(self, applied: bool) -> None:
         self.reloads.labels("applied" if applied else "refused").inc()
