@@ -17,7 +17,8 @@ Each row has its own fresh smtp-sink as the place mail is forwarded to:
     portcullis 1|auto       `portcullis serve --workers 1|auto`, SQLite or Redis store,
                             quotas and compromise signals counted, RSA-2048 DKIM signing
     (with --baseline)       each portcullis row also from CHECKOUT (e.g. a git worktree of
-                            an older commit), right after this checkout's
+                            an older commit), right after this checkout's, and every
+                            other round right before it
 
 Before it is timed, each row is checked and warmed: a logged-in account sending
 as another account must be refused (the sender check is on), then ``--warmup``
@@ -167,6 +168,9 @@ def ceiling_row() -> RowSpec:
     return RowSpec(CEILING, start, signs=False, forwards=False, checks_sender=False)
 
 
+BASELINE_PREFIX = "  baseline "
+
+
 def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
     """Every row, or those whose label contains one of ``only`` (with their baseline rows)."""
     def wanted(label: str) -> bool:
@@ -181,8 +185,23 @@ def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
                 continue
             out.append(gateway_row(label, workers, store, paced=workers == "1"))
             if baseline is not None:
-                out.append(gateway_row(f"  baseline {baseline.name}", workers, store, baseline,
+                out.append(gateway_row(f"{BASELINE_PREFIX}{baseline.name}", workers, store, baseline,
                                        paced=workers == "1"))
+    return out
+
+
+def in_turn(order: list[int], specs: list[RowSpec]) -> list[int]:
+    """``order`` with each gateway row's baseline moved just before it: run every other
+    round, so that neither checkout is always the one measured second (bench/inbound.py
+    saw the second run up to 10% faster with --workers auto, whichever code it ran)."""
+    out = list(order)
+    j = 0
+    while j < len(out) - 1:
+        if out[j + 1] == out[j] + 1 and specs[out[j + 1]].label.startswith(BASELINE_PREFIX):
+            out[j], out[j + 1] = out[j + 1], out[j]
+            j += 2
+        else:
+            j += 1
     return out
 
 
@@ -322,7 +341,7 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
     for r in rows_seen:
         if r.refusal:
             print(f"  {r.label:<50} {r.refusal[:70]}")
-    against = [(rows_seen[i - 1], r) for i, r in enumerate(rows_seen) if r.label.startswith("  baseline")]
+    against = [(rows_seen[i - 1], r) for i, r in enumerate(rows_seen) if r.label.startswith(BASELINE_PREFIX)]
     if against:
         print("\nThis checkout / the baseline (same run): msg/s ratio, server CPU per message ratio")
         for this, base in against:
@@ -377,7 +396,8 @@ def main() -> int:
             # Each round starts one row later: the machine's load drifts, and over the
             # rounds every row meets the drift at a different place.
             shift = round_number % len(specs)
-            for i in [*range(shift, len(specs)), *range(shift)]:
+            order = [*range(shift, len(specs)), *range(shift)]
+            for i in (in_turn(order, specs) if round_number % 2 else order):
                 measured[i].append(measure_row(specs[i], s))
                 print(f"  round {round_number + 1}: {specs[i].label.strip()}: "
                       f"{measured[i][-1].rate:.0f} msg/s", file=sys.stderr, flush=True)

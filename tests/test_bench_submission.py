@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.submission import REFERENCE, Setting, gateway_row, measure_row, postfix_row, self_signed
+from bench.submission import (
+    REFERENCE,
+    Setting,
+    gateway_row,
+    in_turn,
+    measure_row,
+    postfix_row,
+    rows,
+    self_signed,
+)
 from bench.submission_checks import check_signed, check_unsigned, refuses_mismatched_sender
 from bench.submission_client import message
 from bench.submission_peers import DOMAIN, Ceiling, accounts
@@ -67,3 +76,14 @@ def test_signature_checks_refuse_unsigned_forged_and_unexpected_signatures():
     with pytest.raises(RuntimeError, match="signed, though"):
         check_unsigned([signed])
     check_unsigned([plain])
+
+
+def test_every_other_round_measures_the_baseline_first():
+    # The order a round starts in is kept; only each gateway row and its baseline swap.
+    specs = rows(Path("/elsewhere/wt-old"), ["workers 1"])
+    labels = [s.label for s in specs]
+    assert labels == ["portcullis --workers 1, sqlite", "  baseline wt-old",
+                      "portcullis --workers 1, redis", "  baseline wt-old"]
+    assert in_turn([0, 1, 2, 3], specs) == [1, 0, 3, 2]
+    # A round that starts on a baseline row: that one has no gateway row before it.
+    assert in_turn([1, 2, 3, 0], specs) == [1, 3, 2, 0]
