@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import smtplib
-import subprocess
 import threading
 import time
 
 from gateway.log_output import BatchedLogHandler
 from tests.support.ports import free_port
-from tests.support.serve_process import eventually, inbound_rcpt, serve_workers
+from tests.support.serve_process import eventually, inbound_rcpt, serve_workers, stop_and_read
 from tests.test_metrics_documented import scrape
 
 MESSAGE = b"From: a@other.example\r\nTo: x@acme.example\r\nSubject: log\r\n\r\nhello\r\n"
@@ -37,13 +35,7 @@ def test_a_gateway_whose_log_nobody_reads_keeps_taking_mail(tmp_path, downstream
                 c.sendmail("a@other.example", ["x@acme.example"], MESSAGE)
         assert len(downstream.messages) >= sent
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        err = stop_and_read(proc)
     # Everything the worker logged came out, none dropped (far below the queue's bound).
     lines = [line for line in err.splitlines() if "portcullis.transaction" in line]
     assert sum("result=250 " in line for line in lines) >= sent, err[-2000:]
@@ -69,13 +61,7 @@ def test_lines_dropped_past_the_backlog_are_counted_in_the_metric_and_said(
         # lines at most: some of the 400 are dropped, and never all of them.
         assert 0 < dropped < sent, dropped
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        err = stop_and_read(proc)
     # Every line dropped before the scrape is said (more may be, while it shuts down).
     said = [line for line in err.splitlines() if "were dropped" in line]
     assert said and sum(int(line.split("portcullis.log WARNING ")[1].split()[0]) for line in said) >= dropped, \

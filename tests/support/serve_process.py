@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -34,6 +36,18 @@ def serve_workers(tmp_path: Path, downstream, password_hash: str,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     return proc, port
+
+
+def stop_and_read(proc: subprocess.Popen) -> str:
+    """SIGTERM to a ``serve_workers`` gateway and its workers; its stderr, read to the
+    end (a pipe nobody reads would keep its log, and so its exit, waiting)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
 
 
 def inbound_rcpt(port: int, rcpt: str) -> int:
