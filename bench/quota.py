@@ -7,12 +7,15 @@ private redis-server on loopback):
 
     check-and-charge   one atomic check-and-charge of the rate limits a RCPT touches
                        (the floor of a RCPT), nothing else
-    RCPT+commit        one RCPT's metering and its commit after DATA, compromise off
+    RCPT+commit        one RCPT's metering and its commit after DATA, compromise off;
+                       the customer sets two aggregate limits (messages per hour,
+                       recipients per day)
     message            what a submitted message costs with the defaults (as
                        bench/submission.py's gateway rows): the suspension check,
                        the session slot, the check-and-hold of every limit with the
                        attempt counter at RCPT, the commit, the counts, the series
-                       and the compromise facts after DATA; 20 accounts of one customer
+                       and the compromise facts after DATA; 20 accounts of one
+                       customer that sets no aggregate limit
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
 operation: this process (the event loop and SQLite's thread) plus redis-server's,
@@ -56,8 +59,11 @@ BIG = 10**9
 OPERATIONS = ("check-and-charge", "RCPT+commit", "message")
 
 
-def _accounts(n: int) -> list[AccountQuota]:
-    cust = CustomerQuotas.model_validate({"customer": {"messages_per_hour": BIG, "recipients_per_day": BIG}})
+def _accounts(n: int, aggregate: bool = True) -> list[AccountQuota]:
+    """``n`` accounts of one customer, every limit out of reach; ``aggregate``: the
+    customer sets two aggregate limits of its own (counted only when set)."""
+    cust = CustomerQuotas.model_validate(
+        {"customer": {"messages_per_hour": BIG, "recipients_per_day": BIG}} if aggregate else {})
     gw = QuotaLimits.model_validate({k: BIG for k in (
         "messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day",
         "recipient_domains_per_hour", "recipients_per_message")})
@@ -101,7 +107,9 @@ def one_operation(name: str, store: Store, now: float):
             assert d.accept, d
             await m.finish(a, tx, True, t)
         return rcpt_commit
-    # Compromise detection on, its thresholds out of reach (as bench/submission.py's).
+    # Compromise detection on, its thresholds out of reach, and no customer aggregate
+    # limit: as bench/submission.py's gateway rows.
+    accts = _accounts(20, aggregate=False)
     full = Metering(store, QuotaSettings.model_validate(
         {"compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG}}))
 

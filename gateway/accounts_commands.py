@@ -63,8 +63,6 @@ def format_status(s: AccountStatus) -> str:
                      + (f" ({evidence})" if evidence else ""))
     lines.append(f"  {'limit':<40} {'used':>8} {'of':>8}")
     for u in s.usage:
-        if u.name.startswith("customer ") and u.limit is None:
-            continue
         lines.append(f"  {u.name:<40} {u.used:>8} {_limit(u.limit):>8}")
     lines.append(f"  {'connections now':<40} {s.connections:>8}")
     return "\n".join(lines)

@@ -451,11 +451,13 @@ class Metering:
         return done
 
     async def status(self, acct: AccountQuota, now: float) -> AccountStatus:
+        # Every limit of the account; the customer's aggregate ones only where set
+        # (the others are not counted: rules.quota.recipient_charges).
         rows: list[tuple[str, Charge]] = []
         for scope, limits, label in ((f"acct:{acct.login}", acct.limits, ""),
                                      (f"cust:{acct.customer}", acct.aggregate, "customer ")):
             for name, (window, _unit) in RATE_LIMITS.items():
-                if hasattr(limits, name):
+                if hasattr(limits, name) and (limits is acct.limits or getattr(limits, name) is not None):
                     member = "" if name == "recipient_domains_per_hour" else None
                     rows.append((label + name, Charge(f"{scope}:{name}", window, getattr(limits, name),
                                                       member=member)))

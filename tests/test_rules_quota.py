@@ -177,6 +177,21 @@ def test_message_counters_charge_with_the_first_recipient_only():
     assert "recipient_domains_per_hour" in later
 
 
+def test_only_the_aggregate_limits_a_customer_sets_are_counted():
+    """An account's counters are all charged (status, compromise signals); a customer's
+    aggregate only where it has a limit: nothing reads the others."""
+    def names(aggregate: quota.Aggregate) -> set[str]:
+        a = AccountQuota("a", "c", Limits(), aggregate)
+        return {c.name for c in quota.recipient_charges(a, "x.example", True, "m", "r0")}
+
+    own = {"messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day",
+           "recipient_domains_per_hour"}
+    assert names(quota.Aggregate()) == own
+    assert names(quota.Aggregate(recipients_per_day=50)) == own | {"customer recipients_per_day"}
+    assert names(quota.Aggregate(messages_per_hour=0, recipients_per_hour=9)) == own | {
+        "customer messages_per_hour", "customer recipients_per_hour"}
+
+
 # --- through the store: both backends ----------------------------------------------
 def settings(**compromise) -> QuotaSettings:
     return QuotaSettings.model_validate({"compromise": {"enabled": False, **compromise}})

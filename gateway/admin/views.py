@@ -23,9 +23,8 @@ def status(s: AccountStatus) -> dict[str, Any]:
     return {
         "login": s.login, "customer": s.customer, "shadow": s.shadow,
         "suspension": suspension(s.suspension), "connections": s.connections,
-        # Every limit, the customer's aggregate ones only where set (as the CLI prints them).
-        "usage": [{"name": u.name, "used": u.used, "limit": u.limit} for u in s.usage
-                  if not (u.name.startswith("customer ") and u.limit is None)],
+        # Every limit, the customer's aggregate ones only where set (Metering.status).
+        "usage": [{"name": u.name, "used": u.used, "limit": u.limit} for u in s.usage],
     }
 
 

@@ -181,15 +181,21 @@ def recipient_charges(acct: AccountQuota, domain: str, first_in_message: bool,
     """The counters one RCPT touches.  Message counters are charged with the first
     recipient (under the message's hold), recipient counters with every recipient
     (under its own hold, so a recipient refused downstream can be released alone).
-    Unlimited counters are charged too: they feed status and compromise signals."""
+    An account's unlimited counters are charged too: they feed status and the
+    compromise signals.  A customer's aggregate counters are charged only where the
+    customer sets that limit: nothing else reads them, and each is a row (a Redis
+    entry) more per recipient (issue 16).  So an aggregate limit set later counts
+    from then on (docs/quotas.md)."""
     out: list[Charge] = []
-    scopes = [(f"acct:{acct.login}", acct.limits, ""),
-              (f"cust:{acct.customer}", acct.aggregate, "customer ")]
-    for prefix, limits, label in scopes:
+    scopes = [(f"acct:{acct.login}", acct.limits, "", False),
+              (f"cust:{acct.customer}", acct.aggregate, "customer ", True)]
+    for prefix, limits, label, only_limited in scopes:
         for name, (window, _unit) in RATE_LIMITS.items():
             if not hasattr(limits, name):
                 continue
             limit = getattr(limits, name)
+            if limit is None and only_limited:
+                continue
             if name.startswith("messages"):
                 if first_in_message:
                     out.append(Charge(f"{prefix}:{name}", window, limit, hold=message_hold,
