@@ -79,8 +79,10 @@ class MeteredTransaction:
     # Recipient holds named so far (each a new name, a released one's included).
     holds_named: int = 0
     finished: bool = False
-    # A check-and-charge went to the store (it may have held, even if it failed) ...
+    # A check-and-charge went to the store (it may have held, even if it failed),
+    # for this login ...
     asked: bool = False
+    login: str = ""
     # ... and the first that came back read the suspension and renewed the slot.
     begun: bool = False
     # What that step found: the account is suspended, and every recipient of the
@@ -130,12 +132,20 @@ class AuthAttempt:
         return self.verdict.accept and self.reserved
 
 
-def _attempts(login: str) -> Charge:
-    return Charge(f"acct:{login}:attempts_per_hour", HOUR, None, name="attempts_per_hour")
+# The compromise signals' recipients of the last hour, from three counters (each
+# recipient in exactly one of them):
+#   recipients_per_hour   charged at RCPT and kept: sent, or in a transaction still open
+#   downstream_refused    refused by the downstream (at RCPT or at DATA), counted at the end of DATA
+#   not_sent              attempted and neither: refused by a quota, or in a transaction
+#                         that ended without DATA's answer (RSET, a local refusal, a hang-up)
+# so attempted = all three and tried downstream = the first two.  Counters of their
+# own for "attempted" and "tried" were two rows more per message (issue 16).
+def _not_sent(login: str, amount: int = 1) -> Charge:
+    return Charge(f"acct:{login}:not_sent", HOUR, None, amount=amount, name="not_sent")
 
 
-def _downstream(login: str, what: str, amount: int = 1) -> Charge:
-    return Charge(f"acct:{login}:downstream_{what}", HOUR, None, amount=amount, name=f"downstream_{what}")
+def _downstream_refused(login: str, amount: int = 1) -> Charge:
+    return Charge(f"acct:{login}:downstream_refused", HOUR, None, amount=amount, name="downstream_refused")
 
 
 class Metering:
@@ -267,18 +277,18 @@ class Metering:
         tx.holds_named += 1
         charges = quota.recipient_charges(acct, domain, first, tx.message_hold, hold)
         # One round trip: the check-and-charge; refused, the attempt is counted all the
-        # same (and in shadow mode what we let through), and the compromise facts
-        # come back for the assessment.
-        attempted = _attempts(acct.login)
-        let_through = tuple(c.unlimited() for c in charges) if acct.shadow else ()
+        # same (in shadow mode, what we let through counts it), and the compromise
+        # facts come back for the assessment.
+        if_refused = tuple(c.unlimited() for c in charges) if acct.shadow else (_not_sent(acct.login),)
         reads, sums = self._signal_reads(acct, now)
         begin = None if tx.begun else MessageBegin(acct.login, f"conn:{acct.login}", tx.lease_id,
                                                    SESSION_LEASE)
         tx.asked = True
+        tx.login = acct.login
         try:
             found = await self.store.meter(MeterStep(
-                begin=begin, charges=(*charges, attempted), lease=HOLD_LEASE,
-                if_refused=(attempted, *let_through), read=reads, sums=sums, read_when_refused=True), now)
+                begin=begin, charges=charges, lease=HOLD_LEASE,
+                if_refused=if_refused, read=reads, sums=sums, read_when_refused=True), now)
             tx.begun = True
             if found.suspension is not None:  # every mode, shadow included: nothing was charged
                 tx.suspended = quota.decide_suspended(found.suspension, acct.limits.when_suspended)
@@ -326,14 +336,12 @@ class Metering:
             return None
         login = acct.login
         committed = delivered and tx.accepted > 0
-        tried = tx.accepted + tx.refused_downstream
         refused = tx.refused_downstream + (0 if delivered else tx.accepted)
         series = (SeriesAdd(f"sent:{login}", tx.accepted),
                   SeriesAdd(f"messages:{login}", 1, bucket=86400)) if committed else ()
         # A count of nothing is left out: no row, nothing to prune (a delivered
         # message has no refusals, and a counter never written reads 0).
-        counts = tuple(_downstream(login, what, n) for what, n in (("tried", tried), ("refused", refused))
-                       if n)
+        counts = (_downstream_refused(login, refused),) if refused else ()
         reads, sums = self._signal_reads(acct, now)
         try:
             # One round trip: settle the holds, count, add to the series, read the facts.
@@ -352,15 +360,20 @@ class Metering:
         tx.finished = True
         if not tx.asked or tx.suspended is not None:  # nothing was held
             return
+        # Its recipients were attempted, and are not sent: one trip releases and counts.
+        attempted = tx.accepted + tx.refused_downstream
+        counts = (_not_sent(tx.login, attempted),) if attempted else ()
         try:
-            await self.store.release(tx.holds, now)
+            await self.store.meter(MeterStep(settle=tuple(tx.holds), counts=counts), now)
         except StoreUnavailable as exc:
             log.error("could not release txid=%s: %s", tx.txid, exc)
 
     async def charge_released(self, acct: AccountQuota, recipients: Sequence[str], now: float) -> None:
         """A held message was released and delivered to ``recipients``: it is charged
         now, as a delivered message would have been, past the limits if need be
-        (the abuse desk decided; nothing is refused at this point)."""
+        (the abuse desk decided; nothing is refused at this point).  Its recipients
+        were counted as not sent when it was held, so within that hour the compromise
+        ceiling counts them twice, as attempted and as sent."""
         charges: list[Charge] = []
         for i, rcpt in enumerate(recipients):
             charges += [replace(c, hold=None, limit=None) for c in quota.recipient_charges(
@@ -382,8 +395,8 @@ class Metering:
 
     @staticmethod
     def _signal_counters(login: str) -> tuple[Charge, ...]:
-        return (_attempts(login), Charge(f"acct:{login}:recipients_per_hour", HOUR, None),
-                _downstream(login, "tried"), _downstream(login, "refused"))
+        return (Charge(f"acct:{login}:recipients_per_hour", HOUR, None), _downstream_refused(login),
+                _not_sent(login))
 
     def _signal_sums(self, login: str, now: float) -> tuple[SeriesSum, ...]:
         c = self.settings.compromise
@@ -401,11 +414,11 @@ class Metering:
         return self._signal_counters(acct.login), self._signal_sums(acct.login, now)
 
     def _signals_from(self, login: str, found: MeterResult) -> compromise.Signals:
-        attempted, sent, tried, refused = found.usage
+        sent, refused, not_sent = found.usage
         baseline, complaints, messages = found.sums
-        return compromise.Signals(login, attempted, sent, baseline,
+        return compromise.Signals(login, sent + refused + not_sent, sent, baseline,
                                   self.settings.compromise.baseline_days * 24.0,
-                                  tried, refused, complaints, messages)
+                                  sent + refused, refused, complaints, messages)
 
     async def signals(self, login: str, now: float) -> compromise.Signals:
         found = await self.store.meter(MeterStep(read=self._signal_counters(login),

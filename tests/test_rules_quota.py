@@ -305,6 +305,55 @@ def test_a_delivered_message_writes_no_count_of_nothing(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM charges WHERE amount = 0").fetchone()[0] == 0
 
 
+def test_every_attempted_recipient_counts_once_in_the_compromise_signals(any_store):
+    """Attempted = sent (or open) + refused downstream + not sent; tried downstream =
+    the first two: each recipient lands in exactly one counter, whatever its end."""
+    a = acct(recipients_per_hour=4)
+
+    async def body(store):
+        m = Metering(store, QuotaSettings())
+        await send(m, a, "t1", ["a@b.example", "b@b.example"], T0)                  # 2 sent
+        await send(m, a, "t2", ["c@b.example"], T0 + 1, delivered=False)           # refused at DATA
+        await send(m, a, "t3", ["bad@b.example", "d@b.example"], T0 + 2,           # 1 refused at RCPT,
+                   refused_downstream=frozenset({"bad@b.example"}))               # 1 sent
+        tx = m.begin("t4", "lease-t4")                                             # RSET: not sent
+        assert (await m.check_recipient(a, tx, "b.example", T0 + 3)).accept
+        await m.abort(tx, T0 + 3)
+        codes = await send(m, a, "t5", ["f@b.example", "g@b.example"], T0 + 4)     # 1 sent, 1 over quota
+        return codes, await m.signals(a.login, T0 + 5), await m.signals(a.login, T0 + 3605)
+
+    codes, signals, later = any_store.run(body)
+    assert codes == [250, 451]
+    assert signals.sent_last_hour == 4  # a b d f
+    assert (signals.downstream_tried, signals.downstream_refused) == (6, 2)  # and c, bad
+    assert signals.attempted_last_hour == 8  # and e (reset), g (over quota)
+    # An hour after the last of them, none counts.
+    assert (later.attempted_last_hour, later.sent_last_hour, later.downstream_tried) == (0, 0, 0)
+
+
+def test_a_delivered_message_charges_only_the_accounts_own_counters(tmp_path):
+    """A one-recipient message of an account whose customer sets no aggregate limit
+    writes one row for each of the account's five rate counters, none else: the
+    compromise signals read those (issue 16: it was ten)."""
+    import asyncio
+    import sqlite3
+    from contextlib import closing
+
+    from gateway.store.sqlite import SQLiteStore
+
+    a = acct(messages_per_hour=10)
+
+    async def body():
+        store = SQLiteStore(tmp_path / "state.db")
+        await send(Metering(store, QuotaSettings()), a, "t1", ["a@b.example"], T0)
+        await store.close()
+
+    asyncio.run(body())
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        keys = sorted(k for (k,) in db.execute("SELECT key FROM charges"))
+    assert keys == [f"acct:alice@acme.example:{name}" for name in sorted(quota.RATE_LIMITS)]
+
+
 def test_a_message_whose_first_recipient_the_downstream_refused_counts_once(any_store):
     """The message counters are charged with the transaction's first accepted
     recipient; that recipient refused downstream, the next one must not charge
