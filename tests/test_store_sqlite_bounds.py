@@ -153,3 +153,35 @@ def test_two_processes_keep_each_others_bounds(tmp_path):
         return [before, after]
 
     assert stores.sqlite_backend(path).run(body) == [(1,), (1,)]
+
+
+def test_rows_of_counters_no_longer_charged_leave_an_older_state_file_once(tmp_path):
+    """attempts_per_hour and downstream_tried are no longer charged, so nothing would
+    prune their rows: opening a file from before that drops them, and only them."""
+    path = tmp_path / "state.db"
+    retired = [Charge("acct:a@x.example:attempts_per_hour", W, None),
+               Charge("acct:a@x.example:downstream_tried", W, None, amount=3)]
+    kept = [Charge("acct:a@x.example:recipients_per_hour", W, None),
+            Charge("acct:a@x.example:not_sent", W, None)]
+
+    async def charge(store: SQLiteStore) -> None:
+        await store.charge([*retired, *kept], T0)
+
+    stores.sqlite_backend(path).run(charge)
+    with sqlite3.connect(path) as db:  # as a file written before the version
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        db.execute("PRAGMA user_version = 0")
+    db.close()
+
+    async def usage(store: SQLiteStore) -> tuple[int, ...]:
+        return await store.usage([*retired, *kept], T0 + 1)
+
+    assert stores.sqlite_backend(path).run(usage) == (0, 0, 1, 1)
+    with sqlite3.connect(path) as db:
+        assert sorted(k for (k,) in db.execute("SELECT key FROM charges")) == sorted(c.key for c in kept)
+        assert sorted(k for (k,) in db.execute("SELECT key FROM totals")) == sorted(c.key for c in kept)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    # Charged again after the upgrade (a node not yet upgraded), they count again.
+    stores.sqlite_backend(path).run(charge)
+    assert stores.sqlite_backend(path).run(usage) == (1, 3, 2, 2)

@@ -222,6 +222,13 @@ class SQLiteStore(Store):
         self._add_column(db, "totals", "lease_end REAL")
         self._retry_locked(db, "CREATE INDEX IF NOT EXISTS failures_by_attempt "
                                "ON failures (attempt) WHERE attempt IS NOT NULL")
+        # Counters no longer charged (gateway/metering.py: the compromise signals
+        # split the recipients since version 1): a key never charged again is never
+        # pruned, so their last hour of rows would stay in the file for good.  Once.
+        if db.execute("PRAGMA user_version").fetchone()[0] < 1:
+            retired = ("key GLOB 'acct:*:attempts_per_hour' OR key GLOB 'acct:*:downstream_tried'")
+            self._retry_locked(db, f"BEGIN IMMEDIATE; DELETE FROM charges WHERE {retired}; "
+                                   f"DELETE FROM totals WHERE {retired}; PRAGMA user_version = 1; COMMIT")
 
     def _add_column(self, db: sqlite3.Connection, table: str, column: str) -> None:
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
