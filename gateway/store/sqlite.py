@@ -787,24 +787,30 @@ class SQLiteStore(Store):
     @staticmethod
     def _add_series_in(db: sqlite3.Connection, add: SeriesAdd, now: float) -> None:
         key, start = add.key, int(now // add.bucket) * add.bucket
-        row = db.execute("SELECT floor FROM series_sums WHERE key = ?", (key,)).fetchone()
+        (amount,) = db.execute(
+            "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
+            "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount RETURNING amount",
+            (key, start, add.amount, start + add.bucket + add.retention)).fetchone()
         # The running sum (series_sums) covers the buckets from its floor on: what
-        # enters or leaves there enters or leaves it.
-        delta = add.amount if row is not None and start >= row[0] else 0
-        # A bucket expires at start + bucket + retention: the expired ones are the
-        # oldest, one range of the (key, bucket) key, with a bucket to spare for
-        # rounding (expires decides).
+        # enters there enters it.
+        if add.amount:
+            db.execute("UPDATE series_sums SET total = total + ? WHERE key = ? AND floor <= ?",
+                       (add.amount, key, start))
+        if amount != add.amount:
+            return
+        # A new bucket (as Redis's series_add, once a bucket, not per add): buckets
+        # past retention go.  A bucket expires at start + bucket + retention: the
+        # expired ones are the oldest, one range of the (key, bucket) key, with a
+        # bucket to spare for rounding (expires decides); what leaves from the
+        # floor on leaves the running sum.
         gone = db.execute("DELETE FROM series WHERE key = ? AND bucket <= ? AND expires <= ? "
                           "RETURNING bucket, amount",
                           (key, now - add.retention, now)).fetchall()
+        row = db.execute("SELECT floor FROM series_sums WHERE key = ?", (key,)).fetchone() if gone else None
         if row is not None:
-            delta -= sum(amount for bucket, amount in gone if bucket >= row[0])
-        db.execute(
-            "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
-            "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount",
-            (key, start, add.amount, start + add.bucket + add.retention))
-        if delta:
-            db.execute("UPDATE series_sums SET total = total + ? WHERE key = ?", (delta, key))
+            out = sum(n for bucket, n in gone if bucket >= row[0])
+            if out:
+                db.execute("UPDATE series_sums SET total = total - ? WHERE key = ?", (out, key))
 
     @staticmethod
     def _sum_series_in(db: sqlite3.Connection, s: SeriesSum) -> int:
