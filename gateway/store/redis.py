@@ -522,9 +522,10 @@ local function series_add(k, start, amount, oldest, ttl)
   local delta = 0
   if floor and start >= floor then delta = amount end
   local fresh = redis.call('HINCRBY', k, bucket_name(start), amount) == amount
-  pexpire(k, ttl)
-  -- Buckets past retention go when a new bucket starts (once an hour, not per add).
+  -- Buckets past retention go when a new bucket starts (once an hour, not per add),
+  -- and the expiry moves then: set at the newest bucket's start, it outlasts it.
   if fresh then
+    pexpire(k, ttl)
     for _, b in ipairs(redis.call('HKEYS', k)) do
       local bn = tonumber(b)
       if bn and bn < oldest then
@@ -540,7 +541,7 @@ local function series_add(k, start, amount, oldest, ttl)
   elseif new_top then redis.call('HSET', ks, 'top', new_top)
   elseif delta ~= 0 then redis.call('HINCRBY', ks, 'total', delta)
   end
-  pexpire(ks, ttl)
+  if fresh or new_top then pexpire(ks, ttl) end
 end
 
 -- Sum of the buckets starting in [lo, hi), reading the whole hash.
@@ -584,7 +585,9 @@ local function series_sum(k, since_s, upto, bucket, ttl)
   elseif since < floor then total = total + buckets_between(k, since, floor, bucket)
   end
   redis.call('HSET', ks, 'floor', since_s, 'total', string.format('%d', total))
-  pexpire(ks, ttl)
+  -- The sum lives as long as its series: series_add moves both expiries with each
+  -- new bucket, so a read sets it only on a sum it starts.
+  if floor == nil then pexpire(ks, ttl) end
   local above = 0
   if top then above = buckets_between(k, math.floor(upto / bucket) * bucket + bucket, top + 1, bucket) end
   return total - above
