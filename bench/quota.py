@@ -12,10 +12,9 @@ private redis-server on loopback):
                        recipients per day)
     message            what a submitted message costs with the defaults (as
                        bench/submission.py's gateway rows): the suspension check,
-                       the session slot, the check-and-hold of every limit with the
-                       attempt counter at RCPT, the commit, the counts, the series
-                       and the compromise facts after DATA; 20 accounts of one
-                       customer that sets no aggregate limit
+                       the session slot and the check-and-hold of every limit at
+                       RCPT, the commit, the series and the compromise facts after
+                       DATA; 20 accounts of one customer that sets no aggregate limit
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
 operation: this process (the event loop and SQLite's thread) plus redis-server's,

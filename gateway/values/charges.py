@@ -22,7 +22,7 @@ class Charge:
     With ``hold`` set, the charge is a reservation: it counts at once, becomes
     permanent on :meth:`Store.commit` and vanishes on :meth:`Store.release` or when
     its lease runs out (a crashed process leaks nothing for longer than the lease).
-    ``limit=None`` counts without ever refusing (shadow mode, attempt counters).
+    ``limit=None`` counts without ever refusing (shadow mode, the compromise counters).
     """
 
     key: str
