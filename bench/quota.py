@@ -15,6 +15,11 @@ private redis-server on loopback):
                        the session slot and the check-and-hold of every limit at
                        RCPT, the commit, the series and the compromise facts after
                        DATA; 20 accounts of one customer that sets no aggregate limit
+    message, 2 processes
+                       the same from two processes sharing the store, half the
+                       tasks and half the accounts each: what ``--workers auto``
+                       costs on two cores (SQLite: two connections taking turns at
+                       one file's write lock)
 
 For each: operations per second with ``--concurrency`` tasks, and the CPU per
 operation: this process (the event loop and SQLite's thread) plus redis-server's,
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -55,7 +62,7 @@ from gateway.store.sqlite import SQLiteStore  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 BIG = 10**9
-OPERATIONS = ("check-and-charge", "RCPT+commit", "message")
+OPERATIONS = ("check-and-charge", "RCPT+commit", "message", "message, 2 processes")
 
 
 def _accounts(n: int, aggregate: bool = True) -> list[AccountQuota]:
@@ -145,8 +152,68 @@ def redis_commands(client: redis.Redis) -> int:
                if name.split("_", 1)[1].split("|")[0] not in ("evalsha", "config", "info", "hello", "script"))
 
 
+def _one_process(path: str, url: str | None, first: int, tasks: int, seconds: float,
+                 start: Any, results: Any) -> None:
+    """One of the two processes of "message, 2 processes": warm up, wait for the
+    other, then meter messages of accounts ``first`` .. ``first + tasks - 1``."""
+    async def run() -> tuple[int, float]:
+        store: Store = SQLiteStore(path) if url is None else RedisStore(url, prefix="bench:")
+        try:
+            one = one_operation("message", store, time.time())
+
+            async def mine(w: int, i: int) -> None:
+                await one(first + w, i)
+            await _drive(min(0.5, seconds / 4), tasks, mine)
+            start.wait()
+            ours = _cpu()
+            n = await _drive(seconds, tasks, mine)
+            return n, _cpu() - ours
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(run()))
+
+
+def _measure_two(backend: str, seconds: float, concurrency: int) -> dict:
+    """The "message, 2 processes" row: the processes' CPU and redis-server's."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as d:
+        server = RedisServer().start() if backend == "redis" else None
+        try:
+            url = server.url if server is not None else None
+            start, results = ctx.Barrier(3), ctx.Queue()
+            half = concurrency // 2
+            procs = [ctx.Process(target=_one_process, args=(str(Path(d) / "bench.db"), url, first, tasks,
+                                                            seconds, start, results))
+                     for first, tasks in ((0, half), (half, concurrency - half))]
+            for proc in procs:
+                proc.start()
+            pid = server.proc.pid if server is not None and server.proc is not None else None
+            client = redis.Redis.from_url(server.url) if server is not None else None
+            start.wait(timeout=60)
+            if client is not None:
+                client.config_resetstat()
+            theirs, began = (_cpu(pid) if pid else 0.0), time.perf_counter()
+            done = [results.get(timeout=seconds + 60) for _ in procs]
+            wall = time.perf_counter() - began
+            theirs = (_cpu(pid) if pid else 0.0) - theirs
+            commands = redis_commands(client) if client is not None else 0
+            if client is not None:
+                client.close()
+            for proc in procs:
+                proc.join(timeout=30)
+        finally:
+            if server is not None:
+                server.stop()
+    n = sum(k for k, _ in done)
+    return {"backend": backend, "operation": "message, 2 processes", "rate": n / wall,
+            "cpu": (sum(c for _, c in done) + theirs) / n, "redis_cpu": theirs / n, "commands": commands / n}
+
+
 def measure(backend: str, operation: str, seconds: float, concurrency: int) -> dict:
     """One row from a fresh store: operations per second and CPU per operation."""
+    if operation == "message, 2 processes":
+        return _measure_two(backend, seconds, concurrency)
     with tempfile.TemporaryDirectory() as d:
         server = RedisServer().start() if backend == "redis" else None
         try:
@@ -218,7 +285,7 @@ def main() -> None:
 
     print(f"\nMetering per operation, {args.concurrency} tasks, {args.seconds:g} s a row, "
           f"median of {args.rounds} round(s); CPU: this process + redis-server\n")
-    head = (f"{'backend':<8} {'operation':<18} {'per second':>11} {'CPU/op':>9} {'redis-server':>12} "
+    head = (f"{'backend':<8} {'operation':<21} {'per second':>11} {'CPU/op':>9} {'redis-server':>12} "
             f"{'commands':>8}")
     if args.baseline:
         head += f" {'baseline/s':>11} {'CPU/op':>9} {'commands':>8} {'rate ×':>7} {'CPU ×':>7}"
@@ -228,7 +295,7 @@ def main() -> None:
             this = seen[(backend, operation, "this")]
             server = (f"{1e6 * med(this, 'redis_cpu'):>9.0f} us {med(this, 'commands'):>8.0f}"
                       if backend == "redis" else f"{'':>21}")
-            line = (f"{backend:<8} {operation:<18} {med(this, 'rate'):>11.0f} "
+            line = (f"{backend:<8} {operation:<21} {med(this, 'rate'):>11.0f} "
                     f"{1e6 * med(this, 'cpu'):>6.0f} us {server}")
             if args.baseline:
                 base = seen[(backend, operation, "baseline")]
