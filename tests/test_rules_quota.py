@@ -334,7 +334,7 @@ def test_every_attempted_recipient_counts_once_in_the_compromise_signals(any_sto
 def test_a_delivered_message_charges_only_the_accounts_own_counters(tmp_path):
     """A one-recipient message of an account whose customer sets no aggregate limit
     writes one row for each of the account's five rate counters, none else: the
-    compromise signals read those (issue 16: it was ten)."""
+    compromise signals read those (issue 16: it was eleven)."""
     import asyncio
     import sqlite3
     from contextlib import closing
