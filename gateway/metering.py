@@ -135,9 +135,11 @@ class AuthAttempt:
 # The compromise signals' recipients of the last hour, from three counters (each
 # recipient in exactly one of them):
 #   recipients_per_hour   charged at RCPT and kept: sent, or in a transaction still open
-#   downstream_refused    refused by the downstream (at RCPT or at DATA), counted at the end of DATA
-#   not_sent              attempted and neither: refused by a quota, or in a transaction
-#                         that ended without DATA's answer (RSET, a local refusal, a hang-up)
+#   downstream_refused    refused by the downstream (at RCPT or at DATA), counted when
+#                         the transaction ends, however it ends
+#   not_sent              attempted and neither: refused by a quota, or accepted in a
+#                         transaction that ended without DATA's answer (RSET, a local
+#                         refusal, a hang-up)
 # so attempted = all three and tried downstream = the first two.  Counters of their
 # own for "attempted" and "tried" were two rows more per message (issue 16).
 def _not_sent(login: str, amount: int = 1) -> Charge:
@@ -360,11 +362,17 @@ class Metering:
         tx.finished = True
         if not tx.asked or tx.suspended is not None:  # nothing was held
             return
-        # Its recipients were attempted, and are not sent: one trip releases and counts.
-        attempted = tx.accepted + tx.refused_downstream
-        counts = (_not_sent(tx.login, attempted),) if attempted else ()
+        # Its recipients were attempted: the ones the downstream accepted are not sent,
+        # and its refusals count as at the end of DATA (a client that probes addresses
+        # with RCPT and leaves is what the refusal signal is for).  One trip releases
+        # and counts.
+        counts: list[Charge] = []
+        if tx.accepted:
+            counts.append(_not_sent(tx.login, tx.accepted))
+        if tx.refused_downstream:
+            counts.append(_downstream_refused(tx.login, tx.refused_downstream))
         try:
-            await self.store.meter(MeterStep(settle=tuple(tx.holds), counts=counts), now)
+            await self.store.meter(MeterStep(settle=tuple(tx.holds), counts=tuple(counts)), now)
         except StoreUnavailable as exc:
             log.error("could not release txid=%s: %s", tx.txid, exc)
 

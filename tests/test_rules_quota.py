@@ -331,6 +331,26 @@ def test_every_attempted_recipient_counts_once_in_the_compromise_signals(any_sto
     assert (later.attempted_last_hour, later.sent_last_hour, later.downstream_tried) == (0, 0, 0)
 
 
+def test_recipients_refused_downstream_count_when_the_client_leaves_without_data(any_store):
+    """Probing addresses with RCPT and leaving (RSET or QUIT before DATA) is what the
+    refusal signal is for: the downstream's refusals count as at the end of DATA."""
+    a = acct()
+
+    async def body(store):
+        m = Metering(store, QuotaSettings())
+        tx = m.begin("t1", "lease-t1")
+        for _ in range(3):  # three addresses the downstream does not know
+            assert (await m.check_recipient(a, tx, "b.example", T0)).accept
+            await m.recipient_refused(tx, T0)
+        assert (await m.check_recipient(a, tx, "b.example", T0)).accept  # one it knows
+        await m.abort(tx, T0 + 1)
+        return await m.signals(a.login, T0 + 2)
+
+    signals = any_store.run(body)
+    assert (signals.downstream_tried, signals.downstream_refused) == (3, 3)
+    assert (signals.attempted_last_hour, signals.sent_last_hour) == (4, 0)
+
+
 def test_a_delivered_message_charges_only_the_accounts_own_counters(tmp_path):
     """A one-recipient message of an account whose customer sets no aggregate limit
     writes one row for each of the account's five rate counters, none else: the
