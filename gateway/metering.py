@@ -39,7 +39,7 @@ from gateway import replies
 from gateway.config.quota import QuotaSettings
 from gateway.replies import Verdict
 from gateway.rules import compromise, lockout, quota
-from gateway.rules.quota import HOUR, RATE_LIMITS, AccountQuota, QuotaDecision
+from gateway.rules.quota import HOUR, AccountQuota, QuotaDecision
 from gateway.store.base import (
     Charge,
     Event,
@@ -472,19 +472,12 @@ class Metering:
         return done
 
     async def status(self, acct: AccountQuota, now: float) -> AccountStatus:
-        # Every limit of the account; the customer's aggregate ones only where set
-        # (the others are not counted: rules.quota.recipient_charges).
-        rows: list[tuple[str, Charge]] = []
-        for scope, limits, label in ((f"acct:{acct.login}", acct.limits, ""),
-                                     (f"cust:{acct.customer}", acct.aggregate, "customer ")):
-            for name, (window, _unit) in RATE_LIMITS.items():
-                if hasattr(limits, name) and (limits is acct.limits or getattr(limits, name) is not None):
-                    member = "" if name == "recipient_domains_per_hour" else None
-                    rows.append((label + name, Charge(f"{scope}:{name}", window, getattr(limits, name),
-                                                      member=member)))
-        used = await self.store.usage([c for _, c in rows], now)
+        # Every counter the account's mail is charged to (the customer's aggregate
+        # ones only where set).
+        counters = quota.rate_counters(acct)
+        used = await self.store.usage(counters, now)
         return AccountStatus(
             acct.login, acct.customer,
-            tuple(Usage(n, u, c.limit) for (n, c), u in zip(rows, used, strict=True)),
+            tuple(Usage(c.name, u, c.limit) for c, u in zip(counters, used, strict=True)),
             await self.store.slots_in_use(f"conn:{acct.login}", now),
             await self.store.suspension(acct.login), acct.shadow)

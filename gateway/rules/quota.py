@@ -11,7 +11,7 @@ Inheritance, per field: DEFAULT_QUOTAS ← gateway ``quotas:`` ← customer ``qu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from gateway import replies
 from gateway.config.default_policy import DefaultPolicy, customer_of_login, policy_for
@@ -176,36 +176,44 @@ def decide_recipient_count(acct: AccountQuota, accepted_so_far: int) -> QuotaDec
         "send the rest in another message"), "recipients_per_message", replies.RECIPIENT_OK)
 
 
-def recipient_charges(acct: AccountQuota, domain: str, first_in_message: bool,
-                      message_hold: str, recipient_hold: str) -> list[Charge]:
-    """The counters one RCPT touches.  Message counters are charged with the first
-    recipient (under the message's hold), recipient counters with every recipient
-    (under its own hold, so a recipient refused downstream can be released alone).
-    An account's unlimited counters are charged too: they feed status and the
-    compromise signals.  A customer's aggregate counters are charged only where the
-    customer sets that limit: nothing else reads them, and each is a row (a Redis
-    entry) more per recipient (issue 16).  So an aggregate limit set later counts
-    from then on (docs/quotas.md)."""
+def rate_counters(acct: AccountQuota) -> list[Charge]:
+    """Every rate counter the account's mail is charged to, unheld, one per limit.
+
+    An account's unlimited counters count too: they feed status and the compromise
+    signals.  A customer's aggregate counters count only where the customer sets
+    that limit: nothing else reads them, and each is a row (a Redis entry) more per
+    recipient (issue 16).  So an aggregate limit set later counts from then on
+    (docs/quotas.md)."""
     out: list[Charge] = []
-    scopes = [(f"acct:{acct.login}", acct.limits, "", False),
-              (f"cust:{acct.customer}", acct.aggregate, "customer ", True)]
-    for prefix, limits, label, only_limited in scopes:
+    for prefix, limits, label in ((f"acct:{acct.login}", acct.limits, ""),
+                                  (f"cust:{acct.customer}", acct.aggregate, "customer ")):
         for name, (window, _unit) in RATE_LIMITS.items():
             if not hasattr(limits, name):
                 continue
             limit = getattr(limits, name)
-            if limit is None and only_limited:
+            if limit is None and limits is acct.aggregate:
                 continue
-            if name.startswith("messages"):
-                if first_in_message:
-                    out.append(Charge(f"{prefix}:{name}", window, limit, hold=message_hold,
-                                      name=label + name))
-            elif name == "recipient_domains_per_hour":
-                out.append(Charge(f"{prefix}:{name}", window, limit, member=domain.lower(),
-                                  hold=recipient_hold, name=label + name))
-            else:
-                out.append(Charge(f"{prefix}:{name}", window, limit, hold=recipient_hold,
-                                  name=label + name))
+            out.append(Charge(f"{prefix}:{name}", window, limit,
+                              member="" if name == "recipient_domains_per_hour" else None,
+                              name=label + name))
+    return out
+
+
+def recipient_charges(acct: AccountQuota, domain: str, first_in_message: bool,
+                      message_hold: str, recipient_hold: str) -> list[Charge]:
+    """The counters one RCPT touches (rate_counters).  Message counters are charged
+    with the first recipient (under the message's hold), recipient counters with
+    every recipient (under its own hold, so a recipient refused downstream can be
+    released alone)."""
+    out: list[Charge] = []
+    for c in rate_counters(acct):
+        if c.name.removeprefix("customer ").startswith("messages"):
+            if first_in_message:
+                out.append(replace(c, hold=message_hold))
+        elif c.member is not None:  # distinct recipient domains
+            out.append(replace(c, member=domain.lower(), hold=recipient_hold))
+        else:
+            out.append(replace(c, hold=recipient_hold))
     return out
 
 
