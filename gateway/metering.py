@@ -454,6 +454,12 @@ class Metering:
             return suspension
         return None
 
+    # --- housekeeping -------------------------------------------------------------------
+    async def sweep(self, now: float) -> int:
+        """A slice of the store's dead rows out (Store.sweep): failed logins count for
+        the lockout window."""
+        return await self.store.sweep(now, self.settings.lockout.window)
+
     # --- operators ----------------------------------------------------------------------
     async def suspend(self, login: str, now: float, reason: str = "suspended by an operator",
                       by: str = "operator") -> bool:

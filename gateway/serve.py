@@ -68,7 +68,7 @@ from gateway.reload import changed_sections, decide_customer_drop, directory_cou
 from gateway.runtime import Runtime
 from gateway.sockets import Address, AddressUnavailable, claim, release
 from gateway.stamps.sender_id import SenderIds, load_secrets
-from gateway.store import Store, open_held_store, open_store
+from gateway.store import Store, StoreUnavailable, open_held_store, open_store
 from gateway.store.dmarc_tally import DmarcTally
 from gateway.store.journal import Journal
 from gateway.tls import make_dev_certificate
@@ -197,6 +197,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
 
 # Seconds between two readings of the store's gauges (portcullis_suspended_accounts).
 GAUGE_INTERVAL = 10.0
+# How often a slice of the store is swept (Store.sweep).
+SWEEP_INTERVAL = 5.0
 
 
 def observe_certificates(metrics: Metrics, files: dict[str, tuple[Path, Path]]) -> None:
@@ -261,6 +263,7 @@ class Gateway:
         self._runs_admin = admin
         self._supervised = supervised
         self._expiry: asyncio.Task | None = None
+        self._sweeping: asyncio.Task | None = None
         self._gauges: asyncio.Task | None = None
         rt = self.runtime
         self.key_watch: PublicationWatch | None = None
@@ -292,6 +295,7 @@ class Gateway:
                             "start-up: keys not yet seen in DNS do not sign until they end")
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
+        self._sweeping = asyncio.create_task(self._sweep_store())
         assert self.runtime.metrics is not None
         watch_backlog(self.runtime.config.limits.log_backlog, self.runtime.metrics.log_line_dropped)
         self._gauges = asyncio.create_task(self._refresh_gauges(self.runtime.metrics))
@@ -329,6 +333,24 @@ class Gateway:
                                           rt.clock(), rt.metering, rt.directory)
             except Exception:
                 log.exception("held mail expiry failed; retrying in a minute")
+
+    async def _sweep_store(self) -> None:
+        """What nothing will charge or read again leaves the store a slice at a time
+        (Store.sweep: SQLite; Redis keys expire by themselves)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            rt = self.runtime.current()
+            if rt.metering is None:
+                continue
+            try:
+                removed = await rt.metering.sweep(rt.clock())
+            except StoreUnavailable as exc:  # /readyz and the RCPT replies say so already
+                log.debug("store sweep skipped: %s", exc)
+            except Exception:
+                log.exception("store sweep failed; trying again in %.0f seconds", SWEEP_INTERVAL)
+            else:
+                if removed:
+                    log.debug("store sweep: %d rows that could not count again removed", removed)
 
     async def _refresh_gauges(self, metrics: Metrics) -> None:
         """Facts that live in the store, not in this process, read every
@@ -437,6 +459,8 @@ class Gateway:
         await self.listeners.stop(grace)
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         if self._gauges is not None:
             self._gauges.cancel()
         await self._retired.close_all()

@@ -169,7 +169,7 @@ def test_rows_of_counters_no_longer_charged_leave_an_older_state_file_once(tmp_p
 
     stores.sqlite_backend(path).run(charge)
     with sqlite3.connect(path) as db:  # as a file written before the version
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # the version this store writes
         db.execute("PRAGMA user_version = 0")
     db.close()
 
@@ -180,7 +180,7 @@ def test_rows_of_counters_no_longer_charged_leave_an_older_state_file_once(tmp_p
     with sqlite3.connect(path) as db:
         assert sorted(k for (k,) in db.execute("SELECT key FROM charges")) == sorted(c.key for c in kept)
         assert sorted(k for (k,) in db.execute("SELECT key FROM totals")) == sorted(c.key for c in kept)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
     # Charged again after the upgrade (a node not yet upgraded), they count again.
     stores.sqlite_backend(path).run(charge)

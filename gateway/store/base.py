@@ -205,6 +205,14 @@ class Store(abc.ABC):
         return MeterResult(charged, usage, sums)
 
     @abc.abstractmethod
+    async def sweep(self, now: float, failure_window: float) -> int:
+        """Remove a slice of what can never count again: rows of keys nothing charges
+        any more (a deleted account's), past their window; failed logins older than
+        ``failure_window``; locks and slots that ran out.  Nothing that counts at
+        ``now`` changes.  Called every few seconds (gateway/serve.py); returns the
+        rows removed."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
     # --- DMARC aggregate report counts (docs/dmarc-reports.md) -------------------------

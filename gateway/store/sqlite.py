@@ -58,8 +58,10 @@ CREATE INDEX IF NOT EXISTS charges_by_key ON charges (key, ts);
 CREATE INDEX IF NOT EXISTS charges_by_hold ON charges (hold) WHERE hold IS NOT NULL;
 CREATE INDEX IF NOT EXISTS charges_by_lease ON charges (key, lease_until) WHERE lease_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS charges_by_member ON charges (key, member) WHERE member IS NOT NULL;
--- oldest, lease_end: lower bounds of the key's rows' ts and lease_until (see _live_totals).
-CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, total INTEGER NOT NULL, oldest REAL, lease_end REAL);
+-- oldest, lease_end: lower bounds of the key's rows' ts and lease_until (see _live_totals);
+-- span: the key's window, so the sweep knows when none of its rows can count again.
+CREATE TABLE IF NOT EXISTS totals (
+    key TEXT PRIMARY KEY, total INTEGER NOT NULL, oldest REAL, lease_end REAL, span REAL);
 CREATE TABLE IF NOT EXISTS members (
     key TEXT NOT NULL, member TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (key, member));
 CREATE TABLE IF NOT EXISTS slots (
@@ -109,6 +111,12 @@ PAGE_SIZE = 1024
 
 _BATCH_CALLS = 64
 _BATCH_SECONDS = 0.002
+
+# The sweep (SQLiteStore.sweep) looks at this many keys of each table a call, about a
+# millisecond of the store's thread, and leaves a row this long past the last moment
+# it could count (two gateways' clocks a little apart).
+SWEEP_BATCH = 200
+SWEEP_MARGIN = 600.0
 
 
 @dataclass(slots=True)
@@ -182,6 +190,8 @@ class SQLiteStore(Store):
         self._turn: int | None = None  # the turnstile's file descriptor (see _begin)
         self._checkpointer: Checkpointer | None = None
         self._closed = False
+        # Where each table's sweep goes on from (see sweep): its last key swept.
+        self._swept: dict[str, str] = {}
 
     # --- plumbing --------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -220,6 +230,8 @@ class SQLiteStore(Store):
         # NULL bounds: unknown, so each key is pruned once and gets its bounds then.
         self._add_column(db, "totals", "oldest REAL")
         self._add_column(db, "totals", "lease_end REAL")
+        # NULL: a key of a file from before the sweep, left alone until charged again.
+        self._add_column(db, "totals", "span REAL")
         self._retry_locked(db, "CREATE INDEX IF NOT EXISTS failures_by_attempt "
                                "ON failures (attempt) WHERE attempt IS NOT NULL")
         # Counters no longer charged (gateway/metering.py: the compromise signals
@@ -229,6 +241,18 @@ class SQLiteStore(Store):
             retired = ("key GLOB 'acct:*:attempts_per_hour' OR key GLOB 'acct:*:downstream_tried'")
             self._retry_locked(db, f"BEGIN IMMEDIATE; DELETE FROM charges WHERE {retired}; "
                                    f"DELETE FROM totals WHERE {retired}; PRAGMA user_version = 1; COMMIT")
+        # The sweep (version 2) needs each key's window; a file from before has none,
+        # and the keys nothing charges again (a customer's aggregate counters once its
+        # limit is gone) would never get one.  The account and customer rate counters
+        # are named for their windows (gateway/rules/quota.py, RATE_LIMITS; the
+        # compromise counters are per hour).  Other keys wait for their next charge.
+        if db.execute("PRAGMA user_version").fetchone()[0] < 2:
+            self._retry_locked(db, (
+                "BEGIN IMMEDIATE; "
+                "UPDATE totals SET span = 3600 WHERE span IS NULL AND (key GLOB '*_per_hour' "
+                "OR key GLOB 'acct:*:not_sent' OR key GLOB 'acct:*:downstream_refused'); "
+                "UPDATE totals SET span = 86400 WHERE span IS NULL AND key GLOB '*_per_day'; "
+                "PRAGMA user_version = 2; COMMIT"))
 
     def _add_column(self, db: sqlite3.Connection, table: str, column: str) -> None:
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
@@ -596,16 +620,16 @@ class SQLiteStore(Store):
             amount = 1 if c.member is not None else c.amount
             until = now + lease if c.hold is not None else None
             rows.append((c.key, now, amount, c.member, c.hold, until))
-            totals.append((c.key, amount, now, _NEVER if until is None else until))
+            totals.append((c.key, amount, now, _NEVER if until is None else until, c.window))
             if c.member is not None:
                 members.append((c.key, c.member))
         db.executemany("INSERT INTO charges (key, ts, amount, member, hold, lease_until) "
                        "VALUES (?,?,?,?,?,?)", rows)
         # min() of NULL is NULL: an unknown bound stays unknown until the next prune.
-        db.executemany("INSERT INTO totals (key, total, oldest, lease_end) VALUES (?, ?, ?, ?) "
+        db.executemany("INSERT INTO totals (key, total, oldest, lease_end, span) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT (key) DO UPDATE SET total = total + excluded.total, "
                        "oldest = min(oldest, excluded.oldest), "
-                       "lease_end = min(lease_end, excluded.lease_end)", totals)
+                       "lease_end = min(lease_end, excluded.lease_end), span = excluded.span", totals)
         if members:
             db.executemany("INSERT INTO members (key, member, n) VALUES (?, ?, 1) "
                            "ON CONFLICT (key, member) DO UPDATE SET n = n + 1", members)
@@ -888,6 +912,64 @@ class SQLiteStore(Store):
     async def meter(self, step: MeterStep, now: float) -> MeterResult:
         # One BEGIN IMMEDIATE transaction, one hop to the store's thread.
         return await self._run(lambda db: self._meter_in(db, step, now))
+
+    # --- the sweep ---------------------------------------------------------------------
+    # A key is pruned when it is charged or read; a key that never is again (a deleted
+    # account, a customer aggregate limit taken away, a complaint's once-only key, an
+    # address that guessed passwords once) would keep its rows for good.  Redis
+    # expires such keys itself; here the sweep takes them out, a slice at a time.
+
+    def _next_keys(self, db: sqlite3.Connection, table: str, batch: int) -> list[str]:
+        """The next ``batch`` distinct keys of ``table`` after the last sweep's, each
+        one seek of the index its key leads; from the first key again after the last."""
+        after = self._swept.get(table, "")
+        keys = [k for (k,) in db.execute(
+            f"WITH RECURSIVE k(key, n) AS ("
+            f"SELECT (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT 1), 1 UNION ALL "
+            f"SELECT (SELECT key FROM {table} WHERE key > k.key ORDER BY key LIMIT 1), n + 1 "
+            f"FROM k WHERE k.key IS NOT NULL AND n < ?2) "
+            f"SELECT key FROM k WHERE key IS NOT NULL", (after, batch))]
+        self._swept[table] = keys[-1] if len(keys) == batch else ""
+        return keys
+
+    def _sweep_in(self, db: sqlite3.Connection, now: float, failure_window: float, batch: int) -> int:
+        removed = 0
+
+        def gone(sql: str, keys: list[str], *args: object) -> list[tuple]:
+            marks = ",".join("?" * len(keys))
+            return db.execute(sql.format(keys=marks), (*keys, *args)).fetchall() if keys else []
+
+        # Counters: a key none of whose charges is inside its window any more.
+        keys = self._next_keys(db, "totals", batch)
+        dead = [k for (k,) in gone(
+            "SELECT key FROM totals t WHERE key IN ({keys}) AND span IS NOT NULL AND "
+            "COALESCE((SELECT MAX(ts) FROM charges c WHERE c.key = t.key), -1e300) <= ? - span",
+            keys, now - SWEEP_MARGIN)]
+        if dead:
+            removed += len(gone("DELETE FROM charges WHERE key IN ({keys}) RETURNING 1", dead))
+            gone("DELETE FROM members WHERE key IN ({keys})", dead)
+            gone("DELETE FROM totals WHERE key IN ({keys})", dead)
+        # Series: buckets past their retention, off their running sums; a running sum
+        # with no bucket left is 0 whether it is there or not.
+        out = gone("DELETE FROM series WHERE key IN ({keys}) AND expires <= ? RETURNING key, bucket, amount",
+                   self._next_keys(db, "series", batch), now - SWEEP_MARGIN)
+        removed += len(out)
+        for key, bucket, amount in out:
+            db.execute("UPDATE series_sums SET total = total - ? WHERE key = ? AND floor <= ?",
+                       (amount, key, bucket))
+        removed += len(gone("DELETE FROM series_sums WHERE key IN ({keys}) AND NOT EXISTS "
+                            "(SELECT 1 FROM series s WHERE s.key = series_sums.key) RETURNING 1",
+                            self._next_keys(db, "series_sums", batch)))
+        # Failed logins out of the window, locks and session slots that ran out.
+        removed += len(gone("DELETE FROM failures WHERE key IN ({keys}) AND ts <= ? RETURNING 1",
+                            self._next_keys(db, "failures", batch), now - failure_window - SWEEP_MARGIN))
+        for table in ("locks", "slots"):
+            removed += len(gone(f"DELETE FROM {table} WHERE key IN ({{keys}}) AND until <= ? RETURNING 1",
+                                self._next_keys(db, table, batch), now - SWEEP_MARGIN))
+        return removed
+
+    async def sweep(self, now: float, failure_window: float) -> int:
+        return await self._run(lambda db: self._sweep_in(db, now, failure_window, SWEEP_BATCH))
 
     async def close(self) -> None:
         """Stop taking calls; the ones already queued run (and commit) first."""
