@@ -24,7 +24,7 @@ from gateway.store.base import (
     Store,
     Suspension,
 )
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, _encoded
 from gateway.store.sqlite import SQLiteStore
 from tests.support import redis_server as _redis
 from tests.support import stores
@@ -191,3 +191,28 @@ def test_meter_is_atomic_across_clients(any_store):
                 await s.close()
 
     assert any_store.run(body) == 7
+
+
+def test_a_member_outside_ascii_is_one_member_whichever_call_charges_it(any_store):
+    """Redis's meter step travels as JSON (orjson: raw UTF-8), a plain charge as
+    arguments: an internationalised domain must be the same member both ways."""
+    key = "acct:a@x.example:recipient_domains_per_hour"
+
+    def domain(member: str, hold: str) -> Charge:
+        return Charge(key, HOUR, 2, member=member, hold=hold)
+
+    async def body(store: Store) -> list:
+        metered = await store.meter(MeterStep(charges=(domain("bücher.example", "t1"),)), T0)
+        again = await store.charge([domain("bücher.example", "t2")], T0 + 1)
+        second = await store.meter(MeterStep(charges=(domain("δοκιμή.example", "t3"),)), T0 + 2)
+        full = await store.charge([domain("third.example", "t4")], T0 + 3)
+        return [metered.charged.used, again.used, second.charged.used, full.accepted]
+
+    assert any_store.run(body) == [(0,), (1,), (1,), False]
+
+
+def test_a_step_orjson_refuses_is_written_by_the_json_module():
+    """A lone surrogate (bytes the SMTP layer could not decode): orjson refuses it,
+    so the step's JSON is the json module's, escapes and all."""
+    assert _encoded({"k": "bücher"}) == '{"k":"bücher"}'.encode()
+    assert _encoded({"k": "x\udcff"}) == '{"k": "x\\udcff"}'

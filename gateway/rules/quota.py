@@ -10,8 +10,9 @@ Inheritance, per field: DEFAULT_QUOTAS ← gateway ``quotas:`` ← customer ``qu
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from gateway import replies
 from gateway.config.default_policy import DefaultPolicy, customer_of_login, policy_for
@@ -176,7 +177,7 @@ def decide_recipient_count(acct: AccountQuota, accepted_so_far: int) -> QuotaDec
         "send the rest in another message"), "recipients_per_message", replies.RECIPIENT_OK)
 
 
-def rate_counters(acct: AccountQuota) -> list[Charge]:
+def rate_counters(acct: AccountQuota) -> tuple[Charge, ...]:
     """Every rate counter the account's mail is charged to, unheld, one per limit.
 
     An account's unlimited counters count too: they feed status and the compromise
@@ -184,7 +185,19 @@ def rate_counters(acct: AccountQuota) -> list[Charge]:
     that limit: nothing else reads them, and each is a row (a Redis entry) more per
     recipient (issue 16).  So an aggregate limit set later counts from then on
     (docs/quotas.md)."""
-    out: list[Charge] = []
+    return tuple(c for c, _ in _counters(acct))
+
+
+# Whom a counter counts at RCPT (recipient_charges).
+_MESSAGE, _RECIPIENT, _DOMAIN = range(3)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counters(acct: AccountQuota) -> tuple[tuple[Charge, int], ...]:
+    """rate_counters, each with whom it counts: one account's are the same at every
+    RCPT, so they are built once per account (AccountQuota is a frozen value; a
+    reload makes new ones), not five objects a recipient (issue 16)."""
+    out: list[tuple[Charge, int]] = []
     for prefix, limits, label in ((f"acct:{acct.login}", acct.limits, ""),
                                   (f"cust:{acct.customer}", acct.aggregate, "customer ")):
         for name, (window, _unit) in RATE_LIMITS.items():
@@ -193,10 +206,11 @@ def rate_counters(acct: AccountQuota) -> list[Charge]:
             limit = getattr(limits, name)
             if limit is None and limits is acct.aggregate:
                 continue
-            out.append(Charge(f"{prefix}:{name}", window, limit,
-                              member="" if name == "recipient_domains_per_hour" else None,
-                              name=label + name))
-    return out
+            domains = name == "recipient_domains_per_hour"
+            out.append((Charge(f"{prefix}:{name}", window, limit, member="" if domains else None,
+                               name=label + name),
+                        _DOMAIN if domains else _MESSAGE if name.startswith("messages") else _RECIPIENT))
+    return tuple(out)
 
 
 def recipient_charges(acct: AccountQuota, domain: str, first_in_message: bool,
@@ -206,14 +220,13 @@ def recipient_charges(acct: AccountQuota, domain: str, first_in_message: bool,
     every recipient (under its own hold, so a recipient refused downstream can be
     released alone)."""
     out: list[Charge] = []
-    for c in rate_counters(acct):
-        if c.name.removeprefix("customer ").startswith("messages"):
+    for c, counts in _counters(acct):
+        if counts == _MESSAGE:
             if first_in_message:
-                out.append(replace(c, hold=message_hold))
-        elif c.member is not None:  # distinct recipient domains
-            out.append(replace(c, member=domain.lower(), hold=recipient_hold))
+                out.append(Charge(c.key, c.window, c.limit, c.amount, None, message_hold, c.name))
         else:
-            out.append(replace(c, hold=recipient_hold))
+            out.append(Charge(c.key, c.window, c.limit, c.amount,
+                              domain.lower() if counts == _DOMAIN else None, recipient_hold, c.name))
     return out
 
 

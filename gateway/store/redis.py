@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
@@ -712,6 +713,16 @@ POOL_CONNECTIONS = 100
 _GLOB = re.compile(r"[*?\[\]\\]")
 
 
+def _encoded(body: dict[str, Any]) -> bytes | str:
+    """A meter step's JSON for its script: orjson writes it in a tenth of the json
+    module's time (two a message, bench/quota.py); cjson reads UTF-8 and \\u
+    escapes alike.  A string orjson refuses (a lone surrogate) goes the slow way."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body)
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -757,7 +768,7 @@ class RedisStore(Store):
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
-    async def _run(self, script: Any, keys: list[str], args: list[str]) -> Any:
+    async def _run(self, script: Any, keys: list[str], args: list[str | bytes]) -> Any:
         if self._pipe is None:
             return await self._call(script(keys=keys, args=args))
         try:
@@ -990,7 +1001,7 @@ class RedisStore(Store):
         if begin is not None:
             body["begin"] = [begin.login, begin.slot_key, begin.lease_id or "", _num(begin.ttl)]
         # cjson turns an empty list into an object; '#' of an empty table is 0 either way.
-        out = await self._run(self._meter, [], [json.dumps(body)])
+        out = await self._run(self._meter, [], [_encoded(body)])
         if out[0] == "S":
             assert begin is not None
             d = json.loads(out[1])

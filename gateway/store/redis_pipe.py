@@ -105,7 +105,7 @@ class ScriptPipe:
             self._replies = replies
             return replies
 
-    async def _ask(self, replies: _Replies, command: list[str]) -> Any:
+    async def _ask(self, replies: _Replies, command: list[str | bytes]) -> Any:
         if replies.lost is not None:
             raise replies.lost
         loop = asyncio.get_running_loop()
@@ -128,7 +128,7 @@ class ScriptPipe:
             raise ResponseError(str(reply))
         return reply
 
-    async def run_script(self, sha: str, source: str, keys: list[str], args: list[str]) -> Any:
+    async def run_script(self, sha: str, source: str, keys: list[str], args: list[str | bytes]) -> Any:
         """EVALSHA; the script is loaded first if this Redis does not know it (NOSCRIPT:
         it did not run, so running it after the load runs it once)."""
         replies = await self._open()
