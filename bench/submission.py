@@ -16,6 +16,10 @@ Each row has its own fresh smtp-sink as the place mail is forwarded to:
     Postfix + OpenDKIM      the same, Debian's OpenDKIM milter signing every message (RSA-2048)
     portcullis 1|auto       `portcullis serve --workers 1|auto`, SQLite or Redis store,
                             quotas and compromise signals counted, RSA-2048 DKIM signing
+    nothing metered         `portcullis serve --workers 1` built without its store: no
+                            quota, lockout, slot or compromise signal (bench only,
+                            bench/submission_peers.py UNMETERED); the metered one-worker
+                            rows' CPU per message above it is metering's share of the path
     (with --baseline)       each portcullis row also from CHECKOUT (e.g. a git worktree of
                             an older commit), right after this checkout's, and every
                             other round right before it
@@ -169,6 +173,9 @@ def ceiling_row() -> RowSpec:
 
 
 BASELINE_PREFIX = "  baseline "
+# The one-worker gateway with nothing metered: metering's share of the path is the
+# CPU a message costs more in the metered one-worker rows (print_table).
+UNMETERED = "portcullis --workers 1, nothing metered"
 
 
 def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
@@ -178,6 +185,8 @@ def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
 
     out = [r for r in (ceiling_row(), postfix_row("Postfix (Dovecot SASL, sender login maps)", False),
                        postfix_row(REFERENCE, True, paced=True)) if wanted(r.label)]
+    if wanted(UNMETERED):
+        out.append(gateway_row(UNMETERED, "1", "none"))
     for workers in ("1", "auto"):
         for store in ("sqlite", "redis"):
             label = f"portcullis --workers {workers}, {store}"
@@ -347,6 +356,15 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
         for this, base in against:
             print(f"  {this.label:<50} {this.rate / base.rate:>6.3f} "
                   f"{this.cpu_per_message / base.cpu_per_message:>6.3f}")
+    unmetered = next((r for r in rows_seen if r.label == UNMETERED), None)
+    metered = [r for r in rows_seen if r.label.startswith("portcullis --workers 1, ")
+               and r.label != UNMETERED]
+    if unmetered is not None and metered:
+        print(f"\nMetering in the path: the server's CPU per message more than {UNMETERED!r} "
+              f"({1e6 * unmetered.cpu_per_message:.0f} us), and its share of the metered row's")
+        for r in metered:
+            extra = r.cpu_per_message - unmetered.cpu_per_message
+            print(f"  {r.label:<50} {1e6 * extra:>6.0f} us  {extra / r.cpu_per_message:>6.1%}")
     paced = [r for r in rows_seen if r.paced]
     if paced:
         print("\nPaced: the same client at half a row's peak rate (p50/p99 MAIL to final DATA reply)")

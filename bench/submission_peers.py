@@ -192,8 +192,18 @@ class PostfixSubmission(Server):
                     self.dkim.stop()
 
 
+# `portcullis serve` with nothing metered: the gateway's runtime built without its
+# store (gateway/serve.py, build_runtime's ``quotas``), every other part as it is:
+# what a message costs without the store's share, the reference for metering's.
+UNMETERED = ("import sys, gateway.serve as s; built = s.build_runtime\n"
+             "def unmetered(*a, **k):\n    k['quotas'] = False\n    return built(*a, **k)\n"
+             "s.build_runtime = unmetered\n"
+             "from gateway.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 class Portcullis(Server):
-    """`portcullis serve --workers N` from this checkout or ``checkout``, with its store."""
+    """`portcullis serve --workers N` from this checkout or ``checkout``, with its store
+    ("sqlite", "redis"), or none ("none": nothing metered, see UNMETERED)."""
 
     def __init__(self, tmp: Path, cert: tuple[Path, Path], logins: tuple[tuple[str, str], ...],
                  sink_port: int, workers: str, store: str, checkout: Path | None = None) -> None:
@@ -234,8 +244,9 @@ class Portcullis(Server):
                 "compromise": {"ceiling_recipients_per_hour": BIG, "spike_minimum": BIG},
             }))
             self.log = d / "gateway.log"
+            launch = ["-c", UNMETERED] if store == "none" else ["-m", "gateway.cli"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "-c", str(d / "gateway.yaml"),
+                [sys.executable, *launch, "serve", "-c", str(d / "gateway.yaml"),
                  "--workers", workers], stdout=subprocess.DEVNULL, stderr=self.log.open("w"),
                 start_new_session=True, **checkout_env(checkout))
             wait_port(self.port)
