@@ -11,10 +11,12 @@ private redis-server on loopback):
                        the customer sets two aggregate limits (messages per hour,
                        recipients per day)
     message            what a submitted message costs with the defaults (as
-                       bench/submission.py's gateway rows): the suspension check,
-                       the session slot and the check-and-hold of every limit at
-                       RCPT, the commit, the series and the compromise facts after
-                       DATA; 20 accounts of one customer that sets no aggregate limit
+                       bench/submission.py's gateway rows): the suspension check
+                       (and the session's slot, taken when the task starts, as at
+                       AUTH, renewed when the gateway renews it) and the
+                       check-and-hold of every limit at RCPT, the commit, the series
+                       and the compromise facts after DATA; 20 accounts of one
+                       customer that sets no aggregate limit
     message, 2 processes
                        the same from two processes sharing the store, half the
                        tasks and half the accounts each: what ``--workers auto``
@@ -130,6 +132,8 @@ def one_operation(name: str, store: Store, now: float):
             assert decision.accept, decision
             tx = full.begin(f"w{w}.{i}")
         else:
+            if i == 0:  # each task is a session: its slot taken once, at AUTH
+                assert (await full.open_session(a, f"lease{w}", t)).accept
             tx = full.begin(f"w{w}.{i}", f"lease{w}")
         d = await full.check_recipient(a, tx, "dest.example", t)
         assert d.accept, d

@@ -59,8 +59,11 @@ log = logging.getLogger("portcullis.quota")
 # How long a held charge lives without a commit: longer than any transaction
 # (DATA timeout + downstream deadline); a crashed process frees its holds after it.
 HOLD_LEASE = 1800.0
-# A connection slot lives this long unless renewed (at each transaction's first RCPT).
+# A connection slot lives this long unless renewed (at a transaction's first RCPT,
+# once a quarter of it has passed since the slot was taken or last renewed: every
+# transaction renewing it was two statements and two rows written a message).
 SESSION_LEASE = 1800.0
+RENEW_AFTER = SESSION_LEASE / 4
 
 
 @dataclass(slots=True)
@@ -163,6 +166,8 @@ class Metering:
     def __init__(self, store: Store, settings: QuotaSettings):
         self.store = store
         self.settings = settings
+        # Open sessions' slots (their lease ids): when each was last taken or renewed.
+        self._renewed: dict[str, float] = {}
 
     # --- AUTH ----------------------------------------------------------------------
     async def auth_begin(self, client_ip: str, login: str, now: float,
@@ -256,6 +261,8 @@ class Metering:
         except StoreUnavailable as exc:
             log.error("connection count unavailable: %s", exc)
             return Verdict.refuse(replies.AUTH_TEMPFAIL)
+        if ok:
+            self._renewed[lease_id] = now
         if ok or acct.shadow:
             if not ok:
                 log.info("shadow: would refuse concurrent_connections login=%s", acct.login)
@@ -263,6 +270,7 @@ class Metering:
         return Verdict.refuse(replies.ACCOUNT_BUSY)
 
     async def close_session(self, acct: AccountQuota, lease_id: str) -> None:
+        self._renewed.pop(lease_id, None)
         try:
             await self.store.release_slot(f"conn:{acct.login}", lease_id)
         except StoreUnavailable as exc:  # the lease runs out by itself
@@ -292,8 +300,10 @@ class Metering:
         # facts come back for the assessment.
         if_refused = tuple(c.unlimited() for c in charges) if acct.shadow else (_not_sent(acct.login),)
         reads, sums = self._signal_reads(acct, now)
-        begin = None if tx.begun else MessageBegin(acct.login, f"conn:{acct.login}", tx.lease_id,
-                                                   SESSION_LEASE)
+        renew = tx.lease_id
+        if renew is not None and now - self._renewed.get(renew, -SESSION_LEASE) < RENEW_AFTER:
+            renew = None  # renewed lately: the step only reads the suspension
+        begin = None if tx.begun else MessageBegin(acct.login, f"conn:{acct.login}", renew, SESSION_LEASE)
         tx.asked = True
         tx.login = acct.login
         try:
@@ -301,6 +311,8 @@ class Metering:
                 begin=begin, charges=charges, lease=HOLD_LEASE,
                 if_refused=if_refused, read=reads, sums=sums, read_when_refused=True), now)
             tx.begun = True
+            if begin is not None and begin.lease_id is not None and begin.lease_id in self._renewed:
+                self._renewed[begin.lease_id] = now
             if found.suspension is not None:  # every mode, shadow included: nothing was charged
                 tx.suspended = quota.decide_suspended(found.suspension, acct.limits.when_suspended)
                 return tx.suspended

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from gateway import replies
 from gateway.config.quota import CustomerQuotas, QuotaLimits, QuotaSettings
-from gateway.metering import SESSION_LEASE, Metering
+from gateway.metering import RENEW_AFTER, SESSION_LEASE, Metering
 from gateway.rules import quota
 from gateway.rules.quota import AccountQuota, Limits, account_quota, effective_limits
 from gateway.store.base import ChargeResult, Suspension
@@ -473,6 +473,35 @@ def test_the_first_rcpt_renews_the_sessions_slot_the_next_ones_do_not_ask(any_st
         return held, free
 
     assert any_store.run(body) == (454, 235)
+
+
+def test_a_transaction_renews_the_slot_only_once_a_quarter_of_its_lease_has_passed(any_store):
+    """Renewing at every transaction was two statements and two rows written a
+    message; a session that keeps sending must still never lose its slot."""
+    a = acct(concurrent_connections=1)
+
+    async def send(m: Metering, txid: str, now: float) -> None:
+        tx = m.begin(txid, "cid1")
+        assert (await m.check_recipient(a, tx, "b.example", now)).accept
+        await m.finish(a, tx, True, now)
+
+    async def body(store):
+        m = Metering(store, settings())
+        assert (await m.open_session(a, "cid1", T0)).accept
+        await send(m, "t1", T0 + 60)  # too soon: not renewed, the slot ends at T0 + lease
+        early = await store.slots_in_use("conn:" + a.login, T0 + SESSION_LEASE + 1)
+        await send(m, "t2", T0 + RENEW_AFTER + 1)  # renewed: until then + lease
+        renewed = await store.slots_in_use("conn:" + a.login, T0 + SESSION_LEASE + 1)
+        # A long session sending every 400 s: at every moment, its slot is held.
+        held = []
+        for i in range(1, 30):
+            now = T0 + RENEW_AFTER + 1 + 400 * i
+            held.append(await store.slots_in_use("conn:" + a.login, now))
+            await send(m, f"u{i}", now)
+        await m.close_session(a, "cid1")
+        return early, renewed, set(held), await store.slots_in_use("conn:" + a.login, now)
+
+    assert any_store.run(body) == (0, 1, {1}, 0)
 
 
 def test_oversized_size_parameter_refused_at_mail():
