@@ -769,11 +769,14 @@ class SQLiteStore(Store):
 
     @classmethod
     def _commit_in(cls, db: sqlite3.Connection, ids: list[str], now: float) -> None:
-        # A lease that already ran out stays dropped: its room may have been given away.
-        cls._drop_holds(db, ids, "AND lease_until <= ?", (now,))
+        # Only the holds still live become charges.  A lease that already ran out stays
+        # out (its room may have been given away): its rows count no more, and leave
+        # with the next prune of their key, as any expired lease's (its totals row's
+        # lease_end is already at or before it).  One statement, not a DELETE first.
         if ids:
             marks = ",".join("?" * len(ids))
-            db.execute(f"UPDATE charges SET lease_until = NULL, hold = NULL WHERE hold IN ({marks})", ids)
+            db.execute(f"UPDATE charges SET lease_until = NULL, hold = NULL WHERE hold IN ({marks}) "
+                       "AND lease_until > ?", (*ids, now)).close()
 
     async def commit(self, holds: Iterable[str], now: float) -> None:
         ids = list(holds)
@@ -935,8 +938,39 @@ class SQLiteStore(Store):
         if add.amount:
             db.execute("UPDATE series_sums SET total = total + ? WHERE key = ? AND floor <= ?",
                        (add.amount, key, start))
-        if amount != add.amount:
+        if amount == add.amount:
+            SQLiteStore._new_bucket(db, add, now)
+
+    @staticmethod
+    def _add_series_all(db: sqlite3.Connection, adds: Sequence[SeriesAdd], now: float) -> None:
+        """_add_series_in of each, in two statements for all (a message adds to two
+        series) when their keys differ."""
+        if len(adds) <= 1 or len({a.key for a in adds}) < len(adds):
+            for add in adds:
+                SQLiteStore._add_series_in(db, add, now)
             return
+        starts = [int(now // a.bucket) * a.bucket for a in adds]
+        found = dict(db.execute(
+            "INSERT INTO series (key, bucket, amount, expires) VALUES "
+            + ",".join(("(?,?,?,?)",) * len(adds))
+            + " ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount "
+            "RETURNING key, amount",
+            [v for a, start in zip(adds, starts, strict=True)
+             for v in (a.key, start, a.amount, start + a.bucket + a.retention)]).fetchall())
+        moved = [(a, start) for a, start in zip(adds, starts, strict=True) if a.amount]
+        if moved:
+            db.execute("UPDATE series_sums SET total = total + CASE key "
+                       + " ".join(("WHEN ? THEN ?",) * len(moved)) + " END WHERE "
+                       + " OR ".join(("(key = ? AND floor <= ?)",) * len(moved)),
+                       [*(v for a, _ in moved for v in (a.key, a.amount)),
+                        *(v for a, start in moved for v in (a.key, start))]).close()
+        for add in adds:
+            if found[add.key] == add.amount:
+                SQLiteStore._new_bucket(db, add, now)
+
+    @staticmethod
+    def _new_bucket(db: sqlite3.Connection, add: SeriesAdd, now: float) -> None:
+        key = add.key
         # A new bucket (as Redis's series_add, once a bucket, not per add): buckets
         # past retention go.  A bucket expires at start + bucket + retention: the
         # expired ones are the oldest, one range of the (key, bucket) key, with a
@@ -1036,8 +1070,7 @@ class SQLiteStore(Store):
                 cls._charge_in(db, step.if_refused, now, step.lease)
         if step.counts:  # unlimited, but measured all the same: that prunes what expired
             cls._charge_in(db, step.counts, now, 900.0)
-        for add in step.series:
-            cls._add_series_in(db, add, now)
+        cls._add_series_all(db, step.series, now)
         if step.read_when_refused and charged.accepted:
             return MeterResult(charged)
         return MeterResult(charged, cls._read_in(db, step.read, now),
