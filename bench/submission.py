@@ -47,8 +47,12 @@ them, again for each) and its largest total PSS sampled every 0.25 s (shared pag
 split among their users); and the client's own CPU per message.  The ceiling row
 shows how fast the client can go here: a row well below it is not limited by the
 client.  Then paced rows: the client sends at half of a row's peak rate, and the
-p50/p99 it sees, with the ceiling at the one-worker gateway's pace as the
-reference for what the gateway adds.
+p50/p99 it sees and the server's CPU per message, with the ceiling at the
+one-worker gateway's pace as the reference for what the gateway adds.  Last,
+metering's share of the path: the metered one-worker rows' CPU per message
+above the row with nothing metered, at each row's peak and at the same pace
+(the unmetered gateway run again at each metered row's paced rate: a server's
+CPU per message falls as its rate rises, and the unmetered row peaks higher).
 
 Memory per message under load is the peak columns above; then, after the timed
 run, each forwarding row takes one ``--big-mb`` MiB message (50 by default) in a
@@ -146,7 +150,7 @@ class Row:
     delivered: int
     signed: int
     refusal: str
-    paced: tuple[float, float, float] | None = None  # (rate, p50, p99)
+    paced: tuple[float, float, float, float] | None = None  # (rate, p50, p99, server CPU/msg)
     rates: tuple[float, ...] = ()  # each round's, when combined
     big_rss: int = 0  # one --big-mb message alone: the sum of VmHWM, reset before it
     big_pss: int = 0  # ... and the largest total PSS sampled while it was sent
@@ -246,7 +250,9 @@ def measure_row(spec: RowSpec, s: Setting) -> Row:
         peak = tree_peak_rss(server.roots())
         paced = None
         if spec.paced and s.latency_seconds > 0:
+            paced_cpu = tree_cpu(server.roots())
             paced = sent(run_load(paced_load(s, server.port, timed.rate / 2)))
+            paced_cpu = (tree_cpu(server.roots()) - paced_cpu) / paced.messages
         big_rss = big_pss = 0
         if s.big_mb and spec.forwards:  # the ceiling row takes aiosmtpd's 32 MiB at most
             big_rss, big_pss = one_big_message(s, server)
@@ -266,7 +272,7 @@ def measure_row(spec: RowSpec, s: Setting) -> Row:
                    cpu / timed.messages, peak, memory.peak, timed.client_cpu / timed.messages,
                    len(messages), len(messages) if spec.signs else 0, refusal,
                    None if paced is None else (paced.rate, percentile(paced.latencies, 50),
-                                               percentile(paced.latencies, 99)),
+                                               percentile(paced.latencies, 99), paced_cpu),
                    big_rss=big_rss, big_pss=big_pss)
 
 
@@ -294,13 +300,26 @@ def combine(rounds: list[Row]) -> Row:
                median("cpu_per_message"), max(r.peak_rss for r in rounds),
                max(r.peak_pss for r in rounds), median("client_cpu_per_message"),
                sum(r.delivered for r in rounds), sum(r.signed for r in rounds), rounds[0].refusal,
-               tuple(statistics.median(p[i] for p in paced) for i in range(3)) if paced else None,
+               tuple(statistics.median(p[i] for p in paced) for i in range(4)) if paced else None,
                tuple(r.rate for r in rounds),  # type: ignore[arg-type]
                max(r.big_rss for r in rounds), max(r.big_pss for r in rounds))
 
 
 def paced_load(s: Setting, port: int, rate: float) -> Load:
     return load(s, port, max(len(s.logins), int(rate * s.latency_seconds)), rate)
+
+
+def paced_unmetered(s: Setting, spec: RowSpec, rate: float) -> tuple[float, float]:
+    """The unmetered row at another row's pace, warmed first: (rate, server CPU per
+    message).  Metering's share at equal load: a server's CPU per message falls as
+    its rate rises (each turn of its loop, each system call, serves more), and the
+    unmetered row's own peak is higher."""
+    d = Path(tempfile.mkdtemp(prefix="row-", dir=s.tmp))
+    with Sink() as sink, spec.start(s, d, sink.port) as server:
+        run_load(load(s, server.port, s.warmup))
+        cpu = tree_cpu(server.roots())
+        out = run_load(paced_load(s, server.port, rate))
+        return out.rate, (tree_cpu(server.roots()) - cpu) / out.messages
 
 
 def paced_ceiling(s: Setting, rate: float) -> tuple[float, float, float]:
@@ -320,7 +339,8 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, float, float] | None) -> None:
+def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, float, float] | None,
+                unmetered_paced: dict[str, tuple[float, float]] | None = None) -> None:
     reference = next((r.rate for r in rows_seen if r.label == REFERENCE), None)
     print(f"\nSubmission: {len(s.logins)} sessions (one account each), STARTTLS + AUTH PLAIN/LOGIN, "
           f"{s.messages} timed messages of {s.size} bytes a row (after {s.warmup} untimed), "
@@ -365,13 +385,24 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
         for r in metered:
             extra = r.cpu_per_message - unmetered.cpu_per_message
             print(f"  {r.label:<50} {1e6 * extra:>6.0f} us  {extra / r.cpu_per_message:>6.1%}")
+        if unmetered_paced:
+            print("... and at the same pace (half the metered row's peak; the unmetered row "
+                  "paced alike after the rounds, warmed first)")
+            for r in metered:
+                if r.label not in unmetered_paced or r.paced is None:
+                    continue
+                rate, cpu = unmetered_paced[r.label]
+                extra = r.paced[3] - cpu
+                print(f"  {r.label:<50} {1e6 * extra:>6.0f} us  {extra / r.paced[3]:>6.1%}  "
+                      f"({1e6 * r.paced[3]:.0f} against {1e6 * cpu:.0f} us a message at "
+                      f"{r.paced[0]:.0f} and {rate:.0f} msg/s)")
     paced = [r for r in rows_seen if r.paced]
     if paced:
         print("\nPaced: the same client at half a row's peak rate (p50/p99 MAIL to final DATA reply)")
-        print(f"{'row':<52} {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7}")
+        print(f"{'row':<52} {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU/msg':>9}")
         for r in paced:
-            rate, p50, p99 = r.paced  # type: ignore[misc]
-            print(f"{r.label:<52} {rate:>7.0f} {1e3 * p50:>7.1f} {1e3 * p99:>7.1f}")
+            rate, p50, p99, cpu = r.paced  # type: ignore[misc]
+            print(f"{r.label:<52} {rate:>7.0f} {1e3 * p50:>7.1f} {1e3 * p99:>7.1f} {1e6 * cpu:>6.0f} us")
         if reference_pace is not None:
             rate, p50, p99 = reference_pace
             print(f"{CEILING[:52]:<52} {rate:>7.0f} {1e3 * p50:>7.1f} {1e3 * p99:>7.1f}")
@@ -422,7 +453,11 @@ def main() -> int:
         seen = [combine(r) for r in measured]
         gw = next((r for r in seen if r.label == "portcullis --workers 1, sqlite"), None)
         reference_pace = paced_ceiling(s, gw.paced[0]) if gw and gw.paced else None
-    print_table(seen, s, reference_pace)
+        unmetered = next((spec for spec in specs if spec.label == UNMETERED), None)
+        unmetered_paced = {r.label: paced_unmetered(s, unmetered, r.paced[0]) for r in seen
+                           if unmetered is not None and r.paced is not None
+                           and r.label.startswith("portcullis --workers 1, ")}
+    print_table(seen, s, reference_pace, unmetered_paced)
     return 0
 
 
