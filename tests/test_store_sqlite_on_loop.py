@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 
+from bench.quota import one_operation
 from gateway.store.base import Charge, StoreUnavailable
 from gateway.store.sqlite import _ROWS_A_STATEMENT, SQLiteStore
 
@@ -166,3 +167,32 @@ def test_a_closed_store_refuses_a_call_and_answers_those_made_before(tmp_path):
     outcomes = asyncio.run(body())
     assert [getattr(o, "accepted", None) for o in outcomes[:3]] == [True] * 3
     assert isinstance(outcomes[3], StoreUnavailable)
+
+
+def test_a_submitted_message_runs_at_most_15_statements(tmp_path):
+    """What a message costs SQLite, as bench/quota.py's "message" row meters it, one
+    message at a time (each step its own BEGIN ... COMMIT): each statement is a
+    Python call on the event loop.  34 before the request's rows and totals went in
+    one statement each, the sums in one, the series adds in two, a commit in one
+    and the session's slot renewed once a quarter of its lease."""
+    path = str(tmp_path / "state.db")
+    messages = 40
+
+    async def body() -> list[str]:
+        store = SQLiteStore(path)
+        statements: list[str] = []
+        message = one_operation("message", store, T0)
+        try:
+            for i in range(2):  # the session's slot taken, the schema and the series' buckets made
+                await message(0, i)
+            await _trace(store, statements)
+            statements.clear()
+            for i in range(2, messages + 2):
+                await message(0, i)
+            return statements
+        finally:
+            await store.close()
+
+    statements = asyncio.run(body())
+    assert len(statements) / messages <= 15, sorted(set(s.split("(")[0][:60] for s in statements))
+    assert statements.count("COMMIT") == 2 * messages  # one at RCPT, one at the end of DATA
