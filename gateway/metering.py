@@ -422,10 +422,6 @@ class Metering:
         await self.store.log_event(Event(now, "complaint", acct.login, evidence))
         return await self._assess(acct, found, now)
 
-    @staticmethod
-    def _signal_counters(login: str) -> tuple[Charge, ...]:
-        return _signal_counters(login)
-
     def _signal_sums(self, login: str, now: float) -> tuple[SeriesSum, ...]:
         c = self.settings.compromise
         since = now - c.complaint_days * 86400
@@ -439,7 +435,7 @@ class Metering:
         round trip (nothing when they are off)."""
         if not self.settings.compromise.enabled:
             return (), ()
-        return self._signal_counters(acct.login), self._signal_sums(acct.login, now)
+        return _signal_counters(acct.login), self._signal_sums(acct.login, now)
 
     def _signals_from(self, login: str, found: MeterResult) -> compromise.Signals:
         sent, refused, not_sent = found.usage
@@ -449,7 +445,7 @@ class Metering:
                                   sent + refused, refused, complaints, messages)
 
     async def signals(self, login: str, now: float) -> compromise.Signals:
-        found = await self.store.meter(MeterStep(read=self._signal_counters(login),
+        found = await self.store.meter(MeterStep(read=_signal_counters(login),
                                                  sums=self._signal_sums(login, now)), now)
         return self._signals_from(login, found)
 

@@ -379,12 +379,9 @@ class SQLiteStore(Store):
     def _begin_now(self, db: sqlite3.Connection) -> bool:
         """BEGIN IMMEDIATE if the turnstile and the write lock are free; False if not."""
         turn = self._turn
-        if turn is not None:
-            try:
-                fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False
         try:
+            if turn is not None:
+                self._take_turn()
             db.execute("BEGIN IMMEDIATE")
             return True
         except sqlite3.OperationalError as exc:
@@ -460,6 +457,10 @@ class SQLiteStore(Store):
         unavailable.__cause__ = exc
         return unavailable
 
+    def _failure(self, exc: Exception) -> Exception:
+        """What a call's caller hears when it raised: sqlite3's errors as StoreUnavailable."""
+        return self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+
     def _call(self, db: sqlite3.Connection, call: _Call) -> object:
         result = call.fn(db)
         # No sqlite3 object may outlive its call (issue 14, defect 8a): a cursor
@@ -477,10 +478,8 @@ class SQLiteStore(Store):
             call = calls.popleft()
             try:
                 outcomes.append((call, self._patiently(lambda c=call: self._call(self._connect(), c)), None))
-            except sqlite3.Error as exc:
-                outcomes.append((call, None, self._unavailable(exc)))
             except Exception as exc:
-                outcomes.append((call, None, exc))
+                outcomes.append((call, None, self._failure(exc)))
         return outcomes
 
     # --- the write lock, taken in turn -----------------------------------------------
@@ -558,8 +557,7 @@ class SQLiteStore(Store):
                 try:
                     result = self._call(db, call)
                 except Exception as exc:
-                    outcomes.append((call, None, self._unavailable(exc) if isinstance(exc, sqlite3.Error)
-                                     else exc))
+                    outcomes.append((call, None, self._failure(exc)))
                     db.execute("ROLLBACK")
                     return outcomes
                 outcomes.append((call, result, None))
@@ -573,8 +571,7 @@ class SQLiteStore(Store):
                     # ROLLBACK TO keeps the transaction and the calls before this one.
                     db.execute("ROLLBACK TO call")
                     db.execute("RELEASE call")
-                    error = self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
-                    outcomes.append((call, None, error))
+                    outcomes.append((call, None, self._failure(exc)))
                     continue
                 db.execute("RELEASE call")
                 outcomes.append((call, result, None))
@@ -927,27 +924,15 @@ class SQLiteStore(Store):
 
     # --- series ----------------------------------------------------------------------
     @staticmethod
-    def _add_series_in(db: sqlite3.Connection, add: SeriesAdd, now: float) -> None:
-        key, start = add.key, int(now // add.bucket) * add.bucket
-        (amount,) = db.execute(
-            "INSERT INTO series (key, bucket, amount, expires) VALUES (?,?,?,?) "
-            "ON CONFLICT (key, bucket) DO UPDATE SET amount = amount + excluded.amount RETURNING amount",
-            (key, start, add.amount, start + add.bucket + add.retention)).fetchone()
-        # The running sum (series_sums) covers the buckets from its floor on: what
-        # enters there enters it.
-        if add.amount:
-            db.execute("UPDATE series_sums SET total = total + ? WHERE key = ? AND floor <= ?",
-                       (add.amount, key, start))
-        if amount == add.amount:
-            SQLiteStore._new_bucket(db, add, now)
-
-    @staticmethod
-    def _add_series_all(db: sqlite3.Connection, adds: Sequence[SeriesAdd], now: float) -> None:
-        """_add_series_in of each, in two statements for all (a message adds to two
-        series) when their keys differ."""
-        if len(adds) <= 1 or len({a.key for a in adds}) < len(adds):
+    def _add_series_in(db: sqlite3.Connection, adds: Sequence[SeriesAdd], now: float) -> None:
+        """Each add to its bucket and its running sum (series_sums covers the buckets
+        from its floor on: what enters there enters it), in two statements for all (a
+        message adds to two series) when their keys differ, else one add at a time."""
+        if len({a.key for a in adds}) < len(adds):
             for add in adds:
-                SQLiteStore._add_series_in(db, add, now)
+                SQLiteStore._add_series_in(db, (add,), now)
+            return
+        if not adds:
             return
         starts = [int(now // a.bucket) * a.bucket for a in adds]
         found = dict(db.execute(
@@ -976,33 +961,33 @@ class SQLiteStore(Store):
         # expired ones are the oldest, one range of the (key, bucket) key, with a
         # bucket to spare for rounding (expires decides); what leaves from the
         # floor on leaves the running sum.
-        gone = db.execute("DELETE FROM series WHERE key = ? AND bucket <= ? AND expires <= ? "
-                          "RETURNING bucket, amount",
-                          (key, now - add.retention, now)).fetchall()
-        row = db.execute("SELECT floor FROM series_sums WHERE key = ?", (key,)).fetchone() if gone else None
-        if row is not None:
-            out = sum(n for bucket, n in gone if bucket >= row[0])
-            if out:
-                db.execute("UPDATE series_sums SET total = total - ? WHERE key = ?", (out, key))
+        SQLiteStore._off_running_sums(db, db.execute(
+            "DELETE FROM series WHERE key = ? AND bucket <= ? AND expires <= ? RETURNING key, bucket, amount",
+            (key, now - add.retention, now)).fetchall())
 
     @staticmethod
-    def _sum_series_in(db: sqlite3.Connection, s: SeriesSum) -> int:
-        """The buckets starting in [since, until]: the running sum, its floor moved to
-        ``since`` over the few buckets in between, less the buckets after ``until``.
-
-        Buckets start at multiples of ``s.bucket``, so ``since`` is taken up to the
-        first bucket start at or after it: the same buckets, and a floor that moves
-        once a bucket, not with every call (one statement, not four)."""
-        return SQLiteStore._sum_series_from(db, s, db.execute(
-            "SELECT floor, total, (SELECT COALESCE(SUM(amount), 0) FROM series "
-            "WHERE key = ?1 AND bucket > ?2) FROM series_sums WHERE key = ?1", (s.key, s.until)).fetchone())
+    def _off_running_sums(db: sqlite3.Connection, gone: list[tuple]) -> None:
+        """Buckets deleted (key, bucket, amount) leave their running sums, each from
+        the sum whose floor is at or before it."""
+        if gone:
+            db.executemany("UPDATE series_sums SET total = total - ? WHERE key = ? AND floor <= ?",
+                           [(amount, key, bucket) for key, bucket, amount in gone])
 
     @staticmethod
     def _sums_series_in(db: sqlite3.Connection, sums: Sequence[SeriesSum]) -> tuple[int, ...]:
-        """_sum_series_in of each, their running sums read in one statement (a step
-        reads three)."""
-        if len(sums) <= 1 or len({s.key for s in sums}) < len(sums):  # one moves another's floor
-            return tuple(SQLiteStore._sum_series_in(db, s) for s in sums)
+        """Each sum: the buckets starting in [since, until], from the running sum, its
+        floor moved to ``since`` over the few buckets in between, less the buckets
+        after ``until``.  The running sums are read in one statement (a step reads
+        three) when their keys differ, else one sum at a time (one moves another's
+        floor).
+
+        Buckets start at multiples of ``s.bucket``, so ``since`` is taken up to the
+        first bucket start at or after it: the same buckets, and a floor that moves
+        once a bucket, not with every call."""
+        if len({s.key for s in sums}) < len(sums):
+            return tuple(SQLiteStore._sums_series_in(db, (s,))[0] for s in sums)
+        if not sums:
+            return ()
         found = db.execute(
             "WITH q(i, key, until) AS (VALUES " + ",".join(("(?,?,?)",) * len(sums)) + ") "
             "SELECT q.i, t.floor, t.total, (SELECT COALESCE(SUM(amount), 0) FROM series "
@@ -1036,7 +1021,7 @@ class SQLiteStore(Store):
     async def add_to_series(self, key: str, amount: int, now: float, bucket: int = 3600,
                             retention: float = 31 * 86400) -> None:
         add = SeriesAdd(key, amount, bucket, retention)
-        await self._run(lambda db: self._add_series_in(db, add, now))
+        await self._run(lambda db: self._add_series_in(db, (add,), now))
 
     async def read_series(self, key: str, since: float, now: float, bucket: int = 3600) -> int:
         return await self._run(lambda db: db.execute(
@@ -1070,7 +1055,7 @@ class SQLiteStore(Store):
                 cls._charge_in(db, step.if_refused, now, step.lease)
         if step.counts:  # unlimited, but measured all the same: that prunes what expired
             cls._charge_in(db, step.counts, now, 900.0)
-        cls._add_series_all(db, step.series, now)
+        cls._add_series_in(db, step.series, now)
         if step.read_when_refused and charged.accepted:
             return MeterResult(charged)
         return MeterResult(charged, cls._read_in(db, step.read, now),
@@ -1121,9 +1106,7 @@ class SQLiteStore(Store):
         out = gone("DELETE FROM series WHERE key IN ({keys}) AND expires <= ? RETURNING key, bucket, amount",
                    self._next_keys(db, "series", batch), now - SWEEP_MARGIN)
         removed += len(out)
-        for key, bucket, amount in out:
-            db.execute("UPDATE series_sums SET total = total - ? WHERE key = ? AND floor <= ?",
-                       (amount, key, bucket))
+        self._off_running_sums(db, out)
         removed += len(gone("DELETE FROM series_sums WHERE key IN ({keys}) AND NOT EXISTS "
                             "(SELECT 1 FROM series s WHERE s.key = series_sums.key) RETURNING 1",
                             self._next_keys(db, "series_sums", batch)))
