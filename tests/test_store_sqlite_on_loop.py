@@ -14,6 +14,7 @@ import threading
 import time
 
 from bench.quota import one_operation
+from gateway.store import sqlite as sqlite_store
 from gateway.store.base import Charge, StoreUnavailable
 from gateway.store.sqlite import _ROWS_A_STATEMENT, SQLiteStore
 
@@ -69,6 +70,42 @@ def test_a_write_runs_on_the_loop_when_the_lock_is_free_and_in_the_thread_when_n
     assert free == "MainThread"
     assert taken == "sqlite-store"
     assert worst_gap < 0.2, worst_gap
+
+
+def test_a_write_that_finds_the_lock_taken_tries_again_on_the_loop_for_a_while(tmp_path, monkeypatch):
+    """Another process's batch holds the lock for about a tenth of a millisecond:
+    a write that finds it taken tries again at the loop's next turns, within
+    _LOOP_PATIENCE (made long here, so the test does not race the clock), instead
+    of going to the store's thread at once; calls made meanwhile join it."""
+    monkeypatch.setattr(sqlite_store, "_LOOP_PATIENCE", 30.0)
+    path = str(tmp_path / "state.db")
+
+    async def body() -> tuple[list[str], int]:
+        store = SQLiteStore(path, busy_timeout=5)
+        statements: list[str] = []
+        try:
+            await _trace(store, statements)
+            await store._run(_where)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            first = asyncio.ensure_future(store._run(_where))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            second = asyncio.ensure_future(store._run(_where))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not first.done() and not second.done()
+            statements.clear()
+            other.execute("COMMIT")
+            other.close()
+            taken = await asyncio.wait_for(asyncio.gather(first, second), 10)
+            return taken, statements.count("COMMIT")
+        finally:
+            await store.close()
+
+    taken, commits = asyncio.run(body())
+    assert taken == ["MainThread", "MainThread"]
+    assert commits == 1  # the call made while the first waited went in its batch
 
 
 def test_a_call_alone_that_fails_rolls_back_only_itself(tmp_path):
