@@ -75,9 +75,11 @@ def test_a_write_runs_on_the_loop_when_the_lock_is_free_and_in_the_thread_when_n
 def test_a_write_that_finds_the_lock_taken_tries_again_on_the_loop_for_a_while(tmp_path, monkeypatch):
     """Another process's batch holds the lock for about a tenth of a millisecond:
     a write that finds it taken tries again at the loop's next turns, within
-    _LOOP_PATIENCE (made long here, so the test does not race the clock), instead
-    of going to the store's thread at once; calls made meanwhile join it."""
+    _LOOP_PATIENCE and _LOOP_TRIES (made large here, so the test does not race the
+    clock), instead of going to the store's thread at once; calls made meanwhile
+    join it."""
     monkeypatch.setattr(sqlite_store, "_LOOP_PATIENCE", 30.0)
+    monkeypatch.setattr(sqlite_store, "_LOOP_TRIES", 1000)
     path = str(tmp_path / "state.db")
 
     async def body() -> tuple[list[str], int]:
@@ -106,6 +108,32 @@ def test_a_write_that_finds_the_lock_taken_tries_again_on_the_loop_for_a_while(t
     taken, commits = asyncio.run(body())
     assert taken == ["MainThread", "MainThread"]
     assert commits == 1  # the call made while the first waited went in its batch
+
+
+def test_a_loop_with_nothing_else_to_do_stops_trying_after_a_few_turns(tmp_path, monkeypatch):
+    """Past _LOOP_TRIES turns the batch goes to the store's thread even within
+    _LOOP_PATIENCE: a loop with nothing else to do would spin on the lock."""
+    monkeypatch.setattr(sqlite_store, "_LOOP_PATIENCE", 30.0)
+    path = str(tmp_path / "state.db")
+
+    async def body() -> str:
+        store = SQLiteStore(path, busy_timeout=5)
+        try:
+            await _trace(store, [])
+            await store._run(_where)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            waiting = asyncio.ensure_future(store._run(_where))
+            for _ in range(3 * sqlite_store._LOOP_TRIES):
+                await asyncio.sleep(0)
+            assert not store._pending  # handed to the thread, which waits for the lock
+            other.execute("COMMIT")
+            other.close()
+            return await asyncio.wait_for(waiting, 10)
+        finally:
+            await store.close()
+
+    assert asyncio.run(body()) == "sqlite-store"
 
 
 def test_a_call_alone_that_fails_rolls_back_only_itself(tmp_path):
