@@ -110,6 +110,92 @@ def test_a_write_that_finds_the_lock_taken_tries_again_on_the_loop_for_a_while(t
     assert commits == 1  # the call made while the first waited went in its batch
 
 
+def _worst_gap_while(store: SQLiteStore, rows: int, budget: float, monkeypatch) -> tuple:
+    """A key with ``rows`` charges, and the event loop's worst gap while a write
+    call prunes them all (with a probe insert before and after it in its batch),
+    the loop's budget for a write batch being ``budget``."""
+    monkeypatch.setattr(sqlite_store, "_LOOP_BUDGET", budget)
+
+    async def body() -> tuple:
+        await store._run(lambda db: db.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER)").close(),
+                         writes=False)
+        for start in range(0, rows, 500):
+            found = await store.charge([Charge("k", 3600, None)] * min(500, rows - start), T0)
+            assert found.accepted
+        later = T0 + 7200  # every row has slid out of its window
+
+        def prune(db: sqlite3.Connection) -> tuple[int, str]:
+            return store._prune(db, "k", 3600, later), threading.current_thread().name
+
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.001)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.05)
+        gaps.clear()
+        done = await asyncio.gather(store._run(_where), store._run(prune), store._run(_where))
+        ticker.cancel()
+        probes = await store._run(lambda db: db.execute("SELECT COUNT(*) FROM probe").fetchone()[0],
+                                  writes=False)
+        return done, probes, max(gaps)
+
+    return asyncio.run(body())
+
+
+def test_a_write_batch_past_its_time_on_the_loop_goes_to_the_thread_whole(tmp_path, monkeypatch):
+    """The first charge of an account idle for a day prunes the day's rows: 20,000
+    messages took 175 ms, all of it on the event loop.  A batch on the loop is
+    interrupted past _LOOP_BUDGET, rolled back whole, and run by the store's
+    thread: each of its calls once, the loop turning meanwhile."""
+    rows = 20000
+    unbounded = SQLiteStore(str(tmp_path / "unbounded.db"))
+    (_, pruned, _), _, stalled = _worst_gap_while(unbounded, rows, 1e9, monkeypatch)
+    asyncio.run(unbounded.close())
+    assert pruned == (0, "MainThread")
+
+    bounded = SQLiteStore(str(tmp_path / "bounded.db"))
+    (before, pruned, after), probes, worst = _worst_gap_while(bounded, rows, 0.002, monkeypatch)
+    asyncio.run(bounded.close())
+    assert pruned == (0, "sqlite-store")
+    assert before == after == "sqlite-store"  # the batch went whole
+    assert probes == 2  # each call ran once: the loop's try was rolled back
+    assert worst < stalled / 3, (worst, stalled)
+
+
+def test_a_call_that_breaks_its_batch_mid_way_is_answered(tmp_path):
+    """A call that rolls the transaction back itself makes its batch's RELEASE fail:
+    nothing in the batch happened, and every call in it hears so, the one in flight
+    included (it used to wait for ever)."""
+    path = str(tmp_path / "state.db")
+
+    def rolls_back(db: sqlite3.Connection) -> None:
+        db.execute("ROLLBACK")
+
+    async def body() -> list:
+        store = SQLiteStore(path)
+        try:
+            await _trace(store, [])
+            calls = [store._run(_where), store._run(rolls_back), store._run(_where)]
+            first = await asyncio.wait_for(asyncio.gather(*calls[:2], return_exceptions=True), 10)
+            last = await asyncio.wait_for(calls[2], 10)
+            probes = await store._run(lambda db: db.execute("SELECT COUNT(*) FROM probe").fetchone()[0],
+                                      writes=False)
+            return [*first, last, probes]
+        finally:
+            await store.close()
+
+    first, broken, last, probes = asyncio.run(body())
+    assert isinstance(first, StoreUnavailable) and isinstance(broken, StoreUnavailable)
+    assert last == "MainThread"  # the next batch
+    assert probes == 1  # the first call's row went with its batch
+
+
 def test_a_loop_with_nothing_else_to_do_stops_trying_after_a_few_turns(tmp_path, monkeypatch):
     """Past _LOOP_TRIES turns the batch goes to the store's thread even within
     _LOOP_PATIENCE: a loop with nothing else to do would spin on the lock."""

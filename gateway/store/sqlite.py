@@ -118,6 +118,14 @@ _BATCH_SECONDS = 0.002
 _LOOP_PATIENCE = 0.002
 _LOOP_TRIES = 8
 
+# How long a write batch may hold the event loop.  A batch is 50-150 us, but one
+# call can be much more: the first charge of an account idle for a day prunes the
+# day's rows (20,000 messages: 175 ms).  Past this the batch is interrupted
+# (SQLite's progress handler, looked at every _PROGRESS_STEPS virtual machine
+# steps), rolled back whole and handed to the store's thread (_OverBudget).
+_LOOP_BUDGET = 0.003
+_PROGRESS_STEPS = 1000
+
 # The sweep (SQLiteStore.sweep) looks at this many keys of each table a call, about a
 # millisecond of the store's thread, and leaves a row this long past the last moment
 # it could count (two gateways' clocks a little apart).
@@ -136,6 +144,27 @@ class _Call:
 
 
 _Outcome = tuple[_Call, object, "BaseException | None"]
+
+
+class _OverBudget(Exception):
+    """A write batch on the event loop ran past _LOOP_BUDGET: it was rolled back, and
+    its calls are back at the head of the queue, for the store's thread."""
+
+
+class _Budget:
+    """SQLite's progress handler for a batch on the loop: interrupts the statement
+    running when the batch's time is up, and says so (``spent``)."""
+
+    __slots__ = ("deadline", "spent")
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+        self.spent = False
+
+    def __call__(self) -> int:
+        if time.monotonic() > self.deadline:
+            self.spent = True
+        return self.spent
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -361,8 +390,8 @@ class SQLiteStore(Store):
         while calls:
             try:
                 outcomes = self._write_batch_now(calls)
-            except Exception:  # BEGIN failed otherwise than busy: the thread says how, to each
-                outcomes, failed = None, True
+            except Exception:  # over budget, or BEGIN failed otherwise than busy (the thread
+                outcomes, failed = None, True  # says how, to each): the thread runs them
             if outcomes is None:
                 break
             self._busy_since = None
@@ -406,7 +435,12 @@ class SQLiteStore(Store):
             db = self._db
             if db is None or not self._begin_now(db):
                 return None
-            return self._batch(db, calls)
+            budget = _Budget(_LOOP_BUDGET)
+            db.set_progress_handler(budget, _PROGRESS_STEPS)
+            try:
+                return self._batch(db, calls, budget)
+            finally:
+                db.set_progress_handler(None, 0)
         finally:
             self._db_lock.release()
 
@@ -579,22 +613,29 @@ class SQLiteStore(Store):
             return outcomes
         return self._batch(db, calls)
 
-    def _batch(self, db: sqlite3.Connection, calls: deque[_Call]) -> list[_Outcome]:
+    def _batch(self, db: sqlite3.Connection, calls: deque[_Call],
+               budget: _Budget | None = None) -> list[_Outcome]:
         """The calls at the head of ``calls``, in the transaction just begun, each in its
         own savepoint, then COMMIT.  A call alone needs no savepoint: the transaction
-        is its own (two statements fewer, and a call is often alone on the loop)."""
+        is its own (two statements fewer, and a call is often alone on the loop).
+        With a ``budget`` spent, nothing is committed and every call taken goes back
+        to the head of ``calls`` (_OverBudget)."""
         outcomes: list[_Outcome] = []
         started = time.monotonic()
+        call: _Call | None = None  # taken from ``calls``, its outcome not yet known
         try:
             if len(calls) == 1 and calls[0].fn is not None:
                 call = calls.popleft()
                 try:
                     result = self._call(db, call)
                 except Exception as exc:
+                    self._within(db, budget, calls, outcomes, call)
                     outcomes.append((call, None, self._failure(exc)))
+                    call = None
                     db.execute("ROLLBACK")
                     return outcomes
                 outcomes.append((call, result, None))
+                call = None
             while (calls and calls[0].fn is not None and len(outcomes) < _BATCH_CALLS
                    and time.monotonic() - started < _BATCH_SECONDS):
                 call = calls.popleft()
@@ -602,15 +643,22 @@ class SQLiteStore(Store):
                 try:
                     result = self._call(db, call)
                 except Exception as exc:
+                    self._within(db, budget, calls, outcomes, call)
                     # ROLLBACK TO keeps the transaction and the calls before this one.
                     db.execute("ROLLBACK TO call")
                     db.execute("RELEASE call")
                     outcomes.append((call, None, self._failure(exc)))
+                    call = None
                     continue
                 db.execute("RELEASE call")
                 outcomes.append((call, result, None))
+                call = None
+            if budget is not None:
+                db.set_progress_handler(None, 0)  # a COMMIT is never interrupted
+                self._within(db, budget, calls, outcomes, None)
             db.execute("COMMIT")
         except sqlite3.Error as exc:  # the transaction itself failed: nothing in it happened
+            self._within(db, budget, calls, outcomes, call)  # unless it ran out of time
             if db.in_transaction:
                 try:
                     db.execute("ROLLBACK")
@@ -618,7 +666,23 @@ class SQLiteStore(Store):
                     pass
             failed = self._unavailable(exc)
             outcomes = [(c, None, e if e is not None else failed) for c, _, e in outcomes]
+            if call is not None:  # caught between its SAVEPOINT and its outcome: it hears too
+                outcomes.append((call, None, failed))
         return outcomes
+
+    @staticmethod
+    def _within(db: sqlite3.Connection, budget: _Budget | None, calls: deque[_Call],
+                outcomes: list[_Outcome], call: _Call | None) -> None:
+        """Raise _OverBudget, with the batch rolled back and its calls put back in
+        order, if the budget is spent (the call that failed may have failed of it)."""
+        if budget is None or not budget.spent:
+            return
+        db.set_progress_handler(None, 0)  # else the ROLLBACK would be interrupted too
+        if db.in_transaction:  # an interrupted write rolls the transaction back itself
+            db.execute("ROLLBACK")
+        taken = [c for c, _, _ in outcomes] + ([call] if call is not None else [])
+        calls.extendleft(reversed(taken))
+        raise _OverBudget(f"a write batch ran past {_LOOP_BUDGET * 1000:g} ms on the event loop")
 
     @staticmethod
     def _write(db: sqlite3.Connection, sql: str, args: Sequence | list[tuple]) -> None:
