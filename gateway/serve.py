@@ -336,7 +336,8 @@ class Gateway:
 
     async def _sweep_store(self) -> None:
         """What nothing will charge or read again leaves the store a slice at a time
-        (Store.sweep: SQLite; Redis keys expire by themselves)."""
+        (Store.sweep: SQLite's dead rows; in Redis, where keys expire by themselves,
+        one pass over the failed-login keys an older version left without an expiry)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             rt = self.runtime.current()

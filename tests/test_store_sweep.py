@@ -225,6 +225,44 @@ def test_every_key_redis_writes_expires_by_itself(redis_server):
     assert forever == sorted(k for k in keys if k in (f"{prefix}layout", f"{prefix}leases")), forever
 
 
+def test_the_redis_sweep_mends_the_failed_login_keys_an_older_gateway_left_for_good(redis_server):
+    """Before e61df2d a failed login left its f:<key> set without an expiry.  The
+    sweep makes one pass over the f:* keys, a SCAN step a call: a set with nothing
+    left in the window goes, one with recent failures expires after the newest, and
+    nothing else is touched (keys with an expiry, other keys, other prefixes)."""
+    redis_server.flush()
+    prefix = "mend[1]:"  # a glob character in the prefix matches itself only
+    r = redis.Redis.from_url(redis_server.url)
+    window = 900
+    old = {f"{prefix}f:ip:192.0.2.{i}": T0 - 2 * window for i in range(1500)}  # past the window
+    for key, ts in old.items():
+        r.zadd(key, {"a-old": ts})  # as the old bug left them: no expiry
+    recent = f"{prefix}f:login:a@x.example"
+    r.zadd(recent, {"a1": T0 - 2 * window, "a2": T0 - 60})
+    kept = f"{prefix}f:login:b@x.example"
+    r.zadd(kept, {"b1": T0 - 2 * window})
+    r.pexpire(kept, 3_600_000)
+    other_prefix = "mend1:f:ip:192.0.2.1"
+    r.zadd(other_prefix, {"x": T0 - 2 * window})
+    marker = f"{prefix}layout"
+
+    async def body() -> list[int]:
+        store = RedisStore(redis_server.url, prefix=prefix)
+        try:
+            await store.usage([Charge("k", 3600, None)], T0)  # its layout marker written
+            return [await store.sweep(T0, window) for _ in range(10)]
+        finally:
+            await store.close()
+
+    mended = asyncio.run(body())
+    assert sum(mended) == len(old) + 1 and mended[-1] == 0  # one pass, then nothing
+    assert not any(r.exists(key) for key in old)
+    assert [m.decode() for m in r.zrange(recent, 0, -1)] == ["a2"]
+    assert (window - 60) * 1000 < r.pttl(recent) <= (window - 60 + 60) * 1000 + 1000
+    assert 3_500_000 < r.pttl(kept) <= 3_600_000 and r.zcard(kept) == 1
+    assert r.pttl(other_prefix) == -1 and r.pttl(marker) == -1
+
+
 def test_a_running_gateway_sweeps_its_store(monkeypatch, make_gateway, tmp_path):
     """gateway/serve.py sweeps every SWEEP_INTERVAL, with the lockout window."""
     monkeypatch.setattr(gateway.serve, "SWEEP_INTERVAL", 0.05)

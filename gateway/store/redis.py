@@ -498,6 +498,30 @@ end
 return 1
 """
 
+# What the failed-login bug fixed in e61df2d left: f:<key> sets without an expiry
+# (an address that failed once kept its key for good).  One SCAN step of the f:*
+# keys; each one without an expiry loses what is out of the window and expires as
+# _RESERVE would have set it, or goes if nothing is left.  ARGV: now, window,
+# cursor, MATCH pattern.  Returns {next cursor ('0': the end), keys mended}.
+_MEND_FAILURES = r"""
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local found = redis.call('SCAN', ARGV[3], 'MATCH', ARGV[4], 'COUNT', 1000)
+local mended = 0
+for _, k in ipairs(found[2]) do
+  if redis.call('TYPE', k).ok == 'zset' and redis.call('PTTL', k) == -1 then
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
+    local newest = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')[2]
+    if newest then
+      redis.call('PEXPIRE', k, math.ceil((tonumber(newest) + window - now) * 1000) + 60000)
+    else
+      redis.call('DEL', k)
+    end
+    mended = mended + 1
+  end
+end
+return {found[1], mended}
+"""
+
 # KEYS: the attempt's f:<key>...  ARGV: attempt.
 _GIVE_BACK = r"""
 for i = 1, #KEYS do redis.call('ZREM', KEYS[i], '~' .. ARGV[1]) end
@@ -751,6 +775,9 @@ class RedisStore(Store):
         self._journal_add = self._r.register_script(_JOURNAL_ADD)
         self._meter = self._r.register_script(_METER)
         self._upgrade = self._r.register_script(_UPGRADE)
+        self._mend_failures = self._r.register_script(_MEND_FAILURES)
+        # Where the sweep's one pass over the f:* keys goes on from ('' once done).
+        self._mend_cursor = "0"
         self._layout_ready = False
         self._layout_lock = asyncio.Lock()
         # The scripts (every message runs some) go on one pipelined connection
@@ -791,7 +818,7 @@ class RedisStore(Store):
             keys = [f"{self._prefix}layout", self._leases]
             now = _num(time.time())
             if await self._run(self._upgrade, keys, [now, "check", "0", ""]) == "todo":
-                literal = _GLOB.sub(r"\\\g<0>", self._prefix)
+                literal = self._literal_prefix()
                 for phase, pattern in (("h", "h:*"), ("p", "c:*:p")):
                     cursor = "0"
                     while True:
@@ -800,6 +827,10 @@ class RedisStore(Store):
                             break
                 await self._run(self._upgrade, keys, [now, "mark", "0", ""])
             self._layout_ready = True
+
+    def _literal_prefix(self) -> str:
+        """The key prefix as a SCAN MATCH pattern matches it, character for character."""
+        return _GLOB.sub(r"\\\g<0>", self._prefix)
 
     def _new_id(self) -> str:
         return f"{self._ids}{next(self._count):x}"
@@ -1022,8 +1053,16 @@ class RedisStore(Store):
                            tuple(int(u) for u in rest[second + 1:]))
 
     async def sweep(self, now: float, failure_window: float) -> int:
-        """Nothing to do: every key this store writes has an expiry of its own."""
-        return 0
+        """Every key this store writes has an expiry of its own; what is left to do is
+        one pass, a SCAN step a call, over the failed-login keys an older gateway
+        may have left without one (_MEND_FAILURES).  Returns the keys mended."""
+        if not self._mend_cursor:
+            return 0
+        pattern = self._literal_prefix() + "f:*"
+        cursor, mended = await self._run(self._mend_failures, [],
+                                         [_num(now), _num(failure_window), self._mend_cursor, pattern])
+        self._mend_cursor = "" if cursor == "0" else cursor
+        return int(mended)
 
     async def close(self) -> None:
         if self._pipe is not None:
