@@ -229,6 +229,38 @@ def test_a_loop_with_nothing_else_to_do_stops_trying_after_a_few_turns(tmp_path,
     assert asyncio.run(body()) == "sqlite-store"
 
 
+def test_the_write_that_starts_the_log_afresh_runs_in_the_thread(tmp_path):
+    """The first write after the whole log was checkpointed starts it over: it syncs
+    the log's new header to disk (and truncates a log grown past its limit), so it
+    goes to the store's thread; the writes after it run on the loop again."""
+    path = str(tmp_path / "state.db")
+
+    def salts() -> bytes:  # a fresh start gives the log new salts (WAL header bytes 16-23)
+        with open(path + "-wal", "rb") as wal:
+            return wal.read(24)[16:]
+
+    async def body() -> tuple[list[str], list[bool]]:
+        store = SQLiteStore(path)
+        try:
+            await _trace(store, [])
+            where = [await store._run(_where), await store._run(_where)]
+            other = sqlite3.connect(path, isolation_level=None)
+            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            other.close()
+            assert busy == 0 and frames == copied > 0  # the whole log is in the database
+            before = salts()
+            where.append(await store._run(_where))
+            started_afresh = salts() != before
+            where.append(await store._run(_where))
+            return where, [started_afresh, salts() != before]
+        finally:
+            await store.close()
+
+    where, afresh = asyncio.run(body())
+    assert where == ["MainThread", "MainThread", "sqlite-store", "MainThread"]
+    assert afresh == [True, True]
+
+
 def test_a_call_alone_that_fails_rolls_back_only_itself(tmp_path):
     """A call alone in its batch has no savepoint: the transaction is its own."""
     path = str(tmp_path / "state.db")

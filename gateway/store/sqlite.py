@@ -46,6 +46,7 @@ from gateway.store.base import (
     retry_after_for,
 )
 from gateway.store.wal_checkpoint import WAL_SIZE_LIMIT, Checkpointer
+from gateway.store.wal_index import WalIndex
 from gateway.values.dmarc_reports import RETENTION, report_id
 
 T = TypeVar("T")
@@ -146,7 +147,11 @@ class _Call:
 _Outcome = tuple[_Call, object, "BaseException | None"]
 
 
-class _OverBudget(Exception):
+class _ForTheThread(Exception):
+    """A write batch that must not run on the event loop: the store's thread runs it."""
+
+
+class _OverBudget(_ForTheThread):
     """A write batch on the event loop ran past _LOOP_BUDGET: it was rolled back, and
     its calls are back at the head of the queue, for the store's thread."""
 
@@ -235,6 +240,8 @@ class SQLiteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._turn: int | None = None  # the turnstile's file descriptor (see _begin)
         self._checkpointer: Checkpointer | None = None
+        # Whether the next write starts the log afresh (a sync to disk): see _write_batch_now.
+        self._wal_index: WalIndex | None = None
         self._closed = False
         # Where each table's sweep goes on from (see sweep): its last key swept.
         self._swept: dict[str, str] = {}
@@ -277,6 +284,8 @@ class SQLiteStore(Store):
             if self._path != ":memory:" and self._checkpointer is None:
                 self._checkpointer = Checkpointer(self._path)
                 self._checkpointer.start()
+            if self._path != ":memory:" and self._wal_index is None:
+                self._wal_index = WalIndex.open(self._path)
         return self._db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -390,8 +399,8 @@ class SQLiteStore(Store):
         while calls:
             try:
                 outcomes = self._write_batch_now(calls)
-            except Exception:  # over budget, or BEGIN failed otherwise than busy (the thread
-                outcomes, failed = None, True  # says how, to each): the thread runs them
+            except Exception:  # _ForTheThread, or BEGIN failed otherwise than busy (the
+                outcomes, failed = None, True  # thread says how, to each): the thread runs them
             if outcomes is None:
                 break
             self._busy_since = None
@@ -433,7 +442,13 @@ class SQLiteStore(Store):
             return None
         try:
             db = self._db
-            if db is None or not self._begin_now(db):
+            if db is None:
+                return None
+            if self._wal_index is not None and self._wal_index.fresh_start_due():
+                # Its COMMIT would sync the log's new header, and maybe truncate the
+                # log, waiting for the disk (gateway/store/wal_index.py).
+                raise _ForTheThread("the write-ahead log starts afresh")
+            if not self._begin_now(db):
                 return None
             budget = _Budget(_LOOP_BUDGET)
             db.set_progress_handler(budget, _PROGRESS_STEPS)
@@ -514,6 +529,7 @@ class SQLiteStore(Store):
         if self._turn is not None:
             os.close(self._turn)
             self._turn = None
+        self._wal_index = None  # its descriptor stays open (gateway/store/wal_index.py)
         # Nothing is queued after close() (the lock refuses it); answer anything anyway.
         late = [(c, None, StoreUnavailable("the SQLite store is closed")) for c in calls]
         calls.clear()
