@@ -63,6 +63,8 @@ def test_malformed_signatures_fail_as_with_openssl(bits):
         signed(bits, hashlib.sha1(b"message").digest(), hashes.SHA1()),  # another DigestInfo
         signed(bits, hashlib.sha512(b"message").digest(), hashes.SHA512()),
     ):
+        if signature == good:  # its first byte was 0 already (a key in 256): b"\0" + good[1:]
+            continue
         assert ours(public, signature, digest) is openssl_says(public, signature, digest) is False
 
 
