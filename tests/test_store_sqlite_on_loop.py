@@ -34,6 +34,15 @@ async def _trace(store: SQLiteStore, statements: list[str]) -> None:
     await store._run(install, writes=False)
 
 
+async def _tick(gaps: list[float], every: float) -> None:
+    """Note the event loop's gaps between turns ``every`` seconds apart, until cancelled."""
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        gaps.append(time.monotonic() - last)
+        last = time.monotonic()
+
+
 def test_a_write_runs_on_the_loop_when_the_lock_is_free_and_in_the_thread_when_not(tmp_path):
     path = str(tmp_path / "state.db")
 
@@ -47,15 +56,7 @@ def test_a_write_runs_on_the_loop_when_the_lock_is_free_and_in_the_thread_when_n
             other.execute("BEGIN IMMEDIATE")  # another process's writer
             # While it holds the lock, the loop keeps turning: a ticker sees no gap.
             gaps: list[float] = []
-
-            async def tick() -> None:
-                last = time.monotonic()
-                while True:
-                    await asyncio.sleep(0.01)
-                    gaps.append(time.monotonic() - last)
-                    last = time.monotonic()
-
-            ticker = asyncio.ensure_future(tick())
+            ticker = asyncio.ensure_future(_tick(gaps, 0.01))
             waiting = asyncio.ensure_future(store._run(_where))
             await asyncio.sleep(0.5)
             assert not waiting.done()
@@ -118,8 +119,7 @@ def _worst_gap_while(store: SQLiteStore, rows: int, budget: float, monkeypatch) 
     monkeypatch.setattr(sqlite_store, "_LOOP_BUDGET", budget)
 
     async def body() -> tuple:
-        await store._run(lambda db: db.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER)").close(),
-                         writes=False)
+        await _trace(store, [])  # makes the probe table
         for start in range(0, rows, 500):
             found = await store.charge([Charge("k", 3600, None)] * min(500, rows - start), T0)
             assert found.accepted
@@ -129,15 +129,7 @@ def _worst_gap_while(store: SQLiteStore, rows: int, budget: float, monkeypatch) 
             return store._prune(db, "k", 3600, later), threading.current_thread().name
 
         gaps: list[float] = []
-
-        async def tick() -> None:
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.001)
-                gaps.append(time.monotonic() - last)
-                last = time.monotonic()
-
-        ticker = asyncio.ensure_future(tick())
+        ticker = asyncio.ensure_future(_tick(gaps, 0.001))
         await asyncio.sleep(0.05)
         gaps.clear()
         # The prune's 20,000 rows can set off a full collection of the test process's
