@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -189,6 +190,41 @@ def test_a_file_from_before_the_sweep_gets_its_rate_counters_windows(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
+
+
+def test_a_sweep_run_again_by_the_thread_sweeps_the_slice_it_was_given(tmp_path, monkeypatch):
+    """A sweep interrupted on the event loop (past its time there) is rolled back and
+    run again by the store's thread: it must sweep the same slice of keys, not move
+    on past the one the rolled-back run had looked at."""
+    monkeypatch.setattr(sqlite_module, "SWEEP_BATCH", 2)
+    monkeypatch.setattr(sqlite_module, "_PROGRESS_STEPS", 1)
+    deleting_on_the_loop = threading.Event()
+
+    class RunsOutAtTheDelete(sqlite_module._Budget):
+        def __call__(self) -> int:
+            self.spent = self.spent or deleting_on_the_loop.is_set()
+            return self.spent
+
+    def trace(sql: str) -> None:
+        if sql.startswith("DELETE FROM charges") and threading.current_thread() is threading.main_thread():
+            deleting_on_the_loop.set()
+
+    monkeypatch.setattr(sqlite_module, "_Budget", RunsOutAtTheDelete)
+    path = tmp_path / "state.db"
+    dead = [Charge(f"acct:{name}@x.example:recipients_per_hour", HOUR, None) for name in "ab"]
+    live = [Charge(f"acct:{name}@x.example:recipients_per_hour", HOUR, None) for name in "cd"]
+
+    async def body(store: SQLiteStore) -> tuple[int, bool, set[str]]:
+        await store.charge(dead, T0)
+        await store.charge(live, T0 + HOUR)
+        await store._run(lambda db: db.set_trace_callback(trace), writes=False)
+        removed = await store.sweep(T0 + HOUR + SWEEP_MARGIN + 1, 900)
+        return removed, deleting_on_the_loop.is_set(), keys_in(path, "totals")
+
+    removed, interrupted, totals = stores.sqlite_backend(path).run(body)
+    assert interrupted  # the loop's run got as far as the delete, and was rolled back
+    assert removed == 2
+    assert totals == {c.key for c in live}
 
 
 def test_every_key_redis_writes_expires_by_itself(redis_server):

@@ -1185,28 +1185,35 @@ class SQLiteStore(Store):
     # address that guessed passwords once) would keep its rows for good.  Redis
     # expires such keys itself; here the sweep takes them out, a slice at a time.
 
-    def _next_keys(self, db: sqlite3.Connection, table: str, batch: int) -> list[str]:
-        """The next ``batch`` distinct keys of ``table`` after the last sweep's, each
-        one seek of the index its key leads; from the first key again after the last."""
-        after = self._swept.get(table, "")
+    @staticmethod
+    def _next_keys(db: sqlite3.Connection, table: str, batch: int, swept: dict[str, str]) -> list[str]:
+        """The next ``batch`` distinct keys of ``table`` after ``swept``'s (which moves
+        on to the last of them), each one seek of the index its key leads; from the
+        first key again after the last."""
+        after = swept.get(table, "")
         keys = [k for (k,) in db.execute(
             f"WITH RECURSIVE k(key, n) AS ("
             f"SELECT (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT 1), 1 UNION ALL "
             f"SELECT (SELECT key FROM {table} WHERE key > k.key ORDER BY key LIMIT 1), n + 1 "
             f"FROM k WHERE k.key IS NOT NULL AND n < ?2) "
             f"SELECT key FROM k WHERE key IS NOT NULL", (after, batch))]
-        self._swept[table] = keys[-1] if len(keys) == batch else ""
+        swept[table] = keys[-1] if len(keys) == batch else ""
         return keys
 
-    def _sweep_in(self, db: sqlite3.Connection, now: float, failure_window: float, batch: int) -> int:
+    def _sweep_in(self, db: sqlite3.Connection, now: float, failure_window: float,
+                  batch: int) -> tuple[int, dict[str, str]]:
+        """The rows removed, and where the next sweep goes on from: kept by ``sweep``
+        once this has committed, so a run rolled back (a batch over its time on the
+        loop, run again by the thread; a failed transaction) skips no keys."""
         removed = 0
+        swept = dict(self._swept)
 
         def gone(sql: str, keys: list[str], *args: object) -> list[tuple]:
             marks = ",".join("?" * len(keys))
             return db.execute(sql.format(keys=marks), (*keys, *args)).fetchall() if keys else []
 
         # Counters: a key none of whose charges is inside its window any more.
-        keys = self._next_keys(db, "totals", batch)
+        keys = self._next_keys(db, "totals", batch, swept)
         dead = [k for (k,) in gone(
             "SELECT key FROM totals t WHERE key IN ({keys}) AND span IS NOT NULL AND "
             "COALESCE((SELECT MAX(ts) FROM charges c WHERE c.key = t.key), -1e300) <= ? - span",
@@ -1218,22 +1225,24 @@ class SQLiteStore(Store):
         # Series: buckets past their retention, off their running sums; a running sum
         # with no bucket left is 0 whether it is there or not.
         out = gone("DELETE FROM series WHERE key IN ({keys}) AND expires <= ? RETURNING key, bucket, amount",
-                   self._next_keys(db, "series", batch), now - SWEEP_MARGIN)
+                   self._next_keys(db, "series", batch, swept), now - SWEEP_MARGIN)
         removed += len(out)
         self._off_running_sums(db, out)
         removed += len(gone("DELETE FROM series_sums WHERE key IN ({keys}) AND NOT EXISTS "
                             "(SELECT 1 FROM series s WHERE s.key = series_sums.key) RETURNING 1",
-                            self._next_keys(db, "series_sums", batch)))
+                            self._next_keys(db, "series_sums", batch, swept)))
         # Failed logins out of the window, locks and session slots that ran out.
         removed += len(gone("DELETE FROM failures WHERE key IN ({keys}) AND ts <= ? RETURNING 1",
-                            self._next_keys(db, "failures", batch), now - failure_window - SWEEP_MARGIN))
+                            self._next_keys(db, "failures", batch, swept),
+                            now - failure_window - SWEEP_MARGIN))
         for table in ("locks", "slots"):
             removed += len(gone(f"DELETE FROM {table} WHERE key IN ({{keys}}) AND until <= ? RETURNING 1",
-                                self._next_keys(db, table, batch), now - SWEEP_MARGIN))
-        return removed
+                                self._next_keys(db, table, batch, swept), now - SWEEP_MARGIN))
+        return removed, swept
 
     async def sweep(self, now: float, failure_window: float) -> int:
-        return await self._run(lambda db: self._sweep_in(db, now, failure_window, SWEEP_BATCH))
+        removed, self._swept = await self._run(lambda db: self._sweep_in(db, now, failure_window, SWEEP_BATCH))
+        return removed
 
     async def close(self) -> None:
         """Stop taking calls; the ones already queued run (and commit) first."""
