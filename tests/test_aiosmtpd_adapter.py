@@ -77,7 +77,7 @@ INTENDED_OVERRIDES = {
     "__dir__", "__init__", "__slots__", "__doc__", "__module__", "__qualname__",
     # the adapter's
     "_handle_client", "_timeout_cb", "_getaddr", "_set_post_data_state",
-    "_cb_client_connected",
+    "_cb_client_connected", "_reset_timeout",
     "command_size_limits",  # made the connection's own (aiosmtpd shares one dict)
     # protocol.py's (public members of aiosmtpd's SMTP and asyncio's protocol)
     "line_length_limit", "connection_made", "connection_lost", "data_received", "push",
