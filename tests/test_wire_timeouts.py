@@ -87,3 +87,43 @@ def test_data_that_keeps_coming_is_not_cut_by_the_idle_timer(quick_timeouts, dow
         said = read_until_closed(s)
     assert b"\r\n250 2.0.0 " in said and b"421" not in said, said
     assert len(downstream.messages) == 1
+
+
+def test_commands_that_keep_coming_move_the_deadline(quick_timeouts):
+    """One timer a connection, whose deadline each command moves (SMTPAdapter._reset_timeout):
+    it comes due a second after the first command, finds the deadline later and waits
+    on; a second after the last command, the client hears 421."""
+    with socket.create_connection(("127.0.0.1", quick_timeouts.ports["inbound"]), timeout=10) as s:
+        s.sendall(b"EHLO client.example\r\n")
+        for _ in range(5):  # 2.5 s in all, never silent for the 1 s timeout
+            time.sleep(0.5)
+            s.sendall(b"NOOP\r\n")
+        last = time.monotonic()
+        said = read_until_closed(s)
+        waited = time.monotonic() - last
+    assert said.count(b"\r\n250 2.0.0 ") == 5, said
+    assert last_line(said).startswith(b"421 4.4.2 "), said
+    assert 0.7 < waited < 3, waited
+
+
+def test_a_shorter_deadline_than_the_armed_one_is_kept(tmp_path, downstream, cert_files,
+                                                      password_hash):
+    """DATA's idle timeout (1 s) is shorter than the command timeout (30 s) armed at
+    RCPT: the timer is armed afresh for it, not left to come due at 30 s."""
+    gw = GatewayUnderTest(tmp_path, inbound_url=downstream.url, outbound_url=downstream.url,
+                          policies=customer_policies(password_hash), cert=cert_files,
+                          extra={"limits": {"command_timeout": 30, "data_timeout": 1}}).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gw.ports["inbound"]), timeout=10) as s:
+            s.sendall(b"EHLO client.example\r\nMAIL FROM:<a@other.example>\r\n"
+                      b"RCPT TO:<bob@acme.example>\r\nDATA\r\n"
+                      b"From: a@other.example\r\n\r\nhalf a mess")
+            started = time.monotonic()
+            said = read_until_closed(s, limit=20)
+            waited = time.monotonic() - started
+    finally:
+        gw.stop()
+    assert b"\r\n354 " in said
+    assert last_line(said).startswith(b"421 4.4.2 "), said
+    assert waited < 8, waited
+    assert downstream.messages == []
