@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.podman_store import use_test_store
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -106,6 +107,7 @@ def ensure_image(kind: str, context: Path, inputs: list[Path]) -> str:
 def images(tmp_path_factory) -> dict[str, str]:
     assert shutil.which("podman"), "podman is missing: scripts/setup.sh installs it"
     assert os.geteuid() == 0, "podman with vfs/runc/cgroupfs needs root here"
+    use_test_store()
     ensure_base_image(tmp_path_factory.mktemp("base"))
     return {
         "PORTCULLIS_IMAGE": ensure_image(

@@ -35,6 +35,7 @@ import yaml
 
 from gateway.dkim.keystore import generate_selector
 from tests.conftest import PASSWORD
+from tests.support.podman_store import use_test_store
 from tests.support.ports import free_port
 from tests.support.recorder import RecordingMTA
 
@@ -57,6 +58,7 @@ if shutil.which("podman") is None:
 if os.geteuid() != 0:
     pytest.skip("podman with these flags (vfs, runc, cgroupfs) needs root here",
                 allow_module_level=True)
+use_test_store()  # the tests' own vfs store, shared with tests/test_compose.py
 
 
 def podman(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
