@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.interpreter import interpreter
 from gateway.accounts.passwords import hash_password
 from tests.support.ports import free_port
 from tests.support.postfix import PostfixInstance
@@ -288,7 +289,7 @@ def main() -> int:
     postfix_rate = rows[1][1]
     print(f"\nInbound path, {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
           f"a new connection per message, {os.cpu_count()} cores; gateway rows: the median of "
-          f"{args.rounds} round(s)\n")
+          f"{args.rounds} round(s); gateways on {interpreter()}\n")
     print(f"{'path':<58} {'msg/s':>9} {'× Postfix relay':>16}")
     for name, rate in rows:
         print(f"{name:<58} {rate:>9.0f} {rate / postfix_rate:>16.2f}")

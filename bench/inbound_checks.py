@@ -47,6 +47,7 @@ from bench.inbound import (
     wait_port,
     warm_up,
 )
+from bench.interpreter import interpreter
 from tests.support.authdns import AuthDNS, txt_record
 from tests.support.dkim_keys import rsa_key
 from tests.support.ports import free_port
@@ -182,7 +183,7 @@ def main() -> int:
     plain_of = {CHECKS_1: PLAIN_1, CHECKS_AUTO: PLAIN_AUTO}
     print(f"\nInbound with checks: {args.messages} DKIM-signed messages of ~{args.size} bytes, "
           f"{args.sessions} sessions, a new connection per message, {os.cpu_count()} cores; "
-          f"the median of {args.rounds} interleaved rounds\n")
+          f"the median of {args.rounds} interleaved rounds; gateways on {interpreter()}\n")
     print(f"{'path':<48} {'msg/s':>9} {'(rounds)':>12} {'× Postfix':>10} {'× plain':>8} "
           f"{'gateway CPU/msg':>16}")
     for name, rate in rows:

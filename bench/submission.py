@@ -86,6 +86,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inbound import percentile
+from bench.interpreter import interpreter
 from bench.submission_checks import (
     MemoryPeak,
     Sink,
@@ -345,7 +346,7 @@ def print_table(rows_seen: list[Row], s: Setting, reference_pace: tuple[float, f
     print(f"\nSubmission: {len(s.logins)} sessions (one account each), STARTTLS + AUTH PLAIN/LOGIN, "
           f"{s.messages} timed messages of {s.size} bytes a row (after {s.warmup} untimed), "
           f"{os.cpu_count()} cores; latency is MAIL to the final reply after DATA; the median "
-          f"of {max(len(r.rates) for r in rows_seen)} round(s)\n")
+          f"of {max(len(r.rates) for r in rows_seen)} round(s); gateways on {interpreter()}\n")
     print(f"{'row':<52} {'msg/s':>7} {'(rounds)':>9} {'× P+OD':>7} {'p50 ms':>7} {'p99 ms':>7} {'AUTH ms':>8} "
           f"{'CPU/msg':>9} {'ΣRSS peak':>9} {'PSS peak':>9} {'client CPU/msg':>15}"
           f"{f'{s.big_mb}MB ΣRSS':>11} {f'{s.big_mb}MB PSS':>10}")

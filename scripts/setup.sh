@@ -45,8 +45,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d
 fi
 
-PYTHON=${PYTHON:-python3}
+# The interpreter the image runs (Dockerfile: Debian's python3, built with PGO and
+# LTO), so the tests and benches measure what ships.  A python3 earlier on PATH
+# (pyenv's, say) may be a plain build: on one machine here it took 15-20% more CPU
+# a submitted message (docs/operations.md, "Which Python").  PYTHON= overrides.
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ -x /usr/bin/python3 ] && PYTHON=/usr/bin/python3
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+VENV_BASE=$(.venv/bin/python -c 'import os, sys; print(os.path.realpath(sys._base_executable))')
+if [ "$VENV_BASE" != "$(readlink -f "$(command -v "$PYTHON")")" ]; then
+  echo "setup: note: the existing .venv runs $VENV_BASE, not $PYTHON (remove .venv to make it anew)"
+fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 if [ "$MODE" = run ]; then
   .venv/bin/pip install -q -e '.[fast]'
