@@ -36,6 +36,8 @@ from pathlib import Path
 # Shared objects, by what they do for a submitted message.
 _LIBRARIES = [
     ("libpython", "the Python interpreter"),
+    # Debian's python3 links the interpreter into its binary (no libpython).
+    ("python3", "the Python interpreter"),
     ("kernel", "the kernel (sockets, futexes, files)"),
     ("_rust.abi3", "cryptography's OpenSSL (the RSA signature)"),
     ("libsqlite3", "SQLite"),
