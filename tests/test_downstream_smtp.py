@@ -22,8 +22,13 @@ class ScriptedMTA:
     """A small SMTP server that speaks exactly as told and records every byte."""
 
     def __init__(self, extensions: list[str], *, hold_mail_reply: bool = False,
-                 refuse_mail: bytes | None = None, chatter_after_data: bool = False):
+                 refuse_mail: bytes | None = None, chatter_after_data: bool = False,
+                 delays: dict[bytes, float] | None = None, deaf_after_354: bool = False):
         self.extensions = extensions
+        # Seconds to wait before answering a verb (b"RCPT", b"DATA": DATA's final reply).
+        self.delays = delays or {}
+        # After 354, read nothing more: the client's writes fill the socket buffers.
+        self.deaf_after_354 = deaf_after_354
         self.hold_mail_reply = hold_mail_reply
         self.refuse_mail = refuse_mail
         self.chatter_after_data = chatter_after_data
@@ -52,6 +57,8 @@ class ScriptedMTA:
             while True:
                 line = await self._line(reader)
                 verb = line[:4].upper()
+                if verb in self.delays and verb != b"DATA":
+                    await asyncio.sleep(self.delays[verb])
                 if verb == b"EHLO":
                     lines = [b"scripted", *(e.encode() for e in self.extensions)]
                     writer.write(b"".join(b"250%s%s\r\n" % (b" " if i == len(lines) - 1 else b"-", x)
@@ -69,7 +76,12 @@ class ScriptedMTA:
                     writer.write(b"250 2.1.5 ok\r\n")
                 elif verb == b"DATA":
                     writer.write(b"354 go ahead\r\n")
+                    if self.deaf_after_354:
+                        await writer.drain()
+                        await asyncio.sleep(30)
+                        break
                     data = await reader.readuntil(b"\r\n.\r\n")
+                    await asyncio.sleep(self.delays.get(b"DATA", 0))
                     self.received += data
                     body = data[:-3]
                     body = body[1:] if body[:1] == b"." else body
@@ -276,3 +288,64 @@ async def test_a_control_character_never_reaches_the_downstream_inside_a_command
         await ds.close()
         await mta.stop()
     assert b"RSET" not in mta.received and b"\x00" not in mta.received
+
+
+# --- the step's deadline (DownstreamConnection.watch_until) ----------------------------
+
+async def test_a_downstream_silent_past_the_deadline_is_a_451_and_its_connection_is_closed():
+    mta = ScriptedMTA(["PIPELINING"], delays={b"RCPT": 1.5})
+    port = await mta.start()
+    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=0.5), "gw.test", "inbound")
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tx = ds.begin("a@other.example", [])
+        assert str(await tx.rcpt("bob@acme.example", [])) == \
+            "451 4.4.2 Downstream mail server timed out, try again later"
+        assert 0.45 <= loop.time() - started < 1.4
+        mta.delays = {}
+        assert (await send(ds, b"\r\nagain\r\n"))[-1] == "250 2.0.0 taken"
+    finally:
+        await ds.close()
+        await mta.stop()
+    # The connection whose state the timeout left unknown was not reused.
+    assert mta.connections == 2
+
+
+async def test_the_deadline_is_each_steps_not_the_connections():
+    # Each reply takes 0.4 s, the deadline is 1 s: four steps (1.6 s) on one
+    # connection, then another message after the connection sat idle past its
+    # first deadline.  A deadline that did not move with each step fails them.
+    mta = ScriptedMTA(["PIPELINING"], delays={b"RCPT": 0.4, b"DATA": 0.4})
+    port = await mta.start()
+    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=1), "gw.test", "inbound")
+    try:
+        replies = await send(ds, b"\r\none\r\n",
+                             rcpts=("bob@acme.example", "eve@acme.example", "ann@acme.example"))
+        assert replies == ["250 2.1.5 ok"] * 3 + ["250 2.0.0 taken"]
+        await asyncio.sleep(1.2)
+        assert (await send(ds, b"\r\ntwo\r\n"))[-1] == "250 2.0.0 taken"
+    finally:
+        await ds.close()
+        await mta.stop()
+    assert mta.connections == 1
+    assert mta.messages == [b"\r\none\r\n", b"\r\ntwo\r\n"]
+
+
+async def test_a_downstream_that_stops_reading_mid_message_is_a_timeout_not_an_outage():
+    # 32 MiB, streamed in slices paced by flow control: the writer waits for room
+    # that never comes, and the deadline ends the wait.
+    mta = ScriptedMTA(["PIPELINING"], deaf_after_354=True)
+    port = await mta.start()
+    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=1), "gw.test", "inbound")
+    try:
+        loop = asyncio.get_running_loop()
+        tx = ds.begin("a@other.example", [])
+        assert (await tx.rcpt("bob@acme.example", [])).code == 250
+        started = loop.time()
+        reply = await tx.data(b"Subject: big\r\n\r\n" + (b"y" * 1022 + b"\r\n") * 32768)
+        assert str(reply) == "451 4.4.2 Downstream mail server timed out, try again later"
+        assert 0.95 <= loop.time() - started < 3
+    finally:
+        await ds.close()
+        await mta.stop()

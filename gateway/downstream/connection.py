@@ -40,6 +40,16 @@ class DownstreamClosed(ConnectionError):
     """The connection was lost or is out of step; its state is unknown."""
 
 
+class DownstreamTimeout(TimeoutError):
+    """What the connection waited for (a reply, room to write) did not come by the
+    step's deadline: the connection is closed, its state unknown."""
+
+
+# A timer that comes due this close to the deadline fails what waits (uvloop's
+# clock counts milliseconds).
+TIMER_SLACK = 0.002
+
+
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, client: aiosmtplib.SMTP):
         transport = client.transport
@@ -68,6 +78,10 @@ class DownstreamConnection(asyncio.Protocol):
         self._waiting: deque[asyncio.Future[Reply]] = deque()
         self._closed = False
         self._paused: asyncio.Future[None] | None = None  # set while the transport is full
+        # The step's deadline (watch_until) and the one timer that keeps it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._error: Exception | None = None
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
         transport.set_protocol(self)
 
@@ -103,6 +117,31 @@ class DownstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._fail(DownstreamClosed("connection closed by the downstream"))
         return False
+
+    # --- the step's deadline -------------------------------------------------------------
+    def watch_until(self, deadline: float) -> None:
+        """Fail what the connection waits for (replies, room to write) if it has
+        not come by ``deadline`` (the loop's clock), with DownstreamTimeout.
+
+        One timer per connection, kept while it is due no later than the deadline
+        and moved when it comes due early: a step's deadline costs an attribute,
+        not an asyncio.timeout (its context, task and timer each step were about
+        2% of the inbound path's event loop, bench/profile_inbound.py)."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._deadline_due)
+
+    def _deadline_due(self) -> None:
+        self._timer = None
+        if self._closed or (not self._waiting and self._paused is None):
+            return  # nothing waits: the next step arms it again
+        if self._loop.time() < self._deadline - TIMER_SLACK:
+            self._timer = self._loop.call_at(self._deadline, self._deadline_due)
+            return
+        self._fail(DownstreamTimeout("the downstream did not answer in time"))
 
     # --- commands ----------------------------------------------------------------------
     @property
@@ -203,7 +242,8 @@ class DownstreamConnection(asyncio.Protocol):
         view = memoryview(data)
         for start in range(0, len(view), WRITE_SLICE):
             if self._closed or self._transport.is_closing():
-                raise DownstreamClosed("connection closed")
+                # Closed while it waited for room: by the deadline, or lost.
+                raise self._error or DownstreamClosed("connection closed")
             self._transport.write(view[start:start + WRITE_SLICE])
             if self._paused is not None:
                 await self._paused
@@ -220,7 +260,12 @@ class DownstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self._fail(DownstreamClosed("closed by us"))
 
-    def _fail(self, error: DownstreamClosed) -> None:
+    def _fail(self, error: DownstreamClosed | DownstreamTimeout) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._closed:
+            self._error = error
         self._closed = True
         self.resume_writing()  # a writer waiting for the buffer to drain finds it closed
         waiting, self._waiting = self._waiting, deque()

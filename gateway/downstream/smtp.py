@@ -2,7 +2,8 @@
 
 Every step has our own deadline (the downstream's ``timeout``), shorter than the
 client's, so a slow downstream turns into ``451 4.4.2`` that the client retries,
-not a dropped connection.  A connection whose state is unknown after an error or
+not a dropped connection.  The connection keeps it (``watch_until``: one timer a
+connection, moved); only opening a new connection runs under an asyncio.timeout.  A connection whose state is unknown after an error or
 a timeout is closed, never returned to the pool.  aiosmtplib opens each
 connection; the transactions run over gateway/downstream/connection.py
 (pipelined MAIL and first RCPT, BDAT when offered).
@@ -124,14 +125,22 @@ class SmtpDownstream:
         finally:
             self._learning = None
 
-    async def acquire(self) -> tuple[DownstreamConnection, bool]:
-        """A connection, and whether it came from the pool (and may be stale)."""
+    async def acquire(self, deadline: float | None = None) -> tuple[DownstreamConnection, bool]:
+        """A connection, and whether it came from the pool (and may be stale); a new
+        one must be open by ``deadline`` (the loop's clock), if given."""
         while self._idle:
             conn = self._idle.pop()
             if conn.usable:
                 return conn, True
             conn.close()
-        return await self._connect(), False
+        if deadline is None:
+            return await self._connect(), False
+        async with asyncio.timeout_at(deadline):
+            return await self._connect(), False
+
+    def deadline(self) -> float:
+        """When a step that starts now must be done (the loop's clock)."""
+        return asyncio.get_running_loop().time() + self.settings.timeout
 
     def release(self, conn: DownstreamConnection) -> None:
         # A session XCLIENT made someone's is pooled only if XCLIENT can change it again.
@@ -195,13 +204,15 @@ class SmtpTransaction:
         sent, _ = passed(options, RCPT_PARAMETERS, self._conn.extensions)
         return _command(f"RCPT TO:<{recipient}>", sent)
 
-    async def _start(self, recipient: str, options: list[str]) -> tuple[Reply, Reply | None]:
+    async def _start(self, recipient: str, options: list[str],
+                     deadline: float) -> tuple[Reply, Reply | None]:
         """Connect (or reuse) and send MAIL FROM, with the first RCPT TO in the same
         write when the downstream pipelines (RFC 2920).  (MAIL reply, RCPT reply or
         None when it was not sent.)  A pooled connection may have been closed by the
         downstream while idle: that one is retried once, fresh."""
         for attempt in (1, 2):
-            conn, pooled = await self._downstream.acquire()
+            conn, pooled = await self._downstream.acquire(deadline)
+            conn.watch_until(deadline)
             try:
                 xforward = await self._downstream.introduce(conn, self._origin)
                 # After introduce: an XCLIENT's new EHLO may offer other extensions.
@@ -242,19 +253,22 @@ class SmtpTransaction:
         _command(f"RCPT TO:<{recipient}>", options)
         if self._conn is None:
             _command(f"MAIL FROM:<{self._sender}>", self._options)
+        # The step's deadline: kept by the connection (watch_until), not an
+        # asyncio.timeout; only a new connection's opening is under one (acquire).
+        deadline = self._downstream.deadline()
         try:
-            async with asyncio.timeout(self._downstream.settings.timeout):
-                if self._conn is None:
-                    mail_reply, reply = await self._start(recipient, options)
-                    if not mail_reply.is_success:
-                        # The downstream refused the sender: every recipient hears why.
-                        self._broken = mail_reply
-                        return mail_reply
-                    if reply is None:
-                        assert self._conn is not None
-                        reply = await self._conn.command(self._rcpt_command(recipient, options))
-                else:
+            if self._conn is None:
+                mail_reply, reply = await self._start(recipient, options, deadline)
+                if not mail_reply.is_success:
+                    # The downstream refused the sender: every recipient hears why.
+                    self._broken = mail_reply
+                    return mail_reply
+                if reply is None:
+                    assert self._conn is not None
                     reply = await self._conn.command(self._rcpt_command(recipient, options))
+            else:
+                self._conn.watch_until(deadline)
+                reply = await self._conn.command(self._rcpt_command(recipient, options))
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -270,9 +284,9 @@ class SmtpTransaction:
         conn = self._conn
         if conn is None or not self._accepted:
             return replies.BAD_SEQUENCE.with_text("No recipient was accepted")
+        conn.watch_until(self._downstream.deadline())
         try:
-            async with asyncio.timeout(self._downstream.settings.timeout):
-                reply = await conn.message(message)
+            reply = await conn.message(message)
         except TimeoutError:
             return self._fail(replies.DOWNSTREAM_TIMEOUT)
         except OSError as exc:
@@ -295,9 +309,9 @@ class SmtpTransaction:
         return reply
 
     async def _reset(self, conn: DownstreamConnection) -> None:
+        conn.watch_until(self._downstream.deadline())
         try:
-            async with asyncio.timeout(self._downstream.settings.timeout):
-                reply = await conn.command(b"RSET")
+            reply = await conn.command(b"RSET")
         except (OSError, TimeoutError):
             conn.close()
             return
