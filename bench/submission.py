@@ -2,7 +2,7 @@
 
     python -m bench.submission [--messages 3000] [--sessions 20] [--size 5120] [--warmup 200]
                                [--client-processes 2] [--latency-seconds 8] [--rounds 1]
-                               [--baseline CHECKOUT]
+                               [--baseline CHECKOUT] [--baseline-python PYTHON]
 
 One client (bench/submission_client.py: asyncio + aiosmtplib in a few processes)
 drives every row the same way: ``--sessions`` concurrent sessions, each its own
@@ -23,6 +23,9 @@ Each row has its own fresh smtp-sink as the place mail is forwarded to:
     (with --baseline)       each portcullis row also from CHECKOUT (e.g. a git worktree of
                             an older commit), right after this checkout's, and every
                             other round right before it
+    (--baseline-python)     the baseline rows on another interpreter (a virtualenv's
+                            python): with no --baseline, this checkout on two
+                            interpreters (docs/operations.md, "Which Python")
 
 Before it is timed, each row is checked and warmed: a logged-in account sending
 as another account must be refused (the sender check is on), then ``--warmup``
@@ -158,9 +161,9 @@ class Row:
 
 
 def gateway_row(label: str, workers: str, store: str, checkout: Path | None = None,
-                paced: bool = False) -> RowSpec:
+                paced: bool = False, python: str | None = None) -> RowSpec:
     def start(s: Setting, d: Path, sink_port: int) -> Server:
-        return Portcullis(d, s.cert, s.logins, sink_port, workers, store, checkout)
+        return Portcullis(d, s.cert, s.logins, sink_port, workers, store, checkout, python)
     return RowSpec(label, start, signs=True, paced=paced)
 
 
@@ -183,8 +186,9 @@ BASELINE_PREFIX = "  baseline "
 UNMETERED = "portcullis --workers 1, nothing metered"
 
 
-def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
-    """Every row, or those whose label contains one of ``only`` (with their baseline rows)."""
+def rows(baseline: Path | None, only: list[str], baseline_python: str | None = None) -> list[RowSpec]:
+    """Every row, or those whose label contains one of ``only`` (with their baseline rows:
+    from ``baseline``, on ``baseline_python``, or both)."""
     def wanted(label: str) -> bool:
         return not only or any(text in label for text in only)
 
@@ -198,9 +202,12 @@ def rows(baseline: Path | None, only: list[str]) -> list[RowSpec]:
             if not wanted(label):
                 continue
             out.append(gateway_row(label, workers, store, paced=workers == "1"))
-            if baseline is not None:
-                out.append(gateway_row(f"{BASELINE_PREFIX}{baseline.name}", workers, store, baseline,
-                                       paced=workers == "1"))
+            if baseline is not None or baseline_python is not None:
+                name = baseline.name if baseline is not None else "this checkout"
+                if baseline_python is not None:
+                    name += f" on {baseline_python}"
+                out.append(gateway_row(f"{BASELINE_PREFIX}{name}", workers, store, baseline,
+                                       paced=workers == "1", python=baseline_python))
     return out
 
 
@@ -426,6 +433,10 @@ def main() -> int:
                              "interleaved; the table has the medians")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run every portcullis row from this checkout, same run")
+    parser.add_argument("--baseline-python", metavar="PYTHON",
+                        help="run the baseline rows on this interpreter (a virtualenv's python "
+                             "with the gateway's dependencies); without --baseline, this "
+                             "checkout's code on two interpreters, same run")
     parser.add_argument("--big-mb", type=int, default=50,
                         help="after the timed run, one message of this many MiB alone, for its "
                              "peak memory (0: none)")
@@ -440,7 +451,7 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # Postfix and smtp-sink drop privileges
         s = Setting(Path(tmp), self_signed(Path(tmp)), accounts(args.sessions), args.messages,
                     args.warmup, args.size, args.client_processes, args.latency_seconds, args.big_mb)
-        specs = rows(args.baseline, args.only)
+        specs = rows(args.baseline, args.only, args.baseline_python)
         measured: list[list[Row]] = [[] for _ in specs]
         for round_number in range(args.rounds):
             # Each round starts one row later: the machine's load drifts, and over the

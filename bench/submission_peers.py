@@ -203,10 +203,12 @@ UNMETERED = ("import sys, gateway.serve as s; built = s.build_runtime\n"
 
 class Portcullis(Server):
     """`portcullis serve --workers N` from this checkout or ``checkout``, with its store
-    ("sqlite", "redis"), or none ("none": nothing metered, see UNMETERED)."""
+    ("sqlite", "redis"), or none ("none": nothing metered, see UNMETERED), on this
+    interpreter or ``python`` (a virtualenv's, with the gateway's dependencies)."""
 
     def __init__(self, tmp: Path, cert: tuple[Path, Path], logins: tuple[tuple[str, str], ...],
-                 sink_port: int, workers: str, store: str, checkout: Path | None = None) -> None:
+                 sink_port: int, workers: str, store: str, checkout: Path | None = None,
+                 python: str | None = None) -> None:
         from gateway.dkim.keystore import generate_selector
 
         self.redis: RedisServer | None = None
@@ -246,7 +248,7 @@ class Portcullis(Server):
             self.log = d / "gateway.log"
             launch = ["-c", UNMETERED] if store == "none" else ["-m", "gateway.cli"]
             self.proc = subprocess.Popen(
-                [sys.executable, *launch, "serve", "-c", str(d / "gateway.yaml"),
+                [python or sys.executable, *launch, "serve", "-c", str(d / "gateway.yaml"),
                  "--workers", workers], stdout=subprocess.DEVNULL, stderr=self.log.open("w"),
                 start_new_session=True, **checkout_env(checkout))
             wait_port(self.port)
