@@ -78,6 +78,7 @@ INTENDED_OVERRIDES = {
     # the adapter's
     "_handle_client", "_timeout_cb", "_getaddr", "_set_post_data_state",
     "_cb_client_connected", "_reset_timeout",
+    "_client_connected_cb",  # asyncio's, dropped once the command loop ends (_let_go)
     "command_size_limits",  # made the connection's own (aiosmtpd shares one dict)
     # protocol.py's (public members of aiosmtpd's SMTP and asyncio's protocol)
     "line_length_limit", "connection_made", "connection_lost", "data_received", "push",

@@ -51,7 +51,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, TLSSetupException
@@ -126,6 +126,35 @@ _ids: list[str] = []
 os.register_at_fork(after_in_child=_ids.clear)
 
 
+class CleanUpTasks:
+    """A connection's clean-up work (an abort downstream, the steps after a reply,
+    its close callbacks' coroutines) as tasks in the listener's set, which shutdown
+    waits for; a task that fails is logged with the connection's id.
+
+    Apart from the connection on purpose: the connection's facts (state.Session)
+    hold this, and a method of the connection there made every connection a cycle
+    only the garbage collector frees (SMTPAdapter._let_go)."""
+
+    __slots__ = ("tasks", "cid")
+
+    def __init__(self, tasks: set[asyncio.Task[Any]], cid: str):
+        self.tasks = tasks
+        self.cid = cid
+
+    def __call__(self, work: Coroutine[Any, Any, Any]) -> None:
+        self.track(asyncio.get_running_loop().create_task(work))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # the command loop ends its own connection errors
+            log.error("cid=%s clean-up failed", self.cid, exc_info=error)
+
+
 def new_connection_id() -> str:
     """Short, unique enough to grep: 12 base32 characters (60 bits)."""
     if not _ids:
@@ -165,7 +194,10 @@ class GatewaySMTP(SMTPAdapter):
         self.tx_record: TransactionRecord | None = None
         # Our state of this connection, and of the transaction in it once MAIL is
         # accepted (gateway/smtp/state.py): nothing is added to aiosmtpd's objects.
-        self.facts = Session(self.cid, listener, self.in_background)
+        # The clean-up tasks: the listener's set, so that shutdown can wait for
+        # those of every connection (see in_background).
+        self._tasks = CleanUpTasks(background if background is not None else set(), self.cid)
+        self.facts = Session(self.cid, listener, self._tasks)
         self.tx: Transaction | None = None
         # How the connection ended, for its log line: quit, disconnect, timeout,
         # data_timeout, shutdown, too_many_errors, refused_limit, refused_proxy.
@@ -182,9 +214,6 @@ class GatewaySMTP(SMTPAdapter):
         self._max_line_length = max_line_length
         self._greeted = False
         self._close_callbacks: list[Any] = [on_close] if on_close is not None else []
-        # Clean-up tasks (see in_background); the listener's set, so that shutdown
-        # can wait for those of every connection.
-        self._background: set[asyncio.Task[Any]] = background if background is not None else set()
         self._closing = False
         self._in_data = False
         # The steps after delivery are running (_settle_after_reply): the lines wait.
@@ -351,20 +380,10 @@ class GatewaySMTP(SMTPAdapter):
         """Run ``work`` (a coroutine) as a task this connection answers for: what it
         releases (a connection slot, quota holds, a downstream transaction) is
         released before shutdown closes the store (SMTPListeners.stop waits)."""
-        self._track(self.loop.create_task(work))
+        self._tasks(work)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        error = None if task.cancelled() else task.exception()
-        # aiosmtpd re-raises a reset connection from its command loop: the client
-        # left, nothing to report.  Anything else is ours, and logged with the id.
-        if error is not None and not (task is self.command_task
-                                      and isinstance(error, ConnectionError)):
-            log.error("cid=%s clean-up failed", self.cid, exc_info=error)
+        self._tasks.track(task)
 
     def on_timeout(self) -> None:
         # During DATA the timeout is an idle timer: if data arrived since the
