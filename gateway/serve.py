@@ -282,10 +282,8 @@ class Gateway:
         # Objects a reload replaced, closed once their transactions are over.
         self._retired = Retirement()
 
-    async def start(self, sockets: dict[str, socket.socket] | None = None,
-                    before_listening: Callable[[], None] | None = None) -> None:
-        """``sockets``: this worker's, by config field (from `serve`); else opened here.
-        ``before_listening`` runs just before the listeners take connections."""
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
+        """``sockets``: this worker's, by config field (from `serve`); else opened here."""
         sockets = sockets or {}
         if self.key_watch is not None:
             # The first verdicts before the first message: with DNS up, a published
@@ -295,8 +293,6 @@ class Gateway:
             if not await self.key_watch.wait_first_round():
                 log.warning("dkim: the first look-ups of the keys' DNS records go on after "
                             "start-up: keys not yet seen in DNS do not sign until they end")
-        if before_listening is not None:
-            before_listening()
         await self.listeners.start(sockets)
         self._expiry = asyncio.create_task(self._expire_held())
         self._sweeping = asyncio.create_task(self._sweep_store())
@@ -499,11 +495,7 @@ async def run_worker(loaded: Loaded, files: dict[str, tuple[Path, Path]],
                      sockets: dict[str, socket.socket], *, admin: bool = True,
                      supervised: bool = False, share: Share | None = None) -> None:
     gateway = Gateway(loaded, files, admin=admin, supervised=supervised, share=share)
-    # Start-up's objects out of the collector's way before the first connection: its
-    # full collection walks them all (50-80 ms in bench/inbound.py's gateway), a pause
-    # that, once the listeners are open, lands in the first transactions.  Again
-    # after start(), for what it made since: under a millisecond.
-    await gateway.start(sockets, before_listening=settle_heap)
+    await gateway.start(sockets)
     settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -263,13 +263,13 @@ class SMTPAdapter(HookDiscovery, SMTP):
         try:
             await self.serve()
         except (asyncio.CancelledError, ConnectionError):
-            # The connection's end: its loss (aiosmtpd cancels this task), QUIT
-            # (it cancels itself), a shutdown, a reset or a broken pipe.  Ended here, not raised on:
-            # a task that ends with an exception keeps it, its traceback keeps the
-            # command loop's frames, they keep this connection, and the connection
-            # keeps the task, so every connection was left to the garbage collector
-            # (about 67 objects each; its collections then paused the event loop
-            # every few hundred connections, 4-6 ms each).
+            # The connection's end: its loss (aiosmtpd cancels this task), QUIT (it
+            # cancels itself), a shutdown, a reset or a broken pipe.  Ended here, not
+            # raised on: a task that ends with an exception keeps it, its traceback
+            # keeps the command loop's frames, they keep this connection, and the
+            # connection keeps the task, so every connection was left to the garbage
+            # collector (about 67 objects each; its collections then paused the
+            # event loop every few hundred connections, 4-6 ms each).
             pass
         finally:
             self._let_go()
