@@ -108,8 +108,8 @@ class ScriptedMTA:
             writer.close()
 
 
-def downstream(url: str, **settings) -> SmtpDownstream:
-    return SmtpDownstream(Downstream(url=url, timeout=5, **settings), "gw.test", "inbound")
+def downstream(url: str, timeout: float = 5, **settings) -> SmtpDownstream:
+    return SmtpDownstream(Downstream(url=url, timeout=timeout, **settings), "gw.test", "inbound")
 
 
 async def send(ds: SmtpDownstream, message: bytes, rcpts=("bob@acme.example",)) -> list[str]:
@@ -295,7 +295,7 @@ async def test_a_control_character_never_reaches_the_downstream_inside_a_command
 async def test_a_downstream_silent_past_the_deadline_is_a_451_and_its_connection_is_closed():
     mta = ScriptedMTA(["PIPELINING"], delays={b"RCPT": 1.5})
     port = await mta.start()
-    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=0.5), "gw.test", "inbound")
+    ds = downstream(f"smtp://127.0.0.1:{port}", timeout=0.5)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -318,7 +318,7 @@ async def test_the_deadline_is_each_steps_not_the_connections():
     # first deadline.  A deadline that did not move with each step fails them.
     mta = ScriptedMTA(["PIPELINING"], delays={b"RCPT": 0.4, b"DATA": 0.4})
     port = await mta.start()
-    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=1), "gw.test", "inbound")
+    ds = downstream(f"smtp://127.0.0.1:{port}", timeout=1)
     try:
         replies = await send(ds, b"\r\none\r\n",
                              rcpts=("bob@acme.example", "eve@acme.example", "ann@acme.example"))
@@ -337,7 +337,7 @@ async def test_a_downstream_that_stops_reading_mid_message_is_a_timeout_not_an_o
     # that never comes, and the deadline ends the wait.
     mta = ScriptedMTA(["PIPELINING"], deaf_after_354=True)
     port = await mta.start()
-    ds = SmtpDownstream(Downstream(url=f"smtp://127.0.0.1:{port}", timeout=1), "gw.test", "inbound")
+    ds = downstream(f"smtp://127.0.0.1:{port}", timeout=1)
     try:
         loop = asyncio.get_running_loop()
         tx = ds.begin("a@other.example", [])

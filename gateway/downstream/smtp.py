@@ -3,10 +3,10 @@
 Every step has our own deadline (the downstream's ``timeout``), shorter than the
 client's, so a slow downstream turns into ``451 4.4.2`` that the client retries,
 not a dropped connection.  The connection keeps it (``watch_until``: one timer a
-connection, moved); only opening a new connection runs under an asyncio.timeout.  A connection whose state is unknown after an error or
-a timeout is closed, never returned to the pool.  aiosmtplib opens each
-connection; the transactions run over gateway/downstream/connection.py
-(pipelined MAIL and first RCPT, BDAT when offered).
+connection, moved); only opening a new connection runs under an asyncio.timeout.
+A connection whose state is unknown after an error or a timeout is closed, never
+returned to the pool.  aiosmtplib opens each connection; the transactions run over
+gateway/downstream/connection.py (pipelined MAIL and first RCPT, BDAT when offered).
 """
 
 from __future__ import annotations

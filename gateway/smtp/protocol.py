@@ -326,7 +326,7 @@ class GatewaySMTP(SMTPAdapter):
         handler = self.command_task
         if handler is not None and not handler.done():
             # Cancelled above; it may still be releasing what its command held.
-            self._track(handler)
+            self._tasks.track(handler)
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in reversed(callbacks):  # the listener's bookkeeping last
             try:
@@ -381,9 +381,6 @@ class GatewaySMTP(SMTPAdapter):
         releases (a connection slot, quota holds, a downstream transaction) is
         released before shutdown closes the store (SMTPListeners.stop waits)."""
         self._tasks(work)
-
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.track(task)
 
     def on_timeout(self) -> None:
         # During DATA the timeout is an idle timer: if data arrived since the
@@ -1002,7 +999,7 @@ class GatewaySMTP(SMTPAdapter):
         ended = "reply" if replied else self.end_reason
         task = self.loop.create_task(
             self._settle(after_reply, record, status, ended, time.monotonic()))
-        self._track(task)
+        self._tasks.track(task)
         return task
 
     async def _settle(self, after_reply: Callable[[], Awaitable[None]],
