@@ -3,11 +3,9 @@
     python -m bench.metering_pages [--messages 400] [--warmup 300]
 
 A COMMIT appends every page its transaction changed to the write-ahead log, each
-page in two writes (a frame header, then the page), and checksums it: the
-largest single piece of the SQLite store's work (py-spy of bench.quota's
-"message" operation run one message at a time: the COMMIT line about a quarter
-of the samples after start-up).  So the number of pages a message dirties, and
-in which B-trees, says where a change of the store's layout would save most.
+page in two writes (a frame header, then the page), and checksums it: its cost
+grows with the pages a message dirties.  So the number of those pages, and in
+which B-trees, says where a change of the store's layout would save most.
 
 It meters ``--warmup`` then ``--messages`` messages as bench/quota.py's
 "message" operation does (one account, the defaults of bench/submission.py's
